@@ -1,0 +1,78 @@
+"""Where caches live and how they are keyed.
+
+Every cached artifact (downloaded dataset, index, encoding) sits under one root,
+`$DUPMAE_EVAL_HOME` (default: the user's cache folder), in a folder whose name ends in a
+key hashed from everything that changes its content, so a changed corpus or changed
+settings can never reuse a stale artifact.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def home() -> Path:
+    """The cache root: `$DUPMAE_EVAL_HOME`, else e.g. ~/.cache/dupmae-eval."""
+    configured = os.environ.get("DUPMAE_EVAL_HOME")
+    if configured:
+        return Path(configured).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("dupmae-eval"))
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    """A short stable hash of a JSON-able settings dict."""
+    blob = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, memoised per (path, size, mtime) within the process."""
+    stat = Path(path).stat()
+    return _file_digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write JSON atomically (metadata files are read to decide whether a cache entry is whole)."""
+    from .data import atomic_output
+
+    with atomic_output(path) as out:
+        json.dump(payload, out, indent=2, sort_keys=True, default=str)
+        out.write("\n")
+
+
+@contextlib.contextmanager
+def building(final_dir: Path) -> Iterator[Path]:
+    """Yield a scratch folder beside `final_dir`; rename it into place only if the body succeeds.
+
+    A crash or an error leaves nothing under the final name, so a half-built index is never
+    mistaken for a cached one.
+    """
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch = final_dir.parent / f".{final_dir.name}.building-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    try:
+        yield scratch
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        os.replace(scratch, final_dir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,151 @@
+"""The `dupmae-eval` command: thin verbs that parse, call the library, and print.
+
+Heavy imports (Pyserini, the JVM, torch) happen inside the verbs that need them, so
+`dupmae-eval --help` and `dupmae-eval eval` start in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from . import __version__
+from .errors import DupMAEEvalError
+
+
+def _add_bm25(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bm25", help="BM25 through Pyserini's Lucene: index (cached) and search",
+                       description="Index a dataset with Anserini (cached) and search it with BM25, writing a TREC run.")
+    p.add_argument("--dataset", required=True, help="registry name (see `datasets`) or a dataset folder")
+    p.add_argument("--split", default=None, help="query split (default: the dataset's, e.g. test, dl19)")
+    p.add_argument("--fields", choices=("flat", "multifield"), default="flat",
+                   help="flat: title+text in one field; multifield: title and text fields, weights 1.0/1.0")
+    p.add_argument("--k1", type=float, default=0.9)
+    p.add_argument("--b", type=float, default=0.4)
+    p.add_argument("--hits", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=None, help="search/index threads (default: all cores)")
+    p.add_argument("--keep-query-hit", action="store_true",
+                   help="keep the hit whose id equals the query id (BEIR removes it; default: removed for "
+                        "BEIR-layout data, kept for MS MARCO)")
+    p.add_argument("--output", required=True, type=Path, help="TREC run file to write")
+    p.add_argument("--tag", default=None, help="run tag (default: bm25-FIELDS)")
+    p.add_argument("--eval", action="store_true", help="evaluate the run with the dataset's measures")
+    p.set_defaults(handler=_cmd_bm25)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="score a TREC run with ir-measures (trec_eval -c semantics)",
+                       description="Print MEASURE<TAB>VALUE per measure. QRELS is a file (TREC or BEIR TSV) "
+                                   "or a registry dataset name (its shipped judgments).")
+    p.add_argument("qrels", help="qrels file, or a registry dataset name")
+    p.add_argument("run", type=Path, help="TREC run file")
+    p.add_argument("measures", nargs="*", help="ir-measures names, e.g. nDCG@10 RR@10 R@1000 'AP(rel=2)' "
+                                               "(default: the dataset's, or nDCG@10 R@100 R@1000)")
+    p.add_argument("--split", default=None, help="split of a registry dataset's judgments")
+    p.add_argument("--per-query", action="store_true", help="also print MEASURE<TAB>QID<TAB>VALUE lines")
+    p.set_defaults(handler=_cmd_eval)
+
+
+def _add_datasets(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("datasets", help="list the dataset registry")
+    p.set_defaults(handler=_cmd_datasets)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="BM25 flat and multifield on the bundled SciFact, against Pyserini's figures")
+    p.add_argument("--runs", type=Path, default=Path("runs") / "demo", help="folder for the run files")
+    p.set_defaults(handler=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dupmae-eval", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"dupmae-eval {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for add in (_add_bm25, _add_eval, _add_datasets, _add_demo):
+        add(sub)
+    return parser
+
+
+# --------------------------------------------------------------------------- verbs
+
+
+def _cmd_bm25(args: argparse.Namespace) -> int:
+    from .pipeline import run_bm25
+
+    result = run_bm25(args.dataset, split=args.split, fields=args.fields, output=args.output, k1=args.k1,
+                      b=args.b, hits=args.hits, threads=args.threads,
+                      keep_query_hit=args.keep_query_hit, tag=args.tag)
+    print(f"wrote {result.run_path} ({result.queries} queries)", file=sys.stderr)
+    if args.eval:
+        from .evaluate import format_lines
+
+        print("\n".join(format_lines(result.evaluate())))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .data import read_trec_run
+    from .evaluate import evaluate, format_lines, per_query_lines
+
+    qrels, default_measures = _load_qrels(args.qrels, args.split)
+    run = read_trec_run(args.run)
+    measures = args.measures or list(default_measures)
+    evaluation = evaluate(qrels, run, measures)
+    print("\n".join(format_lines(evaluation, measures)))
+    if args.per_query:
+        print("\n".join(per_query_lines(evaluation)))
+    return 0
+
+
+def _load_qrels(name_or_path: str, split: Optional[str]):
+    """A qrels file, or a registry name's shipped judgments; with the measures that fit them."""
+    from .data import read_qrels
+    from .datasets import BEIR_MEASURES, REGISTRY, SHIPPED_QRELS
+
+    path = Path(name_or_path)
+    if path.is_file():
+        return read_qrels(path), BEIR_MEASURES
+    info = REGISTRY.get(name_or_path)
+    if info is None:
+        raise DupMAEEvalError(f"{name_or_path}: neither a qrels file nor a registry dataset name")
+    split = split or info.default_split
+    if split not in info.shipped:
+        raise DupMAEEvalError(f"dataset {info.name!r} has no shipped judgments for split {split!r} "
+                              f"(has: {', '.join(info.shipped)})")
+    return read_qrels(SHIPPED_QRELS / info.shipped[split][0]), info.measures[split]
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from .datasets import REGISTRY
+
+    print("name\tlayout\tpublic\tdefault split\tmeasures")
+    for name, info in REGISTRY.items():
+        measures = " ".join(info.measures[info.default_split])
+        print(f"{name}\t{info.layout}\t{'yes' if info.public else 'restricted'}\t{info.default_split}\t{measures}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .pipeline import bm25_demo
+
+    print(bm25_demo(args.runs))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except DupMAEEvalError as exc:
+        print(f"dupmae-eval: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dupmae-eval: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

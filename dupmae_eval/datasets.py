@@ -1,0 +1,325 @@
+"""The dataset registry (MS MARCO passage, the 18 BEIR datasets) and how a name becomes a folder.
+
+A dataset is given either as a folder (BEIR layout: corpus.jsonl, queries.jsonl,
+qrels/SPLIT.tsv; or MS MARCO layout: collection.tsv, queries.SPLIT.tsv, qrels.SPLIT.txt)
+or as a registry name, which is looked up in the repository's bundled copies, then the
+cache, then downloaded. Judgments for every registry dataset ship in `qrels/`, so
+evaluation never needs the network.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shutil
+import tarfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, Optional, Tuple
+
+from . import cache
+from .data import (Passage, Qrels, read_beir_corpus, read_beir_qrels, read_beir_queries, read_qrels,
+                   read_tsv_collection, read_tsv_queries)
+from .errors import DupMAEEvalError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_QRELS = REPO_ROOT / "qrels"
+BUNDLED_DATA = REPO_ROOT / "data"
+
+BEIR_MEASURES = ("nDCG@10", "R@100", "R@1000")
+MSMARCO_DEV_MEASURES = ("RR@10", "R@1000")
+TREC_DL_MEASURES = ("nDCG@10", "AP(rel=2)", "R(rel=2)@1000")
+
+BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
+MSMARCO_URL = "https://msmarco.z22.web.core.windows.net/msmarcoranking/collectionandqueries.tar.gz"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A registry entry: where the data comes from and how the literature scores it."""
+
+    name: str                     # Pyserini's key: "trec-covid", "cqadupstack-android", "msmarco-passage"
+    title: str                    # as the DupMAE paper's tables print it
+    layout: str                   # "beir" or "msmarco"
+    public: bool                  # False: BEIR's restricted sets (BioASQ, Signal-1M, TREC-NEWS, Robust04)
+    default_split: str
+    measures: Dict[str, Tuple[str, ...]]
+    shipped: Dict[str, Tuple[str, str]]   # split -> (qrels file, topics file) under qrels/
+    url: Optional[str] = None
+    archive_member: Optional[str] = None  # folder inside the downloaded archive, e.g. "cqadupstack/android"
+    unit: Optional[str] = None            # the BEIR unit a sub-forum averages into ("cqadupstack")
+
+    @property
+    def pyserini_name(self) -> str:
+        """Pyserini's topic/qrels name for the default split, e.g. 'beir-v1.0.0-scifact-test'."""
+        return f"beir-v1.0.0-{self.name}-test" if self.layout == "beir" else f"{self.name}-{self.default_split}"
+
+
+CQADUPSTACK_FORUMS = ("android", "english", "gaming", "gis", "mathematica", "physics", "programmers",
+                     "stats", "tex", "unix", "webmasters", "wordpress")
+
+_BEIR = [  # (key, paper title, public)
+    ("trec-covid", "TREC-COVID", True), ("bioasq", "BioASQ", False), ("nfcorpus", "NFCorpus", True),
+    ("nq", "NQ", True), ("hotpotqa", "HotpotQA", True), ("fiqa", "FiQA-2018", True),
+    ("signal1m", "Signal-1M (RT)", False), ("trec-news", "TREC-NEWS", False),
+    ("robust04", "Robust04", False), ("arguana", "ArguAna", True),
+    ("webis-touche2020", "Touche-2020", True), ("cqadupstack", "CQADupStack", True),
+    ("quora", "Quora", True), ("dbpedia-entity", "DBPedia", True), ("scidocs", "SCIDOCS", True),
+    ("fever", "FEVER", True), ("climate-fever", "Climate-FEVER", True), ("scifact", "SciFact", True),
+]
+BEIR_UNITS = tuple(key for key, _, _ in _BEIR)
+"""The 18 BEIR datasets of the DupMAE paper's Table 3, in its order (CQADupStack is one unit)."""
+
+
+def _beir_entry(key: str, title: str, public: bool, archive: Optional[str] = None,
+                member: Optional[str] = None, unit: Optional[str] = None) -> DatasetInfo:
+    return DatasetInfo(
+        name=key, title=title, layout="beir", public=public, default_split="test",
+        measures={"test": BEIR_MEASURES},
+        shipped={"test": (f"qrels.beir-v1.0.0-{key}.test.txt.gz", f"topics.beir-v1.0.0-{key}.test.tsv.gz")},
+        url=BEIR_URL.format(name=archive or key) if public else None, archive_member=member, unit=unit,
+    )
+
+
+def _build_registry() -> Dict[str, DatasetInfo]:
+    registry: Dict[str, DatasetInfo] = {}
+    for key, title, public in _BEIR:
+        if key == "cqadupstack":
+            for forum in CQADUPSTACK_FORUMS:
+                name = f"cqadupstack-{forum}"
+                registry[name] = _beir_entry(name, f"CQADupStack ({forum})", True, archive="cqadupstack",
+                                             member=f"cqadupstack/{forum}", unit="cqadupstack")
+        else:
+            registry[key] = _beir_entry(key, title, public)
+    registry["msmarco-passage"] = DatasetInfo(
+        name="msmarco-passage", title="MS MARCO passage", layout="msmarco", public=True,
+        default_split="dev-subset",
+        measures={"dev-subset": MSMARCO_DEV_MEASURES, "dl19": TREC_DL_MEASURES, "dl20": TREC_DL_MEASURES},
+        shipped={"dev-subset": ("qrels.msmarco-passage.dev-subset.txt.gz", "topics.msmarco-passage.dev-subset.txt.gz"),
+                 "dl19": ("qrels.dl19-passage.txt.gz", "topics.dl19-passage.txt.gz"),
+                 "dl20": ("qrels.dl20-passage.txt.gz", "topics.dl20.txt.gz")},
+        url=MSMARCO_URL,
+    )
+    return registry
+
+
+REGISTRY: Dict[str, DatasetInfo] = _build_registry()
+
+
+def units_of(unit: str) -> Tuple[str, ...]:
+    """Registry names that make up a BEIR unit: CQADupStack's 12 forums, or the dataset itself."""
+    members = tuple(name for name, info in REGISTRY.items() if info.unit == unit)
+    return members or (unit,)
+
+
+# --------------------------------------------------------------------------- a resolved dataset
+
+
+@dataclass
+class Dataset:
+    """A dataset on disk, ready to stream: its corpus, queries and judgments per split."""
+
+    name: str
+    root: Path
+    layout: str
+    info: Optional[DatasetInfo] = None
+    _corpus: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        stem = "corpus.jsonl" if self.layout == "beir" else "collection.tsv"
+        for candidate in (self.root / stem, self.root / f"{stem}.gz"):
+            if candidate.is_file():
+                self._corpus = candidate
+                return
+        raise DupMAEEvalError(f"{self.root}: no {stem} (or {stem}.gz) in this folder")
+
+    @property
+    def corpus_path(self) -> Path:
+        return self._corpus
+
+    @property
+    def default_split(self) -> str:
+        return self.info.default_split if self.info else ("test" if self.layout == "beir" else "dl19")
+
+    def corpus_fingerprint(self) -> str:
+        """SHA-256 of the corpus file: part of every index and encoding cache key."""
+        return cache.file_digest(self._corpus)
+
+    def passages(self) -> Iterator[Passage]:
+        """Stream the corpus, validating each record (errors name the file and line)."""
+        reader = read_beir_corpus if self.layout == "beir" else read_tsv_collection
+        return reader(self._corpus)
+
+    def measures(self, split: str) -> Tuple[str, ...]:
+        """The measures the literature reports for this dataset and split."""
+        if self.info and split in self.info.measures:
+            return self.info.measures[split]
+        if self.layout == "beir":
+            return BEIR_MEASURES
+        return TREC_DL_MEASURES if split.startswith("dl") else MSMARCO_DEV_MEASURES
+
+    # -- judgments and queries ------------------------------------------------------------
+
+    def qrels_path(self, split: str) -> Path:
+        """The judgments file for `split`: the folder's own, else the shipped copy."""
+        if self.layout == "beir":
+            local = [self.root / "qrels" / f"{split}.tsv"]
+        else:
+            local = [self.root / f"qrels.{name}{ext}" for name in _msmarco_split_names(split)
+                     for ext in (".txt", ".tsv", ".txt.gz")]
+        for path in local:
+            if path.is_file():
+                return path
+        shipped = self._shipped(split, 0)
+        if shipped is not None:
+            return shipped
+        raise DupMAEEvalError(f"{self.root}: no judgments for split {split!r} "
+                              f"(looked for {', '.join(p.name for p in local)})")
+
+    def qrels(self, split: str) -> Qrels:
+        return read_qrels(self.qrels_path(split))
+
+    def queries(self, split: str) -> Dict[str, str]:
+        """The split's queries, {id: text} in file order.
+
+        BEIR layout: queries.jsonl holds every split's queries; those judged in the split's
+        qrels are the split (BEIR's own loader does the same).
+        """
+        if self.layout == "beir":
+            path = self.root / "queries.jsonl"
+            if not path.is_file() and (self.root / "queries.jsonl.gz").is_file():
+                path = self.root / "queries.jsonl.gz"
+            if path.is_file():
+                judged = self.qrels(split)
+                queries = {qid: text for qid, text in read_beir_queries(path).items() if qid in judged}
+                missing = sorted(set(judged) - set(queries))
+                if missing:
+                    raise DupMAEEvalError(f"{path}: {len(missing)} judged queries of split {split!r} are "
+                                          f"missing (e.g. {missing[0]!r})")
+                return queries
+        else:
+            for name in _msmarco_split_names(split):
+                for ext in (".tsv", ".tsv.gz"):
+                    path = self.root / f"queries.{name}{ext}"
+                    if path.is_file():
+                        return read_tsv_queries(path)
+        shipped = self._shipped(split, 1)
+        if shipped is not None:
+            return read_tsv_queries(shipped)
+        raise DupMAEEvalError(f"{self.root}: no queries for split {split!r}")
+
+    def _shipped(self, split: str, which: int) -> Optional[Path]:
+        if self.info and split in self.info.shipped:
+            path = SHIPPED_QRELS / self.info.shipped[split][which]
+            if path.is_file():
+                return path
+        return None
+
+
+def _msmarco_split_names(split: str) -> Tuple[str, ...]:
+    """File-name spellings of an MS MARCO split: 'dl19' is also 'dl19-passage'."""
+    return (split, f"{split}-passage") if not split.endswith("-passage") else (split,)
+
+
+def detect_layout(folder: Path) -> str:
+    """'beir' for corpus.jsonl, 'msmarco' for collection.tsv (either may be gzipped)."""
+    if (folder / "corpus.jsonl").is_file() or (folder / "corpus.jsonl.gz").is_file():
+        return "beir"
+    if (folder / "collection.tsv").is_file() or (folder / "collection.tsv.gz").is_file():
+        return "msmarco"
+    raise DupMAEEvalError(f"{folder}: not a dataset folder: it has neither corpus.jsonl (BEIR layout) "
+                          f"nor collection.tsv (MS MARCO layout)")
+
+
+def dataset_roots_from_env() -> Dict[str, Path]:
+    """Local folders standing in for registry names: DUPMAE_EVAL_DATA='scifact=/data/scifact:...'."""
+    mapping: Dict[str, Path] = {}
+    for item in filter(None, os.environ.get("DUPMAE_EVAL_DATA", "").split(os.pathsep)):
+        name, sep, folder = item.partition("=")
+        if not sep:
+            raise DupMAEEvalError(f"DUPMAE_EVAL_DATA: {item!r} is not NAME=FOLDER")
+        mapping[name.strip()] = Path(folder).expanduser()
+    return mapping
+
+
+def resolve(name_or_dir: str, download: bool = True) -> Dataset:
+    """Turn a registry name or a folder into a `Dataset` (downloading a public dataset if needed)."""
+    folder = Path(name_or_dir).expanduser()
+    if folder.is_dir():
+        info = REGISTRY.get(folder.name)
+        return Dataset(folder.name, folder, detect_layout(folder), info if info and
+                       info.layout == detect_layout(folder) else None)
+    info = REGISTRY.get(name_or_dir)
+    if info is None:
+        close = difflib.get_close_matches(name_or_dir, list(REGISTRY), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DupMAEEvalError(f"unknown dataset {name_or_dir!r}: not a folder and not a registry name"
+                              f"{hint}; `dupmae-eval datasets` lists the registry")
+    for candidate in (dataset_roots_from_env().get(info.name), BUNDLED_DATA / info.name,
+                      cache.home() / "datasets" / info.name):
+        if candidate is not None and candidate.is_dir():
+            return Dataset(info.name, candidate, info.layout, info)
+    if not download:
+        raise DupMAEEvalError(f"dataset {info.name!r} is not downloaded yet")
+    return Dataset(info.name, _download(info), info.layout, info)
+
+
+# --------------------------------------------------------------------------- downloads
+
+
+def _download(info: DatasetInfo) -> Path:
+    """Fetch and unpack a public dataset into the cache; atomically, so a broken download is never used."""
+    if not info.public or not info.url:
+        raise DupMAEEvalError(f"dataset {info.name!r} is not publicly downloadable (BEIR marks it "
+                              f"restricted); build it yourself and pass its folder")
+    final = cache.home() / "datasets" / info.name
+    archive = cache.home() / "downloads" / info.url.rsplit("/", 1)[-1]
+    if not archive.is_file():
+        _fetch(info.url, archive)
+    with cache.building(final) as scratch:
+        unpacked = scratch / ".unpacked"
+        _unpack(archive, unpacked)
+        for item in _locate_member(unpacked, info).iterdir():
+            shutil.move(str(item), scratch / item.name)
+        shutil.rmtree(unpacked)
+    return final
+
+
+def _fetch(url: str, target: Path) -> None:
+    from tqdm import tqdm
+
+    from .data import atomic_output
+
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, atomic_output(target, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {target.name}") as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    bar.update(len(block))
+    except OSError as exc:
+        raise DupMAEEvalError(f"could not download {url} ({exc.__class__.__name__}: {exc}); "
+                              f"offline? pass a local folder instead") from None
+
+
+def _unpack(archive: Path, into: Path) -> None:
+    if archive.suffix == ".zip":
+        with zipfile.ZipFile(archive) as zipped:
+            zipped.extractall(into)
+    else:
+        with tarfile.open(archive) as tarred:
+            tarred.extractall(into, filter="data")
+
+
+def _locate_member(unpacked: Path, info: DatasetInfo) -> Path:
+    """The folder inside an unpacked archive that holds this dataset's files."""
+    member = info.archive_member or info.name
+    for candidate in (unpacked / member, unpacked / info.name, unpacked):
+        try:
+            detect_layout(candidate)
+            return candidate
+        except DupMAEEvalError:
+            continue
+    raise DupMAEEvalError(f"downloaded archive for {info.name!r} has no corpus in the expected place")

@@ -1,0 +1,124 @@
+"""Scores runs with ir-measures, the way `trec_eval -c` averages them.
+
+Measure names are ir-measures' own (`nDCG@10`, `RR@10`, `R@1000`, `AP(rel=2)`). Every
+judged query counts: a query in the qrels that the run lacks scores 0 for every measure
+(trec_eval's -c), so a run that silently drops queries cannot look better than it is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Sequence
+
+from .data import Qrels, Run
+from .errors import DupMAEEvalError
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Aggregate values and per-query values (every judged query present) per measure string."""
+
+    aggregate: Dict[str, float]
+    per_query: Dict[str, Dict[str, float]]   # measure -> {qid: value}
+    judged_queries: int
+    run_queries: int
+
+
+def parse_measures(names: Sequence[str]) -> list:
+    """Parse measure strings with ir-measures, turning its errors into one clear line."""
+    import ir_measures
+
+    measures = []
+    for name in names:
+        try:
+            measures.append(ir_measures.parse_measure(name))
+        except (ValueError, NameError, SyntaxError, TypeError, AssertionError) as exc:
+            raise DupMAEEvalError(f"unknown measure {name!r} (ir-measures says: {exc}); "
+                                  f"examples: nDCG@10 RR@10 R@1000 AP(rel=2)") from None
+    return measures
+
+
+def evaluate(qrels: Qrels, run: Run, measure_names: Sequence[str]) -> Evaluation:
+    """Evaluate `run` against `qrels` on `measure_names`, trec_eval -c style."""
+    import ir_measures
+
+    if not qrels:
+        raise DupMAEEvalError("the qrels hold no judgments")
+    measures = parse_measures(measure_names)
+    run_scores = {qid: {docid: score for docid, score in hits} for qid, hits in run.items()}
+    found: Dict[str, Dict[str, float]] = {str(m): {} for m in measures}
+    by_ir_measures = [m for m in measures if m.NAME != "IPrec"]
+    if by_ir_measures:
+        for metric in ir_measures.iter_calc(by_ir_measures, qrels, run_scores):
+            found[str(metric.measure)][metric.query_id] = float(metric.value)
+    for measure in measures:
+        if measure.NAME == "IPrec":
+            found[str(measure)] = _interpolated_precision(qrels, run_scores, measure)
+    per_query = {name: {qid: values.get(qid, 0.0) for qid in qrels} for name, values in found.items()}
+    aggregate = {}
+    for measure in measures:
+        aggregator = measure.aggregator()
+        for value in per_query[str(measure)].values():
+            aggregator.add(value)
+        aggregate[str(measure)] = float(aggregator.result())
+    return Evaluation(aggregate, per_query, len(qrels), len(set(run) & set(qrels)))
+
+
+def _interpolated_precision(qrels: Qrels, run: Mapping[str, Mapping[str, float]], measure) -> Dict[str, float]:
+    """IPrec@r as trec_eval 10 computes it (ir-measures' pytrec_eval embeds trec_eval 9).
+
+    trec_eval 10 turns the recall level into a number of relevant documents by rounding
+    (lround(r * R)); version 9 added 0.9 and truncated, which moves the cut-off by one
+    relevant document whenever r * R has a fractional part below 0.5. Ranking follows
+    trec_eval: score descending, ties by doc id descending.
+    """
+    level = measure.params.get("rel", 1)
+    recall = measure.params["recall"]
+    values: Dict[str, float] = {}
+    for qid, judged in qrels.items():
+        scores = run.get(qid)
+        if not scores:
+            continue
+        ranking = sorted(scores.items(), key=lambda item: (item[1], item[0]), reverse=True)
+        is_rel = [judged.get(docid, -1) >= level for docid, _ in ranking]
+        num_rel = sum(1 for grade in judged.values() if grade >= level)
+        cutoff = math.floor(recall * num_rel + 0.5)  # C's lround for non-negative values
+        rel_so_far = sum(is_rel)
+        if cutoff > rel_so_far:
+            values[qid] = 0.0
+            continue
+        best = rel_so_far / len(ranking)
+        for rank in range(len(ranking), 0, -1):
+            if rel_so_far == 0:
+                break
+            best = max(best, rel_so_far / rank)
+            if is_rel[rank - 1]:
+                if rel_so_far == cutoff:
+                    break
+                rel_so_far -= 1
+        values[qid] = best
+    return values
+
+
+def format_lines(evaluation: Evaluation, names: Sequence[str] | None = None) -> List[str]:
+    """`MEASURE<TAB>VALUE` lines, values to 4 decimals, in the order asked for."""
+    names = list(names) if names else list(evaluation.aggregate)
+    keyed = {_canonical(name): value for name, value in evaluation.aggregate.items()}
+    return [f"{name}\t{keyed[_canonical(name)]:.4f}" for name in names]
+
+
+def _canonical(name: str) -> str:
+    import ir_measures
+
+    return str(ir_measures.parse_measure(name))
+
+
+def per_query_lines(evaluation: Evaluation) -> List[str]:
+    """`MEASURE<TAB>QID<TAB>VALUE` lines, like trec_eval -q."""
+    return [f"{name}\t{qid}\t{value:.4f}" for name, values in evaluation.per_query.items()
+            for qid, value in values.items()]
+
+
+def as_mapping(evaluation: Evaluation) -> Mapping[str, float]:
+    return dict(evaluation.aggregate)
