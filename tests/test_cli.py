@@ -1,0 +1,45 @@
+"""The command line itself: help, version, cheap start-up paths."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import REPO, TEST_DATA
+
+PROBE = """
+import sys
+from dupmae_eval.cli import main
+code = main(sys.argv[1:])
+heavy = sorted(m for m in ("jnius", "torch", "pyserini", "transformers", "faiss") if m in sys.modules)
+print("HEAVY=" + ",".join(heavy), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def _probe(*args):
+    return subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, cwd=REPO / "tests",
+                          timeout=120)
+
+
+def test_eval_starts_no_jvm_and_imports_no_torch():
+    done = _probe("eval", str(TEST_DATA / "trec_eval" / "qrels.test"), str(TEST_DATA / "trec_eval" / "results.test"),
+                  "AP", "P@10")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["AP\t0.1785", "P@10\t0.3000"]
+    assert "HEAVY=\n" in done.stderr + "\n"
+
+
+def test_datasets_lists_the_registry():
+    done = _probe("datasets")
+    assert done.returncode == 0
+    names = [line.split("\t")[0] for line in done.stdout.splitlines()[1:]]
+    assert "scifact" in names and "msmarco-passage" in names and len(names) == 17 + 12 + 1
+    assert "HEAVY=\n" in done.stderr + "\n"
+
+
+def test_help_lists_the_verbs():
+    done = subprocess.run([sys.executable, "-m", "dupmae_eval.cli", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    for verb in ("bm25", "eval", "datasets", "demo"):
+        assert verb in done.stdout

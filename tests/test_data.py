@@ -1,0 +1,98 @@
+"""Readers and writers: round trips, and one clear located error per kind of bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from dupmae_eval.data import (atomic_output, read_beir_corpus, read_beir_queries, read_qrels, read_trec_run,
+                              read_tsv_collection, write_trec_run)
+from dupmae_eval.errors import DupMAEEvalError, InputFormatError
+
+
+def _write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_beir_corpus_streams_records_and_reads_gzip(tmp_path):
+    lines = [{"_id": "d1", "title": "T", "text": "one"}, {"_id": 2, "text": "two"}]
+    plain = _write(tmp_path / "corpus.jsonl", "\n".join(json.dumps(r) for r in lines) + "\n")
+    packed = tmp_path / "corpus.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    for path in (plain, packed):
+        passages = list(read_beir_corpus(path))
+        assert [(p.docid, p.title, p.text) for p in passages] == [("d1", "T", "one"), ("2", "", "two")]
+        assert passages[0].flat_text() == "T one" and passages[1].flat_text() == "two"
+
+
+def test_malformed_json_line_is_named(tmp_path):
+    path = _write(tmp_path / "corpus.jsonl", '{"_id": "a", "text": "x"}\n{"_id": "b", "text": \n')
+    with pytest.raises(InputFormatError, match=r"corpus.jsonl:2: malformed JSON"):
+        list(read_beir_corpus(path))
+
+
+def test_corpus_line_without_id_is_named(tmp_path):
+    path = _write(tmp_path / "corpus.jsonl", '{"_id": "a", "text": "x"}\n\n{"title": "t", "text": "y"}\n')
+    with pytest.raises(InputFormatError, match=r'corpus.jsonl:3: missing field "_id"'):
+        list(read_beir_corpus(path))
+
+
+def test_qrels_with_two_columns_is_refused(tmp_path):
+    path = _write(tmp_path / "qrels.txt", "q1 d1\nq2 d2\n")
+    with pytest.raises(InputFormatError, match=r"qrels.txt:1: .*found 2"):
+        read_qrels(path)
+
+
+def test_qrels_formats_trec_and_beir_agree(tmp_path):
+    trec = _write(tmp_path / "q.trec", "1 0 d1 2\n1 0 d2 0\n2 0 d3 1\n")
+    beir = _write(tmp_path / "q.tsv", "query-id\tcorpus-id\tscore\n1\td1\t2\n1\td2\t0\n2\td3\t1\n")
+    assert read_qrels(trec) == read_qrels(beir) == {"1": {"d1": 2, "d2": 0}, "2": {"d3": 1}}
+
+
+def test_run_that_is_not_trec_format_is_refused(tmp_path):
+    path = _write(tmp_path / "run.txt", "1 Q0 d1 1 3.0 tag\n1\td2\t2\n")
+    with pytest.raises(InputFormatError, match=r"run.txt:2: not TREC run format"):
+        read_trec_run(path)
+    path = _write(tmp_path / "run2.txt", "1 Q0 d1 first 3.0 tag\n")
+    with pytest.raises(InputFormatError, match=r"run2.txt:1: not TREC run format"):
+        read_trec_run(path)
+
+
+def test_msmarco_collection_line_without_tab(tmp_path):
+    path = _write(tmp_path / "collection.tsv", "0\tfirst passage\n1 second passage\n")
+    with pytest.raises(InputFormatError, match=r"collection.tsv:2"):
+        list(read_tsv_collection(path))
+
+
+def test_queries_jsonl_missing_text(tmp_path):
+    path = _write(tmp_path / "queries.jsonl", '{"_id": "1", "text": "q"}\n{"_id": "2"}\n')
+    with pytest.raises(InputFormatError, match=r'queries.jsonl:2: missing field "text"'):
+        read_beir_queries(path)
+
+
+def test_atomic_output_leaves_nothing_when_the_writer_fails(tmp_path):
+    target = tmp_path / "out.trec"
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as out:
+            out.write("partial\n")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_trec_run_ties_break_by_docid_and_bytes_are_stable(tmp_path):
+    run = {"10": [("b", 1.0), ("a", 1.0), ("c", 2.0)], "9": [("x", 0.5)]}
+    write_trec_run(tmp_path / "r1.trec", run, "t")
+    write_trec_run(tmp_path / "r2.trec", {k: list(reversed(v)) for k, v in reversed(list(run.items()))}, "t")
+    text = (tmp_path / "r1.trec").read_text()
+    assert text == (tmp_path / "r2.trec").read_text()
+    assert text.splitlines() == ["9 Q0 x 1 0.500000 t", "10 Q0 c 1 2.000000 t", "10 Q0 a 2 1.000000 t",
+                                 "10 Q0 b 3 1.000000 t"]
+    assert read_trec_run(tmp_path / "r1.trec")["10"] == [("c", 2.0), ("a", 1.0), ("b", 1.0)]
+
+
+def test_missing_file_is_one_line(tmp_path):
+    with pytest.raises(DupMAEEvalError, match="no such file"):
+        read_qrels(tmp_path / "nope.txt")

@@ -1,0 +1,105 @@
+"""Evaluation: hand-worked examples, trec_eval -c semantics, and trec_eval's own test fixture."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from conftest import REPO, TEST_DATA
+from dupmae_eval.cli import main
+from dupmae_eval.data import read_qrels, read_trec_run
+from dupmae_eval.errors import DupMAEEvalError
+from dupmae_eval.evaluate import evaluate
+
+# trec_eval's measure names in out.test -> ir-measures' spelling.
+TREC_EVAL_NAMES = {"map": "AP", "Rprec": "Rprec", "bpref": "Bpref", "recip_rank": "RR",
+                   "num_ret": "NumRet", "num_rel": "NumRel", "num_rel_ret": "NumRelRet", "num_q": "NumQ"}
+
+
+def _trec_eval_expected():
+    expected = {}
+    for line in (TEST_DATA / "trec_eval" / "out.test").read_text().splitlines():
+        name, _, value = line.split()
+        if name.startswith("P_"):
+            expected[f"P@{name[2:]}"] = value
+        elif name.startswith("iprec_at_recall_"):
+            expected[f"IPrec@{float(name.rsplit('_', 1)[1]):g}"] = value
+        elif name in TREC_EVAL_NAMES:
+            expected[TREC_EVAL_NAMES[name]] = value
+    return expected
+
+
+def test_eval_prints_what_trec_eval_printed(capsys):
+    expected = _trec_eval_expected()
+    assert {"AP", "P@10", "IPrec@0.1", "Rprec", "Bpref", "RR"} <= set(expected)
+    code = main(["eval", str(TEST_DATA / "trec_eval" / "qrels.test"),
+                 str(TEST_DATA / "trec_eval" / "results.test"), *expected])
+    assert code == 0
+    printed = dict(line.split("\t") for line in capsys.readouterr().out.splitlines())
+    for measure, value in expected.items():
+        if measure.startswith("Num"):
+            assert float(printed[measure]) == float(value), measure
+        else:
+            assert printed[measure] == value, measure
+    assert printed["AP"] == "0.1785" and printed["P@10"] == "0.3000"
+
+
+def test_hand_worked_example():
+    # q1: relevant d1 (grade 2) and d3 (grade 1); ranking d2, d1, d3.
+    qrels = {"q1": {"d1": 2, "d3": 1, "d2": 0}}
+    run = {"q1": [("d2", 3.0), ("d1", 2.0), ("d3", 1.0)]}
+    result = evaluate(qrels, run, ["nDCG@10", "RR@10", "AP", "R@2", "P@1", "AP(rel=2)"]).aggregate
+    dcg = (2 ** 2 - 1) / math.log2(3) + (2 ** 1 - 1) / math.log2(4)
+    ideal = (2 ** 2 - 1) / math.log2(2) + (2 ** 1 - 1) / math.log2(3)
+    # trec_eval's ndcg uses the grade itself as gain, not 2^grade - 1:
+    dcg_linear = 2 / math.log2(3) + 1 / math.log2(4)
+    ideal_linear = 2 / math.log2(2) + 1 / math.log2(3)
+    assert result["nDCG@10"] == pytest.approx(dcg_linear / ideal_linear)
+    assert result["nDCG@10"] != pytest.approx(dcg / ideal)
+    assert result["RR@10"] == pytest.approx(1 / 2)
+    assert result["AP"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert result["R@2"] == pytest.approx(1 / 2)
+    assert result["P@1"] == 0.0
+    assert result["AP(rel=2)"] == pytest.approx(1 / 2)
+
+
+def test_judged_queries_missing_from_the_run_count_as_zero():
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
+    run = {"q1": [("d1", 1.0)], "q9": [("d2", 1.0)]}
+    evaluation = evaluate(qrels, run, ["nDCG@10", "R@1000"])
+    assert evaluation.aggregate == {"nDCG@10": 0.5, "R@1000": 0.5}
+    assert evaluation.per_query["nDCG@10"] == {"q1": 1.0, "q2": 0.0}
+
+
+def test_rr_at_10_is_cut_at_10():
+    qrels = {"q": {"d11": 1}}
+    run = {"q": [(f"d{i}", 100.0 - i) for i in range(1, 12)]}
+    assert evaluate(qrels, run, ["RR@10", "RR"]).aggregate == {"RR@10": 0.0, "RR": pytest.approx(1 / 11)}
+
+
+def test_unknown_measure_is_one_clear_error():
+    with pytest.raises(DupMAEEvalError, match="unknown measure 'nDCG@ten'"):
+        evaluate({"q": {"d": 1}}, {"q": [("d", 1.0)]}, ["nDCG@ten"])
+
+
+def test_eval_takes_a_registry_name_for_shipped_qrels(tmp_path, capsys):
+    qrels = read_qrels(REPO / "qrels" / "qrels.beir-v1.0.0-scifact.test.txt.gz")
+    # a perfect run: every judged document first
+    run_path = tmp_path / "perfect.trec"
+    run_path.write_text("".join(f"{qid} Q0 {doc} 1 1.0 x\n" for qid, docs in qrels.items() for doc in docs))
+    assert main(["eval", "scifact", str(run_path), "nDCG@10", "R@100"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["nDCG@10\t1.0000", "R@100\t1.0000"]
+
+
+def test_eval_bad_run_exits_nonzero_with_one_line(tmp_path, capsys):
+    run_path = tmp_path / "bad.trec"
+    run_path.write_text("1 Q0 d1 1 1.0 x\nnot a run line\n")
+    assert main(["eval", str(TEST_DATA / "trec_eval" / "qrels.test"), str(run_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{run_path}:2: not TREC run format" in err[0]
+
+
+def test_read_results_fixture_keeps_every_line():
+    run = read_trec_run(TEST_DATA / "trec_eval" / "results.test")
+    assert sum(len(hits) for hits in run.values()) == 1500
