@@ -35,6 +35,52 @@ def _add_bm25(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_bm25)
 
 
+def _topk(value: str):
+    if value == "all":
+        return "all"
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number or 'all'") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be positive")
+    return number
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="encode (cached), index (cached) and search with a DupMAE/RetroMAE/baseline model",
+                       description="Encode a corpus with a model, index it, search, and write a TREC run.")
+    p.add_argument("--dataset", required=True, help="registry name or dataset folder")
+    p.add_argument("--split", default=None)
+    p.add_argument("--model", required=True, help="Hugging Face hub name or local checkpoint folder")
+    p.add_argument("--encoder", required=True, choices=("dupmae", "cls", "mean", "splade"),
+                   help="dupmae: [CLS] + OT halves; cls: [CLS] only (RetroMAE); mean: mean pooling; "
+                        "splade: SPLADE pooling of the MLM head")
+    p.add_argument("--retrieval", required=True, choices=("dense", "impact", "dupmae", "hybrid"),
+                   help="dense: FaissSearcher; impact: LuceneImpactSearcher; dupmae: exact score, brute force; "
+                        "hybrid: dense + impact candidates rescored exactly")
+    p.add_argument("--activation", choices=("none", "relu", "log1p_relu"), default=None,
+                   help="on the pooled MLM logits (default: none for dupmae, log1p_relu for splade)")
+    p.add_argument("--topk", type=_topk, default=None, help="document sparse entries kept (default 384 for "
+                                                           "dupmae, all for splade); a number or 'all'")
+    p.add_argument("--query-topk", type=_topk, default=None, help="query sparse entries kept (default all)")
+    p.add_argument("--exclude-sep", action="store_true", help="leave [SEP] out of the OT pooling")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise the dense half")
+    p.add_argument("--max-query-length", type=int, default=None, help="tokens (default 64)")
+    p.add_argument("--max-passage-length", type=int, default=None, help="tokens (default 256)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    p.add_argument("--quantization-scale", type=float, default=100.0,
+                   help="impact weights are round(weight * scale) (default 100, as Pyserini's SPLADE)")
+    p.add_argument("--hits", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--keep-query-hit", action="store_true")
+    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--tag", default=None)
+    p.add_argument("--eval", action="store_true", help="evaluate the run with the dataset's measures")
+    p.set_defaults(handler=_cmd_run)
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="score a TREC run with ir-measures (trec_eval -c semantics)",
                        description="Print MEASURE<TAB>VALUE per measure. QRELS is a file (TREC or BEIR TSV) "
@@ -63,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dupmae-eval", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dupmae-eval {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for add in (_add_bm25, _add_eval, _add_datasets, _add_demo):
+    for add in (_add_bm25, _add_run, _add_eval, _add_datasets, _add_demo):
         add(sub)
     return parser
 
@@ -77,6 +123,25 @@ def _cmd_bm25(args: argparse.Namespace) -> int:
     result = run_bm25(args.dataset, split=args.split, fields=args.fields, output=args.output, k1=args.k1,
                       b=args.b, hits=args.hits, threads=args.threads,
                       keep_query_hit=args.keep_query_hit, tag=args.tag)
+    print(f"wrote {result.run_path} ({result.queries} queries)", file=sys.stderr)
+    if args.eval:
+        from .evaluate import format_lines
+
+        print("\n".join(format_lines(result.evaluate())))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import run_model
+
+    overrides = {"activation": args.activation, "normalize": args.normalize or None,
+                 "include_sep": False if args.exclude_sep else None,
+                 "max_query_length": args.max_query_length, "max_passage_length": args.max_passage_length,
+                 "doc_topk": args.topk, "query_topk": args.query_topk}
+    result = run_model(args.dataset, args.model, args.encoder, args.retrieval, args.output, split=args.split,
+                       hits=args.hits, batch_size=args.batch_size, device=args.device,
+                       quantization_scale=args.quantization_scale, threads=args.threads,
+                       keep_query_hit=args.keep_query_hit, tag=args.tag, **overrides)
     print(f"wrote {result.run_path} ({result.queries} queries)", file=sys.stderr)
     if args.eval:
         from .evaluate import format_lines

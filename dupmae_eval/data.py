@@ -34,6 +34,7 @@ class Passage:
     docid: str
     title: str
     text: str
+    line: int = 0     # line in the corpus file, for error messages
 
     def flat_text(self) -> str:
         """Title and text as one string, the way BEIR's and Pyserini's flat conditions see it."""
@@ -116,7 +117,7 @@ def read_beir_corpus(path: str | Path) -> Iterator[Passage]:
         if not docid.strip():
             raise InputFormatError(path, number, 'empty "_id"')
         yield Passage(docid, _string_field(path, number, record, "title", required=False),
-                      _string_field(path, number, record, "text"))
+                      _string_field(path, number, record, "text"), number)
 
 
 def read_beir_queries(path: str | Path) -> Dict[str, str]:
@@ -161,7 +162,7 @@ def read_tsv_collection(path: str | Path) -> Iterator[Passage]:
         docid, sep, text = line.partition("\t")
         if not sep or not docid.strip():
             raise InputFormatError(path, number, "expected `id<TAB>text`")
-        yield Passage(docid.strip(), "", text)
+        yield Passage(docid.strip(), "", text, number)
 
 
 def read_tsv_queries(path: str | Path) -> Dict[str, str]:

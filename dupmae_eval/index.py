@@ -1,4 +1,4 @@
-"""Cached indexes. BM25: a Lucene index built by Anserini's IndexCollection through Pyserini.
+"""Cached indexes: Lucene BM25 and impact indexes (Anserini through Pyserini), faiss dense indexes.
 
 The corpus is first read by our own validating readers and staged as a Pyserini
 JsonCollection, so a malformed record is reported with its file and line before Java runs;
@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
+
+import numpy as np
 
 from . import cache
 from ._java import anserini_version, start_jvm
@@ -49,12 +52,7 @@ def bm25_index(dataset: Dataset, fields: str, threads: int | None = None) -> Pat
         if indexed != documents:
             raise DupMAEEvalError(f"Lucene indexed {indexed} of {documents} documents from "
                                   f"{dataset.corpus_path}; the index was not kept")
-        for staged in collection.iterdir():
-            staged.unlink()
-        collection.rmdir()
-        for item in (scratch / "index").iterdir():
-            item.rename(scratch / item.name)
-        (scratch / "index").rmdir()
+        _flatten(scratch, collection)
         cache.write_json(scratch / "meta.json", {**settings, "dataset": dataset.name,
                                                  "corpus": str(dataset.corpus_path), "documents": documents,
                                                  "seconds": round(time.time() - started, 1)})
@@ -109,3 +107,109 @@ def lucene_document_count(index: Path) -> int:
         return int(reader.numDocs())
     finally:
         reader.close()
+
+
+# --------------------------------------------------------------------------- dense and impact indexes
+
+
+def faiss_index(encoding) -> Path:
+    """A flat inner-product faiss index over the dense half, in Pyserini's layout (`index` + `docid`)."""
+    import faiss
+
+    if encoding.dense is None:
+        raise DupMAEEvalError(f"{encoding.folder}: this encoding has no dense half")
+    final = cache.home() / "indexes" / "faiss" / encoding.folder.name
+    if (final / "meta.json").is_file():
+        return final
+    with cache.building(final) as scratch:
+        index = faiss.IndexFlatIP(encoding.dense.shape[1])
+        index.add(np.ascontiguousarray(encoding.dense, dtype=np.float32))
+        faiss.write_index(index, str(scratch / "index"))
+        (scratch / "docid").write_text("".join(f"{docid}\n" for docid in encoding.docids), encoding="utf-8")
+        cache.write_json(scratch / "meta.json", {"encoding": str(encoding.folder), "documents": index.ntotal,
+                                                 "dimension": index.d, "kind": "faiss IndexFlatIP"})
+    return final
+
+
+def impact_index(encoding, vocabulary: Sequence[str], scale: float, threads: int | None = None) -> Path:
+    """A Lucene impact index over the sparse half, from a JsonVectorCollection of quantised weights.
+
+    Each document's kept (top-k) entries are quantised to round(weight * scale); negative and
+    rounded-to-zero weights cannot enter a Lucene impact index, and the share of the sparse
+    score mass they carry is recorded in the index's meta.json (and returned by `impact_meta`).
+    """
+    if encoding.sparse is None:
+        raise DupMAEEvalError(f"{encoding.folder}: this encoding has no sparse half")
+    key = cache.settings_key({"scale": scale, "anserini": anserini_version(), "layout": 1})
+    final = cache.home() / "indexes" / "impact" / f"{encoding.folder.name}-{key}"
+    if (final / "meta.json").is_file():
+        return final
+    with cache.building(final) as scratch:
+        collection = scratch / "collection"
+        stats = _stage_vectors(encoding, vocabulary, scale, collection)
+        _run_impact_indexer(collection, scratch / "index", threads or os.cpu_count() or 1)
+        indexed = lucene_document_count(scratch / "index")
+        if indexed != stats["documents_with_terms"]:
+            raise DupMAEEvalError(f"Lucene indexed {indexed} of {stats['documents_with_terms']} vectors; "
+                                  f"the impact index was not kept")
+        _flatten(scratch, collection)
+        cache.write_json(scratch / "meta.json", {"encoding": str(encoding.folder), "quantization_scale": scale,
+                                                 "anserini": anserini_version(), **stats})
+    return final
+
+
+def impact_meta(index: Path) -> dict:
+    import json
+
+    return json.loads((index / "meta.json").read_text())
+
+
+def _stage_vectors(encoding, vocabulary: Sequence[str], scale: float, folder: Path) -> dict:
+    """Write quantised vectors as JsonVectorCollection files; count the score mass left out."""
+    folder.mkdir(parents=True)
+    matrix = encoding.sparse
+    quantized = np.rint(matrix.data.astype(np.float64) * scale).astype(np.int64)
+    magnitude = np.abs(matrix.data.astype(np.float64))
+    negative = matrix.data < 0
+    rounded_away = (matrix.data > 0) & (quantized <= 0)
+    with_terms, out = 0, None
+    try:
+        for row, docid in enumerate(encoding.docids):
+            if row % _DOCS_PER_FILE == 0:
+                if out:
+                    out.close()
+                out = open(folder / f"vectors{row // _DOCS_PER_FILE:05d}.jsonl", "w", encoding="utf-8")
+            start, end = matrix.indptr[row], matrix.indptr[row + 1]
+            weights = quantized[start:end]
+            keep = weights > 0
+            if not keep.any():
+                continue
+            vector = dict(zip((vocabulary[i] for i in matrix.indices[start:end][keep]), weights[keep].tolist()))
+            out.write(json.dumps({"id": docid, "contents": "", "vector": vector}, ensure_ascii=False) + "\n")
+            with_terms += 1
+    finally:
+        if out:
+            out.close()
+    total = float(magnitude.sum()) or 1.0
+    return {"documents": len(encoding.docids), "documents_with_terms": with_terms,
+            "entries": int(matrix.nnz), "entries_indexed": int((quantized > 0).sum()),
+            "negative_mass_fraction": float(magnitude[negative].sum() / total),
+            "rounded_away_mass_fraction": float(magnitude[rounded_away].sum() / total)}
+
+
+def _run_impact_indexer(collection: Path, index: Path, threads: int) -> None:
+    start_jvm()
+    from jnius import autoclass
+
+    autoclass("io.anserini.index.IndexCollection").main([
+        "-collection", "JsonVectorCollection", "-input", str(collection), "-index", str(index),
+        "-generator", "DefaultLuceneDocumentGenerator", "-impact", "-pretokenized",
+        "-threads", str(threads), "-quiet"])
+
+
+def _flatten(scratch: Path, collection: Path) -> None:
+    """Drop the staged collection and move the Lucene files up to the cache entry's top level."""
+    shutil.rmtree(collection)
+    for item in (scratch / "index").iterdir():
+        item.rename(scratch / item.name)
+    (scratch / "index").rmdir()

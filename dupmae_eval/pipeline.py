@@ -8,10 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
+import numpy as np
+
 from . import __version__, cache
 from .data import Qrels, write_trec_run
 from .datasets import Dataset, resolve
+from .encoders import DEFAULT_QUANTIZATION_SCALE
+from .errors import DupMAEEvalError
 from .evaluate import Evaluation, evaluate
+from .index import faiss_index, impact_index, impact_meta
+from .search import dense_search, exact_search, impact_search
 
 # Pyserini's published BEIR SciFact BM25 figures (two-click reproduction), trec_eval -c, 4 decimals.
 PYSERINI_SCIFACT_BM25 = {
@@ -66,6 +72,122 @@ def run_bm25(dataset: str | Dataset, split: Optional[str], fields: str, output: 
         "versions": _versions(), "host": {"python": platform.python_version(), "machine": platform.machine()},
     })
     return RunResult(output, data, split, len(queries), run)
+
+
+def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, output: Path,
+              split: Optional[str] = None, hits: int = 1000, batch_size: int = 32, device: Optional[str] = None,
+              quantization_scale: float = DEFAULT_QUANTIZATION_SCALE, threads: Optional[int] = None,
+              keep_query_hit: bool = False, tag: Optional[str] = None, **settings_overrides) -> RunResult:
+    """Encode (cached), index (cached) and search with a learned model; write the run and its sidecar.
+
+    retrieval: dense (FaissSearcher), impact (LuceneImpactSearcher), dupmae (the paper's exact score,
+    brute force; with a one-half encoder, that half exactly) or hybrid (dense + impact candidates,
+    rescored exactly, with its agreement with `dupmae` reported in the sidecar).
+    """
+    from .encode import encode_corpus, load_encoding
+    from .encoders import DupMAEDocumentEncoder, DupMAEQueryEncoder, EncoderSettings, encode_queries
+    from .model import load_model
+    from .search import check_queries
+
+    if retrieval not in RETRIEVAL_MODES:
+        raise DupMAEEvalError(f"unknown --retrieval {retrieval!r}; choose one of {', '.join(RETRIEVAL_MODES)}")
+    settings = EncoderSettings.for_kind(encoder, **settings_overrides)
+    _check_mode(settings, retrieval)
+    data = dataset if isinstance(dataset, Dataset) else resolve(dataset)
+    split = split or data.default_split
+    queries = data.queries(split)
+    check_queries(queries, f"{data.root} (split {split})")
+    qids = list(queries)
+    remove_query = data.layout == "beir" and not keep_query_hit
+    loaded = load_model(model, need_mlm_head=settings.has_sparse)
+    timings: Dict[str, float] = {}
+    started = time.time()
+    encoding = load_encoding(encode_corpus(data, DupMAEDocumentEncoder(loaded, settings, device), batch_size))
+    timings["encode"] = time.time() - started
+    half = "dense" if settings.has_dense else "sparse"
+    query_encoder = DupMAEQueryEncoder(loaded, settings, half=half, quantization_scale=quantization_scale)
+    extra: Dict[str, object] = {}
+
+    def exact() -> dict:
+        q_dense, q_sparse, _ = encode_queries(query_encoder, [queries[q] for q in qids])
+        return exact_search(encoding, q_dense, q_sparse, qids, hits, remove_query)
+
+    started = time.time()
+    if retrieval == "dense":
+        run = dense_search(faiss_index(encoding), query_encoder, queries, hits, threads, remove_query)
+    elif retrieval == "impact":
+        index = impact_index(encoding, query_encoder.vocabulary(), quantization_scale, threads)
+        extra["impact_index"] = impact_meta(index)
+        run = impact_search(index, query_encoder, queries, hits, threads, remove_query)
+    elif retrieval == "dupmae":
+        run = exact()
+    else:
+        run, agreement, index, reference = _hybrid(encoding, loaded, settings, query_encoder, queries, hits,
+                                                   threads, remove_query, quantization_scale, exact)
+        extra["impact_index"] = impact_meta(index)
+        extra["hybrid_agreement"] = {**agreement, **_metric_difference(data, split, run, reference)}
+    timings["search"] = time.time() - started
+    truncated = _count_truncated(loaded, [queries[q] for q in qids], settings.max_query_length)
+    tag = tag or f"{encoder}-{retrieval}"
+    write_trec_run(output, run, tag)
+    cache.write_json(Path(f"{output}.meta.json"), {
+        "tool": f"dupmae-eval {__version__}", "condition": tag, "dataset": data.name,
+        "dataset_root": str(data.root), "split": split, "corpus_sha256": data.corpus_fingerprint(),
+        "model": {"source": loaded.source, "revision": loaded.revision, "folder": str(loaded.folder),
+                  "projection": loaded.projection is not None, "dense_dim": loaded.dense_dim},
+        "encoder": settings.as_dict(), "retrieval": {"mode": retrieval, "hits": hits, "remove_query_hit": remove_query,
+                                                     "quantization_scale": quantization_scale},
+        "encoding": str(encoding.folder), "documents": len(encoding.docids), "queries": len(qids),
+        "queries_truncated": truncated, "seconds": {k: round(v, 2) for k, v in timings.items()},
+        **extra, "versions": _versions(),
+        "host": {"python": platform.python_version(), "machine": platform.machine()},
+    })
+    return RunResult(output, data, split, len(qids), run)
+
+
+RETRIEVAL_MODES = ("dense", "impact", "dupmae", "hybrid")
+
+
+def _check_mode(settings, retrieval: str) -> None:
+    if retrieval == "dense" and not settings.has_dense:
+        raise DupMAEEvalError(f"--retrieval dense needs a dense half; encoder {settings.kind!r} has none")
+    if retrieval == "impact" and not settings.has_sparse:
+        raise DupMAEEvalError(f"--retrieval impact needs a sparse half; encoder {settings.kind!r} has none "
+                              f"(use dupmae or splade)")
+    if retrieval == "hybrid" and not (settings.has_dense and settings.has_sparse):
+        raise DupMAEEvalError(f"--retrieval hybrid fuses both halves; encoder {settings.kind!r} has one "
+                              f"(use --retrieval dupmae for its exact score)")
+
+
+def _hybrid(encoding, loaded, settings, query_encoder, queries, hits, threads, remove_query, scale, exact):
+    """Dense and impact candidates, rescored with the exact score; agreement with brute force."""
+    from .encoders import DupMAEQueryEncoder, encode_queries
+    from .search import fuse_candidates, rescore
+
+    qids = list(queries)
+    dense_run = dense_search(faiss_index(encoding), query_encoder, queries, hits, threads, remove_query)
+    index = impact_index(encoding, query_encoder.vocabulary(), scale, threads)
+    sparse_encoder = DupMAEQueryEncoder(loaded, settings, half="sparse", quantization_scale=scale)
+    impact_run = impact_search(index, sparse_encoder, queries, hits, threads, remove_query)
+    q_dense, q_sparse, _ = encode_queries(query_encoder, [queries[q] for q in qids])
+    run = rescore(encoding, q_dense, q_sparse, qids, fuse_candidates(dense_run, impact_run), hits)
+    reference = exact()
+    overlap = [len({d for d, _ in run[q][:10]} & {d for d, _ in reference[q][:10]}) / max(1, min(10, len(reference[q])))
+               for q in qids]
+    return run, {"top10_overlap_with_exact": float(np.mean(overlap))}, index, reference
+
+
+def _metric_difference(data: Dataset, split: str, run, reference) -> dict:
+    """The dataset's measures for the hybrid run minus those of the exact run (0 = same quality)."""
+    measures = data.measures(split)
+    qrels = data.qrels(split)
+    ours, exact = evaluate(qrels, run, measures).aggregate, evaluate(qrels, reference, measures).aggregate
+    return {"exact": exact, "hybrid": ours, "difference": {m: ours[m] - exact[m] for m in ours}}
+
+
+def _count_truncated(loaded, texts, max_length: int) -> int:
+    lengths = [len(ids) for ids in loaded.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+    return sum(length > max_length for length in lengths)
 
 
 def _versions() -> Dict[str, str]:

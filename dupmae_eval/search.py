@@ -1,10 +1,13 @@
-"""Searches that turn queries into runs. BM25: Pyserini's LuceneSearcher over a cached index."""
+"""Searches that turn queries into runs: BM25 (LuceneSearcher), dense (FaissSearcher), impact
+(LuceneImpactSearcher), the exact DupMAE score (brute force in blocks) and the hybrid route."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Mapping
+from typing import Mapping, Tuple
+
+import numpy as np
 
 from ._java import start_jvm
 from .data import Run
@@ -42,3 +45,117 @@ def bm25_search(index: Path, queries: Mapping[str, str], fields: str, k1: float 
         run[qid] = kept
     searcher.close()
     return run
+
+
+# --------------------------------------------------------------------------- learned representations
+
+
+def _drop_query_hit(qid: str, hits, remove_query: bool):
+    return [(docid, score) for docid, score in hits if not (remove_query and docid == qid)]
+
+
+def dense_search(index: Path, query_encoder, queries: Mapping[str, str], hits: int = 1000,
+                 threads: int | None = None, remove_query: bool = True) -> Run:
+    """The dense half through Pyserini's FaissSearcher with our query encoder."""
+    start_jvm()  # pyserini.search imports its Lucene classes, which start the JVM
+    from pyserini.search.faiss import FaissSearcher
+
+    searcher = FaissSearcher(str(index), query_encoder)
+    qids = list(queries)
+    results = searcher.batch_search([queries[q] for q in qids], qids, k=hits, threads=threads or os.cpu_count() or 1)
+    return {qid: _drop_query_hit(qid, [(h.docid, float(h.score)) for h in results.get(qid, [])], remove_query)
+            for qid in qids}
+
+
+def impact_search(index: Path, query_encoder, queries: Mapping[str, str], hits: int = 1000,
+                  threads: int | None = None, remove_query: bool = True) -> Run:
+    """The sparse half through Pyserini's LuceneImpactSearcher (quantised weights, Lucene scoring)."""
+    start_jvm()
+    from pyserini.search.lucene import LuceneImpactSearcher
+
+    searcher = LuceneImpactSearcher(str(index), query_encoder)
+    qids = list(queries)
+    results = searcher.batch_search([queries[q] for q in qids], qids, k=hits, threads=threads or os.cpu_count() or 1)
+    return {qid: _drop_query_hit(qid, [(h.docid, float(h.score)) for h in results.get(qid, [])], remove_query)
+            for qid in qids}
+
+
+def exact_scores_topk(query_dense, query_sparse, doc_dense, doc_sparse, k: int,
+                      block: int = 65_536) -> Tuple[np.ndarray, np.ndarray]:
+    """Exact DupMAE scores, q_dense . d_dense + sum over d's kept entries of q_sparse[i] * d_sparse[i],
+    for every query against every document, in blocks of documents so memory stays bounded.
+
+    query_sparse is a dense (queries x vocabulary) array; doc_sparse a CSR matrix holding only each
+    document's kept (top-k) entries, so the sum runs over topk(d) exactly. Returns (indices, scores),
+    each queries x min(k, documents), best first (ties: lower document index first).
+    """
+    n_docs = doc_dense.shape[0] if doc_dense is not None else doc_sparse.shape[0]
+    n_queries = query_dense.shape[0] if query_dense is not None else query_sparse.shape[0]
+    k = min(k, n_docs)
+    best_idx = np.empty((n_queries, 0), dtype=np.int64)
+    best_val = np.empty((n_queries, 0), dtype=np.float32)
+    for start in range(0, n_docs, block):
+        end = min(n_docs, start + block)
+        scores = np.zeros((n_queries, end - start), dtype=np.float32)
+        if doc_dense is not None:
+            scores += query_dense @ doc_dense[start:end].T
+        if doc_sparse is not None:
+            scores += np.asarray(doc_sparse[start:end] @ query_sparse.T, dtype=np.float32).T
+        idx = np.concatenate([best_idx, np.arange(start, end)[None, :].repeat(n_queries, 0)], axis=1)
+        val = np.concatenate([best_val, scores], axis=1)
+        keep = _top_columns(val, k)
+        best_idx, best_val = np.take_along_axis(idx, keep, 1), np.take_along_axis(val, keep, 1)
+    return best_idx, best_val
+
+
+def _top_columns(values: np.ndarray, k: int) -> np.ndarray:
+    """Column positions of each row's k largest values, sorted best first (stable for ties)."""
+    if values.shape[1] > k:
+        part = np.argpartition(-values, k - 1, axis=1)[:, :k]
+    else:
+        part = np.arange(values.shape[1])[None, :].repeat(values.shape[0], 0)
+    order = np.argsort(-np.take_along_axis(values, part, 1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, 1)
+
+
+def exact_search(encoding, query_dense, query_sparse, qids, hits: int = 1000, remove_query: bool = True,
+                 query_block: int = 1024) -> Run:
+    """The paper's score over the whole corpus (brute force), as a run."""
+    run: Run = {}
+    for start in range(0, len(qids), query_block):
+        part = slice(start, start + query_block)
+        idx, val = exact_scores_topk(None if query_dense is None else query_dense[part],
+                                     None if query_sparse is None else query_sparse[part],
+                                     encoding.dense, encoding.sparse, hits)
+        for row, qid in enumerate(qids[part]):
+            run[qid] = _drop_query_hit(qid, [(encoding.docids[i], float(s)) for i, s in zip(idx[row], val[row])],
+                                       remove_query)
+    return run
+
+
+def rescore(encoding, query_dense, query_sparse, qids, candidates: Run, hits: int = 1000) -> Run:
+    """Exact DupMAE scores for each query's candidate documents (the hybrid route's second stage)."""
+    position = {docid: i for i, docid in enumerate(encoding.docids)}
+    run: Run = {}
+    for row, qid in enumerate(qids):
+        docs = sorted({position[docid] for docid, _ in candidates.get(qid, [])})
+        if not docs:
+            run[qid] = []
+            continue
+        scores = np.zeros(len(docs), dtype=np.float32)
+        if encoding.dense is not None:
+            scores += encoding.dense[docs] @ query_dense[row]
+        if encoding.sparse is not None:
+            scores += np.asarray(encoding.sparse[docs] @ query_sparse[row], dtype=np.float32).ravel()
+        ranked_docs = sorted(zip(docs, scores.tolist()), key=lambda item: (-item[1], item[0]))[:hits]
+        run[qid] = [(encoding.docids[i], s) for i, s in ranked_docs]
+    return run
+
+
+def fuse_candidates(*runs: Run) -> Run:
+    """Union of the candidates of several runs, per query."""
+    fused: Run = {}
+    for run in runs:
+        for qid, hits in run.items():
+            fused.setdefault(qid, []).extend(hits)
+    return fused

@@ -1,0 +1,179 @@
+"""Corpus encoding: streamed, length-sorted batches, written in shards that survive a kill.
+
+The corpus is read as a stream and cut into shards of `shard_size` passages. Each shard is
+encoded in batches sorted by length (little padding), then written atomically as one .npz
+file; a shard file that exists is complete, so a rerun after a crash or kill -9 skips it and
+the final vectors are identical to an uninterrupted run. A manifest is written when every
+shard is there; only then is the encoding used.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from . import cache
+from .data import Passage, atomic_output
+from .datasets import Dataset
+from .encoders import DupMAEDocumentEncoder, EncoderSettings, SparseRows
+from .errors import DupMAEEvalError, InputFormatError
+from .model import HEAD_FILE, LoadedModel
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class CorpusEncoding:
+    """A finished encoding: doc ids, the dense matrix and the sparse CSR matrix (either may be None)."""
+
+    folder: Path
+    docids: List[str]
+    dense: Optional[np.ndarray]
+    sparse: Optional["object"]       # scipy.sparse.csr_matrix, N x vocabulary
+    meta: dict
+
+
+def model_fingerprint(model: LoadedModel) -> str:
+    """Hash of the checkpoint's files (weights, config, tokenizer, head): part of encoding cache keys."""
+    parts = [model.source, model.revision]
+    for path in sorted(model.folder.iterdir()):
+        if path.is_file() and (path.suffix in (".json", ".txt", ".safetensors", ".bin", ".model")
+                               or path.name == HEAD_FILE):
+            parts.append(f"{path.name}:{cache.file_digest(path)}")
+    return cache.settings_key({"model": parts})
+
+
+def encoding_folder(dataset: Dataset, model: LoadedModel, settings: EncoderSettings) -> Path:
+    key = cache.settings_key({"corpus": dataset.corpus_fingerprint(), "model": model_fingerprint(model),
+                              "settings": settings.as_dict(), "format": FORMAT_VERSION})
+    return cache.home() / "encodings" / f"{dataset.name}-{settings.kind}-{key}"
+
+
+def encode_corpus(dataset: Dataset, encoder: DupMAEDocumentEncoder, batch_size: int = 32,
+                  shard_size: int = 10_000, rank: int = 0, world_size: int = 1,
+                  progress: bool = True) -> Path:
+    """Encode the corpus into the cache (resuming finished shards); return the encoding folder.
+
+    With world_size > 1 (torchrun), rank r encodes shards r, r + world, ...; the caller's rank 0
+    writes the manifest once every rank is done (see `finish_manifest`).
+    """
+    folder = encoding_folder(dataset, encoder.model, encoder.settings)
+    if (folder / "manifest.json").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    total = _count_passages(dataset)
+    if total == 0:
+        raise DupMAEEvalError(f"{dataset.corpus_path}: the corpus has no documents")
+    shards = (total + shard_size - 1) // shard_size
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="passage", desc=f"encode {dataset.name} [{encoder.settings.kind}]",
+               disable=not progress, smoothing=0.05)
+    stream = dataset.passages()
+    for shard in range(shards):
+        passages = list(islice(stream, shard_size))
+        path = folder / f"shard-{shard:05d}.npz"
+        if shard % world_size != rank or path.is_file():
+            bar.update(len(passages))
+            continue
+        _check_passages(dataset, passages)
+        _write_shard(path, passages, encoder, batch_size, bar)
+    bar.close()
+    if world_size == 1:
+        finish_manifest(folder, dataset, encoder, shards, total)
+    return folder
+
+
+def finish_manifest(folder: Path, dataset: Dataset, encoder: DupMAEDocumentEncoder, shards: int,
+                    total: int) -> None:
+    """Write the manifest once all shards exist: from then on the encoding counts as cached."""
+    missing = [s for s in range(shards) if not (folder / f"shard-{s:05d}.npz").is_file()]
+    if missing:
+        raise DupMAEEvalError(f"{folder}: shards {missing[:5]} are missing; rerun to resume")
+    cache.write_json(folder / "manifest.json", {
+        "dataset": dataset.name, "corpus": str(dataset.corpus_path),
+        "corpus_sha256": dataset.corpus_fingerprint(), "model": encoder.model.source,
+        "model_revision": encoder.model.revision, "model_fingerprint": model_fingerprint(encoder.model),
+        "settings": encoder.settings.as_dict(), "dense_dim": encoder.model.dense_dim if
+        encoder.settings.has_dense else None, "vocabulary": encoder.model.vocab_size,
+        "documents": total, "shards": shards, "format": FORMAT_VERSION, "finished": time.time()})
+
+
+def _count_passages(dataset: Dataset) -> int:
+    from .data import open_text
+
+    with open_text(dataset.corpus_path) as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def _check_passages(dataset: Dataset, passages: Sequence[Passage]) -> None:
+    for passage in passages:
+        if not passage.flat_text().strip():
+            raise InputFormatError(dataset.corpus_path, passage.line,
+                                   f"passage {passage.docid!r} is empty (no title, no text): it cannot be encoded")
+
+
+def _write_shard(path: Path, passages: Sequence[Passage], encoder: DupMAEDocumentEncoder, batch_size: int,
+                 bar) -> None:
+    """Encode one shard in length-sorted batches and write it atomically, in corpus order."""
+    order = sorted(range(len(passages)), key=lambda i: -len(passages[i].flat_text()))
+    dense_parts, sparse_parts, truncated = [], [], 0
+    for start in range(0, len(order), batch_size):
+        batch = [passages[i] for i in order[start:start + batch_size]]
+        encoded = encoder.encode_texts([p.flat_text() for p in batch])
+        truncated += encoded.truncated
+        if encoded.dense is not None:
+            dense_parts.append(encoded.dense)
+        if encoded.sparse is not None:
+            sparse_parts.append(encoded.sparse)
+        bar.update(len(batch))
+    inverse = np.argsort(np.asarray(order))
+    arrays = {"docids": np.asarray([p.docid for p in passages]), "truncated": np.asarray(truncated)}
+    if dense_parts:
+        arrays["dense"] = np.concatenate(dense_parts)[inverse]
+    if sparse_parts:
+        rows = _concat_rows(sparse_parts)[inverse]
+        arrays.update(indptr=rows.indptr, indices=rows.indices, data=rows.data,
+                      shape=np.asarray(rows.shape))
+    with atomic_output(path, "wb") as out:
+        np.savez(out, **arrays)
+
+
+def _concat_rows(parts: Sequence[SparseRows]):
+    from scipy.sparse import vstack
+
+    return vstack([part.to_scipy() for part in parts], format="csr")
+
+
+def load_encoding(folder: Path) -> CorpusEncoding:
+    """Read every shard of a finished encoding into memory (ids, dense matrix, sparse CSR)."""
+    import json
+
+    from scipy.sparse import csr_matrix, vstack
+
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise DupMAEEvalError(f"{folder}: encoding is not finished (no manifest.json); rerun to resume")
+    meta = json.loads(manifest_path.read_text())
+    docids: List[str] = []
+    dense, sparse = [], []
+    for shard in range(meta["shards"]):
+        with np.load(folder / f"shard-{shard:05d}.npz") as arrays:
+            docids.extend(arrays["docids"].tolist())
+            if "dense" in arrays:
+                dense.append(arrays["dense"])
+            if "indptr" in arrays:
+                sparse.append(csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]),
+                                         shape=tuple(arrays["shape"])))
+    return CorpusEncoding(folder, docids, np.concatenate(dense) if dense else None,
+                          vstack(sparse, format="csr") if sparse else None, meta)
+
+
+def iter_batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

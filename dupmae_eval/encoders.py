@@ -1,0 +1,263 @@
+"""Pyserini-compatible query and document encoders over one model forward (dupmae, cls, mean, splade).
+
+The four encoder kinds are one code path with different settings, chosen by an explicit
+option, never by a substring of the model name:
+
+| kind   | dense half                 | sparse half (MLM head, max over tokens)                 |
+|--------|----------------------------|---------------------------------------------------------|
+| dupmae | [CLS] (-> projection)      | ordinary tokens ([CLS], padding out; [SEP] in), raw logits, doc top-384 |
+| cls    | [CLS] (-> projection)      | none (RetroMAE and other CLS-pooled bi-encoders)         |
+| mean   | mean over tokens (+ L2)    | none (sentence-transformers style)                       |
+| splade | none                       | every non-padding token incl. [CLS]/[SEP], log(1+relu), all entries |
+
+`DupMAEQueryEncoder(..., half="dense")` is what Pyserini's FaissSearcher takes (encode(str) -> vector);
+`half="sparse"` is what LuceneImpactSearcher takes (encode(str) -> {term: integer weight}).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import DupMAEEvalError
+from .model import ACTIVATIONS, LoadedModel, PoolingSettings, load_model
+
+ENCODER_KINDS = ("dupmae", "cls", "mean", "splade")
+DEFAULT_QUANTIZATION_SCALE = 100.0
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """Everything that decides what an encoder outputs (and so part of every encoding cache key)."""
+
+    kind: str = "dupmae"
+    activation: str = "none"
+    doc_topk: Optional[int] = 384          # None keeps every non-zero entry ("all")
+    query_topk: Optional[int] = None
+    include_sep: bool = True               # DupMAE: [SEP] pooled, as the released pre-training code does
+    normalize: bool = False                # mean/cls: L2-normalise the dense half
+    max_query_length: int = 64
+    max_passage_length: int = 256
+
+    @classmethod
+    def for_kind(cls, kind: str, **overrides) -> "EncoderSettings":
+        """Defaults of an encoder kind, with explicit overrides (None keeps the default; a top-k of
+        "all" keeps every entry)."""
+        if kind not in ENCODER_KINDS:
+            raise DupMAEEvalError(f"unknown encoder {kind!r}; choose one of {', '.join(ENCODER_KINDS)}")
+        defaults = {"dupmae": {}, "cls": {"doc_topk": None}, "mean": {"doc_topk": None},
+                    "splade": {"activation": "log1p_relu", "doc_topk": None}}[kind]
+        settings = cls(kind=kind, **defaults)
+        chosen = {key: (None if value == "all" else value) for key, value in overrides.items() if value is not None}
+        settings = replace(settings, **chosen)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise DupMAEEvalError(f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        for name in ("doc_topk", "query_topk"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise DupMAEEvalError(f"--{name.replace('_', '-')} must be a positive number or 'all'")
+        if self.max_query_length < 2 or self.max_passage_length < 2:
+            raise DupMAEEvalError("max lengths must leave room for [CLS] and [SEP]")
+
+    @property
+    def has_dense(self) -> bool:
+        return self.kind != "splade"
+
+    @property
+    def has_sparse(self) -> bool:
+        return self.kind in ("dupmae", "splade")
+
+    def pooling(self) -> PoolingSettings:
+        return PoolingSettings(
+            dense={"dupmae": "cls", "cls": "cls", "mean": "mean", "splade": None}[self.kind],
+            sparse=self.has_sparse, sparse_include_cls=self.kind == "splade",
+            sparse_include_sep=self.include_sep or self.kind == "splade",
+            activation=self.activation, normalize=self.normalize)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SparseRows:
+    """A batch of sparse vectors in CSR form (vocabulary ids, float32 weights)."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    dim: int
+
+    def row(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
+        return self.indices[self.indptr[i]:self.indptr[i + 1]], self.values[self.indptr[i]:self.indptr[i + 1]]
+
+    def __len__(self) -> int:
+        return len(self.indptr) - 1
+
+    def to_scipy(self):
+        from scipy.sparse import csr_matrix
+
+        return csr_matrix((self.values, self.indices, self.indptr), shape=(len(self), self.dim))
+
+
+@dataclass
+class Encoded:
+    """Both halves for a batch of texts; a half the encoder kind lacks is None."""
+
+    dense: Optional[np.ndarray]            # B x d float32
+    sparse: Optional[SparseRows]           # documents: top-k CSR; queries: every non-zero entry
+    truncated: int                         # texts cut at the max length
+
+
+class _Encoder:
+    """Shared core: tokenize, one forward, split into halves. Subclasses fix documents vs queries."""
+
+    _is_query = False
+
+    def __init__(self, model: Union[str, LoadedModel], settings: Optional[EncoderSettings] = None,
+                 device: Optional[str] = None, **overrides):
+        self.settings = settings or EncoderSettings.for_kind(overrides.pop("kind", "dupmae"), **overrides)
+        if isinstance(model, str):
+            model = load_model(model, need_mlm_head=self.settings.has_sparse)
+        elif self.settings.has_sparse and model.mlm_head is None:
+            model = load_model(model.source, need_mlm_head=True)  # raises the clear error
+        self.model = model.to(device or "cpu")
+        self._vocab: Optional[List[str]] = None
+
+    @property
+    def max_length(self) -> int:
+        return self.settings.max_query_length if self._is_query else self.settings.max_passage_length
+
+    @property
+    def topk(self) -> Optional[int]:
+        return self.settings.query_topk if self._is_query else self.settings.doc_topk
+
+    def vocabulary(self) -> List[str]:
+        """Vocabulary id -> token string (the terms of the impact index)."""
+        if self._vocab is None:
+            self._vocab = self.model.tokenizer.convert_ids_to_tokens(list(range(self.model.vocab_size)))
+        return self._vocab
+
+    def encode_texts(self, texts: Sequence[str]) -> Encoded:
+        """Encode a batch of texts into both halves (no per-token Python loop; one forward)."""
+        import torch
+
+        for position, text in enumerate(texts):
+            if not text or not text.strip():
+                what = "query" if self._is_query else "passage"
+                raise DupMAEEvalError(f"empty {what} text at batch position {position}")
+        tokenizer = self.model.tokenizer
+        full_lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+        truncated = sum(length > self.max_length for length in full_lengths)
+        batch = tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                          return_tensors="pt")
+        device = self.model.device
+        input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        with torch.inference_mode(), _autocast(device):
+            dense, sparse = self.model.forward(input_ids, attention_mask, self.settings.pooling())
+        return Encoded(dense.cpu().numpy().astype(np.float32) if dense is not None else None,
+                       _to_sparse_rows(sparse, self.topk) if sparse is not None else None, truncated)
+
+
+def _autocast(device):
+    """bf16 autocast on CUDA; a no-op context on CPU (fp32 there)."""
+    import contextlib
+
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _to_sparse_rows(pooled, topk: Optional[int]) -> SparseRows:
+    """Keep each row's top-k entries (or all), dropping zeros and -inf (nothing pooled)."""
+    import torch
+
+    pooled = pooled.float()
+    if topk is not None and topk < pooled.shape[1]:
+        values, indices = torch.topk(pooled, topk, dim=1)
+        # sort kept entries by vocabulary id, so rows are canonical CSR
+        order = torch.argsort(indices, dim=1)
+        values, indices = torch.gather(values, 1, order), torch.gather(indices, 1, order)
+    else:
+        values = pooled
+        indices = torch.arange(pooled.shape[1], device=pooled.device).expand_as(pooled)
+    keep = torch.isfinite(values) & (values != 0)
+    counts = keep.sum(dim=1)
+    indptr = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts.cpu().numpy(), out=indptr[1:])
+    return SparseRows(indptr, indices[keep].cpu().numpy().astype(np.int32),
+                      values[keep].cpu().numpy().astype(np.float32), int(pooled.shape[1]))
+
+
+class DupMAEDocumentEncoder(_Encoder):
+    """Encodes passages (title + " " + text) into a dense vector and a top-k sparse vector.
+
+    `encode(texts, titles=None)` follows Pyserini's DocumentEncoder contract and returns the
+    dense half when the kind has one, else the sparse half as {term: weight} dicts;
+    `encode_texts` returns both halves at once.
+    """
+
+    def encode(self, texts: Sequence[str], titles: Optional[Sequence[str]] = None, **kwargs):
+        if titles is not None:
+            texts = [f"{title} {text}" if title else text for title, text in zip(titles, texts)]
+        encoded = self.encode_texts(texts)
+        if encoded.dense is not None:
+            return encoded.dense
+        vocab = self.vocabulary()
+        return [{vocab[i]: float(w) for i, w in zip(*encoded.sparse.row(r))} for r in range(len(encoded.sparse))]
+
+
+class DupMAEQueryEncoder(_Encoder):
+    """Encodes a query for Pyserini's searchers.
+
+    half="dense": encode(str) -> float32 vector (FaissSearcher's contract);
+    half="sparse": encode(str) -> {term: positive integer weight} quantised with `quantization_scale`
+    (LuceneImpactSearcher's contract; negative weights cannot enter a Lucene impact query).
+    """
+
+    _is_query = True
+
+    def __init__(self, model: Union[str, LoadedModel], settings: Optional[EncoderSettings] = None,
+                 half: str = "dense", quantization_scale: float = DEFAULT_QUANTIZATION_SCALE,
+                 device: Optional[str] = None, **overrides):
+        super().__init__(model, settings, device, **overrides)
+        if half not in ("dense", "sparse"):
+            raise DupMAEEvalError(f"half must be 'dense' or 'sparse', not {half!r}")
+        if half == "dense" and not self.settings.has_dense or half == "sparse" and not self.settings.has_sparse:
+            raise DupMAEEvalError(f"encoder kind {self.settings.kind!r} has no {half} half")
+        self.half = half
+        self.quantization_scale = float(quantization_scale)
+
+    def encode(self, query: str, **kwargs):
+        encoded = self.encode_texts([query])
+        if self.half == "dense":
+            return encoded.dense[0]
+        return quantized_terms(*encoded.sparse.row(0), self.vocabulary(), self.quantization_scale)
+
+
+def quantized_terms(indices: np.ndarray, values: np.ndarray, vocabulary: Sequence[str],
+                    scale: float) -> Dict[str, int]:
+    """{term: round(weight * scale)} for the entries that stay positive after rounding."""
+    quantized = np.rint(values.astype(np.float64) * scale).astype(np.int64)
+    return {vocabulary[i]: int(q) for i, q in zip(indices.tolist(), quantized.tolist()) if q > 0}
+
+
+def encode_queries(encoder: DupMAEQueryEncoder, texts: Sequence[str], batch_size: int = 64):
+    """Both halves for many queries: (dense Q x d or None, sparse Q x vocabulary dense array or None,
+    number truncated). The sparse half keeps every entry unless the settings give a query top-k."""
+    dense, sparse, truncated = [], [], 0
+    for start in range(0, len(texts), batch_size):
+        encoded = encoder.encode_texts(texts[start:start + batch_size])
+        truncated += encoded.truncated
+        if encoded.dense is not None:
+            dense.append(encoded.dense)
+        if encoded.sparse is not None:
+            sparse.append(encoded.sparse.to_scipy().toarray())
+    return (np.concatenate(dense) if dense else None, np.concatenate(sparse) if sparse else None, truncated)

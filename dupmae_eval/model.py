@@ -1,0 +1,284 @@
+"""Loading a BERT checkpoint (+ optional DupMAE head) and one forward pass that yields both halves.
+
+DupMAE's two halves come from one encoder pass:
+- dense: the [CLS] last hidden state, through the checkpoint's [CLS] projection when it has one
+  (or mean pooling, for sentence-transformers-style baselines);
+- sparse ("OT"): every ordinary token's hidden state through the MLM head, max-pooled over tokens.
+The vocabulary projection is computed in chunks of token positions with a running max, so the
+batch x length x vocabulary logits tensor is never held at once.
+
+DupMAE head file (no official format exists; this is ours): `dupmae_head.safetensors` beside the
+checkpoint, holding `cls_projection.weight` (d' x hidden) and optionally `cls_projection.bias` (d'),
+as written by `save_dupmae_head`. Without it the dense half is the raw [CLS] vector.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+from .errors import DupMAEEvalError
+
+HEAD_FILE = "dupmae_head.safetensors"
+_LOGITS_BUDGET = 1 << 24  # floats per logits chunk (64 MB in fp32), whatever the batch shape
+
+
+@dataclass(frozen=True)
+class PoolingSettings:
+    """How one forward pass is turned into the two halves (see `encoders.EncoderSettings`)."""
+
+    dense: Optional[str]          # "cls", "mean" or None
+    sparse: bool                  # compute the MLM-head (OT) half
+    sparse_include_cls: bool      # SPLADE pools over [CLS] too; DupMAE leaves it out
+    sparse_include_sep: bool      # DupMAE's released code keeps [SEP]
+    activation: str               # "none", "relu", "log1p_relu" (monotone: applied after the max)
+    normalize: bool               # L2-normalise the dense half
+
+
+ACTIVATIONS = ("none", "relu", "log1p_relu")
+
+
+class LoadedModel:
+    """A tokenizer, a BERT encoder, its MLM head (if any) and the DupMAE [CLS] projection (if any)."""
+
+    def __init__(self, source: str, folder: Path, tokenizer, encoder, mlm_head, projection, revision: str):
+        self.source = source
+        self.folder = folder
+        self.tokenizer = tokenizer
+        self.encoder = encoder
+        self.mlm_head = mlm_head
+        self.projection = projection
+        self.revision = revision
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.encoder.config.vocab_size)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.encoder.config.hidden_size)
+
+    @property
+    def dense_dim(self) -> int:
+        return int(self.projection.out_features) if self.projection is not None else self.hidden_size
+
+    def to(self, device) -> "LoadedModel":
+        for module in (self.encoder, self.mlm_head, self.projection):
+            if module is not None:
+                module.to(device)
+        return self
+
+    @property
+    def device(self):
+        return next(self.encoder.parameters()).device
+
+    def forward(self, input_ids, attention_mask, settings: PoolingSettings):
+        """One encoder pass; returns (dense B x d or None, sparse B x V or None) as float32 tensors."""
+        import torch
+
+        if settings.sparse and self.mlm_head is None:
+            raise _no_mlm_head(self.source)
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        dense = sparse = None
+        if settings.dense == "cls":
+            dense = hidden[:, 0]
+            if self.projection is not None:
+                dense = self.projection(dense)
+        elif settings.dense == "mean":
+            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            dense = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        if dense is not None:
+            dense = dense.float()
+            if settings.normalize:
+                dense = torch.nn.functional.normalize(dense, p=2, dim=-1)
+        if settings.sparse:
+            mask = sparse_mask(input_ids, attention_mask, self.tokenizer.sep_token_id, settings)
+            sparse = apply_activation(pooled_mlm_logits(self.mlm_head, hidden, mask), settings.activation)
+        return dense, sparse
+
+
+def sparse_mask(input_ids, attention_mask, sep_token_id: int, settings: PoolingSettings):
+    """Which positions the OT max-pooling sees: non-padding, minus [CLS] (and [SEP]) as configured."""
+    mask = attention_mask.bool().clone()
+    if not settings.sparse_include_cls:
+        mask[:, 0] = False
+    if not settings.sparse_include_sep:
+        mask &= input_ids != sep_token_id
+    return mask
+
+
+def pooled_mlm_logits(mlm_head, hidden, mask):
+    """max over unmasked positions of the MLM head's vocabulary logits, chunked over positions.
+
+    Peak extra memory is one chunk of batch x positions x vocabulary (~64 MB), never the whole
+    logits tensor. A row with no unmasked position comes out as -inf everywhere.
+    """
+    import torch
+
+    transformed = mlm_head.transform(hidden)
+    weight, bias = mlm_head.decoder.weight, mlm_head.bias
+    batch, length, _ = transformed.shape
+    vocab = weight.shape[0]
+    step = max(1, _LOGITS_BUDGET // max(1, batch * vocab))
+    pooled = torch.full((batch, vocab), float("-inf"), dtype=torch.float32, device=hidden.device)
+    for start in range(0, length, step):
+        chunk_mask = mask[:, start:start + step]
+        if not bool(chunk_mask.any()):
+            continue
+        logits = torch.matmul(transformed[:, start:start + step], weight.t()) + bias
+        logits = logits.float().masked_fill_(~chunk_mask.unsqueeze(-1), float("-inf"))
+        torch.maximum(pooled, logits.amax(dim=1), out=pooled)
+    return pooled
+
+
+def apply_activation(pooled, activation: str):
+    """The paper's raw logits ("none"), ReLU, or SPLADE's log(1 + ReLU). All are monotone, so applying
+    them after the max equals max-pooling the activated logits."""
+    import torch
+
+    if activation == "none":
+        return pooled
+    if activation == "relu":
+        return torch.relu(pooled)
+    if activation == "log1p_relu":
+        return torch.log1p(torch.relu(pooled))
+    raise DupMAEEvalError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_checkpoint(name_or_path: str) -> Tuple[Path, str]:
+    """A local folder as is; a hub name through huggingface_hub (cached). Returns (folder, revision)."""
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        return folder, "local"
+    if folder.exists() or name_or_path.count("/") > 1 or name_or_path.startswith((".", "/", "~")):
+        raise DupMAEEvalError(f"model {name_or_path!r}: no such folder")
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(name_or_path, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.bin",
+                                                               "*.model"])
+    except Exception as exc:  # the hub raises many types; one line is what the user needs
+        raise DupMAEEvalError(f"model {name_or_path!r}: not a local folder, and the Hugging Face hub could not "
+                              f"provide it ({exc.__class__.__name__}); offline? pass a local folder") from None
+    return Path(path), Path(path).name
+
+
+def _read_state_dict(folder: Path) -> Dict[str, "object"]:
+    import torch
+
+    safetensors = sorted(folder.glob("*.safetensors"))
+    safetensors = [p for p in safetensors if p.name != HEAD_FILE]
+    if safetensors:
+        from safetensors.torch import load_file
+
+        state = {}
+        for path in safetensors:
+            state.update(load_file(str(path)))
+        return state
+    bins = sorted(folder.glob("pytorch_model*.bin"))
+    if bins:
+        state = {}
+        for path in bins:
+            state.update(torch.load(path, map_location="cpu", weights_only=True))
+        return state
+    raise DupMAEEvalError(f"{folder}: no model weights (*.safetensors or pytorch_model.bin)")
+
+
+def _normalise_keys(state: dict) -> dict:
+    """Old TF-era LayerNorm names (gamma/beta) and bare BertModel keys, mapped to BertForMaskedLM's."""
+    renamed = {}
+    for key, value in state.items():
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        if key.startswith(("embeddings.", "encoder.", "pooler.")):
+            key = f"bert.{key}"
+        renamed[key] = value
+    return renamed
+
+
+def _no_mlm_head(source: str) -> DupMAEEvalError:
+    return DupMAEEvalError(f"{source}: the checkpoint has no MLM head (cls.predictions.*), which the sparse half "
+                           f"needs; use --encoder cls (RetroMAE-style, [CLS] only) or mean instead")
+
+
+def load_model(name_or_path: str, need_mlm_head: bool = False) -> LoadedModel:
+    """Load a BertForMaskedLM (or bare BERT) checkpoint and, when present, its DupMAE head file."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    folder, revision = resolve_checkpoint(name_or_path)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise DupMAEEvalError(f"{folder}: no config.json (not a Hugging Face checkpoint folder)")
+    config = json.loads(config_path.read_text())
+    if config.get("model_type") not in (None, "bert"):
+        raise DupMAEEvalError(f"{config_path}: model_type {config.get('model_type')!r}; only BERT checkpoints "
+                              f"(DupMAE, RetroMAE and their kin) are supported")
+    state = _normalise_keys(_read_state_dict(folder))
+    has_head = any(key.startswith("cls.predictions.transform.") for key in state)
+    if need_mlm_head and not has_head:
+        raise _no_mlm_head(name_or_path)
+    model = BertForMaskedLM(BertConfig.from_dict(config))
+    if "cls.predictions.decoder.weight" not in state and has_head:
+        state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"]
+    if "cls.predictions.bias" in state:
+        state.setdefault("cls.predictions.decoder.bias", state["cls.predictions.bias"])
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k.startswith("bert.") and "position_ids" not in k]
+    if missing:
+        raise DupMAEEvalError(f"{folder}: checkpoint lacks encoder weights, e.g. {missing[0]}")
+    model.eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as exc:
+        raise DupMAEEvalError(f"{folder}: could not load its tokenizer ({exc.__class__.__name__}: {exc})") from None
+    projection = load_dupmae_head(folder, model.config.hidden_size)
+    return LoadedModel(name_or_path, folder, tokenizer, model.bert, model.cls.predictions if has_head else None,
+                       projection, revision)
+
+
+def load_dupmae_head(folder: Path, hidden_size: int):
+    """The [CLS] projection from `dupmae_head.safetensors`, or None when the folder has no head file."""
+    import torch
+    from safetensors.torch import load_file
+
+    path = folder / HEAD_FILE
+    if not path.is_file():
+        return None
+    tensors = load_file(str(path))
+    weight = tensors.get("cls_projection.weight")
+    if weight is None or weight.dim() != 2:
+        raise DupMAEEvalError(f"{path}: expected a 2-D tensor 'cls_projection.weight' (d' x {hidden_size})")
+    if weight.shape[1] != hidden_size:
+        raise DupMAEEvalError(f"{path}: cls_projection.weight is {tuple(weight.shape)}, but the encoder's hidden "
+                              f"size is {hidden_size}; expected (d', {hidden_size})")
+    bias = tensors.get("cls_projection.bias")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise DupMAEEvalError(f"{path}: cls_projection.bias is {tuple(bias.shape)}, expected ({weight.shape[0]},)")
+    projection = torch.nn.Linear(hidden_size, weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        projection.weight.copy_(weight)
+        if bias is not None:
+            projection.bias.copy_(bias)
+    return projection.eval()
+
+
+def save_dupmae_head(folder: Path, weight, bias=None) -> Path:
+    """Write a DupMAE head file (the [CLS] projection) in the format `load_dupmae_head` reads."""
+    from safetensors.torch import save_file
+
+    tensors = {"cls_projection.weight": weight.detach().contiguous().float()}
+    if bias is not None:
+        tensors["cls_projection.bias"] = bias.detach().contiguous().float()
+    path = Path(folder) / HEAD_FILE
+    save_file(tensors, str(path), metadata={"format": "dupmae-head/1"})
+    return path
+
+
+def expected_logits_bytes(batch: int, length: int, vocab: int) -> int:
+    """Bytes the full fp32 logits tensor would take (what the chunked pooling avoids)."""
+    return batch * length * vocab * 4
+
