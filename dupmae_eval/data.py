@@ -75,11 +75,18 @@ def atomic_output(path: str | Path, mode: str = "w"):
     try:
         with handle:
             yield handle
+        os.chmod(handle.name, 0o666 & ~_umask())  # temp files are private; the result should not be
         os.replace(handle.name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(handle.name)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # --------------------------------------------------------------------------- BEIR layout

