@@ -118,7 +118,8 @@ def pooled_mlm_logits(mlm_head, hidden, mask):
     import torch
 
     transformed = mlm_head.transform(hidden)
-    weight, bias = mlm_head.decoder.weight, mlm_head.bias
+    weight = mlm_head.decoder.weight
+    bias = mlm_head.decoder.bias if mlm_head.decoder.bias is not None else mlm_head.bias  # as the head's forward
     batch, length, _ = transformed.shape
     vocab = weight.shape[0]
     step = max(1, _LOGITS_BUDGET // max(1, batch * vocab))

@@ -9,10 +9,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from transformers import AutoTokenizer, BertForMaskedLM
+from transformers import AutoTokenizer
 
 from conftest import REPO, SPLADE_TINY
+from reference import independent_dupmae_run
 from dupmae_eval import start_jvm
 from dupmae_eval.cli import main
 from dupmae_eval.data import read_trec_run
@@ -49,6 +49,10 @@ def _run(folder, output, *options):
     return read_trec_run(output), json.loads(output.with_name(output.name + ".meta.json").read_text())
 
 
+def _records(folder):
+    return [json.loads(line) for line in (folder / "corpus.jsonl").read_text().splitlines()]
+
+
 def _queries(folder):
     return {r["_id"]: r["text"] for r in map(json.loads, (folder / "queries.jsonl").read_text().splitlines())}
 
@@ -81,43 +85,9 @@ def test_lucene_impact_searcher_takes_our_query_encoder(small_scifact, tmp_path)
         assert [(h.docid, round(h.score, 4)) for h in hits] == [(d, round(s, 4)) for d, s in run[qid][:10]]
 
 
-def _independent_dupmae_run(folder, k=1000):
-    """DupMAE defaults from the formulas: [CLS] vector; raw MLM logits max-pooled over positions 1..
-    (padding out, [SEP] in), top-384 per document; score = dense dot + sparse dot over topk(d)."""
-    tokenizer = AutoTokenizer.from_pretrained(str(SPLADE_TINY))
-    model = BertForMaskedLM.from_pretrained(str(SPLADE_TINY)).eval()
-
-    def encode(texts, max_length):
-        dense, sparse = [], []
-        for start in range(0, len(texts), 16):
-            batch = tokenizer(texts[start:start + 16], padding=True, truncation=True, max_length=max_length,
-                              return_tensors="pt")
-            with torch.no_grad():
-                out = model(**batch, output_hidden_states=True)
-            mask = batch["attention_mask"].bool().clone()
-            mask[:, 0] = False
-            dense.append(out.hidden_states[-1][:, 0])
-            sparse.append(out.logits.masked_fill(~mask[..., None], float("-inf")).amax(1))
-        return torch.cat(dense).numpy(), torch.cat(sparse)
-
-    records = [json.loads(line) for line in (folder / "corpus.jsonl").read_text().splitlines()]
-    texts = [f"{r['title']} {r['text']}" if r.get("title") else r["text"] for r in records]
-    doc_dense, doc_logits = encode(texts, 256)
-    top = torch.topk(doc_logits, 384, dim=1)
-    doc_sparse = torch.zeros_like(doc_logits).scatter_(1, top.indices, top.values).numpy()
-    queries = _queries(folder)
-    q_dense, q_sparse = encode(list(queries.values()), 64)
-    scores = q_dense @ doc_dense.T + q_sparse.numpy() @ doc_sparse.T
-    run = {}
-    for row, qid in enumerate(queries):
-        order = np.argsort(-scores[row], kind="stable")[:k]
-        run[qid] = [(records[i]["_id"], float(scores[row, i])) for i in order if records[i]["_id"] != qid]
-    return run
-
-
 def test_exact_dupmae_equals_the_independent_implementation(small_scifact, tmp_path):
     run, meta = _run(small_scifact, tmp_path / "exact.trec", "--encoder", "dupmae", "--retrieval", "dupmae")
-    reference = _independent_dupmae_run(small_scifact)
+    reference = independent_dupmae_run(SPLADE_TINY, _records(small_scifact), _queries(small_scifact))
     assert set(run) == set(reference)
     for qid in reference:
         assert [d for d, _ in run[qid][:20]] == [d for d, _ in reference[qid][:20]]
