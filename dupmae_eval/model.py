@@ -4,7 +4,7 @@ DupMAE's two halves come from one encoder pass:
 - dense: the [CLS] last hidden state, through the checkpoint's [CLS] projection when it has one
   (or mean pooling, for sentence-transformers-style baselines);
 - sparse ("OT"): every ordinary token's hidden state through the MLM head, max-pooled over tokens.
-The vocabulary projection is computed in chunks of token positions with a running max, so the
+The vocabulary projection is computed in blocks of token rows folded into a running max, so the
 batch x length x vocabulary logits tensor is never held at once.
 
 DupMAE head file (no official format exists; this is ours): `dupmae_head.safetensors` beside the
@@ -22,7 +22,7 @@ from typing import Dict, Optional, Tuple
 from .errors import DupMAEEvalError
 
 HEAD_FILE = "dupmae_head.safetensors"
-_LOGITS_BUDGET = 1 << 24  # floats per logits chunk (64 MB in fp32), whatever the batch shape
+_LOGITS_BUDGET = 1 << 25  # floats per block of logits (128 MB in fp32), whatever the batch shape
 
 
 @dataclass(frozen=True)
@@ -110,27 +110,38 @@ def sparse_mask(input_ids, attention_mask, sep_token_id: int, settings: PoolingS
 
 
 def pooled_mlm_logits(mlm_head, hidden, mask):
-    """max over unmasked positions of the MLM head's vocabulary logits, chunked over positions.
+    """max over unmasked positions of the MLM head's vocabulary logits, without the full logits tensor.
 
-    Peak extra memory is one chunk of batch x positions x vocabulary (~64 MB), never the whole
-    logits tensor. A row with no unmasked position comes out as -inf everywhere.
+    Only the unmasked positions are gathered (padding costs nothing), pushed through the head's
+    transform, and projected onto the vocabulary a block of rows at a time into one reused buffer
+    (~128 MB whatever the batch shape); each block is folded into its documents' running max with
+    index_reduce_. A document with no unmasked position comes out as -inf everywhere.
     """
+    import warnings
+
     import torch
 
-    transformed = mlm_head.transform(hidden)
+    batch = hidden.shape[0]
     weight = mlm_head.decoder.weight
     bias = mlm_head.decoder.bias if mlm_head.decoder.bias is not None else mlm_head.bias  # as the head's forward
-    batch, length, _ = transformed.shape
     vocab = weight.shape[0]
-    step = max(1, _LOGITS_BUDGET // max(1, batch * vocab))
+    rows_of = mask.nonzero()[:, 0]
+    transformed = mlm_head.transform(hidden[mask])
     pooled = torch.full((batch, vocab), float("-inf"), dtype=torch.float32, device=hidden.device)
-    for start in range(0, length, step):
-        chunk_mask = mask[:, start:start + step]
-        if not bool(chunk_mask.any()):
-            continue
-        logits = torch.matmul(transformed[:, start:start + step], weight.t()) + bias
-        logits = logits.float().masked_fill_(~chunk_mask.unsqueeze(-1), float("-inf"))
-        torch.maximum(pooled, logits.amax(dim=1), out=pooled)
+    if transformed.shape[0] == 0:
+        return pooled
+    step = max(1, _LOGITS_BUDGET // vocab)
+    reuse = hidden.device.type == "cpu" and transformed.dtype == torch.float32
+    buffer = torch.empty((min(step, transformed.shape[0]), vocab), dtype=torch.float32) if reuse else None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="index_reduce", category=UserWarning)
+        for start in range(0, transformed.shape[0], step):
+            block = transformed[start:start + step]
+            if reuse:
+                logits = torch.addmm(bias, block, weight.t(), out=buffer[:block.shape[0]])
+            else:
+                logits = torch.addmm(bias.to(block.dtype), block, weight.t().to(block.dtype)).float()
+            pooled.index_reduce_(0, rows_of[start:start + step], logits, "amax")
     return pooled
 
 

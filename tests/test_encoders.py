@@ -85,8 +85,8 @@ def _assert_topk_rows(encoded_rows, reference, k):
 def test_dupmae_halves_match_the_formulas(which, random_bert, monkeypatch):
     folder, projection = (SPLADE_TINY, None) if which == "splade-tiny" else random_bert
     texts = _passages()
-    # force many position chunks: 7 positions per chunk for a batch of 6
-    monkeypatch.setattr(model_module, "_LOGITS_BUDGET", 6 * 30522 * 7)
+    # force many small blocks of token rows (41 rows each), most of them spanning two passages
+    monkeypatch.setattr(model_module, "_LOGITS_BUDGET", 30522 * 41)
     encoder = DupMAEDocumentEncoder(str(folder), EncoderSettings.for_kind("dupmae"))
     encoded = encoder.encode_texts(texts)
     batch, logits, _, cls = _reference(folder, texts, 256, projection)
