@@ -47,6 +47,27 @@ def _topk(value: str):
     return number
 
 
+def _add_encoder_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--activation", choices=("none", "relu", "log1p_relu"), default=None,
+                   help="on the pooled MLM logits (default: none for dupmae, log1p_relu for splade)")
+    p.add_argument("--topk", type=_topk, default=None, help="document sparse entries kept (default 384 for "
+                                                           "dupmae, all for splade); a number or 'all'")
+    p.add_argument("--query-topk", type=_topk, default=None, help="query sparse entries kept (default all)")
+    p.add_argument("--exclude-sep", action="store_true", help="leave [SEP] out of the OT pooling")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise the dense half")
+    p.add_argument("--max-query-length", type=int, default=None, help="tokens (default 64)")
+    p.add_argument("--max-passage-length", type=int, default=None, help="tokens (default 256)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+
+
+def _encoder_overrides(args: argparse.Namespace) -> dict:
+    return {"activation": args.activation, "normalize": args.normalize or None,
+            "include_sep": False if args.exclude_sep else None,
+            "max_query_length": args.max_query_length, "max_passage_length": args.max_passage_length,
+            "doc_topk": args.topk, "query_topk": args.query_topk}
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="encode (cached), index (cached) and search with a DupMAE/RetroMAE/baseline model",
                        description="Encode a corpus with a model, index it, search, and write a TREC run.")
@@ -59,17 +80,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retrieval", required=True, choices=("dense", "impact", "dupmae", "hybrid"),
                    help="dense: FaissSearcher; impact: LuceneImpactSearcher; dupmae: exact score, brute force; "
                         "hybrid: dense + impact candidates rescored exactly")
-    p.add_argument("--activation", choices=("none", "relu", "log1p_relu"), default=None,
-                   help="on the pooled MLM logits (default: none for dupmae, log1p_relu for splade)")
-    p.add_argument("--topk", type=_topk, default=None, help="document sparse entries kept (default 384 for "
-                                                           "dupmae, all for splade); a number or 'all'")
-    p.add_argument("--query-topk", type=_topk, default=None, help="query sparse entries kept (default all)")
-    p.add_argument("--exclude-sep", action="store_true", help="leave [SEP] out of the OT pooling")
-    p.add_argument("--normalize", action="store_true", help="L2-normalise the dense half")
-    p.add_argument("--max-query-length", type=int, default=None, help="tokens (default 64)")
-    p.add_argument("--max-passage-length", type=int, default=None, help="tokens (default 256)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    _add_encoder_options(p)
     p.add_argument("--quantization-scale", type=float, default=100.0,
                    help="impact weights are round(weight * scale) (default 100, as Pyserini's SPLADE)")
     p.add_argument("--hits", type=int, default=1000)
@@ -79,6 +90,43 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tag", default=None)
     p.add_argument("--eval", action="store_true", help="evaluate the run with the dataset's measures")
     p.set_defaults(handler=_cmd_run)
+
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="run a suite's conditions x datasets, check expected scores",
+                       description="For each cell of a suite YAML: run (unless its run file exists), evaluate, "
+                                   "and print OK/FAIL against the expected scores at the suite's precision.")
+    p.add_argument("config", type=Path, help="suite YAML, e.g. configs/beir.yaml")
+    p.add_argument("--datasets", nargs="+", default=None, help="only these datasets (as the suite names them)")
+    p.add_argument("--conditions", nargs="+", default=None, help="only these conditions")
+    p.add_argument("--data", action="append", default=[], metavar="NAME=FOLDER",
+                   help="use a local folder for a dataset name (repeatable)")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="where runs/<suite>/<condition>/ go")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and whether they would run")
+    p.set_defaults(handler=_cmd_reproduce)
+
+
+def _add_table(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("table", help="comparison table from saved results (md, csv, latex, png)")
+    p.add_argument("results", nargs="+", type=Path, help="runs folders or *.metrics.json files")
+    p.add_argument("--suite", type=Path, default=None, help="suite YAML whose reference columns to add")
+    p.add_argument("--measure", default="nDCG@10")
+    p.add_argument("--baseline", default=None, help="condition to compare against (deltas, paired t-tests)")
+    p.add_argument("--format", choices=("md", "csv", "latex", "png"), default="md")
+    p.add_argument("--output", type=Path, default=None, help="file to write (required for png)")
+    p.set_defaults(handler=_cmd_table)
+
+
+def _add_encode(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("encode", help="encode a corpus into the cache (resumable; torchrun splits it)",
+                       description="Encode a corpus in shards (resumes after a kill). Under torchrun each rank "
+                                   "encodes its share of the shards and rank 0 writes the manifest.")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--encoder", required=True, choices=("dupmae", "cls", "mean", "splade"))
+    _add_encoder_options(p)
+    p.add_argument("--shard-size", type=int, default=10_000)
+    p.set_defaults(handler=_cmd_encode)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -109,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dupmae-eval", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dupmae-eval {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for add in (_add_bm25, _add_run, _add_eval, _add_datasets, _add_demo):
+    for add in (_add_bm25, _add_run, _add_encode, _add_reproduce, _add_table, _add_eval, _add_datasets, _add_demo):
         add(sub)
     return parser
 
@@ -134,10 +182,7 @@ def _cmd_bm25(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import run_model
 
-    overrides = {"activation": args.activation, "normalize": args.normalize or None,
-                 "include_sep": False if args.exclude_sep else None,
-                 "max_query_length": args.max_query_length, "max_passage_length": args.max_passage_length,
-                 "doc_topk": args.topk, "query_topk": args.query_topk}
+    overrides = _encoder_overrides(args)
     result = run_model(args.dataset, args.model, args.encoder, args.retrieval, args.output, split=args.split,
                        hits=args.hits, batch_size=args.batch_size, device=args.device,
                        quantization_scale=args.quantization_scale, threads=args.threads,
@@ -147,6 +192,65 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from .evaluate import format_lines
 
         print("\n".join(format_lines(result.evaluate())))
+    return 0
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from .encode import encode_distributed
+
+    folder = encode_distributed(args.dataset, args.model, args.encoder, batch_size=args.batch_size,
+                                shard_size=args.shard_size, device=args.device, **_encoder_overrides(args))
+    print(folder)
+    return 0
+
+
+def _map_data(pairs) -> None:
+    import os
+
+    for pair in pairs:
+        name, sep, folder = pair.partition("=")
+        if not sep or not name or not Path(folder).is_dir():
+            raise DupMAEEvalError(f"--data {pair!r}: expected NAME=FOLDER with an existing folder")
+    if pairs:
+        current = [item for item in os.environ.get("DUPMAE_EVAL_DATA", "").split(os.pathsep) if item]
+        os.environ["DUPMAE_EVAL_DATA"] = os.pathsep.join(current + [
+            f"{name}={Path(folder).resolve()}" for name, _, folder in (p.partition("=") for p in pairs)])
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+
+    _map_data(args.data)
+    verdicts = reproduce(args.config, args.runs, args.datasets, args.conditions, args.dry_run)
+    failed = sum(line.startswith("FAIL") for line in verdicts)
+    if verdicts:
+        print(f"{sum(line.startswith('OK') for line in verdicts)} OK, {failed} FAIL")
+    return 1 if failed else 0
+
+
+def _cmd_table(args: argparse.Namespace) -> int:
+    from .config import load_suite
+    from .report import build_table, render
+    from .reproduce import load_metrics
+
+    references = load_suite(args.suite, check_datasets=False).references if args.suite else None
+    table = build_table(load_metrics(args.results), args.measure, args.baseline, references)
+    rendered = render(table, args.format)
+    if isinstance(rendered, bytes):
+        if args.output is None:
+            raise DupMAEEvalError("--format png needs --output FILE.png")
+        from .data import atomic_output
+
+        with atomic_output(args.output, "wb") as out:
+            out.write(rendered)
+        print(f"wrote {args.output}", file=sys.stderr)
+    elif args.output:
+        from .data import atomic_output
+
+        with atomic_output(args.output) as out:
+            out.write(rendered)
+    else:
+        print(rendered, end="")
     return 0
 
 

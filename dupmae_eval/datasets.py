@@ -71,6 +71,8 @@ _BEIR = [  # (key, paper title, public)
 ]
 BEIR_UNITS = tuple(key for key, _, _ in _BEIR)
 """The 18 BEIR datasets of the DupMAE paper's Table 3, in its order (CQADupStack is one unit)."""
+BEIR_PUBLIC_UNITS = tuple(key for key, _, public in _BEIR if public)
+"""The 14 of them that can be downloaded."""
 
 
 def _beir_entry(key: str, title: str, public: bool, archive: Optional[str] = None,
@@ -244,6 +246,23 @@ def dataset_roots_from_env() -> Dict[str, Path]:
     return mapping
 
 
+def lookup(name: str) -> DatasetInfo:
+    """The registry entry of `name`, or one made from the folder mapped to it in DUPMAE_EVAL_DATA
+    (a local collection such as Vaswani, with the measures its layout implies)."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    folder = dataset_roots_from_env().get(name)
+    if folder is None:
+        close = difflib.get_close_matches(name, list(REGISTRY), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DupMAEEvalError(f"unknown dataset {name!r}: not a folder and not a registry name{hint}; "
+                              f"`dupmae-eval datasets` lists the registry, DUPMAE_EVAL_DATA maps local folders")
+    layout = detect_layout(folder)
+    split = "test" if layout == "beir" else "dl19"
+    return DatasetInfo(name=name, title=name, layout=layout, public=True, default_split=split,
+                       measures={}, shipped={})
+
+
 def resolve(name_or_dir: str, download: bool = True) -> Dataset:
     """Turn a registry name or a folder into a `Dataset` (downloading a public dataset if needed)."""
     folder = Path(name_or_dir).expanduser()
@@ -251,6 +270,9 @@ def resolve(name_or_dir: str, download: bool = True) -> Dataset:
         info = REGISTRY.get(folder.name)
         return Dataset(folder.name, folder, detect_layout(folder), info if info and
                        info.layout == detect_layout(folder) else None)
+    mapped = dataset_roots_from_env().get(name_or_dir)
+    if mapped is not None and name_or_dir not in REGISTRY:
+        return Dataset(name_or_dir, mapped, detect_layout(mapped), None)
     info = REGISTRY.get(name_or_dir)
     if info is None:
         close = difflib.get_close_matches(name_or_dir, list(REGISTRY), n=1)

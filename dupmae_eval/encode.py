@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -66,10 +66,7 @@ def encode_corpus(dataset: Dataset, encoder: DupMAEDocumentEncoder, batch_size: 
     if (folder / "manifest.json").is_file():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    total = _count_passages(dataset)
-    if total == 0:
-        raise DupMAEEvalError(f"{dataset.corpus_path}: the corpus has no documents")
-    shards = (total + shard_size - 1) // shard_size
+    total, shards = _plan(dataset, shard_size)
     from tqdm import tqdm
 
     bar = tqdm(total=total, unit="passage", desc=f"encode {dataset.name} [{encoder.settings.kind}]",
@@ -104,6 +101,59 @@ def finish_manifest(folder: Path, dataset: Dataset, encoder: DupMAEDocumentEncod
         "documents": total, "shards": shards, "format": FORMAT_VERSION, "finished": time.time()})
 
 
+def encode_distributed(dataset: str, model: str, encoder: str, batch_size: int = 32, shard_size: int = 10_000,
+                       device: Optional[str] = None, **overrides) -> Path:
+    """Encode a corpus into the cache, split across torchrun's processes when launched by torchrun.
+
+    Each rank encodes shards rank, rank + world, ...; after a barrier rank 0 writes the manifest.
+    Backend: gloo on CPU, nccl on GPUs (one per local rank). Without torchrun: one process.
+    """
+    import os
+
+    from .datasets import resolve
+    from .encoders import EncoderSettings
+    from .model import load_model
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    settings = EncoderSettings.for_kind(encoder, **overrides)
+    data = resolve(dataset)
+    distributed = None
+    if world > 1:
+        import torch
+        import torch.distributed as distributed
+
+        on_gpu = (device or "").startswith("cuda")
+        distributed.init_process_group("nccl" if on_gpu else "gloo")
+        if on_gpu:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        else:
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    document_encoder = DupMAEDocumentEncoder(load_model(model, need_mlm_head=settings.has_sparse), settings, device)
+    try:
+        folder = encode_corpus(data, document_encoder, batch_size, shard_size, rank, world, progress=rank == 0)
+        if distributed is not None:
+            distributed.barrier()
+            if rank == 0 and not (folder / "manifest.json").is_file():
+                total, shards = _plan(data, shard_size)
+                finish_manifest(folder, data, document_encoder, shards, total)
+            distributed.barrier()
+    finally:
+        if distributed is not None:
+            distributed.destroy_process_group()
+    return folder
+
+
+def _plan(dataset: Dataset, shard_size: int):
+    """(passages in the corpus, shards of `shard_size`)."""
+    if shard_size < 1:
+        raise DupMAEEvalError("--shard-size must be positive")
+    total = _count_passages(dataset)
+    if total == 0:
+        raise DupMAEEvalError(f"{dataset.corpus_path}: the corpus has no documents")
+    return total, (total + shard_size - 1) // shard_size
+
+
 def _count_passages(dataset: Dataset) -> int:
     from .data import open_text
 
@@ -121,11 +171,12 @@ def _check_passages(dataset: Dataset, passages: Sequence[Passage]) -> None:
 def _write_shard(path: Path, passages: Sequence[Passage], encoder: DupMAEDocumentEncoder, batch_size: int,
                  bar) -> None:
     """Encode one shard in length-sorted batches and write it atomically, in corpus order."""
-    order = sorted(range(len(passages)), key=lambda i: -len(passages[i].flat_text()))
+    texts = [p.flat_text() for p in passages]
+    batches = sorted_batches([len(t) for t in texts], batch_size)
+    order = [i for batch in batches for i in batch]
     dense_parts, sparse_parts, truncated = [], [], 0
-    for start in range(0, len(order), batch_size):
-        batch = [passages[i] for i in order[start:start + batch_size]]
-        encoded = encoder.encode_texts([p.flat_text() for p in batch])
+    for batch in batches:
+        encoded = encoder.encode_texts([texts[i] for i in batch])
         truncated += encoded.truncated
         if encoded.dense is not None:
             dense_parts.append(encoded.dense)
@@ -174,6 +225,7 @@ def load_encoding(folder: Path) -> CorpusEncoding:
                           vstack(sparse, format="csr") if sparse else None, meta)
 
 
-def iter_batches(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def sorted_batches(lengths: Sequence[int], batch_size: int) -> List[List[int]]:
+    """Indices grouped into batches of similar length (longest first), so little compute goes to padding."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]

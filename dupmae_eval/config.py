@@ -1,0 +1,165 @@
+"""Experiment matrices in YAML: conditions x datasets, with expected scores and their precision.
+
+A suite file (see `configs/`) holds structured parameters, never shell strings:
+
+    suite: beir
+    measures: [nDCG@10, R@100, R@1000]
+    precision: 4                      # decimals at which expected scores are compared
+    datasets: [trec-covid, ..., cqadupstack, ..., scifact]    # BEIR units; cqadupstack = its 12 forums
+    conditions:
+      bm25-flat:   {kind: bm25, fields: flat, expected: {scifact: {nDCG@10: 0.6789, ...}, ...}}
+      retromae:    {kind: model, model: Shitao/RetroMAE_BEIR, encoder: cls, retrieval: dense}
+    references:                       # published columns for tables (the paper's Table 3, ...)
+      DupMAE (paper): {measure: nDCG@10, values: {trec-covid: 0.728, ...}}
+
+Everything is validated before any work starts; errors name the YAML file and the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from .datasets import REGISTRY, lookup, units_of
+from .errors import DupMAEEvalError
+
+CONDITION_KEYS = {
+    "bm25": {"kind", "fields", "k1", "b", "hits", "expected", "description"},
+    "model": {"kind", "model", "encoder", "retrieval", "activation", "topk", "query_topk", "exclude_sep",
+              "normalize", "max_query_length", "max_passage_length", "batch_size", "quantization_scale", "hits",
+              "expected", "description"},
+}
+SUITE_KEYS = {"suite", "description", "measures", "precision", "datasets", "conditions", "references"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (condition, dataset, split) to run."""
+
+    condition: str
+    dataset: str      # registry name (a CQADupStack forum, not the unit)
+    split: str
+
+    @property
+    def key(self) -> str:
+        info = lookup(self.dataset)
+        return self.dataset if self.split == info.default_split else f"{self.dataset}/{self.split}"
+
+
+@dataclass
+class Condition:
+    name: str
+    kind: str
+    params: Dict[str, Any]
+    expected: Dict[str, Dict[str, float]] = field(default_factory=dict)   # dataset or unit key -> measure -> value
+
+
+@dataclass
+class Suite:
+    path: Path
+    name: str
+    measures: Tuple[str, ...]
+    precision: int
+    datasets: List[str]                # as written: units ("cqadupstack") or "name/split"
+    conditions: Dict[str, Condition]
+    references: Dict[str, Dict[str, Any]]
+
+    def cells(self, datasets: Optional[List[str]] = None, conditions: Optional[List[str]] = None) -> List[Cell]:
+        """Every cell of the matrix (or of the chosen rows/columns), units expanded into their members."""
+        chosen_datasets = datasets or self.datasets
+        chosen_conditions = conditions or list(self.conditions)
+        for name in chosen_conditions:
+            if name not in self.conditions:
+                raise DupMAEEvalError(f"{self.path}: no condition {name!r} (has: {', '.join(self.conditions)})")
+        cells = []
+        for entry in chosen_datasets:
+            if entry not in self.datasets:
+                raise DupMAEEvalError(f"{self.path}: dataset {entry!r} is not in this suite")
+            for dataset, split in expand_dataset(entry):
+                cells.extend(Cell(condition, dataset, split) for condition in chosen_conditions)
+        return cells
+
+
+def expand_dataset(entry: str) -> List[Tuple[str, str]]:
+    """'cqadupstack' -> its 12 forums; 'msmarco-passage/dl19' -> (msmarco-passage, dl19)."""
+    name, _, split = entry.partition("/")
+    members = units_of(name)
+    return [(member, split or lookup(member).default_split) for member in members]
+
+
+def load_suite(path: str | Path, check_datasets: bool = True) -> Suite:
+    """Read and validate a suite YAML; refuse it whole, naming the file and key, at the first problem.
+
+    `check_datasets=False` skips resolving dataset names (for tables, which only need references)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise DupMAEEvalError(f"{path}: no such suite file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise DupMAEEvalError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise DupMAEEvalError(f"{path}: expected a mapping at the top level")
+    unknown = set(raw) - SUITE_KEYS
+    if unknown:
+        raise DupMAEEvalError(f"{path}: unknown key {sorted(unknown)[0]!r} (allowed: {', '.join(sorted(SUITE_KEYS))})")
+    for key in ("suite", "datasets", "conditions"):
+        if key not in raw:
+            raise DupMAEEvalError(f"{path}: missing key {key!r}")
+    datasets = list(raw["datasets"])
+    for entry in datasets if check_datasets else ():
+        _check_dataset(path, f"datasets: {entry}", entry)
+    conditions = {name: _condition(path, name, spec, datasets if check_datasets else None)
+                  for name, spec in (raw["conditions"] or {}).items()}
+    measures = tuple(raw.get("measures") or ())
+    if measures:
+        from .evaluate import parse_measures
+
+        try:
+            parse_measures(measures)
+        except DupMAEEvalError as exc:
+            raise DupMAEEvalError(f"{path}: measures: {exc}") from None
+    return Suite(path, str(raw["suite"]), measures, int(raw.get("precision", 4)), datasets, conditions,
+                 dict(raw.get("references") or {}))
+
+
+def _check_dataset(path: Path, where: str, entry: str) -> None:
+    name, _, split = str(entry).partition("/")
+    if not any(info.unit == name for info in REGISTRY.values()):
+        try:
+            lookup(name)
+        except DupMAEEvalError as exc:
+            raise DupMAEEvalError(f"{path}: {where}: {exc}") from None
+    info = lookup(units_of(name)[0])
+    if split and info.shipped and split not in info.shipped:
+        raise DupMAEEvalError(f"{path}: {where}: dataset {name!r} has no split {split!r}")
+
+
+def _condition(path: Path, name: str, spec: Any, datasets: Optional[List[str]]) -> Condition:
+    where = f"conditions: {name}"
+    if not isinstance(spec, dict):
+        raise DupMAEEvalError(f"{path}: {where}: expected a mapping")
+    kind = spec.get("kind")
+    if kind not in CONDITION_KEYS:
+        raise DupMAEEvalError(f"{path}: {where}: kind must be one of {', '.join(CONDITION_KEYS)}, not {kind!r}")
+    unknown = set(spec) - CONDITION_KEYS[kind]
+    if unknown:
+        raise DupMAEEvalError(f"{path}: {where}: unknown key {sorted(unknown)[0]!r} for a {kind} condition")
+    if kind == "model":
+        for key in ("model", "encoder", "retrieval"):
+            if not spec.get(key):
+                raise DupMAEEvalError(f"{path}: {where}: missing {key!r}")
+    expected = spec.get("expected") or {}
+    known = None if datasets is None else {k for entry in datasets for k in _member_keys(entry)} | set(datasets)
+    for dataset_key in expected if known is not None else ():
+        if dataset_key not in known:
+            raise DupMAEEvalError(f"{path}: {where}: expected: {dataset_key!r} is not a dataset of this suite")
+    params = {k: v for k, v in spec.items() if k not in ("kind", "expected", "description")}
+    return Condition(name, kind, params, {k: dict(v) for k, v in expected.items()})
+
+
+def _member_keys(entry: str) -> List[str]:
+    return [Cell("", dataset, split).key for dataset, split in expand_dataset(entry)]
