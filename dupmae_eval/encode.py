@@ -39,8 +39,9 @@ class CorpusEncoding:
 
 
 def model_fingerprint(model: LoadedModel) -> str:
-    """Hash of the checkpoint's files (weights, config, tokenizer, head): part of encoding cache keys."""
-    parts = [model.source, model.revision]
+    """Hash of the checkpoint's files (weights, config, tokenizer, head): part of encoding cache keys.
+    Content only, so the same checkpoint reached by another path or name reuses its encodings."""
+    parts = []
     for path in sorted(model.folder.iterdir()):
         if path.is_file() and (path.suffix in (".json", ".txt", ".safetensors", ".bin", ".model")
                                or path.name == HEAD_FILE):

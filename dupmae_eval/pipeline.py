@@ -69,7 +69,7 @@ def run_bm25(dataset: str | Dataset, split: Optional[str], fields: str, output: 
                       "remove_query_hit": remove_query},
         "index": str(index), "queries": len(queries),
         "seconds": {"index": round(indexed - started, 2), "search": round(time.time() - indexed, 2)},
-        "versions": _versions(), "host": {"python": platform.python_version(), "machine": platform.machine()},
+        **_provenance(),
     })
     return RunResult(output, data, split, len(queries), run)
 
@@ -141,8 +141,7 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
                                                      "quantization_scale": quantization_scale},
         "encoding": str(encoding.folder), "documents": len(encoding.docids), "queries": len(qids),
         "queries_truncated": truncated, "seconds": {k: round(v, 2) for k, v in timings.items()},
-        **extra, "versions": _versions(),
-        "host": {"python": platform.python_version(), "machine": platform.machine()},
+        **extra, **_provenance(),
     })
     return RunResult(output, data, split, len(qids), run)
 
@@ -190,6 +189,51 @@ def _metric_difference(data: Dataset, split: str, run, reference) -> dict:
 def _count_truncated(loaded, texts, max_length: int) -> int:
     lengths = [len(ids) for ids in loaded.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
     return sum(length > max_length for length in lengths)
+
+
+def _provenance() -> dict:
+    """Package versions, the toolkit's git commit and the hardware, for every run's sidecar."""
+    return {"versions": _versions(), "git_commit": _git_commit(), "hardware": _hardware()}
+
+
+def _git_commit() -> Optional[str]:
+    import subprocess
+
+    from .datasets import REPO_ROOT
+
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _hardware() -> dict:
+    import os
+    import sys
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    hardware = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+                "platform": platform.platform()}
+    try:
+        hardware["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        hardware["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            hardware["gpu"] = torch.cuda.get_device_name(0)
+    return hardware
 
 
 def _versions() -> Dict[str, str]:
