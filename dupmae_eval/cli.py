@@ -81,6 +81,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="dense: FaissSearcher; impact: LuceneImpactSearcher; dupmae: exact score, brute force; "
                         "hybrid: dense + impact candidates rescored exactly")
     _add_encoder_options(p)
+    p.add_argument("--shard-size", type=int, default=10_000, help="passages per encoding shard")
+    p.add_argument("--faiss-shards", action="store_true",
+                   help="dense: search one faiss index per shard and merge (dense half larger than memory)")
     p.add_argument("--quantization-scale", type=float, default=100.0,
                    help="impact weights are round(weight * scale) (default 100, as Pyserini's SPLADE)")
     p.add_argument("--hits", type=int, default=1000)
@@ -186,7 +189,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = run_model(args.dataset, args.model, args.encoder, args.retrieval, args.output, split=args.split,
                        hits=args.hits, batch_size=args.batch_size, device=args.device,
                        quantization_scale=args.quantization_scale, threads=args.threads,
-                       keep_query_hit=args.keep_query_hit, tag=args.tag, **overrides)
+                       keep_query_hit=args.keep_query_hit, tag=args.tag, shard_size=args.shard_size,
+                       faiss_shards=args.faiss_shards, **overrides)
     print(f"wrote {result.run_path} ({result.queries} queries)", file=sys.stderr)
     if args.eval:
         from .evaluate import format_lines

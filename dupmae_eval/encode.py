@@ -10,10 +10,9 @@ shard is there; only then is the encoding used.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -27,15 +26,61 @@ from .model import HEAD_FILE, LoadedModel
 FORMAT_VERSION = 1
 
 
-@dataclass
 class CorpusEncoding:
-    """A finished encoding: doc ids, the dense matrix and the sparse CSR matrix (either may be None)."""
+    """A finished encoding on disk. Shards are read one at a time (`shards()`), so search over a corpus
+    larger than memory streams; `dense` / `sparse` load everything, for the paths that need it whole."""
 
-    folder: Path
-    docids: List[str]
-    dense: Optional[np.ndarray]
-    sparse: Optional["object"]       # scipy.sparse.csr_matrix, N x vocabulary
-    meta: dict
+    def __init__(self, folder: Path, meta: dict, docids: List[str], offsets: List[int]):
+        self.folder, self.meta, self.docids, self.offsets = folder, meta, docids, offsets
+        self._dense = self._sparse = None
+        self._loaded = False
+
+    def shard_paths(self) -> List[Path]:
+        return [self.folder / f"shard-{shard:05d}.npz" for shard in range(self.meta["shards"])]
+
+    def shards(self) -> Iterator[Tuple[int, Optional[np.ndarray], Optional["object"]]]:
+        """(offset of the shard's first document, its dense rows or None, its sparse CSR rows or None)."""
+        from scipy.sparse import csr_matrix
+
+        for offset, path in zip(self.offsets, self.shard_paths()):
+            with np.load(path) as arrays:
+                dense = arrays["dense"] if "dense" in arrays else None
+                sparse = (csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]),
+                                     shape=tuple(arrays["shape"])) if "indptr" in arrays else None)
+            yield offset, dense, sparse
+
+    def _load(self) -> None:
+        from scipy.sparse import vstack
+
+        if self._loaded:
+            return
+        dense, sparse = [], []
+        for _, shard_dense, shard_sparse in self.shards():
+            if shard_dense is not None:
+                dense.append(shard_dense)
+            if shard_sparse is not None:
+                sparse.append(shard_sparse)
+        self._dense = np.concatenate(dense) if dense else None
+        self._sparse = vstack(sparse, format="csr") if sparse else None
+        self._loaded = True
+
+    @property
+    def has_dense(self) -> bool:
+        return self.meta.get("dense_dim") is not None
+
+    @property
+    def has_sparse(self) -> bool:
+        return self.meta["settings"]["kind"] in ("dupmae", "splade")
+
+    @property
+    def dense(self) -> Optional[np.ndarray]:
+        self._load()
+        return self._dense
+
+    @property
+    def sparse(self):
+        self._load()
+        return self._sparse
 
 
 def model_fingerprint(model: LoadedModel) -> str:
@@ -49,9 +94,13 @@ def model_fingerprint(model: LoadedModel) -> str:
     return cache.settings_key({"model": parts})
 
 
-def encoding_folder(dataset: Dataset, model: LoadedModel, settings: EncoderSettings) -> Path:
+def encoding_folder(dataset: Dataset, model: LoadedModel, settings: EncoderSettings, batch_size: int,
+                    shard_size: int) -> Path:
+    """The cache folder of an encoding. Shard and batch sizes are in the key: shards are the unit of
+    resumption, and batch composition decides the exact float rounding of each vector."""
     key = cache.settings_key({"corpus": dataset.corpus_fingerprint(), "model": model_fingerprint(model),
-                              "settings": settings.as_dict(), "format": FORMAT_VERSION})
+                              "settings": settings.as_dict(), "format": FORMAT_VERSION,
+                              "batch_size": batch_size, "shard_size": shard_size})
     return cache.home() / "encodings" / f"{dataset.name}-{settings.kind}-{key}"
 
 
@@ -63,7 +112,7 @@ def encode_corpus(dataset: Dataset, encoder: DupMAEDocumentEncoder, batch_size: 
     With world_size > 1 (torchrun), rank r encodes shards r, r + world, ...; the caller's rank 0
     writes the manifest once every rank is done (see `finish_manifest`).
     """
-    folder = encoding_folder(dataset, encoder.model, encoder.settings)
+    folder = encoding_folder(dataset, encoder.model, encoder.settings, batch_size, shard_size)
     if (folder / "manifest.json").is_file():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -99,7 +148,8 @@ def finish_manifest(folder: Path, dataset: Dataset, encoder: DupMAEDocumentEncod
         "model_revision": encoder.model.revision, "model_fingerprint": model_fingerprint(encoder.model),
         "settings": encoder.settings.as_dict(), "dense_dim": encoder.model.dense_dim if
         encoder.settings.has_dense else None, "vocabulary": encoder.model.vocab_size,
-        "documents": total, "shards": shards, "format": FORMAT_VERSION, "finished": time.time()})
+        "documents": total, "shards": shards, "shard_size": -(-total // shards), "format": FORMAT_VERSION,
+        "finished": time.time()})
 
 
 def encode_distributed(dataset: str, model: str, encoder: str, batch_size: int = 32, shard_size: int = 10_000,
@@ -203,27 +253,20 @@ def _concat_rows(parts: Sequence[SparseRows]):
 
 
 def load_encoding(folder: Path) -> CorpusEncoding:
-    """Read every shard of a finished encoding into memory (ids, dense matrix, sparse CSR)."""
+    """Open a finished encoding: its manifest and doc ids (vectors stay on disk until asked for)."""
     import json
-
-    from scipy.sparse import csr_matrix, vstack
 
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file():
         raise DupMAEEvalError(f"{folder}: encoding is not finished (no manifest.json); rerun to resume")
     meta = json.loads(manifest_path.read_text())
     docids: List[str] = []
-    dense, sparse = [], []
+    offsets: List[int] = []
     for shard in range(meta["shards"]):
+        offsets.append(len(docids))
         with np.load(folder / f"shard-{shard:05d}.npz") as arrays:
             docids.extend(arrays["docids"].tolist())
-            if "dense" in arrays:
-                dense.append(arrays["dense"])
-            if "indptr" in arrays:
-                sparse.append(csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]),
-                                         shape=tuple(arrays["shape"])))
-    return CorpusEncoding(folder, docids, np.concatenate(dense) if dense else None,
-                          vstack(sparse, format="csr") if sparse else None, meta)
+    return CorpusEncoding(folder, meta, docids, offsets)
 
 
 def sorted_batches(lengths: Sequence[int], batch_size: int) -> List[List[int]]:

@@ -116,14 +116,15 @@ def faiss_index(encoding) -> Path:
     """A flat inner-product faiss index over the dense half, in Pyserini's layout (`index` + `docid`)."""
     import faiss
 
-    if encoding.dense is None:
+    if not encoding.has_dense:
         raise DupMAEEvalError(f"{encoding.folder}: this encoding has no dense half")
     final = cache.home() / "indexes" / "faiss" / encoding.folder.name
     if (final / "meta.json").is_file():
         return final
     with cache.building(final) as scratch:
-        index = faiss.IndexFlatIP(encoding.dense.shape[1])
-        index.add(np.ascontiguousarray(encoding.dense, dtype=np.float32))
+        index = faiss.IndexFlatIP(int(encoding.meta["dense_dim"]))
+        for _, dense, _ in encoding.shards():
+            index.add(np.ascontiguousarray(dense, dtype=np.float32))
         faiss.write_index(index, str(scratch / "index"))
         (scratch / "docid").write_text("".join(f"{docid}\n" for docid in encoding.docids), encoding="utf-8")
         cache.write_json(scratch / "meta.json", {"encoding": str(encoding.folder), "documents": index.ntotal,
@@ -138,7 +139,7 @@ def impact_index(encoding, vocabulary: Sequence[str], scale: float, threads: int
     rounded-to-zero weights cannot enter a Lucene impact index, and the share of the sparse
     score mass they carry is recorded in the index's meta.json (and returned by `impact_meta`).
     """
-    if encoding.sparse is None:
+    if not encoding.has_sparse:
         raise DupMAEEvalError(f"{encoding.folder}: this encoding has no sparse half")
     key = cache.settings_key({"scale": scale, "anserini": anserini_version(), "layout": 1})
     final = cache.home() / "indexes" / "impact" / f"{encoding.folder.name}-{key}"
@@ -165,36 +166,35 @@ def impact_meta(index: Path) -> dict:
 
 
 def _stage_vectors(encoding, vocabulary: Sequence[str], scale: float, folder: Path) -> dict:
-    """Write quantised vectors as JsonVectorCollection files; count the score mass left out."""
+    """Write quantised vectors as JsonVectorCollection files (one per encoding shard, streamed);
+    count the score mass that cannot enter the index (negative weights, weights rounded to 0)."""
     folder.mkdir(parents=True)
-    matrix = encoding.sparse
-    quantized = np.rint(matrix.data.astype(np.float64) * scale).astype(np.int64)
-    magnitude = np.abs(matrix.data.astype(np.float64))
-    negative = matrix.data < 0
-    rounded_away = (matrix.data > 0) & (quantized <= 0)
-    with_terms, out = 0, None
-    try:
-        for row, docid in enumerate(encoding.docids):
-            if row % _DOCS_PER_FILE == 0:
-                if out:
-                    out.close()
-                out = open(folder / f"vectors{row // _DOCS_PER_FILE:05d}.jsonl", "w", encoding="utf-8")
-            start, end = matrix.indptr[row], matrix.indptr[row + 1]
-            weights = quantized[start:end]
-            keep = weights > 0
-            if not keep.any():
-                continue
-            vector = dict(zip((vocabulary[i] for i in matrix.indices[start:end][keep]), weights[keep].tolist()))
-            out.write(json.dumps({"id": docid, "contents": "", "vector": vector}, ensure_ascii=False) + "\n")
-            with_terms += 1
-    finally:
-        if out:
-            out.close()
-    total = float(magnitude.sum()) or 1.0
-    return {"documents": len(encoding.docids), "documents_with_terms": with_terms,
-            "entries": int(matrix.nnz), "entries_indexed": int((quantized > 0).sum()),
-            "negative_mass_fraction": float(magnitude[negative].sum() / total),
-            "rounded_away_mass_fraction": float(magnitude[rounded_away].sum() / total)}
+    terms = np.asarray(vocabulary, dtype=object)
+    totals = {"entries": 0, "entries_indexed": 0, "with_terms": 0, "mass": 0.0, "negative": 0.0, "rounded": 0.0}
+    for shard, (offset, _, matrix) in enumerate(encoding.shards()):
+        values = matrix.data.astype(np.float64)
+        quantized = np.rint(values * scale).astype(np.int64)
+        magnitude = np.abs(values)
+        totals["entries"] += matrix.nnz
+        totals["entries_indexed"] += int((quantized > 0).sum())
+        totals["mass"] += float(magnitude.sum())
+        totals["negative"] += float(magnitude[values < 0].sum())
+        totals["rounded"] += float(magnitude[(values > 0) & (quantized <= 0)].sum())
+        with open(folder / f"vectors{shard:05d}.jsonl", "w", encoding="utf-8") as out:
+            for row in range(matrix.shape[0]):
+                start, end = matrix.indptr[row], matrix.indptr[row + 1]
+                weights = quantized[start:end]
+                keep = weights > 0
+                if not keep.any():
+                    continue
+                vector = dict(zip(terms[matrix.indices[start:end][keep]].tolist(), weights[keep].tolist()))
+                out.write(json.dumps({"id": encoding.docids[offset + row], "contents": "", "vector": vector},
+                                     ensure_ascii=False) + "\n")
+                totals["with_terms"] += 1
+    mass = totals["mass"] or 1.0
+    return {"documents": len(encoding.docids), "documents_with_terms": totals["with_terms"],
+            "entries": totals["entries"], "entries_indexed": totals["entries_indexed"],
+            "negative_mass_fraction": totals["negative"] / mass, "rounded_away_mass_fraction": totals["rounded"] / mass}
 
 
 def _run_impact_indexer(collection: Path, index: Path, threads: int) -> None:

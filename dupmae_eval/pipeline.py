@@ -17,7 +17,7 @@ from .encoders import DEFAULT_QUANTIZATION_SCALE
 from .errors import DupMAEEvalError
 from .evaluate import Evaluation, evaluate
 from .index import faiss_index, impact_index, impact_meta
-from .search import dense_search, exact_search, impact_search
+from .search import dense_search, exact_search, faiss_sharded_search, impact_search
 
 # Pyserini's published BEIR SciFact BM25 figures (two-click reproduction), trec_eval -c, 4 decimals.
 PYSERINI_SCIFACT_BM25 = {
@@ -77,12 +77,15 @@ def run_bm25(dataset: str | Dataset, split: Optional[str], fields: str, output: 
 def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, output: Path,
               split: Optional[str] = None, hits: int = 1000, batch_size: int = 32, device: Optional[str] = None,
               quantization_scale: float = DEFAULT_QUANTIZATION_SCALE, threads: Optional[int] = None,
-              keep_query_hit: bool = False, tag: Optional[str] = None, **settings_overrides) -> RunResult:
+              keep_query_hit: bool = False, tag: Optional[str] = None, shard_size: int = 10_000,
+              faiss_shards: bool = False, **settings_overrides) -> RunResult:
     """Encode (cached), index (cached) and search with a learned model; write the run and its sidecar.
 
-    retrieval: dense (FaissSearcher), impact (LuceneImpactSearcher), dupmae (the paper's exact score,
-    brute force; with a one-half encoder, that half exactly) or hybrid (dense + impact candidates,
-    rescored exactly, with its agreement with `dupmae` reported in the sidecar).
+    retrieval: dense (FaissSearcher; with `faiss_shards`, one faiss index per encoding shard searched
+    in turn with a merged top-k, for dense halves larger than memory), impact (LuceneImpactSearcher),
+    dupmae (the paper's exact score, brute force streamed shard by shard; with a one-half encoder, that
+    half exactly) or hybrid (dense + impact candidates, rescored exactly, with its agreement with
+    `dupmae` reported in the sidecar).
     """
     from .encode import encode_corpus, load_encoding
     from .encoders import DupMAEDocumentEncoder, DupMAEQueryEncoder, EncoderSettings, encode_queries
@@ -102,7 +105,8 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     loaded = load_model(model, need_mlm_head=settings.has_sparse)
     timings: Dict[str, float] = {}
     started = time.time()
-    encoding = load_encoding(encode_corpus(data, DupMAEDocumentEncoder(loaded, settings, device), batch_size))
+    encoding = load_encoding(encode_corpus(data, DupMAEDocumentEncoder(loaded, settings, device), batch_size,
+                                           shard_size))
     timings["encode"] = time.time() - started
     half = "dense" if settings.has_dense else "sparse"
     query_encoder = DupMAEQueryEncoder(loaded, settings, half=half, quantization_scale=quantization_scale)
@@ -113,7 +117,11 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
         return exact_search(encoding, q_dense, q_sparse, qids, hits, remove_query)
 
     started = time.time()
-    if retrieval == "dense":
+    if retrieval == "dense" and faiss_shards:
+        q_dense, _, _ = encode_queries(query_encoder, [queries[q] for q in qids])
+        run = faiss_sharded_search(encoding, q_dense, qids, hits, remove_query)
+        extra["index"] = f"{len(encoding.offsets)} faiss shards, top-k merged"
+    elif retrieval == "dense":
         index = faiss_index(encoding)
         extra["index"] = str(index)
         run = dense_search(index, query_encoder, queries, hits, threads, remove_query)

@@ -120,17 +120,51 @@ def _top_columns(values: np.ndarray, k: int) -> np.ndarray:
 
 def exact_search(encoding, query_dense, query_sparse, qids, hits: int = 1000, remove_query: bool = True,
                  query_block: int = 1024) -> Run:
-    """The paper's score over the whole corpus (brute force), as a run."""
+    """The paper's score over the whole corpus (brute force), as a run.
+
+    The encoding is streamed shard by shard and each shard's top hits are merged into a running
+    top-k, so the corpus never has to fit in memory at once (only one shard and the queries do).
+    """
     run: Run = {}
     for start in range(0, len(qids), query_block):
         part = slice(start, start + query_block)
-        idx, val = exact_scores_topk(None if query_dense is None else query_dense[part],
-                                     None if query_sparse is None else query_sparse[part],
-                                     encoding.dense, encoding.sparse, hits)
+        q_dense = None if query_dense is None else query_dense[part]
+        q_sparse = None if query_sparse is None else query_sparse[part]
+        n_queries = len(qids[part])
+        best_idx = np.empty((n_queries, 0), dtype=np.int64)
+        best_val = np.empty((n_queries, 0), dtype=np.float32)
+        for offset, dense, sparse in encoding.shards():
+            idx, val = exact_scores_topk(q_dense, q_sparse, dense, sparse, hits)
+            best_idx, best_val = _merge_topk(best_idx, best_val, idx + offset, val, hits)
         for row, qid in enumerate(qids[part]):
-            run[qid] = _drop_query_hit(qid, [(encoding.docids[i], float(s)) for i, s in zip(idx[row], val[row])],
-                                       remove_query)
+            run[qid] = _drop_query_hit(qid, [(encoding.docids[i], float(s))
+                                             for i, s in zip(best_idx[row], best_val[row])], remove_query)
     return run
+
+
+def _merge_topk(idx_a, val_a, idx_b, val_b, k: int):
+    """Merge two per-query top lists into one top-k (best first; ties by lower document index)."""
+    idx = np.concatenate([idx_a, idx_b], axis=1)
+    val = np.concatenate([val_a, val_b], axis=1)
+    order = np.lexsort((idx, -val), axis=1)[:, :k]
+    return np.take_along_axis(idx, order, 1), np.take_along_axis(val, order, 1)
+
+
+def faiss_sharded_search(encoding, query_dense, qids, hits: int = 1000, remove_query: bool = True) -> Run:
+    """Dense search shard by shard with faiss (flat inner product per shard), top-k merged across
+    shards: the route for a dense index larger than memory (one shard's index in memory at a time)."""
+    import faiss
+
+    best_idx = np.empty((len(qids), 0), dtype=np.int64)
+    best_val = np.empty((len(qids), 0), dtype=np.float32)
+    queries = np.ascontiguousarray(query_dense, dtype=np.float32)
+    for offset, dense, _ in encoding.shards():
+        index = faiss.IndexFlatIP(dense.shape[1])
+        index.add(np.ascontiguousarray(dense, dtype=np.float32))
+        val, idx = index.search(queries, min(hits, index.ntotal))
+        best_idx, best_val = _merge_topk(best_idx, best_val, idx.astype(np.int64) + offset, val, hits)
+    return {qid: _drop_query_hit(qid, [(encoding.docids[i], float(s)) for i, s in zip(best_idx[r], best_val[r])],
+                                 remove_query) for r, qid in enumerate(qids)}
 
 
 def rescore(encoding, query_dense, query_sparse, qids, candidates: Run, hits: int = 1000) -> Run:
@@ -143,9 +177,9 @@ def rescore(encoding, query_dense, query_sparse, qids, candidates: Run, hits: in
             run[qid] = []
             continue
         scores = np.zeros(len(docs), dtype=np.float32)
-        if encoding.dense is not None:
+        if encoding.has_dense:
             scores += encoding.dense[docs] @ query_dense[row]
-        if encoding.sparse is not None:
+        if encoding.has_sparse:
             scores += np.asarray(encoding.sparse[docs] @ query_sparse[row], dtype=np.float32).ravel()
         ranked_docs = sorted(zip(docs, scores.tolist()), key=lambda item: (-item[1], item[0]))[:hits]
         run[qid] = [(encoding.docids[i], s) for i, s in ranked_docs]

@@ -145,3 +145,25 @@ def test_dense_only_encoder_with_exact_mode_and_bad_combinations(small_scifact, 
     dense_run, _ = _run(small_scifact, tmp_path / "cls-dense.trec", "--encoder", "cls", "--retrieval", "dense")
     qid = next(iter(run))
     assert [d for d, _ in run[qid][:10]] == [d for d, _ in dense_run[qid][:10]]
+
+
+def test_shard_by_shard_search_equals_whole_index_search(small_scifact, tmp_path, monkeypatch):
+    """Exact scoring streams shards; dense search over per-shard faiss indexes merges their top-k."""
+    monkeypatch.setenv("DUPMAE_EVAL_HOME", str(tmp_path / "sharded-cache"))
+    whole, _ = _run(small_scifact, tmp_path / "whole.trec", "--encoder", "dupmae", "--retrieval", "dense")
+    sharded, meta = _run(small_scifact, tmp_path / "sharded.trec", "--encoder", "dupmae", "--retrieval", "dense",
+                         "--faiss-shards", "--shard-size", "37")
+    assert "11 faiss shards" in meta["index"]
+    for qid in whole:
+        assert [d for d, _ in sharded[qid][:50]] == [d for d, _ in whole[qid][:50]]
+        np.testing.assert_allclose([s for _, s in sharded[qid]], [s for _, s in whole[qid]], atol=1e-4)
+    exact_whole, _ = _run(small_scifact, tmp_path / "exact-whole.trec", "--encoder", "dupmae", "--retrieval", "dupmae")
+    exact_sharded, _ = _run(small_scifact, tmp_path / "exact-sharded.trec", "--encoder", "dupmae", "--retrieval",
+                            "dupmae", "--shard-size", "37")
+    # Other shards mean other batches, so the last float digits of a vector may differ, and where a
+    # document's 384th and 385th entries nearly tie, which one is kept can flip (seen: 1 score in 400
+    # moved by 0.1%). Rankings agree; scores agree to that extent.
+    for qid in exact_whole:
+        assert [d for d, _ in exact_sharded[qid][:20]] == [d for d, _ in exact_whole[qid][:20]]
+        np.testing.assert_allclose([s for _, s in exact_sharded[qid]], [s for _, s in exact_whole[qid]],
+                                   rtol=2e-3, atol=1e-3)
