@@ -85,12 +85,14 @@ def exact_scores_topk(query_dense, query_sparse, doc_dense, doc_sparse, k: int,
     """Exact DupMAE scores, q_dense . d_dense + sum over d's kept entries of q_sparse[i] * d_sparse[i],
     for every query against every document, in blocks of documents so memory stays bounded.
 
-    query_sparse is a dense (queries x vocabulary) array; doc_sparse a CSR matrix holding only each
-    document's kept (top-k) entries, so the sum runs over topk(d) exactly. Returns (indices, scores),
-    each queries x min(k, documents), best first (ties: lower document index first).
+    query_sparse is a dense (queries x vocabulary) array, or the `SparseQueries` made from one;
+    doc_sparse a CSR matrix holding only each document's kept (top-k) entries, so the sum runs over
+    topk(d) exactly. Returns (indices, scores), each queries x min(k, documents), best first.
     """
+    if query_sparse is not None and not isinstance(query_sparse, SparseQueries):
+        query_sparse = SparseQueries(query_sparse)
     n_docs = doc_dense.shape[0] if doc_dense is not None else doc_sparse.shape[0]
-    n_queries = query_dense.shape[0] if query_dense is not None else query_sparse.shape[0]
+    n_queries = query_dense.shape[0] if query_dense is not None else query_sparse.count
     k = min(k, n_docs)
     best_idx = np.empty((n_queries, 0), dtype=np.int64)
     best_val = np.empty((n_queries, 0), dtype=np.float32)
@@ -100,12 +102,36 @@ def exact_scores_topk(query_dense, query_sparse, doc_dense, doc_sparse, k: int,
         if doc_dense is not None:
             scores += query_dense @ doc_dense[start:end].T
         if doc_sparse is not None:
-            scores += np.asarray(doc_sparse[start:end] @ query_sparse.T, dtype=np.float32).T
-        idx = np.concatenate([best_idx, np.arange(start, end)[None, :].repeat(n_queries, 0)], axis=1)
-        val = np.concatenate([best_val, scores], axis=1)
-        keep = _top_columns(val, k)
-        best_idx, best_val = np.take_along_axis(idx, keep, 1), np.take_along_axis(val, keep, 1)
+            scores += query_sparse.scores(doc_sparse[start:end])
+        keep = _top_columns(scores, k)
+        best_idx, best_val = _merge_topk(best_idx, best_val, np.take_along_axis(
+            np.arange(start, end)[None, :].repeat(n_queries, 0), keep, 1), np.take_along_axis(scores, keep, 1), k)
     return best_idx, best_val
+
+
+class SparseQueries:
+    """Queries' sparse halves laid out once (vocabulary x queries, contiguous) for repeated products
+    with blocks of sparse documents; the product runs in torch's multithreaded CSR kernel."""
+
+    def __init__(self, query_sparse: np.ndarray):
+        import torch
+
+        self.count = query_sparse.shape[0]
+        self._transposed = torch.from_numpy(np.ascontiguousarray(query_sparse.T, dtype=np.float32))
+
+    def scores(self, doc_sparse) -> np.ndarray:
+        """queries x documents: each document's kept entries dotted with every query."""
+        import warnings
+
+        import torch
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning)
+            documents = torch.sparse_csr_tensor(torch.from_numpy(doc_sparse.indptr.astype(np.int64)),
+                                                torch.from_numpy(doc_sparse.indices.astype(np.int64)),
+                                                torch.from_numpy(doc_sparse.data.astype(np.float32)),
+                                                size=doc_sparse.shape)
+            return (documents @ self._transposed).numpy().T
 
 
 def _top_columns(values: np.ndarray, k: int) -> np.ndarray:
@@ -129,7 +155,7 @@ def exact_search(encoding, query_dense, query_sparse, qids, hits: int = 1000, re
     for start in range(0, len(qids), query_block):
         part = slice(start, start + query_block)
         q_dense = None if query_dense is None else query_dense[part]
-        q_sparse = None if query_sparse is None else query_sparse[part]
+        q_sparse = None if query_sparse is None else SparseQueries(query_sparse[part])
         n_queries = len(qids[part])
         best_idx = np.empty((n_queries, 0), dtype=np.int64)
         best_val = np.empty((n_queries, 0), dtype=np.float32)
