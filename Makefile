@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench bench-quick clean
 
 install: $(VENV)/.installed
 
@@ -23,3 +23,9 @@ test: install
 
 clean:
 	rm -rf $(VENV) runs/demo
+
+bench: install
+	$(BIN)/python scripts/bench.py
+
+bench-quick: install
+	$(BIN)/python scripts/bench.py --quick
