@@ -44,9 +44,9 @@ def _pin_threads(threads: int) -> None:
 
 
 def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's own peak resident memory (VmHWM; ru_maxrss would include the parent's before exec)."""
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("VmHWM")).split()[1]) / 1024
 
 
 def _current_rss_mb() -> float:
@@ -255,7 +255,9 @@ def _side_forward(side: str, options, out: str) -> dict:
 
 
 def _side_start(side: str, options, out: str) -> dict:
-    """Case 5: wall time and peak memory of an evaluation command, and which heavy modules it loaded."""
+    """Case 5: wall time and peak memory of an evaluation command, and which heavy modules it loaded.
+    Peak memory is the process's own high-water mark (VmHWM): ru_maxrss would carry over the parent's
+    from before the exec."""
     qrels = REPO / "qrels" / "qrels.beir-v1.0.0-scifact.test.txt.gz"
     run = Path(out).with_suffix(".trec")
     run.write_text("".join(f"{qid} Q0 {doc} 1 1.0 x\n" for qid, doc in
@@ -271,7 +273,8 @@ def _side_start(side: str, options, out: str) -> dict:
     probe = ("import runpy, sys, resource, time; sys.argv = {argv}; started = time.perf_counter()\n"
              "try:\n    runpy.run_module({module!r}, run_name='__main__')\nexcept SystemExit:\n    pass\n"
              "heavy = [m for m in ('jnius', 'torch', 'pyserini') if m in sys.modules]\n"
-             "print('BENCH', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, heavy, file=sys.stderr)")
+             "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+             "print('BENCH', int(hwm) / 1024, heavy, file=sys.stderr)")
     module = command[2]
     argv = [module] + command[3:]
     times, peak, heavy = [], 0.0, []

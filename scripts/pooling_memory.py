@@ -2,7 +2,7 @@
 
 A batch of 32 passages x 512 tokens through a BERT-base-sized MLM head (768 hidden, 30,522
 vocabulary). Each method runs in its own subprocess, and its peak resident memory above the
-level reached after building the head and the hidden states is reported (ru_maxrss), so the
+level reached after building the head and the hidden states is reported (VmHWM), so the
 two numbers are comparable and do not contaminate each other.
 
     .venv/bin/python scripts/pooling_memory.py [--batch 32] [--length 512]
@@ -47,7 +47,8 @@ def _measure(method: str, batch: int, length: int, save: str) -> dict:
             logits = head(hidden)                                  # batch x length x vocabulary at once
             pooled = logits.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open("/proc/self/status") as status:  # own high-water mark (ru_maxrss carries the parent's over exec)
+        peak = int(next(line for line in status if line.startswith("VmHWM")).split()[1]) / 1024
     torch.save(pooled, save)
     return {"method": method, "peak_above_inputs_mb": peak - baseline, "seconds": seconds}
 
