@@ -22,7 +22,7 @@ from typing import Dict, Optional, Tuple
 from .errors import DupMAEEvalError
 
 HEAD_FILE = "dupmae_head.safetensors"
-_LOGITS_BUDGET = 1 << 25  # floats per block of logits (128 MB in fp32), whatever the batch shape
+_LOGITS_BUDGET = 1 << 23  # floats per block of logits (32 MB in fp32 on the CPU), whatever the batch shape
 
 
 @dataclass(frozen=True)
@@ -112,36 +112,41 @@ def sparse_mask(input_ids, attention_mask, sep_token_id: int, settings: PoolingS
 def pooled_mlm_logits(mlm_head, hidden, mask):
     """max over unmasked positions of the MLM head's vocabulary logits, without the full logits tensor.
 
-    Only the unmasked positions are gathered (padding costs nothing), pushed through the head's
-    transform, and projected onto the vocabulary a block of rows at a time into one reused buffer
-    (~128 MB whatever the batch shape); each block is folded into its documents' running max with
-    index_reduce_. A document with no unmasked position comes out as -inf everywhere.
+    Only the unmasked positions are gathered (padding costs nothing) and pushed through the head's
+    transform; they are then projected onto the vocabulary a block of rows at a time (about
+    `_LOGITS_BUDGET` floats, 32 MB on the CPU: a block stays in cache while it is reduced), and each
+    passage's rows in the block are max-reduced into its running max. On the CPU the projection goes
+    through oneDNN (`onednn.linear`). A document with no unmasked position comes out as -inf everywhere.
     """
-    import warnings
-
     import torch
+
+    from . import onednn
 
     batch = hidden.shape[0]
     weight = mlm_head.decoder.weight
     bias = mlm_head.decoder.bias if mlm_head.decoder.bias is not None else mlm_head.bias  # as the head's forward
     vocab = weight.shape[0]
-    rows_of = mask.nonzero()[:, 0]
-    transformed = mlm_head.transform(hidden[mask])
     pooled = torch.full((batch, vocab), float("-inf"), dtype=torch.float32, device=hidden.device)
-    if transformed.shape[0] == 0:
+    transformed = mlm_head.transform(hidden[mask])
+    rows = transformed.shape[0]
+    if rows == 0:
         return pooled
-    step = max(1, _LOGITS_BUDGET // vocab)
-    reuse = hidden.device.type == "cpu" and transformed.dtype == torch.float32
-    buffer = torch.empty((min(step, transformed.shape[0]), vocab), dtype=torch.float32) if reuse else None
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="index_reduce", category=UserWarning)
-        for start in range(0, transformed.shape[0], step):
-            block = transformed[start:start + step]
-            if reuse:
-                logits = torch.addmm(bias, block, weight.t(), out=buffer[:block.shape[0]])
-            else:
-                logits = torch.addmm(bias.to(block.dtype), block, weight.t().to(block.dtype)).float()
-            pooled.index_reduce_(0, rows_of[start:start + step], logits, "amax")
+    ends = mask.sum(dim=1).cumsum(dim=0).tolist()       # passage p owns rows [ends[p-1], ends[p])
+    starts = [0] + ends[:-1]
+    step = max(1, _LOGITS_BUDGET * (8 if hidden.device.type == "cuda" else 1) // vocab)
+    first = 0                                           # first passage that may own rows of this block
+    for start in range(0, rows, step):
+        end = min(start + step, rows)
+        block = transformed[start:end]
+        logits = onednn.linear(block, weight.to(block.dtype), bias.to(block.dtype)).float()
+        while ends[first] <= start:
+            first += 1
+        passage = first
+        while passage < batch and starts[passage] < end:
+            low, high = max(starts[passage], start) - start, min(ends[passage], end) - start
+            if high > low:
+                torch.maximum(pooled[passage], logits[low:high].amax(dim=0), out=pooled[passage])
+            passage += 1
     return pooled
 
 
@@ -265,6 +270,11 @@ def load_model(name_or_path: str, need_mlm_head: bool = False) -> LoadedModel:
     except Exception as exc:
         raise DupMAEEvalError(f"{folder}: could not load its tokenizer ({exc.__class__.__name__}: {exc})") from None
     projection = load_dupmae_head(folder, model.config.hidden_size)
+    from . import onednn
+
+    for module in (model, projection):
+        if module is not None:
+            onednn.route_linears(module)  # fp32 products on the CPU through oneDNN (see onednn.py)
     return LoadedModel(name_or_path, folder, tokenizer, model.bert, model.cls.predictions if has_head else None,
                        projection, revision)
 
