@@ -85,8 +85,10 @@ def _assert_topk_rows(encoded_rows, reference, k):
 def test_dupmae_halves_match_the_formulas(which, random_bert, monkeypatch):
     folder, projection = (SPLADE_TINY, None) if which == "splade-tiny" else random_bert
     texts = _passages()
-    # force many small blocks of token rows (41 rows each), most of them spanning two passages
-    monkeypatch.setattr(model_module, "_LOGITS_BUDGET", 30522 * 41)
+    # force many small tiles: blocks of 41 token rows, most of them spanning two passages, and
+    # vocabulary chunks of 1,000 (30,522 is not a multiple of it)
+    monkeypatch.setattr(model_module, "_BLOCK_ROWS", 41)
+    monkeypatch.setattr(model_module, "_VOCAB_CHUNK", 1000)
     encoder = DupMAEDocumentEncoder(str(folder), EncoderSettings.for_kind("dupmae"))
     encoded = encoder.encode_texts(texts)
     batch, logits, _, cls = _reference(folder, texts, 256, projection)
