@@ -152,16 +152,25 @@ class _Encoder:
                 what = "query" if self._is_query else "passage"
                 raise DupMAEEvalError(f"empty {what} text at batch position {position}")
         tokenizer = self.model.tokenizer
-        full_lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
-        truncated = sum(length > self.max_length for length in full_lengths)
         batch = tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                           return_tensors="pt")
+        truncated = self._count_truncated(texts, batch["attention_mask"].sum(dim=1).tolist())
         device = self.model.device
         input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         with torch.inference_mode(), _autocast(device):
             dense, sparse = self.model.forward(input_ids, attention_mask, self.settings.pooling())
         return Encoded(dense.cpu().numpy().astype(np.float32) if dense is not None else None,
                        _to_sparse_rows(sparse, self.topk) if sparse is not None else None, truncated)
+
+
+    def _count_truncated(self, texts: Sequence[str], lengths: Sequence[int]) -> int:
+        """How many texts the max length cut: only those that fill it exactly can have been cut, so
+        only they are tokenized again, untruncated."""
+        at_limit = [text for text, length in zip(texts, lengths) if length >= self.max_length]
+        if not at_limit:
+            return 0
+        full = self.model.tokenizer(at_limit, add_special_tokens=True)["input_ids"]
+        return sum(len(ids) > self.max_length for ids in full)
 
 
 def _autocast(device):
