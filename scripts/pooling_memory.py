@@ -42,6 +42,9 @@ def _measure(method: str, batch: int, length: int, save: str) -> dict:
     started = time.perf_counter()
     with torch.inference_mode():
         if method == "chunked":
+            from dupmae_eval import onednn
+
+            onednn.route_linears(head)                             # as load_model does
             pooled = pooled_mlm_logits(head, hidden, mask)
         else:
             logits = head(hidden)                                  # batch x length x vocabulary at once
