@@ -76,3 +76,13 @@ def test_switched_off_by_the_environment(monkeypatch):
         torch.testing.assert_close(onednn.linear(x, weight, gelu=True), torch.nn.functional.gelu(x @ weight.T))
     finally:
         onednn.available.cache_clear()
+
+
+def test_loaded_checkpoints_are_routed():
+    from conftest import SPLADE_TINY
+    from dupmae_eval.model import load_model
+
+    model = load_model(str(SPLADE_TINY), need_mlm_head=True)
+    modules = list(model.encoder.modules()) + list(model.mlm_head.modules())
+    assert not any(type(m) is torch.nn.Linear for m in modules)
+    assert sum(isinstance(m, onednn.OneDNNLinear) for m in modules) == 2 * 6 + 2  # 6 per layer, transform, decoder
