@@ -198,3 +198,26 @@ def test_empty_text_is_refused():
     encoder = DupMAEDocumentEncoder(str(SPLADE_TINY), EncoderSettings.for_kind("dupmae"))
     with pytest.raises(DupMAEEvalError, match="empty passage"):
         encoder.encode_texts(["fine", "   "])
+
+
+@pytest.mark.parametrize("block_rows, chunk", [(512, 2048), (7, 1000), (1, 30522), (64, 4096)])
+def test_tiled_pooling_equals_the_full_logits_max(block_rows, chunk, monkeypatch):
+    """The tiles' bookkeeping (passages split over several row blocks, vocabulary chunks that do not
+    divide 30,522, a passage with no pooled position at all) against the whole logits tensor."""
+    from transformers.models.bert.modeling_bert import BertLMPredictionHead
+
+    torch.manual_seed(3)
+    head = BertLMPredictionHead(BertConfig(hidden_size=32, vocab_size=30522)).eval()
+    hidden = torch.randn(5, 40, 32)
+    mask = torch.zeros(5, 40, dtype=torch.bool)
+    mask[0, 1:40] = True                                     # long: spans several row blocks when they are small
+    mask[1, 1:3] = True
+    mask[3, 1:25] = True                                     # passage 2 pools nothing; 3 and 4 follow it
+    mask[4, 5:6] = True
+    monkeypatch.setattr(model_module, "_BLOCK_ROWS", block_rows)
+    monkeypatch.setattr(model_module, "_VOCAB_CHUNK", chunk)
+    with torch.inference_mode():
+        got = model_module.pooled_mlm_logits(head, hidden, mask)
+        expected = head(hidden).masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
+    assert torch.isneginf(got[2]).all() and torch.isneginf(expected[2]).all()
+    torch.testing.assert_close(got[[0, 1, 3, 4]], expected[[0, 1, 3, 4]], rtol=1e-5, atol=1e-5)
