@@ -221,3 +221,18 @@ def test_tiled_pooling_equals_the_full_logits_max(block_rows, chunk, monkeypatch
         expected = head(hidden).masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
     assert torch.isneginf(got[2]).all() and torch.isneginf(expected[2]).all()
     torch.testing.assert_close(got[[0, 1, 3, 4]], expected[[0, 1, 3, 4]], rtol=1e-5, atol=1e-5)
+
+
+def test_query_batches_equal_single_queries():
+    """encode_batch (what Pyserini's FaissSearcher.batch_search calls when present) against encode."""
+    texts = ["what causes diabetes", "insulin", "a much longer query about the effects of smoking on the lungs"]
+    dense = DupMAEQueryEncoder(str(SPLADE_TINY), EncoderSettings.for_kind("dupmae"), half="dense")
+    batch = dense.encode_batch(texts, batch_size=2)
+    assert batch.shape == (3, 128) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch, np.stack([dense.encode(t) for t in texts]), atol=1e-5)
+    assert dense.encode_batch([]).shape == (0, 128)
+    sparse = DupMAEQueryEncoder(dense.model, EncoderSettings.for_kind("splade"), half="sparse")
+    for single, batched in zip([sparse.encode(t) for t in texts], sparse.encode_batch(texts, batch_size=2)):
+        assert single and len(single.keys() ^ batched.keys()) <= 1
+        # a weight on a rounding boundary may flip by one unit (and a 0/1 flip drops or adds the term)
+        assert all(abs(single.get(t, 0) - batched.get(t, 0)) <= 1 for t in single.keys() | batched.keys())
