@@ -89,10 +89,13 @@ def _timed(function, repeats: int):
 
 
 def _child(case: str, side: str, options: argparse.Namespace, out: str) -> dict:
-    """Run one side of one case in a fresh process; it saves its outputs to `out` and prints a JSON line."""
+    """Run one side of one case in a fresh process; it saves its outputs to `out` and prints a JSON line.
+    Side "ours-mkl" is our code with the oneDNN route off (DUPMAE_EVAL_ONEDNN=0): the ablation that shows
+    how much of our speed is the choice of GEMM library and how much the rest."""
     command = [sys.executable, __file__, "--child", f"{case}:{side}", "--out", out, "--threads", str(options.threads),
                "--repeats", str(options.repeats), "--passages", str(options.passages), "--device", options.device]
-    done = subprocess.run(command, capture_output=True, text=True)
+    environment = {**os.environ, **({"DUPMAE_EVAL_ONEDNN": "0"} if side == "ours-mkl" else {})}
+    done = subprocess.run(command, capture_output=True, text=True, env=environment)
     if done.returncode != 0:
         raise SystemExit(f"{case}:{side} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -124,7 +127,7 @@ def _side_sparse(side: str, options, out: str) -> dict:
     import numpy as np
 
     titles, texts = _scifact_texts(options.passages)
-    if side == "ours":
+    if side.startswith("ours"):
         from dupmae_eval.encoders import DupMAEDocumentEncoder, EncoderSettings
         from dupmae_eval.encode import sorted_batches
 
@@ -183,7 +186,7 @@ def _side_dense(side: str, options, out: str) -> dict:
 
     titles, texts = _scifact_texts(options.passages)
     flat = [f"{t} {x}" if t else x for t, x in zip(titles, texts)]
-    if side == "ours":
+    if side.startswith("ours"):
         from dupmae_eval.encoders import DupMAEDocumentEncoder, EncoderSettings
         from dupmae_eval.encode import sorted_batches
 
@@ -236,7 +239,7 @@ def _side_forward(side: str, options, out: str) -> dict:
     attention = torch.ones_like(input_ids)
     attention[batch // 2:, length // 2:] = 0          # half the batch padded to half length, as real batches are
     baseline = _current_rss_mb()
-    if side == "ours":
+    if side.startswith("ours"):
         from dupmae_eval import onednn
         from dupmae_eval.model import PoolingSettings, pooled_mlm_logits, sparse_mask
 
@@ -319,17 +322,20 @@ def case_sparse(options, rate: float, scratch: Path) -> None:
     same_terms = all(set(x) == set(y) for x, y in zip(a, b))
     worst = max((abs(x[t] - y[t]) for x, y in zip(a, b) for t in x if t in y), default=0.0)
     print(f"Case 1 — sparse half (SPLADE pooling), splade-tiny, {ours['passages']} SciFact passages, 256 tokens, batch 32")
+    mkl = _child("1", "ours-mkl", options, str(scratch / "1m.json"))
     print(_row("ours", ours, rate))
+    print(_row("ours, oneDNN route off (MKL)", mkl, rate))
     print(_row("Pyserini SpladeDocumentEncoder", peer, rate))
     print(f"  speed ratio {peer['seconds'] / ours['seconds']:.2f}x, peak memory ratio "
           f"{peer['peak_mb'] / ours['peak_mb']:.2f}x; same non-zero terms: {same_terms}; largest weight difference {worst:.2e}")
+    print(f"  ours with the oneDNN route off: {peer['seconds'] / mkl['seconds']:.2f}x the peer")
 
 
 def case_dense(options, rate: float, scratch: Path) -> None:
     import numpy as np
 
     results = {side: _child("2", side, options, str(scratch / f"2{side}.npy"))
-               for side in ("ours", "pyserini", "sentence-transformers")}
+               for side in ("ours", "ours-mkl", "pyserini", "sentence-transformers")}
     vectors = {side: np.load(scratch / f"2{side}.npy") for side in results}
     print(f"Case 2 — dense mean pooling + L2, all-MiniLM-L6-v2, {results['ours']['passages']} SciFact passages, "
           f"256 tokens, batch 32")
@@ -341,6 +347,9 @@ def case_dense(options, rate: float, scratch: Path) -> None:
         print(f"  vs {peer}: speed ratio {results[peer]['seconds'] / results['ours']['seconds']:.2f}x, "
               f"memory ratio {results[peer]['peak_mb'] / results['ours']['peak_mb']:.2f}x, "
               f"lowest cosine {cosine.min():.6f}")
+    print(f"  ours with the oneDNN route off (ours-mkl): {results['pyserini']['seconds'] / results['ours-mkl']['seconds']:.2f}x "
+          f"pyserini, {results['sentence-transformers']['seconds'] / results['ours-mkl']['seconds']:.2f}x "
+          f"sentence-transformers")
 
 
 def case_forward(options, rate: float, scratch: Path) -> None:
@@ -350,13 +359,17 @@ def case_forward(options, rate: float, scratch: Path) -> None:
     naive = _child("3", "naive", options, str(scratch / "3n.npz"))
     a, b = np.load(scratch / "3o.npz"), np.load(scratch / "3n.npz")
     print(f"Case 3 — full DupMAE forward (both halves), random BERT-base, batch {ours['shape'][0]} x {ours['shape'][1]}")
-    print(_row("ours (blocked OT pooling)", ours, rate))
+    mkl = _child("3", "ours-mkl", options, str(scratch / "3m.npz"))
+    print(_row("ours (tiled OT pooling)", ours, rate))
+    print(_row("ours, oneDNN route off (MKL)", mkl, rate))
     print(_row("naive (full logits, then max)", naive, rate))
     print(f"  speed ratio {naive['seconds'] / ours['seconds']:.2f}x; peak memory of the forward itself (above "
           f"model and inputs) {ours['forward_mb']:,.0f} MB vs {naive['forward_mb']:,.0f} MB = "
           f"{ours['forward_mb'] / naive['forward_mb']:.2f} of naive (whole process "
           f"{ours['peak_mb'] / naive['peak_mb']:.2f}); largest difference dense "
           f"{np.abs(a['dense'] - b['dense']).max():.1e}, sparse {np.abs(a['sparse'] - b['sparse']).max():.1e}")
+    print(f"  ours with the oneDNN route off: {naive['seconds'] / mkl['seconds']:.2f}x the naive route, forward memory "
+          f"{mkl['forward_mb']:,.0f} MB")
 
 
 def case_start(options, rate: float, scratch: Path) -> None:
