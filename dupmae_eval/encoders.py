@@ -162,7 +162,6 @@ class _Encoder:
         return Encoded(dense.cpu().numpy().astype(np.float32) if dense is not None else None,
                        _to_sparse_rows(sparse, self.topk) if sparse is not None else None, truncated)
 
-
     def _count_truncated(self, texts: Sequence[str], lengths: Sequence[int]) -> int:
         """How many texts the max length cut: only those that fill it exactly can have been cut, so
         only they are tokenized again, untruncated."""

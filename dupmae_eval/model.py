@@ -150,8 +150,7 @@ def pooled_mlm_logits(mlm_head, hidden, mask):
                 owners.append((passage, low, high, starts[passage] >= start))
         for low_v in range(0, vocab, chunk):
             high_v = min(low_v + chunk, vocab)
-            tile = onednn.linear(block, weight[low_v:high_v].to(block.dtype), bias[low_v:high_v].to(block.dtype))
-            tile = tile.float()
+            tile = onednn.linear(block, weight[low_v:high_v], bias[low_v:high_v]).float()  # bf16 under GPU autocast
             for passage, low, high, first_seen in owners:
                 target = pooled[passage, low_v:high_v]
                 if first_seen:

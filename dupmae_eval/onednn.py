@@ -22,7 +22,6 @@ from functools import lru_cache
 import torch
 
 
-
 @lru_cache(maxsize=None)
 def available() -> bool:
     """Whether oneDNN's fused linear op exists here and agrees with `F.linear` on a probe.
@@ -76,7 +75,8 @@ class OneDNNLinear(torch.nn.Linear):
 
 def route_linears(module: torch.nn.Module) -> int:
     """Replace every `nn.Linear` under `module` by a `OneDNNLinear` sharing its parameters, fusing the
-    exact GELU of BERT's intermediate and MLM-transform layers; returns how many were replaced."""
+    exact GELU of BERT's intermediate and MLM-transform layers; returns how many layers are routed
+    (those replaced now and any routed before, so a second call changes nothing and counts the same)."""
     replaced = 0
     for parent in list(module.modules()):
         _fuse_gelu(parent, "dense", "intermediate_act_fn")   # BertIntermediate
