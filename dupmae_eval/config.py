@@ -7,7 +7,8 @@ A suite file (see `configs/`) holds structured parameters, never shell strings:
     precision: 4                      # decimals at which expected scores are compared
     datasets: [trec-covid, ..., cqadupstack, ..., scifact]    # BEIR units; cqadupstack = its 12 forums
     conditions:
-      bm25-flat:   {kind: bm25, fields: flat, expected: {scifact: {nDCG@10: 0.6789, ...}, ...}}
+      bm25-flat:   {kind: bm25, fields: flat, expected: {scifact: {nDCG@10: 0.6789, ...}, ...},
+                    index_stats: {scifact: {documents: 5183, documents (non-empty): 5183, ...}, ...}}
       retromae:    {kind: model, model: Shitao/RetroMAE_BEIR, encoder: cls, retrieval: dense}
     references:                       # published columns for tables (the paper's Table 3, ...)
       DupMAE (paper): {measure: nDCG@10, values: {trec-covid: 0.728, ...}}
@@ -25,11 +26,13 @@ from .datasets import REGISTRY, lookup, units_of
 from .errors import DupMAEEvalError
 
 CONDITION_KEYS = {
-    "bm25": {"kind", "fields", "k1", "b", "hits", "expected", "description"},
+    "bm25": {"kind", "fields", "k1", "b", "hits", "expected", "index_stats", "description"},
     "model": {"kind", "model", "encoder", "retrieval", "activation", "topk", "query_topk", "exclude_sep",
               "normalize", "max_query_length", "max_passage_length", "batch_size", "quantization_scale", "hits",
               "expected", "description"},
 }
+INDEX_STATS = ("documents", "documents (non-empty)", "total terms", "unique terms")
+"""Index statistics a bm25 condition may expect, named as Anserini's regression YAMLs name them."""
 SUITE_KEYS = {"suite", "description", "measures", "precision", "datasets", "conditions", "references"}
 
 
@@ -53,6 +56,7 @@ class Condition:
     kind: str
     params: Dict[str, Any]
     expected: Dict[str, Dict[str, float]] = field(default_factory=dict)   # dataset or unit key -> measure -> value
+    index_stats: Dict[str, Dict[str, int]] = field(default_factory=dict)  # dataset key -> statistic -> count
 
 
 @dataclass
@@ -157,8 +161,29 @@ def _condition(path: Path, name: str, spec: Any, datasets: Optional[List[str]]) 
     for dataset_key in expected if known is not None else ():
         if dataset_key not in known:
             raise DupMAEEvalError(f"{path}: {where}: expected: {dataset_key!r} is not a dataset of this suite")
-    params = {k: v for k, v in spec.items() if k not in ("kind", "expected", "description")}
-    return Condition(name, kind, params, {k: dict(v) for k, v in expected.items()})
+    index_stats = _index_stats(path, where, spec.get("index_stats") or {}, known)
+    params = {k: v for k, v in spec.items() if k not in ("kind", "expected", "index_stats", "description")}
+    return Condition(name, kind, params, {k: dict(v) for k, v in expected.items()}, index_stats)
+
+
+def _index_stats(path: Path, where: str, raw: Any, known) -> Dict[str, Dict[str, int]]:
+    """`index_stats: {dataset: {documents: N, ...}}`: whole numbers, statistics Anserini names."""
+    if not isinstance(raw, dict):
+        raise DupMAEEvalError(f"{path}: {where}: index_stats: expected a mapping of dataset -> statistics")
+    stats: Dict[str, Dict[str, int]] = {}
+    for dataset_key, values in raw.items():
+        if known is not None and dataset_key not in known:
+            raise DupMAEEvalError(f"{path}: {where}: index_stats: {dataset_key!r} is not a dataset of this suite")
+        if not isinstance(values, dict):
+            raise DupMAEEvalError(f"{path}: {where}: index_stats: {dataset_key}: expected a mapping")
+        for stat, value in values.items():
+            if stat not in INDEX_STATS:
+                raise DupMAEEvalError(f"{path}: {where}: index_stats: {dataset_key}: unknown statistic {stat!r} "
+                                      f"(allowed: {', '.join(INDEX_STATS)})")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise DupMAEEvalError(f"{path}: {where}: index_stats: {dataset_key}: {stat} must be a whole number")
+        stats[str(dataset_key)] = dict(values)
+    return stats
 
 
 def _member_keys(entry: str) -> List[str]:

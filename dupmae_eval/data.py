@@ -12,8 +12,10 @@ import contextlib
 import gzip
 import io
 import json
+import math
 import os
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Dict, Iterator, List, Mapping, Sequence, Tuple
@@ -45,22 +47,70 @@ class Passage:
 
 
 def open_text(path: str | Path) -> IO[str]:
-    """Open a text file for reading, transparently gunzipping `*.gz`."""
+    """Open a text file for reading, transparently gunzipping `*.gz`.
+
+    UTF-8 with or without a byte-order mark: files saved by Windows tools often start with one,
+    and it must not turn the first record into malformed JSON or an id with an invisible prefix.
+    """
     path = Path(path)
     if not path.is_file():
         raise DupMAEEvalError(f"{path}: no such file")
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig")
+    return open(path, encoding="utf-8-sig")
 
 
-def _numbered_lines(path: str | Path) -> Iterator[Tuple[int, str]]:
-    """Yield (1-based line number, line without its newline), skipping blank lines."""
+READ_ERRORS = (EOFError, OSError, zlib.error, UnicodeDecodeError)
+"""What a truncated or corrupt (compressed) file raises while it is being read."""
+
+
+def read_error(path: str | Path, line: int, exc: BaseException) -> InputFormatError:
+    """One line for a file that cannot be read to its end: where it broke and why."""
+    if isinstance(exc, UnicodeDecodeError):
+        return InputFormatError(path, line, "not valid UTF-8 text")
+    what = "truncated" if isinstance(exc, EOFError) else "corrupt"
+    return InputFormatError(path, line, f"the file is {what} ({exc.__class__.__name__}: {exc}); "
+                                        f"download or unpack it again")
+
+
+def numbered_lines(path: str | Path) -> Iterator[Tuple[int, str]]:
+    """Yield (1-based line number, line without its newline), skipping blank lines.
+
+    A file that ends early or is corrupt (a truncated .gz, bad UTF-8) stops with one
+    `InputFormatError` naming the file and the line where reading broke.
+    """
+    number = 0
     with open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
+        lines = iter(handle)
+        while True:
+            try:
+                line = next(lines)
+            except StopIteration:
+                return
+            except READ_ERRORS as exc:
+                raise read_error(path, number + 1, exc) from None
+            number += 1
             line = line.rstrip("\r\n")
             if line.strip():
                 yield number, line
+
+
+def check_id(path: str | Path, line: int, value: str, what: str) -> str:
+    """Refuse an empty id or one holding whitespace: TREC runs and qrels are whitespace-separated,
+    so such an id would silently become extra columns in every file written from it."""
+    if not value:
+        raise InputFormatError(path, line, f"empty {what}")
+    if any(char.isspace() for char in value):
+        raise InputFormatError(path, line, f"{what} {value!r} contains whitespace (runs and qrels are "
+                                           f"whitespace-separated, so it cannot be written or read back)")
+    return value
+
+
+def _first_occurrence(seen: Dict[str, int], path: str | Path, line: int, value: str, what: str) -> None:
+    """Record `value`'s line; refuse it, naming both lines, when it was seen before."""
+    earlier = seen.setdefault(value, line)
+    if earlier != line:
+        raise InputFormatError(path, line, f"duplicate {what} {value!r} (first at line {earlier})")
 
 
 @contextlib.contextmanager
@@ -118,22 +168,23 @@ def _string_field(path: Path, number: int, record: dict, key: str, required: boo
 def read_beir_corpus(path: str | Path) -> Iterator[Passage]:
     """Stream a BEIR corpus.jsonl(.gz): one {"_id", "title"?, "text"} object per line."""
     path = Path(path)
-    for number, line in _numbered_lines(path):
+    for number, line in numbered_lines(path):
         record = _json_object(path, number, line)
-        docid = _string_field(path, number, record, "_id")
-        if not docid.strip():
-            raise InputFormatError(path, number, 'empty "_id"')
+        docid = check_id(path, number, _string_field(path, number, record, "_id"), "_id")
         yield Passage(docid, _string_field(path, number, record, "title", required=False),
                       _string_field(path, number, record, "text"), number)
 
 
 def read_beir_queries(path: str | Path) -> Dict[str, str]:
-    """Read a BEIR queries.jsonl(.gz) into {query id: text}, in file order."""
+    """Read a BEIR queries.jsonl(.gz) into {query id: text}, in file order (ids unique, no whitespace)."""
     path = Path(path)
     queries: Dict[str, str] = {}
-    for number, line in _numbered_lines(path):
+    lines: Dict[str, int] = {}
+    for number, line in numbered_lines(path):
         record = _json_object(path, number, line)
-        queries[_string_field(path, number, record, "_id")] = _string_field(path, number, record, "text")
+        qid = check_id(path, number, _string_field(path, number, record, "_id"), "query id")
+        _first_occurrence(lines, path, number, qid, "query id")
+        queries[qid] = _string_field(path, number, record, "text")
     return queries
 
 
@@ -141,14 +192,16 @@ def read_beir_qrels(path: str | Path) -> Qrels:
     """Read a BEIR qrels TSV (`query-id  corpus-id  score`, header optional)."""
     path = Path(path)
     qrels: Qrels = {}
-    for number, line in _numbered_lines(path):
+    for number, line in numbered_lines(path):
         fields = line.split("\t")
         if number == 1 and fields[0].strip() == "query-id":
             continue
         if len(fields) != 3:
             raise InputFormatError(path, number, f"expected 3 tab-separated columns "
                                                  f"(query-id, corpus-id, score), found {len(fields)}")
-        qrels.setdefault(fields[0].strip(), {})[fields[1].strip()] = _grade(path, number, fields[2])
+        qid = check_id(path, number, fields[0].strip(), "query-id")
+        docid = check_id(path, number, fields[1].strip(), "corpus-id")
+        qrels.setdefault(qid, {})[docid] = _grade(path, number, fields[2])
     return qrels
 
 
@@ -165,22 +218,26 @@ def _grade(path: Path, number: int, text: str) -> int:
 def read_tsv_collection(path: str | Path) -> Iterator[Passage]:
     """Stream MS MARCO's collection.tsv(.gz): `pid <TAB> passage` per line."""
     path = Path(path)
-    for number, line in _numbered_lines(path):
+    for number, line in numbered_lines(path):
         docid, sep, text = line.partition("\t")
         if not sep or not docid.strip():
             raise InputFormatError(path, number, "expected `id<TAB>text`")
-        yield Passage(docid.strip(), "", text, number)
+        yield Passage(check_id(path, number, docid.strip(), "passage id"), "", text, number)
 
 
 def read_tsv_queries(path: str | Path) -> Dict[str, str]:
-    """Read a queries TSV(.gz) (`qid <TAB> text`) into {query id: text}, in file order."""
+    """Read a queries TSV(.gz) (`qid <TAB> text`) into {query id: text}, in file order (ids unique,
+    no whitespace)."""
     path = Path(path)
     queries: Dict[str, str] = {}
-    for number, line in _numbered_lines(path):
+    lines: Dict[str, int] = {}
+    for number, line in numbered_lines(path):
         qid, sep, text = line.partition("\t")
         if not sep or not qid.strip():
             raise InputFormatError(path, number, "expected `query-id<TAB>text`")
-        queries[qid.strip()] = text.strip()
+        qid = check_id(path, number, qid.strip(), "query id")
+        _first_occurrence(lines, path, number, qid, "query id")
+        queries[qid] = text.strip()
     return queries
 
 
@@ -188,7 +245,7 @@ def read_trec_qrels(path: str | Path) -> Qrels:
     """Read TREC qrels (`qid iteration docid relevance`, whitespace-separated)."""
     path = Path(path)
     qrels: Qrels = {}
-    for number, line in _numbered_lines(path):
+    for number, line in numbered_lines(path):
         fields = line.split()
         if len(fields) != 4:
             raise InputFormatError(path, number, f"expected 4 columns (query-id, iteration, doc-id, "
@@ -204,7 +261,7 @@ def read_qrels(path: str | Path) -> Qrels:
     malformed rather than silently read as something else.
     """
     path = Path(path)
-    for number, line in _numbered_lines(path):
+    for number, line in numbered_lines(path):
         fields = line.split("\t") if "\t" in line else line.split()
         if len(fields) == 3 or fields[0].strip() == "query-id":
             return read_beir_qrels(path)
@@ -216,10 +273,15 @@ def read_qrels(path: str | Path) -> Qrels:
 
 
 def read_trec_run(path: str | Path) -> Run:
-    """Read a TREC run (`qid Q0 docid rank score tag`), keeping the file's order per query."""
+    """Read a TREC run (`qid Q0 docid rank score tag`), keeping the file's order per query.
+
+    A score that is not a finite number (NaN and infinities: what an fp16 overflow produces) and
+    a document listed twice for one query are refused with file:line: either would change the
+    metrics without any sign (trec_eval, too, refuses duplicate documents)."""
     path = Path(path)
     run: Run = {}
-    for number, line in _numbered_lines(path):
+    seen: Dict[Tuple[str, str], int] = {}
+    for number, line in numbered_lines(path):
         fields = line.split()
         if len(fields) != 6:
             raise InputFormatError(path, number, f"not TREC run format: expected 6 columns "
@@ -230,6 +292,13 @@ def read_trec_run(path: str | Path) -> Run:
         except ValueError:
             raise InputFormatError(path, number, "not TREC run format: rank must be an integer "
                                                  "and score a number") from None
+        if not math.isfinite(score):
+            raise InputFormatError(path, number, f"score {fields[4]!r} of document {fields[2]!r} for query "
+                                                 f"{fields[0]!r} is not a finite number")
+        earlier = seen.setdefault((fields[0], fields[2]), number)
+        if earlier != number:
+            raise InputFormatError(path, number, f"document {fields[2]!r} is listed twice for query "
+                                                 f"{fields[0]!r} (first at line {earlier})")
         run.setdefault(fields[0], []).append((fields[2], score))
     if not run:
         raise InputFormatError(path, None, "run file is empty")
@@ -245,15 +314,36 @@ def write_trec_run(path: str | Path, run: Mapping[str, Sequence[Tuple[str, float
     """Write a TREC run atomically; queries in id order, hits ranked by `ranked`.
 
     Scores are written with 6 decimals, as Pyserini does; ranking happens on the rounded
-    scores so that the file's order is the order trec_eval will see.
+    scores so that the file's order is the order trec_eval will see. A score that is not a finite
+    number (a model that produced NaN or an overflow), an id with whitespace or a document twice
+    for one query is refused naming the query, and nothing is written.
     """
     if any(char.isspace() for char in tag):
         raise DupMAEEvalError(f"run tag {tag!r} must not contain whitespace")
+    for qid, hits in run.items():
+        _check_hits(path, qid, hits)
     with atomic_output(path) as out:
         for qid in sorted(run, key=_natural_key):
             hits = ranked([(docid, float(f"{score:.6f}")) for docid, score in run[qid]])
             for rank, (docid, score) in enumerate(hits, start=1):
                 out.write(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
+
+
+def _check_hits(path: str | Path, qid: str, hits: Sequence[Tuple[str, float]]) -> None:
+    if not qid or any(char.isspace() for char in qid):
+        raise DupMAEEvalError(f"{path}: query id {qid!r} is empty or contains whitespace; the run was not written")
+    docids = set()
+    for docid, score in hits:
+        if not math.isfinite(score):
+            raise DupMAEEvalError(f"{path}: query {qid!r}: score of document {docid!r} is {score} (not a finite "
+                                  f"number); the model or the search produced it, and the run was not written")
+        if not docid or any(char.isspace() for char in docid):
+            raise DupMAEEvalError(f"{path}: query {qid!r}: document id {docid!r} is empty or contains whitespace; "
+                                  f"the run was not written")
+        if docid in docids:
+            raise DupMAEEvalError(f"{path}: query {qid!r}: document {docid!r} is ranked twice (duplicate id in the "
+                                  f"corpus?); the run was not written")
+        docids.add(docid)
 
 
 def _natural_key(qid: str) -> Tuple[int, int | str]:

@@ -50,15 +50,22 @@ class DatasetInfo:
     url: Optional[str] = None
     archive_member: Optional[str] = None  # folder inside the downloaded archive, e.g. "cqadupstack/android"
     unit: Optional[str] = None            # the BEIR unit a sub-forum averages into ("cqadupstack")
-
-    @property
-    def pyserini_name(self) -> str:
-        """Pyserini's topic/qrels name for the default split, e.g. 'beir-v1.0.0-scifact-test'."""
-        return f"beir-v1.0.0-{self.name}-test" if self.layout == "beir" else f"{self.name}-{self.default_split}"
+    archive_md5: Optional[str] = None     # the MD5 its publisher lists for the downloaded archive
 
 
 CQADUPSTACK_FORUMS = ("android", "english", "gaming", "gis", "mathematica", "physics", "programmers",
                      "stats", "tex", "unix", "webmasters", "wordpress")
+
+# MD5 of each public archive as BEIR's README lists it (beir-cellar/beir, "Available Datasets").
+BEIR_ARCHIVE_MD5 = {
+    "trec-covid": "ce62140cb23feb9becf6270d0d1fe6d1", "nfcorpus": "a89dba18a62ef92f7d323ec890a0d38d",
+    "nq": "d4d3d2e48787a744b6f6e691ff534307", "hotpotqa": "f412724f78b0d91183a0e86805e16114",
+    "fiqa": "17918ed23cd04fb15047f73e6c3bd9d9", "arguana": "8ad3e3c2a5867cdced806d6503f29b99",
+    "webis-touche2020": "46f650ba5a527fc69e0a6521c5a23563", "cqadupstack": "4e41456d7df8ee7760a7f866133bda78",
+    "quora": "18fb154900ba42a600f84b839c173167", "dbpedia-entity": "c2a39eb420a3164af735795df012ac2c",
+    "scidocs": "38121350fc3a4d2f48850f6aff52e4a9", "fever": "5a818580227bfb4b35bb6fa46d9b6c03",
+    "climate-fever": "8b66f0a9126c521bae2bde127b4dc99d", "scifact": "5f7d1de60b170fc8027bb7898e2efca1",
+}
 
 _BEIR = [  # (key, paper title, public)
     ("trec-covid", "TREC-COVID", True), ("bioasq", "BioASQ", False), ("nfcorpus", "NFCorpus", True),
@@ -82,6 +89,7 @@ def _beir_entry(key: str, title: str, public: bool, archive: Optional[str] = Non
         measures={"test": BEIR_MEASURES},
         shipped={"test": (f"qrels.beir-v1.0.0-{key}.test.txt.gz", f"topics.beir-v1.0.0-{key}.test.tsv.gz")},
         url=BEIR_URL.format(name=archive or key) if public else None, archive_member=member, unit=unit,
+        archive_md5=BEIR_ARCHIVE_MD5.get(archive or key),
     )
 
 
@@ -148,6 +156,19 @@ class Dataset:
     def corpus_fingerprint(self) -> str:
         """SHA-256 of the corpus file: part of every index and encoding cache key."""
         return cache.file_digest(self._corpus)
+
+    def source(self) -> Optional[dict]:
+        """Where a downloaded dataset came from: its archive's URL and MD5, and whether that MD5 was
+        checked against the publisher's (`SOURCE_FILE`, written by the download); None otherwise."""
+        import json
+
+        path = self.root / SOURCE_FILE
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None
 
     def passages(self) -> Iterator[Passage]:
         """Stream the corpus, validating each record (errors name the file and line)."""
@@ -291,8 +312,14 @@ def resolve(name_or_dir: str, download: bool = True) -> Dataset:
 # --------------------------------------------------------------------------- downloads
 
 
+SOURCE_FILE = "dupmae-eval-source.json"
+
+
 def _download(info: DatasetInfo) -> Path:
-    """Fetch and unpack a public dataset into the cache; atomically, so a broken download is never used."""
+    """Fetch and unpack a public dataset into the cache; atomically, so a broken download is never used.
+
+    The archive's MD5 is checked against the publisher's where it is known (BEIR lists one per
+    archive); a mismatch deletes the archive and stops, naming both digests."""
     if not info.public or not info.url:
         raise DupMAEEvalError(f"dataset {info.name!r} is not publicly downloadable (BEIR marks it "
                               f"restricted); build it yourself and pass its folder")
@@ -300,13 +327,32 @@ def _download(info: DatasetInfo) -> Path:
     archive = cache.home() / "downloads" / info.url.rsplit("/", 1)[-1]
     if not archive.is_file():
         _fetch(info.url, archive)
+    md5 = archive_md5(archive)
+    if info.archive_md5 and md5 != info.archive_md5:
+        archive.unlink()
+        raise DupMAEEvalError(f"{archive}: MD5 {md5} differs from the published {info.archive_md5} "
+                              f"(a broken or changed download); deleted it, run again to download it anew")
     with cache.building(final) as scratch:
         unpacked = scratch / ".unpacked"
         _unpack(archive, unpacked)
         for item in _locate_member(unpacked, info).iterdir():
             shutil.move(str(item), scratch / item.name)
         shutil.rmtree(unpacked)
+        cache.write_json(scratch / SOURCE_FILE, {"url": info.url, "archive": archive.name, "archive_md5": md5,
+                                                 "published_md5": info.archive_md5,
+                                                 "md5_checked": info.archive_md5 is not None})
     return final
+
+
+def archive_md5(path: Path) -> str:
+    """MD5 of a downloaded archive (publishers list MD5, not SHA-256), read in 1 MB blocks."""
+    import hashlib
+
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _fetch(url: str, target: Path) -> None:

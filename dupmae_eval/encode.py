@@ -20,7 +20,7 @@ from . import cache
 from .data import Passage, atomic_output
 from .datasets import Dataset
 from .encoders import DupMAEDocumentEncoder, EncoderSettings, SparseRows
-from .errors import DupMAEEvalError, InputFormatError
+from .errors import DupMAEEvalError
 from .model import HEAD_FILE, LoadedModel
 
 FORMAT_VERSION = 1
@@ -128,7 +128,6 @@ def encode_corpus(dataset: Dataset, encoder: DupMAEDocumentEncoder, batch_size: 
         if shard % world_size != rank or path.is_file():
             bar.update(len(passages))
             continue
-        _check_passages(dataset, passages)
         _write_shard(path, passages, encoder, batch_size, bar)
     bar.close()
     if world_size == 1:
@@ -196,27 +195,16 @@ def encode_distributed(dataset: str, model: str, encoder: str, batch_size: int =
 
 
 def _plan(dataset: Dataset, shard_size: int):
-    """(passages in the corpus, shards of `shard_size`)."""
+    """(passages in the corpus, shards of `shard_size`), from the corpus census, which refuses
+    duplicate ids before any shard is encoded. Empty passages are encoded like any other."""
+    from .census import take_census
+
     if shard_size < 1:
         raise DupMAEEvalError("--shard-size must be positive")
-    total = _count_passages(dataset)
+    total = take_census(dataset).passages
     if total == 0:
         raise DupMAEEvalError(f"{dataset.corpus_path}: the corpus has no documents")
     return total, (total + shard_size - 1) // shard_size
-
-
-def _count_passages(dataset: Dataset) -> int:
-    from .data import open_text
-
-    with open_text(dataset.corpus_path) as handle:
-        return sum(1 for line in handle if line.strip())
-
-
-def _check_passages(dataset: Dataset, passages: Sequence[Passage]) -> None:
-    for passage in passages:
-        if not passage.flat_text().strip():
-            raise InputFormatError(dataset.corpus_path, passage.line,
-                                   f"passage {passage.docid!r} is empty (no title, no text): it cannot be encoded")
 
 
 def _write_shard(path: Path, passages: Sequence[Passage], encoder: DupMAEDocumentEncoder, batch_size: int,

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import cache
 from ._java import anserini_version, start_jvm
+from .census import take_census
 from .data import Passage
 from .datasets import Dataset
 from .errors import DupMAEEvalError
@@ -32,35 +33,50 @@ def bm25_index(dataset: Dataset, fields: str, threads: int | None = None) -> Pat
 
     flat: title and text in one `contents` field (Pyserini's BEIR "flat" condition);
     multifield: `contents` holds the text and `title` the title (searched with weights 1.0/1.0).
+    Anserini skips empty documents (see `census`); the index is kept only when Lucene holds
+    exactly the corpus's non-empty passages, and its meta.json records both counts and
+    Anserini's index statistics.
     """
     if fields not in FIELDS:
         raise DupMAEEvalError(f"unknown --fields {fields!r}; choose one of {', '.join(FIELDS)}")
     settings = {"kind": "lucene-bm25", "fields": fields, "corpus_sha256": dataset.corpus_fingerprint(),
-                "anserini": anserini_version(), "layout": 1}
+                "anserini": anserini_version(), "layout": 2}
     final = cache.home() / "indexes" / f"bm25-{fields}" / f"{dataset.name}-{cache.settings_key(settings)}"
     if (final / "meta.json").is_file():
         return final
+    census = take_census(dataset)   # duplicate ids are refused here, before any work
+    expected = census.expected_documents(fields)
+    if expected == 0:
+        raise DupMAEEvalError(f"{dataset.corpus_path}: the corpus has no non-empty documents")
     threads = threads or os.cpu_count() or 1
     started = time.time()
     with cache.building(final) as scratch:
         collection = scratch / "collection"
-        documents = _stage_collection(dataset.passages(), collection, fields)
-        if documents == 0:
-            raise DupMAEEvalError(f"{dataset.corpus_path}: the corpus has no documents")
+        _stage_collection(dataset.passages(), collection, fields)
         _run_index_collection(collection, scratch / "index", fields, threads)
-        indexed = lucene_document_count(scratch / "index")
-        if indexed != documents:
-            raise DupMAEEvalError(f"Lucene indexed {indexed} of {documents} documents from "
-                                  f"{dataset.corpus_path}; the index was not kept")
+        stats = lucene_index_stats(scratch / "index")
+        if stats["documents"] != expected:
+            raise DupMAEEvalError(f"Lucene indexed {stats['documents']} documents from {dataset.corpus_path}, "
+                                  f"expected {expected} ({census.passages} passages less "
+                                  f"{census.passages - expected} empty); the index was not kept")
         _flatten(scratch, collection)
         cache.write_json(scratch / "meta.json", {**settings, "dataset": dataset.name,
-                                                 "corpus": str(dataset.corpus_path), "documents": documents,
+                                                 "corpus": str(dataset.corpus_path),
+                                                 "corpus_passages": census.passages,
+                                                 "empty_passages_skipped": census.passages - expected,
+                                                 "documents": stats["documents"], "index_stats": stats,
                                                  "seconds": round(time.time() - started, 1)})
     return final
 
 
+def index_meta(index: Path) -> dict:
+    """An index's meta.json (settings, counts, statistics)."""
+    return json.loads((index / "meta.json").read_text())
+
+
 def _stage_collection(passages: Iterable[Passage], folder: Path, fields: str) -> int:
-    """Write passages as JsonCollection files of at most _DOCS_PER_FILE documents each."""
+    """Write passages as JsonCollection files of at most _DOCS_PER_FILE documents each (empty ones too:
+    Anserini itself skips them, exactly as it does for Pyserini's own BEIR indexes)."""
     folder.mkdir(parents=True)
     count, out = 0, None
     try:
@@ -91,6 +107,21 @@ def _run_index_collection(collection: Path, index: Path, fields: str, threads: i
     if fields == "multifield":
         arguments += ["-fields", "title"]
     autoclass("io.anserini.index.IndexCollection").main(arguments)
+
+
+def lucene_index_stats(index: Path) -> dict:
+    """Anserini's index statistics, named as its regression YAMLs name them: documents, documents
+    (non-empty) (those with at least one term in `contents`), total terms and unique terms."""
+    start_jvm()
+    from pyserini.index.lucene import LuceneIndexReader
+
+    reader = LuceneIndexReader(str(index))
+    try:
+        stats = reader.stats()
+    finally:
+        reader.reader.close()
+    return {"documents": int(stats["documents"]), "documents (non-empty)": int(stats["non_empty_documents"]),
+            "total terms": int(stats["total_terms"]), "unique terms": int(stats["unique_terms"])}
 
 
 def lucene_document_count(index: Path) -> int:
@@ -160,9 +191,7 @@ def impact_index(encoding, vocabulary: Sequence[str], scale: float, threads: int
 
 
 def impact_meta(index: Path) -> dict:
-    import json
-
-    return json.loads((index / "meta.json").read_text())
+    return index_meta(index)
 
 
 def _stage_vectors(encoding, vocabulary: Sequence[str], scale: float, folder: Path) -> dict:

@@ -47,7 +47,7 @@ def run_bm25(dataset: str | Dataset, split: Optional[str], fields: str, output: 
              b: float = 0.4, hits: int = 1000, threads: Optional[int] = None,
              keep_query_hit: bool = False, tag: Optional[str] = None) -> RunResult:
     """Index (cached) and search a dataset with BM25; write the TREC run and its metadata sidecar."""
-    from .index import bm25_index
+    from .index import bm25_index, index_meta
     from .search import bm25_search, check_queries
 
     data = dataset if isinstance(dataset, Dataset) else resolve(dataset)
@@ -56,6 +56,7 @@ def run_bm25(dataset: str | Dataset, split: Optional[str], fields: str, output: 
     check_queries(queries, f"{data.root} (split {split})")
     started = time.time()
     index = bm25_index(data, fields, threads=threads)
+    index_info = index_meta(index)
     indexed = time.time()
     remove_query = data.layout == "beir" and not keep_query_hit
     run = bm25_search(index, queries, fields, k1=k1, b=b, hits=hits, threads=threads,
@@ -65,9 +66,11 @@ def run_bm25(dataset: str | Dataset, split: Optional[str], fields: str, output: 
     cache.write_json(Path(f"{output}.meta.json"), {
         "tool": f"dupmae-eval {__version__}", "condition": tag, "dataset": data.name,
         "dataset_root": str(data.root), "split": split, "corpus_sha256": data.corpus_fingerprint(),
+        "corpus_source": data.source(),
         "retrieval": {"kind": "bm25", "fields": fields, "k1": k1, "b": b, "hits": hits,
                       "remove_query_hit": remove_query},
-        "index": str(index), "queries": len(queries),
+        "corpus": _corpus_counts(data, indexed_as=fields),
+        "index": str(index), "index_stats": index_info["index_stats"], "queries": len(queries),
         "seconds": {"index": round(indexed - started, 2), "search": round(time.time() - indexed, 2)},
         **_provenance(),
     })
@@ -143,11 +146,13 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     cache.write_json(Path(f"{output}.meta.json"), {
         "tool": f"dupmae-eval {__version__}", "condition": tag, "dataset": data.name,
         "dataset_root": str(data.root), "split": split, "corpus_sha256": data.corpus_fingerprint(),
+        "corpus_source": data.source(),
         "model": {"source": loaded.source, "revision": loaded.revision, "folder": str(loaded.folder),
                   "projection": loaded.projection is not None, "dense_dim": loaded.dense_dim},
         "encoder": settings.as_dict(), "retrieval": {"mode": retrieval, "hits": hits, "remove_query_hit": remove_query,
                                                      "quantization_scale": quantization_scale},
-        "encoding": str(encoding.folder), "documents": len(encoding.docids), "queries": len(qids),
+        "encoding": str(encoding.folder), "documents": len(encoding.docids), "corpus": _corpus_counts(data),
+        "queries": len(qids),
         "queries_truncated": truncated, "seconds": {k: round(v, 2) for k, v in timings.items()},
         **extra, **_provenance(),
     })
@@ -192,6 +197,22 @@ def _metric_difference(data: Dataset, split: str, run, reference) -> dict:
     qrels = data.qrels(split)
     ours, exact = evaluate(qrels, run, measures).aggregate, evaluate(qrels, reference, measures).aggregate
     return {"exact": exact, "hybrid": ours, "difference": {m: ours[m] - exact[m] for m in ours}}
+
+
+def _corpus_counts(data: Dataset, indexed_as: Optional[str] = None) -> dict:
+    """The corpus census for a sidecar: passages, empty ones, and (for a Lucene index) how many it holds."""
+    from .census import take_census
+
+    census = take_census(data)
+    counts = {"passages": census.passages, "empty_passages": census.empty_passages,
+              "passages_without_text": census.empty_text_passages}
+    if indexed_as is not None:
+        counts["expected_index_documents"] = census.expected_documents(indexed_as)
+        counts["empty_rule"] = ("Anserini skips a document whose contents are blank after Java's trim(): "
+                                + ("title + text" if indexed_as == "flat" else "the text field") + " here")
+    else:
+        counts["empty_rule"] = "empty passages are encoded as [CLS] [SEP] (dense half defined, sparse half empty)"
+    return counts
 
 
 def _count_truncated(loaded, texts, max_length: int) -> int:

@@ -21,6 +21,7 @@ class CellResult:
     run_path: Path
     scores: Dict[str, float]
     reused: bool
+    index_stats: Optional[Dict[str, int]] = None   # a bm25 run's index statistics, from its sidecar
 
 
 def run_path_for(runs_dir: Path, suite: Suite, cell: Cell) -> Path:
@@ -71,7 +72,15 @@ def run_cell(suite: Suite, cell: Cell, runs_dir: Path) -> CellResult:
         "suite": suite.name, "condition": cell.condition, "dataset": cell.dataset, "split": cell.split,
         "key": cell.key, "unit": lookup(cell.dataset).unit or cell.dataset, "run": output.name,
         "aggregate": evaluation.aggregate, "per_query": evaluation.per_query})
-    return CellResult(cell, output, evaluation.aggregate, reused)
+    return CellResult(cell, output, evaluation.aggregate, reused, _sidecar(output).get("index_stats"))
+
+
+def _sidecar(run_path: Path) -> dict:
+    path = Path(f"{run_path}.meta.json")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def _model_options(params: dict) -> dict:
@@ -91,6 +100,9 @@ def check_expected(suite: Suite, results: List[CellResult]) -> List[str]:
     for (condition, key), scores in sorted(by_key.items()):
         expected = suite.conditions[condition].expected.get(key, {})
         lines.extend(_verdicts(condition, key, scores, expected, suite.precision))
+    for result in sorted(results, key=lambda r: (r.cell.condition, r.cell.key)):
+        expected = suite.conditions[result.cell.condition].index_stats.get(result.cell.key, {})
+        lines.extend(_index_verdicts(result, expected))
     for condition in {r.cell.condition for r in results}:
         for unit, expected in suite.conditions[condition].expected.items():
             members = units_of(unit)
@@ -99,6 +111,23 @@ def check_expected(suite: Suite, results: List[CellResult]) -> List[str]:
                            for m in expected if all(m in by_key[(condition, f)] for f in members)}
                 lines.extend(_verdicts(condition, f"{unit} (mean of {len(members)})", average, expected,
                                        suite.precision))
+    return lines
+
+
+def _index_verdicts(result: CellResult, expected: Dict[str, int]) -> List[str]:
+    """OK / FAIL per expected index statistic (exact counts, as Anserini's regressions check them)."""
+    lines = []
+    condition, key = result.cell.condition, result.cell.key
+    for stat, target in expected.items():
+        label = f"index {stat}"
+        ours = (result.index_stats or {}).get(stat)
+        if ours is None:
+            lines.append(f"FAIL  {condition:<26}{key:<28}{label:<16}  not recorded in {result.run_path.name}.meta.json "
+                         f"(delete the run to recompute it)")
+            continue
+        verdict = "OK  " if ours == target else "FAIL"
+        note = "" if ours == target else f"  (differs by {ours - target:+d})"
+        lines.append(f"{verdict}  {condition:<26}{key:<28}{label:<16}{ours}  expected {target}{note}")
     return lines
 
 

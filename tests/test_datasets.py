@@ -100,13 +100,37 @@ def test_download_unpacks_a_beir_zip_into_the_cache(tmp_path, monkeypatch):
         zipped.writestr("nfcorpus/corpus.jsonl", json.dumps({"_id": "d1", "title": "", "text": "x"}) + "\n")
         zipped.writestr("nfcorpus/queries.jsonl", json.dumps({"_id": "q1", "text": "y"}) + "\n")
         zipped.writestr("nfcorpus/qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    import hashlib
+
     monkeypatch.setenv("DUPMAE_EVAL_HOME", str(tmp_path / "home"))
     info = REGISTRY["nfcorpus"]
-    monkeypatch.setitem(REGISTRY, "nfcorpus", type(info)(**{**info.__dict__, "url": archive.as_uri()}))
+    assert info.archive_md5 == "a89dba18a62ef92f7d323ec890a0d38d"   # BEIR's README lists it
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    monkeypatch.setitem(REGISTRY, "nfcorpus", type(info)(**{**info.__dict__, "url": archive.as_uri(),
+                                                            "archive_md5": md5}))
     data = resolve("nfcorpus")
     assert data.root == tmp_path / "home" / "datasets" / "nfcorpus"
     assert [p.docid for p in data.passages()] == ["d1"]
     assert data.queries("test") == {"q1": "y"}
+    assert data.source()["archive_md5"] == md5 and data.source()["md5_checked"]
+
+
+def test_a_download_whose_md5_differs_from_the_published_one_is_refused(tmp_path, monkeypatch):
+    import zipfile
+
+    archive = tmp_path / "scifact.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("scifact/corpus.jsonl", json.dumps({"_id": "d1", "title": "", "text": "x"}) + "\n")
+    monkeypatch.setenv("DUPMAE_EVAL_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DUPMAE_EVAL_DATA", raising=False)
+    monkeypatch.setattr("dupmae_eval.datasets.BUNDLED_DATA", tmp_path / "no-bundle")
+    info = REGISTRY["scifact"]
+    monkeypatch.setitem(REGISTRY, "scifact", type(info)(**{**info.__dict__, "url": archive.as_uri()}))
+    with pytest.raises(DupMAEEvalError, match="MD5 [0-9a-f]{32} differs from the published "
+                                              "5f7d1de60b170fc8027bb7898e2efca1"):
+        resolve("scifact")
+    assert not (tmp_path / "home" / "datasets" / "scifact").exists()
+    assert not (tmp_path / "home" / "downloads" / "scifact.zip").exists()
 
 
 def test_local_names_can_stand_in_for_registry_names(monkeypatch):
