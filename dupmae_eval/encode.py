@@ -115,8 +115,8 @@ def encode_corpus(dataset: Dataset, encoder: DupMAEDocumentEncoder, batch_size: 
     folder = encoding_folder(dataset, encoder.model, encoder.settings, batch_size, shard_size)
     if (folder / "manifest.json").is_file():
         return folder
+    total, shards = _plan(dataset, shard_size)   # refuses duplicate ids before anything is written
     folder.mkdir(parents=True, exist_ok=True)
-    total, shards = _plan(dataset, shard_size)
     from tqdm import tqdm
 
     bar = tqdm(total=total, unit="passage", desc=f"encode {dataset.name} [{encoder.settings.kind}]",

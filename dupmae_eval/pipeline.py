@@ -131,7 +131,8 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     elif retrieval == "impact":
         index = impact_index(encoding, query_encoder.vocabulary(), quantization_scale, threads)
         extra["index"], extra["impact_index"] = str(index), impact_meta(index)
-        run = impact_search(index, query_encoder, queries, hits, threads, remove_query)
+        sparse_encoder = DupMAEQueryEncoder(loaded, settings, half="sparse", quantization_scale=quantization_scale)
+        run = impact_search(index, sparse_encoder, queries, hits, threads, remove_query)
     elif retrieval == "dupmae":
         run = exact()
     else:

@@ -122,12 +122,12 @@ def _index_verdicts(result: CellResult, expected: Dict[str, int]) -> List[str]:
         label = f"index {stat}"
         ours = (result.index_stats or {}).get(stat)
         if ours is None:
-            lines.append(f"FAIL  {condition:<26}{key:<28}{label:<16}  not recorded in {result.run_path.name}.meta.json "
+            lines.append(f"FAIL  {condition:<26}{key:<28}{label:<30}not recorded in {result.run_path.name}.meta.json "
                          f"(delete the run to recompute it)")
             continue
         verdict = "OK  " if ours == target else "FAIL"
         note = "" if ours == target else f"  (differs by {ours - target:+d})"
-        lines.append(f"{verdict}  {condition:<26}{key:<28}{label:<16}{ours}  expected {target}{note}")
+        lines.append(f"{verdict}  {condition:<26}{key:<28}{label:<30}{ours}  expected {target}{note}")
     return lines
 
 

@@ -131,3 +131,70 @@ def test_bad_config_is_refused_before_any_work(edit, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{suite}: {message}" in err
     assert not (tmp_path / "runs").exists()
+
+
+BEIR = REPO / "configs" / "beir.yaml"
+
+
+@pytest.fixture(scope="module")
+def beir_scifact_runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("beir-runs")
+
+
+def test_reproduce_checks_index_statistics_against_anserini(beir_scifact_runs, capsys):
+    """The shipped BEIR suite's SciFact cells: scores and the flat and multifield indexes' statistics."""
+    assert main(["reproduce", str(BEIR), "--runs", str(beir_scifact_runs), "--datasets", "scifact",
+                 "--conditions", "bm25-flat", "bm25-multifield"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    prefix = {"flat": "OK    bm25-flat                 scifact                     ",
+              "multifield": "OK    bm25-multifield           scifact                     "}
+    for line in (prefix["flat"] + "index documents               5183  expected 5183",
+                 prefix["flat"] + "index documents (non-empty)   5183  expected 5183",
+                 prefix["flat"] + "index total terms             838128  expected 838128",
+                 prefix["flat"] + "index unique terms            28865  expected 28865",
+                 prefix["multifield"] + "index total terms             784591  expected 784591",
+                 prefix["flat"] + "nDCG@10         0.6789  expected 0.6789"):
+        assert line in out, "\n".join(out)
+    assert not [line for line in out if line.startswith("FAIL")]
+
+
+def test_an_index_count_that_does_not_match_is_a_failure(beir_scifact_runs, tmp_path, capsys):
+    suite = tmp_path / "beir.yaml"
+    text = BEIR.read_text()
+    assert "scifact: {documents: 5183, documents (non-empty): 5183," in text
+    suite.write_text(text.replace("scifact: {documents: 5183, documents (non-empty): 5183,",
+                                  "scifact: {documents: 5184, documents (non-empty): 5183,"))
+    assert main(["reproduce", str(suite), "--runs", str(beir_scifact_runs), "--datasets", "scifact",
+                 "--conditions", "bm25-flat"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "FAIL  bm25-flat                 scifact                     index documents               5183  " \
+           "expected 5184  (differs by -1)" in out
+
+
+def test_the_beir_suite_carries_anserini_index_statistics_for_every_dataset():
+    """Every BEIR dataset (each CQADupStack forum) has its flat and multifield index statistics, and they
+    equal the catalogue of prebuilt indexes inside the Anserini jar that Pyserini installs."""
+    import zipfile
+
+    import yaml
+
+    from dupmae_eval._java import _anserini_jar
+    from dupmae_eval.config import expand_dataset
+
+    suite = yaml.safe_load(BEIR.read_text())
+    names = [name for entry in suite["datasets"] for name, _ in expand_dataset(entry)]
+    assert len(suite["datasets"]) == 18 and len(names) == 29
+    with zipfile.ZipFile(_anserini_jar()) as jar:
+        catalogue = {entry["name"]: entry for listing in ("beir-inverted-flat.json", "beir-inverted-multifield.json")
+                     for entry in json.loads(jar.read(f"prebuilt-indexes/{listing}"))}
+    for condition, layout in (("bm25-flat", "flat"), ("bm25-multifield", "multifield")):
+        stats = suite["conditions"][condition]["index_stats"]
+        assert sorted(stats) == sorted(names)
+        for name in names:
+            published = catalogue[f"beir-v1.0.0-{name}.{layout}"]
+            assert stats[name]["documents"] == published["documents"], (condition, name)
+            assert stats[name]["total terms"] == published["total_terms"], (condition, name)
+            assert stats[name]["unique terms"] == published["unique_terms"], (condition, name)
+    flat = suite["conditions"]["bm25-flat"]["index_stats"]
+    assert flat["trec-covid"]["documents"] == 171331 and flat["fiqa"]["documents"] == 57600   # empty passages out
+    assert all("documents (non-empty)" in flat[name] for name in names)

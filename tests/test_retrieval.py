@@ -117,23 +117,6 @@ def test_long_queries_are_truncated_and_counted(small_scifact, tmp_path):
     assert meta["queries_truncated"] == sum(length > 8 for length in lengths) > 0
 
 
-def test_empty_passage_is_named_with_file_and_line(small_scifact, tmp_path, capsys):
-    folder = tmp_path / "with-empty"
-    folder.mkdir()
-    lines = (small_scifact / "corpus.jsonl").read_text().splitlines()
-    lines[4] = json.dumps({"_id": "empty-one", "title": "", "text": "  "})
-    (folder / "corpus.jsonl").write_text("\n".join(lines) + "\n")
-    for name in ("queries.jsonl", "qrels"):
-        src = small_scifact / name
-        (folder / name).symlink_to(src, target_is_directory=src.is_dir())
-    code = main(["run", "--dataset", str(folder), "--model", str(SPLADE_TINY), "--encoder", "splade",
-                 "--retrieval", "dupmae", "--output", str(tmp_path / "r.trec")])
-    assert code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert len(errors) == 1 and "corpus.jsonl:5: passage 'empty-one' is empty" in errors[0]
-    assert not (tmp_path / "r.trec").exists()
-
-
 def test_dense_only_encoder_with_exact_mode_and_bad_combinations(small_scifact, tmp_path, capsys):
     code = main(["run", "--dataset", str(small_scifact), "--model", str(SPLADE_TINY), "--encoder", "cls",
                  "--retrieval", "impact", "--output", str(tmp_path / "x.trec")])
