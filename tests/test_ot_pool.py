@@ -39,8 +39,8 @@ def _full_logits_pool(model, hidden, mask):
     return torch.where(mask.any(dim=1, keepdim=True), pooled, torch.zeros_like(pooled))
 
 
-@pytest.mark.parametrize("tile", [(7, 500), (11, 3001), (512, 2048)])
-def test_values_and_gradients_equal_autograd_through_the_full_logits(tile):
+@pytest.mark.parametrize("chunk", [7, 500, 3001, None])
+def test_values_and_gradients_equal_autograd_through_the_full_logits(chunk):
     model = _random_bert()
     ids, attention, mask = _batch()
     upstream = torch.randn(len(ids), 3001, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
@@ -53,7 +53,7 @@ def test_values_and_gradients_equal_autograd_through_the_full_logits(tile):
         named = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
         return pooled.detach().double(), named, hidden
 
-    ours, our_grads, hidden = gradients(lambda h: ot_max_pool(model.cls.predictions, h, mask, tile))
+    ours, our_grads, hidden = gradients(lambda h: ot_max_pool(model.cls.predictions, h, mask, chunk))
     reference, reference_grads, _ = gradients(lambda h: _full_logits_pool(model, h, mask))
 
     # ties would let autograd split a gradient where ours routes it to one row: there must be none
@@ -84,7 +84,7 @@ def test_the_gradient_goes_to_the_argmax_row_only():
     head = Head()
     hidden = torch.tensor([[[1.0, 0.0], [0.0, 2.0]], [[3.0, 1.0], [0.0, 0.0]]], requires_grad=True)
     mask = torch.tensor([[True, True], [True, False]])
-    pooled = ot_max_pool(head, hidden, mask, tile=(1, 1))
+    pooled = ot_max_pool(head, hidden, mask, chunk=1)
     assert pooled.tolist() == [[1.0, 2.0], [3.0, 1.0]]
     pooled.sum().backward()
     # entry 0 of text 0 comes from row 0, entry 1 from row 1; text 1 has one row for both
