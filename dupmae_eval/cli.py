@@ -35,60 +35,21 @@ def _add_bm25(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_bm25)
 
 
-def _topk(value: str):
-    if value == "all":
-        return "all"
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number or 'all'") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be positive")
-    return number
-
-
-def _add_encoder_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--activation", choices=("none", "relu", "log1p_relu"), default=None,
-                   help="on the pooled MLM logits (default: none for dupmae, log1p_relu for splade)")
-    p.add_argument("--topk", type=_topk, default=None, help="document sparse entries kept (default 384 for "
-                                                           "dupmae, all for splade); a number or 'all'")
-    p.add_argument("--query-topk", type=_topk, default=None, help="query sparse entries kept (default all)")
-    p.add_argument("--exclude-sep", action="store_true", help="leave [SEP] out of the OT pooling")
-    p.add_argument("--normalize", action="store_true", help="L2-normalise the dense half")
-    p.add_argument("--max-query-length", type=int, default=None, help="tokens (default 64)")
-    p.add_argument("--max-passage-length", type=int, default=None, help="tokens (default 256)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default=None, help="cpu (default) or cuda")
-
-
-def _encoder_overrides(args: argparse.Namespace) -> dict:
-    return {"activation": args.activation, "normalize": args.normalize or None,
-            "include_sep": False if args.exclude_sep else None,
-            "max_query_length": args.max_query_length, "max_passage_length": args.max_passage_length,
-            "doc_topk": args.topk, "query_topk": args.query_topk}
-
-
 def _add_run(sub: argparse._SubParsersAction) -> None:
+    from .kinds import ENCODER_KINDS
+    from .options import add_arguments
+    from .retrieval import RETRIEVAL_MODES
+
     p = sub.add_parser("run", help="encode (cached), index (cached) and search with a DupMAE/RetroMAE/baseline model",
                        description="Encode a corpus with a model, index it, search, and write a TREC run.")
     p.add_argument("--dataset", required=True, help="registry name or dataset folder")
     p.add_argument("--split", default=None)
     p.add_argument("--model", required=True, help="Hugging Face hub name or local checkpoint folder")
-    p.add_argument("--encoder", required=True, choices=("dupmae", "cls", "mean", "splade"),
-                   help="dupmae: [CLS] + OT halves; cls: [CLS] only (RetroMAE); mean: mean pooling; "
-                        "splade: SPLADE pooling of the MLM head")
-    p.add_argument("--retrieval", required=True, choices=("dense", "impact", "dupmae", "hybrid"),
-                   help="dense: FaissSearcher; impact: LuceneImpactSearcher; dupmae: exact score, brute force; "
-                        "hybrid: dense + impact candidates rescored exactly")
-    _add_encoder_options(p)
-    p.add_argument("--shard-size", type=int, default=10_000, help="passages per encoding shard")
-    p.add_argument("--faiss-shards", action="store_true",
-                   help="dense: search one faiss index per shard and merge (dense half larger than memory)")
-    p.add_argument("--quantization-scale", type=float, default=100.0,
-                   help="impact weights are round(weight * scale) (default 100, as Pyserini's SPLADE)")
-    p.add_argument("--hits", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--keep-query-hit", action="store_true")
+    p.add_argument("--encoder", required=True, choices=list(ENCODER_KINDS),
+                   help="; ".join(f"{name}: {kind.summary}" for name, kind in ENCODER_KINDS.items()))
+    p.add_argument("--retrieval", required=True, choices=list(RETRIEVAL_MODES),
+                   help="; ".join(f"{name}: {mode.summary}" for name, mode in RETRIEVAL_MODES.items()))
+    add_arguments(p)
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--tag", default=None)
     p.add_argument("--eval", action="store_true", help="evaluate the run with the dataset's measures")
@@ -99,7 +60,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reproduce", help="run a suite's conditions x datasets, check expected scores",
                        description="For each cell of a suite YAML: run (unless its run file exists), evaluate, "
                                    "and print OK/FAIL against the expected scores at the suite's precision.")
-    p.add_argument("config", type=Path, help="suite YAML, e.g. configs/beir.yaml")
+    p.add_argument("config", help="suite YAML, or the name of a shipped suite: beir, msmarco, local, demo")
     p.add_argument("--datasets", nargs="+", default=None, help="only these datasets (as the suite names them)")
     p.add_argument("--conditions", nargs="+", default=None, help="only these conditions")
     p.add_argument("--data", action="append", default=[], metavar="NAME=FOLDER",
@@ -110,25 +71,29 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_table(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("table", help="comparison table from saved results (md, csv, latex, png)")
+    from .report import TABLE_FORMATS
+
+    p = sub.add_parser("table", help=f"comparison table from saved results ({', '.join(TABLE_FORMATS)})")
     p.add_argument("results", nargs="+", type=Path, help="runs folders or *.metrics.json files")
-    p.add_argument("--suite", type=Path, default=None, help="suite YAML whose reference columns to add")
+    p.add_argument("--suite", default=None, help="suite YAML (or shipped suite name) whose reference columns to add")
     p.add_argument("--measure", default="nDCG@10")
     p.add_argument("--baseline", default=None, help="condition to compare against (deltas, paired t-tests)")
-    p.add_argument("--format", choices=("md", "csv", "latex", "png"), default="md")
-    p.add_argument("--output", type=Path, default=None, help="file to write (required for png)")
+    p.add_argument("--format", choices=list(TABLE_FORMATS), default="md")
+    p.add_argument("--output", type=Path, default=None, help="file to write (required for pictures)")
     p.set_defaults(handler=_cmd_table)
 
 
 def _add_encode(sub: argparse._SubParsersAction) -> None:
+    from .kinds import ENCODER_KINDS
+    from .options import ENCODE_OPTIONS, add_arguments
+
     p = sub.add_parser("encode", help="encode a corpus into the cache (resumable; torchrun splits it)",
                        description="Encode a corpus in shards (resumes after a kill). Under torchrun each rank "
                                    "encodes its share of the shards and rank 0 writes the manifest.")
     p.add_argument("--dataset", required=True)
     p.add_argument("--model", required=True)
-    p.add_argument("--encoder", required=True, choices=("dupmae", "cls", "mean", "splade"))
-    _add_encoder_options(p)
-    p.add_argument("--shard-size", type=int, default=10_000)
+    p.add_argument("--encoder", required=True, choices=list(ENCODER_KINDS))
+    add_arguments(p, runner=ENCODE_OPTIONS)
     p.set_defaults(handler=_cmd_encode)
 
 
@@ -151,8 +116,11 @@ def _add_datasets(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="BM25 flat and multifield on the bundled SciFact, against Pyserini's figures")
-    p.add_argument("--runs", type=Path, default=Path("runs") / "demo", help="folder for the run files")
+    p = sub.add_parser("demo", help="the shipped demo suite on the bundled SciFact: BM25, MiniLM, splade-tiny, "
+                                    "a DupMAE reading, checked and tabled",
+                       description="Runs the shipped `demo` suite (reproduce) and prints its comparison table "
+                                   "against BM25 flat, with the paper's reference columns.")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="where runs/demo/<condition>/ go")
     p.set_defaults(handler=_cmd_demo)
 
 
@@ -183,14 +151,12 @@ def _cmd_bm25(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .options import translate
     from .pipeline import run_model
 
-    overrides = _encoder_overrides(args)
+    overrides, runner = translate(vars(args))
     result = run_model(args.dataset, args.model, args.encoder, args.retrieval, args.output, split=args.split,
-                       hits=args.hits, batch_size=args.batch_size, device=args.device,
-                       quantization_scale=args.quantization_scale, threads=args.threads,
-                       keep_query_hit=args.keep_query_hit, tag=args.tag, shard_size=args.shard_size,
-                       faiss_shards=args.faiss_shards, **overrides)
+                       tag=args.tag, **runner, **overrides)
     print(f"wrote {result.run_path} ({result.queries} queries)", file=sys.stderr)
     if args.eval:
         from .evaluate import format_lines
@@ -201,31 +167,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_encode(args: argparse.Namespace) -> int:
     from .encode import encode_distributed
+    from .options import translate
 
-    folder = encode_distributed(args.dataset, args.model, args.encoder, batch_size=args.batch_size,
-                                shard_size=args.shard_size, device=args.device, **_encoder_overrides(args))
+    overrides, runner = translate(vars(args))
+    folder = encode_distributed(args.dataset, args.model, args.encoder, **runner, **overrides)
     print(folder)
     return 0
 
 
 def _map_data(pairs) -> None:
-    import os
+    from .datasets import map_local_folder
 
     for pair in pairs:
         name, sep, folder = pair.partition("=")
-        if not sep or not name or not Path(folder).is_dir():
+        if not sep:
             raise DupMAEEvalError(f"--data {pair!r}: expected NAME=FOLDER with an existing folder")
-    if pairs:
-        current = [item for item in os.environ.get("DUPMAE_EVAL_DATA", "").split(os.pathsep) if item]
-        os.environ["DUPMAE_EVAL_DATA"] = os.pathsep.join(current + [
-            f"{name}={Path(folder).resolve()}" for name, _, folder in (p.partition("=") for p in pairs)])
+        map_local_folder(name, folder)
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import reproduce
+    from .shipped import suite_path
 
     _map_data(args.data)
-    verdicts = reproduce(args.config, args.runs, args.datasets, args.conditions, args.dry_run)
+    verdicts = reproduce(suite_path(args.config), args.runs, args.datasets, args.conditions, args.dry_run)
+    return _summarise(verdicts)
+
+
+def _summarise(verdicts) -> int:
     failed = sum(line.startswith("FAIL") for line in verdicts)
     if verdicts:
         print(f"{sum(line.startswith('OK') for line in verdicts)} OK, {failed} FAIL")
@@ -234,25 +203,21 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 def _cmd_table(args: argparse.Namespace) -> int:
     from .config import load_suite
-    from .report import build_table, render
-    from .reproduce import load_metrics
+    from .report import TABLE_FORMATS, build_table, render
+    from .results import read_metrics
+    from .shipped import suite_path
 
-    references = load_suite(args.suite, check_datasets=False).references if args.suite else None
-    table = build_table(load_metrics(args.results), args.measure, args.baseline, references)
+    references = load_suite(suite_path(str(args.suite)), check_datasets=False).references if args.suite else None
+    table = build_table(read_metrics(args.results), args.measure, args.baseline, references)
     rendered = render(table, args.format)
-    if isinstance(rendered, bytes):
-        if args.output is None:
-            raise DupMAEEvalError("--format png needs --output FILE.png")
+    if TABLE_FORMATS[args.format].binary and args.output is None:
+        raise DupMAEEvalError(f"--format {args.format} needs --output FILE")
+    if args.output:
         from .data import atomic_output
 
-        with atomic_output(args.output, "wb") as out:
+        with atomic_output(args.output, "wb" if isinstance(rendered, bytes) else "w") as out:
             out.write(rendered)
         print(f"wrote {args.output}", file=sys.stderr)
-    elif args.output:
-        from .data import atomic_output
-
-        with atomic_output(args.output) as out:
-            out.write(rendered)
     else:
         print(rendered, end="")
     return 0
@@ -275,19 +240,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _load_qrels(name_or_path: str, split: Optional[str]):
     """A qrels file, or a registry name's shipped judgments; with the measures that fit them."""
     from .data import read_qrels
-    from .datasets import BEIR_MEASURES, REGISTRY, SHIPPED_QRELS
+    from .datasets import BEIR_MEASURES, shipped_judgments
 
     path = Path(name_or_path)
     if path.is_file():
         return read_qrels(path), BEIR_MEASURES
-    info = REGISTRY.get(name_or_path)
-    if info is None:
-        raise DupMAEEvalError(f"{name_or_path}: neither a qrels file nor a registry dataset name")
-    split = split or info.default_split
-    if split not in info.shipped:
-        raise DupMAEEvalError(f"dataset {info.name!r} has no shipped judgments for split {split!r} "
-                              f"(has: {', '.join(info.shipped)})")
-    return read_qrels(SHIPPED_QRELS / info.shipped[split][0]), info.measures[split]
+    return shipped_judgments(name_or_path, split)
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
@@ -301,10 +259,18 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .pipeline import bm25_demo
+    from .config import load_suite
+    from .report import build_table, render
+    from .reproduce import reproduce
+    from .results import read_metrics
+    from .shipped import suite_path
 
-    print(bm25_demo(args.runs))
-    return 0
+    suite = load_suite(suite_path("demo"))
+    status = _summarise(reproduce(suite.path, args.runs))
+    table = build_table(read_metrics([args.runs / suite.name]), "nDCG@10", "bm25-flat", suite.references)
+    print()
+    print(render(table, "md"), end="")
+    return status
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

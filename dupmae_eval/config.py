@@ -24,13 +24,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .datasets import REGISTRY, lookup, units_of
 from .errors import DupMAEEvalError
+from .options import OPTIONS
 
 CONDITION_KEYS = {
     "bm25": {"kind", "fields", "k1", "b", "hits", "expected", "index_stats", "description"},
-    "model": {"kind", "model", "encoder", "retrieval", "activation", "topk", "query_topk", "exclude_sep",
-              "normalize", "max_query_length", "max_passage_length", "batch_size", "quantization_scale", "hits",
-              "expected", "description"},
+    "model": {"kind", "model", "encoder", "retrieval", "expected", "description"} | set(OPTIONS),
 }
+"""Keys a condition may have: a model condition takes every option of the `run` verb (`options.OPTIONS`)."""
 INDEX_STATS = ("documents", "documents (non-empty)", "total terms", "unique terms")
 """Index statistics a bm25 condition may expect, named as Anserini's regression YAMLs name them."""
 SUITE_KEYS = {"suite", "description", "measures", "precision", "datasets", "conditions", "references"}
@@ -156,6 +156,7 @@ def _condition(path: Path, name: str, spec: Any, datasets: Optional[List[str]]) 
         for key in ("model", "encoder", "retrieval"):
             if not spec.get(key):
                 raise DupMAEEvalError(f"{path}: {where}: missing {key!r}")
+        _check_model_condition(path, where, spec)
     expected = spec.get("expected") or {}
     known = None if datasets is None else {k for entry in datasets for k in _member_keys(entry)} | set(datasets)
     for dataset_key in expected if known is not None else ():
@@ -164,6 +165,20 @@ def _condition(path: Path, name: str, spec: Any, datasets: Optional[List[str]]) 
     index_stats = _index_stats(path, where, spec.get("index_stats") or {}, known)
     params = {k: v for k, v in spec.items() if k not in ("kind", "expected", "index_stats", "description")}
     return Condition(name, kind, params, {k: dict(v) for k, v in expected.items()}, index_stats)
+
+
+def _check_model_condition(path: Path, where: str, spec: dict) -> None:
+    """The encoder kind and retrieval mode are registered and fit together; the settings are valid."""
+    from .encoders import EncoderSettings
+    from .options import translate
+    from .retrieval import retrieval_mode
+
+    try:
+        overrides, _ = translate(spec)
+        settings = EncoderSettings.for_kind(spec["encoder"], **overrides)
+        retrieval_mode(spec["retrieval"]).check(settings)
+    except DupMAEEvalError as exc:
+        raise DupMAEEvalError(f"{path}: {where}: {exc}") from None
 
 
 def _index_stats(path: Path, where: str, raw: Any, known) -> Dict[str, Dict[str, int]]:

@@ -2,9 +2,9 @@
 
 A dataset is given either as a folder (BEIR layout: corpus.jsonl, queries.jsonl,
 qrels/SPLIT.tsv; or MS MARCO layout: collection.tsv, queries.SPLIT.tsv, qrels.SPLIT.txt)
-or as a registry name, which is looked up in the repository's bundled copies, then the
-cache, then downloaded. Judgments for every registry dataset ship in `qrels/`, so
-evaluation never needs the network.
+or as a registry name, which is looked up in the package's bundled copies, then the
+cache, then downloaded. Judgments for every registry dataset ship inside the package
+(`dupmae_eval/resources/qrels`), so evaluation never needs the network.
 """
 
 from __future__ import annotations
@@ -17,20 +17,19 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 from . import cache
-from .data import (Passage, Qrels, read_beir_corpus, read_beir_qrels, read_beir_queries, read_qrels,
-                   read_tsv_collection, read_tsv_queries)
+from .data import Passage, Qrels, read_qrels, read_tsv_queries
 from .errors import DupMAEEvalError
+from .layouts import (BEIR_MEASURES, MSMARCO_DEV_MEASURES, TREC_DL_MEASURES, Layout, detect_layout,  # noqa: F401
+                      layout_of)
+from .shipped import resource_path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_QRELS = REPO_ROOT / "qrels"
-BUNDLED_DATA = REPO_ROOT / "data"
-
-BEIR_MEASURES = ("nDCG@10", "R@100", "R@1000")
-MSMARCO_DEV_MEASURES = ("RR@10", "R@1000")
-TREC_DL_MEASURES = ("nDCG@10", "AP(rel=2)", "R(rel=2)@1000")
+SHIPPED_QRELS = resource_path("qrels")
+"""Test judgments and topics of every registry dataset, shipped inside the package."""
+BUNDLED_DATA = resource_path("data")
+"""Datasets bundled with the package (SciFact), found through the installed package, not the checkout."""
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 MSMARCO_URL = "https://msmarco.z22.web.core.windows.net/msmarcoranking/collectionandqueries.tar.gz"
@@ -42,7 +41,7 @@ class DatasetInfo:
 
     name: str                     # Pyserini's key: "trec-covid", "cqadupstack-android", "msmarco-passage"
     title: str                    # as the DupMAE paper's tables print it
-    layout: str                   # "beir" or "msmarco"
+    layout: str                   # a `layouts.LAYOUTS` name: "beir" or "msmarco"
     public: bool                  # False: BEIR's restricted sets (BioASQ, Signal-1M, TREC-NEWS, Robust04)
     default_split: str
     measures: Dict[str, Tuple[str, ...]]
@@ -118,6 +117,24 @@ def _build_registry() -> Dict[str, DatasetInfo]:
 REGISTRY: Dict[str, DatasetInfo] = _build_registry()
 
 
+def unit_order(row: str) -> Tuple[int, str]:
+    """Sort key for table rows ("unit" or "unit/split"): the paper's Table 3 order, then the rest by name."""
+    unit = row.split("/")[0]
+    return (BEIR_UNITS.index(unit) if unit in BEIR_UNITS else len(BEIR_UNITS), row)
+
+
+def coverage_label(rows: Sequence[str], covered: Sequence[str]) -> str:
+    """What an average over `covered` (of a table's `rows`) stands for: '18' (all of BEIR), '14 public'
+    (the downloadable ones), 'n of 18', or 'n of N' for other tables."""
+    beir = set(rows) <= set(BEIR_UNITS)
+    total = len(BEIR_UNITS) if beir else len(rows)
+    if len(covered) == total:
+        return str(total)
+    if beir and sorted(covered) == sorted(BEIR_PUBLIC_UNITS):
+        return f"{len(BEIR_PUBLIC_UNITS)} public"
+    return f"{len(covered)} of {total}"
+
+
 def units_of(unit: str) -> Tuple[str, ...]:
     """Registry names that make up a BEIR unit: CQADupStack's 12 forums, or the dataset itself."""
     members = tuple(name for name, info in REGISTRY.items() if info.unit == unit)
@@ -138,12 +155,15 @@ class Dataset:
     _corpus: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        stem = "corpus.jsonl" if self.layout == "beir" else "collection.tsv"
-        for candidate in (self.root / stem, self.root / f"{stem}.gz"):
-            if candidate.is_file():
-                self._corpus = candidate
-                return
-        raise DupMAEEvalError(f"{self.root}: no {stem} (or {stem}.gz) in this folder")
+        corpus = self.spec.corpus_file(self.root)
+        if corpus is None:
+            stem = self.spec.corpus_stem
+            raise DupMAEEvalError(f"{self.root}: no {stem} (or {stem}.gz) in this folder")
+        self._corpus = corpus
+
+    @property
+    def spec(self) -> Layout:
+        return layout_of(self.layout)
 
     @property
     def corpus_path(self) -> Path:
@@ -151,7 +171,7 @@ class Dataset:
 
     @property
     def default_split(self) -> str:
-        return self.info.default_split if self.info else ("test" if self.layout == "beir" else "dl19")
+        return self.info.default_split if self.info else self.spec.default_split
 
     def corpus_fingerprint(self) -> str:
         """SHA-256 of the corpus file: part of every index and encoding cache key."""
@@ -172,26 +192,19 @@ class Dataset:
 
     def passages(self) -> Iterator[Passage]:
         """Stream the corpus, validating each record (errors name the file and line)."""
-        reader = read_beir_corpus if self.layout == "beir" else read_tsv_collection
-        return reader(self._corpus)
+        return self.spec.read_corpus(self._corpus)
 
     def measures(self, split: str) -> Tuple[str, ...]:
         """The measures the literature reports for this dataset and split."""
         if self.info and split in self.info.measures:
             return self.info.measures[split]
-        if self.layout == "beir":
-            return BEIR_MEASURES
-        return TREC_DL_MEASURES if split.startswith("dl") else MSMARCO_DEV_MEASURES
+        return self.spec.measures(split)
 
     # -- judgments and queries ------------------------------------------------------------
 
     def qrels_path(self, split: str) -> Path:
         """The judgments file for `split`: the folder's own, else the shipped copy."""
-        if self.layout == "beir":
-            local = [self.root / "qrels" / f"{split}.tsv"]
-        else:
-            local = [self.root / f"qrels.{name}{ext}" for name in _msmarco_split_names(split)
-                     for ext in (".txt", ".tsv", ".txt.gz")]
+        local = self.spec.qrels_candidates(self.root, split)
         for path in local:
             if path.is_file():
                 return path
@@ -205,29 +218,21 @@ class Dataset:
         return read_qrels(self.qrels_path(split))
 
     def queries(self, split: str) -> Dict[str, str]:
-        """The split's queries, {id: text} in file order.
-
-        BEIR layout: queries.jsonl holds every split's queries; those judged in the split's
-        qrels are the split (BEIR's own loader does the same).
-        """
-        if self.layout == "beir":
-            path = self.root / "queries.jsonl"
-            if not path.is_file() and (self.root / "queries.jsonl.gz").is_file():
-                path = self.root / "queries.jsonl.gz"
-            if path.is_file():
-                judged = self.qrels(split)
-                queries = {qid: text for qid, text in read_beir_queries(path).items() if qid in judged}
-                missing = sorted(set(judged) - set(queries))
-                if missing:
-                    raise DupMAEEvalError(f"{path}: {len(missing)} judged queries of split {split!r} are "
-                                          f"missing (e.g. {missing[0]!r})")
+        """The split's queries, {id: text} in file order: the folder's own file, else the shipped topics.
+        Where the layout keeps every split's queries in one file (BEIR), the split's are those judged."""
+        for path in self.spec.queries_candidates(self.root, split):
+            if not path.is_file():
+                continue
+            queries = self.spec.read_queries(path)
+            if not self.spec.queries_are_judged_subset:
                 return queries
-        else:
-            for name in _msmarco_split_names(split):
-                for ext in (".tsv", ".tsv.gz"):
-                    path = self.root / f"queries.{name}{ext}"
-                    if path.is_file():
-                        return read_tsv_queries(path)
+            judged = self.qrels(split)
+            chosen = {qid: text for qid, text in queries.items() if qid in judged}
+            missing = sorted(set(judged) - set(chosen))
+            if missing:
+                raise DupMAEEvalError(f"{path}: {len(missing)} judged queries of split {split!r} are "
+                                      f"missing (e.g. {missing[0]!r})")
+            return chosen
         shipped = self._shipped(split, 1)
         if shipped is not None:
             return read_tsv_queries(shipped)
@@ -241,30 +246,41 @@ class Dataset:
         return None
 
 
-def _msmarco_split_names(split: str) -> Tuple[str, ...]:
-    """File-name spellings of an MS MARCO split: 'dl19' is also 'dl19-passage'."""
-    return (split, f"{split}-passage") if not split.endswith("-passage") else (split,)
+LOCAL_FOLDERS: Dict[str, Path] = {}
+"""Local folders standing in for dataset names in this process (`reproduce --data NAME=FOLDER`)."""
 
 
-def detect_layout(folder: Path) -> str:
-    """'beir' for corpus.jsonl, 'msmarco' for collection.tsv (either may be gzipped)."""
-    if (folder / "corpus.jsonl").is_file() or (folder / "corpus.jsonl.gz").is_file():
-        return "beir"
-    if (folder / "collection.tsv").is_file() or (folder / "collection.tsv.gz").is_file():
-        return "msmarco"
-    raise DupMAEEvalError(f"{folder}: not a dataset folder: it has neither corpus.jsonl (BEIR layout) "
-                          f"nor collection.tsv (MS MARCO layout)")
+def map_local_folder(name: str, folder: str | Path) -> None:
+    """Let `name` (a registry name or a new one) stand for a local dataset folder from now on."""
+    folder = Path(folder).expanduser()
+    if not name or not folder.is_dir():
+        raise DupMAEEvalError(f"--data {name}={folder}: expected NAME=FOLDER with an existing folder")
+    LOCAL_FOLDERS[name] = folder.resolve()
 
 
 def dataset_roots_from_env() -> Dict[str, Path]:
-    """Local folders standing in for registry names: DUPMAE_EVAL_DATA='scifact=/data/scifact:...'."""
+    """Local folders standing in for names: DUPMAE_EVAL_DATA='scifact=/data/scifact:...', then those
+    mapped in this process (which win)."""
     mapping: Dict[str, Path] = {}
     for item in filter(None, os.environ.get("DUPMAE_EVAL_DATA", "").split(os.pathsep)):
         name, sep, folder = item.partition("=")
         if not sep:
             raise DupMAEEvalError(f"DUPMAE_EVAL_DATA: {item!r} is not NAME=FOLDER")
         mapping[name.strip()] = Path(folder).expanduser()
-    return mapping
+    return {**mapping, **LOCAL_FOLDERS}
+
+
+def shipped_judgments(name: str, split: Optional[str] = None) -> Tuple[Qrels, Tuple[str, ...]]:
+    """A registry dataset's shipped judgments for `split` (default: its default split), with the measures
+    the literature reports for them: what `eval` needs when given a name instead of a qrels file."""
+    info = REGISTRY.get(name)
+    if info is None:
+        raise DupMAEEvalError(f"{name}: neither a qrels file nor a registry dataset name")
+    split = split or info.default_split
+    if split not in info.shipped:
+        raise DupMAEEvalError(f"dataset {info.name!r} has no shipped judgments for split {split!r} "
+                              f"(has: {', '.join(info.shipped)})")
+    return read_qrels(SHIPPED_QRELS / info.shipped[split][0]), info.measures[split]
 
 
 def lookup(name: str) -> DatasetInfo:
@@ -279,9 +295,8 @@ def lookup(name: str) -> DatasetInfo:
         raise DupMAEEvalError(f"unknown dataset {name!r}: not a folder and not a registry name{hint}; "
                               f"`dupmae-eval datasets` lists the registry, DUPMAE_EVAL_DATA maps local folders")
     layout = detect_layout(folder)
-    split = "test" if layout == "beir" else "dl19"
-    return DatasetInfo(name=name, title=name, layout=layout, public=True, default_split=split,
-                       measures={}, shipped={})
+    return DatasetInfo(name=name, title=name, layout=layout, public=True,
+                       default_split=layout_of(layout).default_split, measures={}, shipped={})
 
 
 def resolve(name_or_dir: str, download: bool = True) -> Dataset:

@@ -70,7 +70,9 @@ class CorpusEncoding:
 
     @property
     def has_sparse(self) -> bool:
-        return self.meta["settings"]["kind"] in ("dupmae", "splade")
+        from .kinds import encoder_kind
+
+        return encoder_kind(self.meta["settings"]["kind"]).sparse
 
     @property
     def dense(self) -> Optional[np.ndarray]:

@@ -1,14 +1,8 @@
-"""Pyserini-compatible query and document encoders over one model forward (dupmae, cls, mean, splade).
+"""Pyserini-compatible query and document encoders over one model forward.
 
-The four encoder kinds are one code path with different settings, chosen by an explicit
-option, never by a substring of the model name:
-
-| kind   | dense half                 | sparse half (MLM head, max over tokens)                 |
-|--------|----------------------------|---------------------------------------------------------|
-| dupmae | [CLS] (-> projection)      | ordinary tokens ([CLS], padding out; [SEP] in), raw logits, doc top-384 |
-| cls    | [CLS] (-> projection)      | none (RetroMAE and other CLS-pooled bi-encoders)         |
-| mean   | mean over tokens (+ L2)    | none (sentence-transformers style)                       |
-| splade | none                       | every non-padding token incl. [CLS]/[SEP], log(1+relu), all entries |
+The encoder kinds (dupmae, cls, mean, splade, and any registered later) are one code path with
+different settings, chosen by an explicit option, never by a substring of the model name; what
+each kind does is written once, in `kinds.ENCODER_KINDS`.
 
 `DupMAEQueryEncoder(..., half="dense")` is what Pyserini's FaissSearcher takes (encode(str) -> vector);
 `half="sparse"` is what LuceneImpactSearcher takes (encode(str) -> {term: integer weight}).
@@ -22,9 +16,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import DupMAEEvalError
+from .kinds import EncoderKind, encoder_kind
 from .model import ACTIVATIONS, LoadedModel, PoolingSettings, load_model
 
-ENCODER_KINDS = ("dupmae", "cls", "mean", "splade")
 DEFAULT_QUANTIZATION_SCALE = 100.0
 
 
@@ -45,11 +39,7 @@ class EncoderSettings:
     def for_kind(cls, kind: str, **overrides) -> "EncoderSettings":
         """Defaults of an encoder kind, with explicit overrides (None keeps the default; a top-k of
         "all" keeps every entry)."""
-        if kind not in ENCODER_KINDS:
-            raise DupMAEEvalError(f"unknown encoder {kind!r}; choose one of {', '.join(ENCODER_KINDS)}")
-        defaults = {"dupmae": {}, "cls": {"doc_topk": None}, "mean": {"doc_topk": None},
-                    "splade": {"activation": "log1p_relu", "doc_topk": None}}[kind]
-        settings = cls(kind=kind, **defaults)
+        settings = cls(kind=kind, **encoder_kind(kind).defaults)
         chosen = {key: (None if value == "all" else value) for key, value in overrides.items() if value is not None}
         settings = replace(settings, **chosen)
         settings.validate()
@@ -66,18 +56,22 @@ class EncoderSettings:
             raise DupMAEEvalError("max lengths must leave room for [CLS] and [SEP]")
 
     @property
+    def spec(self) -> EncoderKind:
+        return encoder_kind(self.kind)
+
+    @property
     def has_dense(self) -> bool:
-        return self.kind != "splade"
+        return self.spec.dense
 
     @property
     def has_sparse(self) -> bool:
-        return self.kind in ("dupmae", "splade")
+        return self.spec.sparse
 
     def pooling(self) -> PoolingSettings:
+        spec = self.spec
         return PoolingSettings(
-            dense={"dupmae": "cls", "cls": "cls", "mean": "mean", "splade": None}[self.kind],
-            sparse=self.has_sparse, sparse_include_cls=self.kind == "splade",
-            sparse_include_sep=self.include_sep or self.kind == "splade",
+            dense=spec.dense_pooling, sparse=spec.sparse, sparse_include_cls=spec.pools_cls,
+            sparse_include_sep=self.include_sep or spec.always_pools_sep,
             activation=self.activation, normalize=self.normalize)
 
     def as_dict(self) -> dict:

@@ -118,7 +118,3 @@ def per_query_lines(evaluation: Evaluation) -> List[str]:
     """`MEASURE<TAB>QID<TAB>VALUE` lines, like trec_eval -q."""
     return [f"{name}\t{qid}\t{value:.4f}" for name, values in evaluation.per_query.items()
             for qid, value in values.items()]
-
-
-def as_mapping(evaluation: Evaluation) -> Mapping[str, float]:
-    return dict(evaluation.aggregate)

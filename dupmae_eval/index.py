@@ -19,7 +19,7 @@ import numpy as np
 
 from . import cache
 from ._java import anserini_version, start_jvm
-from .census import take_census
+from .census import indexed_contents, take_census
 from .data import Passage
 from .datasets import Dataset
 from .errors import DupMAEEvalError
@@ -85,10 +85,9 @@ def _stage_collection(passages: Iterable[Passage], folder: Path, fields: str) ->
                 if out:
                     out.close()
                 out = open(folder / f"docs{count // _DOCS_PER_FILE:05d}.jsonl", "w", encoding="utf-8")
-            if fields == "flat":
-                record = {"id": passage.docid, "contents": passage.flat_text()}
-            else:
-                record = {"id": passage.docid, "contents": passage.text, "title": passage.title}
+            record = {"id": passage.docid, "contents": indexed_contents(passage, fields)}
+            if fields == "multifield":
+                record["title"] = passage.title
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             count += 1
     finally:

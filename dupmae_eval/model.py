@@ -333,9 +333,3 @@ def save_dupmae_head(folder: Path, weight, bias=None) -> Path:
     path = Path(folder) / HEAD_FILE
     save_file(tensors, str(path), metadata={"format": "dupmae-head/1"})
     return path
-
-
-def expected_logits_bytes(batch: int, length: int, vocab: int) -> int:
-    """Bytes the full fp32 logits tensor would take (what the chunked pooling avoids)."""
-    return batch * length * vocab * 4
-

@@ -10,12 +10,13 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .datasets import BEIR_PUBLIC_UNITS, BEIR_UNITS, REGISTRY, lookup
+from .datasets import coverage_label, lookup, unit_order, units_of
 from .errors import DupMAEEvalError
+from .results import MetricsRecord
 
 SIGNIFICANCE_LEVEL = 0.05
 
@@ -38,41 +39,33 @@ class Table:
                    and (row, column) not in self.partial_units]
         if not covered:
             return None, "0"
-        total = len(BEIR_UNITS) if set(self.rows) <= set(BEIR_UNITS) else len(self.rows)
-        public = list(BEIR_PUBLIC_UNITS)
-        if len(covered) == total:
-            label = str(total)
-        elif set(self.rows) <= set(BEIR_UNITS) and sorted(covered) == sorted(public):
-            label = f"{len(public)} public"
-        else:
-            label = f"{len(covered)} of {total}"
-        return float(np.mean([self.values[(row, column)] for row in covered])), label
+        return float(np.mean([self.values[(row, column)] for row in covered])), coverage_label(self.rows, covered)
 
 
-def build_table(results: Sequence[dict], measure: str = "nDCG@10", baseline: Optional[str] = None,
+def build_table(results: Sequence[MetricsRecord], measure: str = "nDCG@10", baseline: Optional[str] = None,
                 references: Optional[Dict[str, dict]] = None) -> Table:
-    """Assemble a table from metrics records (see reproduce.run_cell) plus reference columns."""
+    """Assemble a table from metrics records (`results.read_metrics`) plus reference columns."""
     values: Dict[Tuple[str, str], float] = {}
     per_query: Dict[Tuple[str, str], Dict[str, float]] = {}
-    members: Dict[Tuple[str, str], List[dict]] = {}
+    members: Dict[Tuple[str, str], List[MetricsRecord]] = {}
     for record in results:
-        if measure not in record["aggregate"]:
+        if measure not in record.aggregate:
             continue
-        unit = record.get("unit") or record["dataset"]
-        row = unit if record["split"] == _default_split(record["dataset"]) else f"{unit}/{record['split']}"
-        members.setdefault((row, record["condition"]), []).append(record)
+        unit = record.unit or record.dataset
+        row = unit if record.split == _default_split(record.dataset) else f"{unit}/{record.split}"
+        members.setdefault((row, record.condition), []).append(record)
     partial: Dict[Tuple[str, str], str] = {}
     for (row, column), records in members.items():
-        expected_members = [n for n, info in REGISTRY.items() if info.unit == row] or [row]
-        values[(row, column)] = float(np.mean([r["aggregate"][measure] for r in records]))
-        per_query[(row, column)] = {f"{r['dataset']}:{qid}": v for r in records
-                                    for qid, v in r["per_query"].get(measure, {}).items()}
+        expected_members = units_of(row.split("/")[0])
+        values[(row, column)] = float(np.mean([r.aggregate[measure] for r in records]))
+        per_query[(row, column)] = {f"{r.dataset}:{qid}": v for r in records
+                                    for qid, v in r.per_query.get(measure, {}).items()}
         if len(expected_members) > 1 and len(records) < len(expected_members):
             partial[(row, column)] = f"{len(records)}/{len(expected_members)} forums"
     conditions = sorted({column for _, column in values})
     if baseline is not None and baseline not in conditions:
         raise DupMAEEvalError(f"--baseline {baseline!r} is not among the conditions found: {', '.join(conditions)}")
-    rows = sorted({row for row, _ in values}, key=_row_order)
+    rows = sorted({row for row, _ in values}, key=unit_order)
     reference_columns = []
     for name, reference in (references or {}).items():
         if reference.get("measure", measure) != measure:
@@ -85,7 +78,7 @@ def build_table(results: Sequence[dict], measure: str = "nDCG@10", baseline: Opt
                 values[(row, name)] = float(value)
                 if row not in rows:
                     rows.append(row)
-    rows.sort(key=_row_order)
+    rows.sort(key=unit_order)
     table = Table(measure, rows, conditions + reference_columns, values, per_query, baseline, reference_columns,
                   partial_units=partial)
     if baseline:
@@ -98,11 +91,6 @@ def _default_split(dataset: str) -> str:
         return lookup(dataset).default_split
     except DupMAEEvalError:
         return "test"
-
-
-def _row_order(row: str):
-    unit = row.split("/")[0]
-    return (BEIR_UNITS.index(unit) if unit in BEIR_UNITS else len(BEIR_UNITS), row)
 
 
 def paired_tests(table: Table) -> Dict[Tuple[str, str], float]:
@@ -172,30 +160,51 @@ def _grid(table: Table, latex: bool = False) -> Tuple[List[str], List[List[str]]
     return header, body + [averages]
 
 
+def _markdown(table: Table) -> str:
+    header, body = _grid(table)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines) + "\n\n" + _legend(table) + "\n"
+
+
+def _csv(table: Table) -> str:
+    header, body = _grid(table)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(body)
+    return out.getvalue()
+
+
+def _latex(table: Table) -> str:
+    header, body = _grid(table, latex=True)
+    escape = lambda text: text.replace("_", "\\_").replace("%", "\\%").replace("&", "\\&").replace("Δ", "$\\Delta$")  # noqa: E731
+    lines = ["\\begin{tabular}{l" + "r" * (len(header) - 1) + "}", "\\toprule",
+             " & ".join(escape(h) for h in header) + " \\\\", "\\midrule"]
+    lines += [" & ".join(escape(c) if "$" not in c else c for c in row) + " \\\\" for row in body]
+    lines += ["\\bottomrule", "\\end{tabular}", "% " + _legend(table)]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class TableFormat:
+    name: str
+    render: Callable[[Table], str | bytes]
+    binary: bool            # True: bytes that need an output file (a picture)
+
+
+TABLE_FORMATS: Dict[str, TableFormat] = {}
+
+
+def register_table_format(fmt: TableFormat) -> TableFormat:
+    TABLE_FORMATS[fmt.name] = fmt
+    return fmt
+
+
 def render(table: Table, fmt: str) -> str | bytes:
-    if fmt == "md":
-        header, body = _grid(table)
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in body]
-        return "\n".join(lines) + "\n\n" + _legend(table) + "\n"
-    if fmt == "csv":
-        header, body = _grid(table)
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(header)
-        writer.writerows(body)
-        return out.getvalue()
-    if fmt == "latex":
-        header, body = _grid(table, latex=True)
-        escape = lambda text: text.replace("_", "\\_").replace("%", "\\%").replace("&", "\\&").replace("Δ", "$\\Delta$")  # noqa: E731
-        lines = ["\\begin{tabular}{l" + "r" * (len(header) - 1) + "}", "\\toprule",
-                 " & ".join(escape(h) for h in header) + " \\\\", "\\midrule"]
-        lines += [" & ".join(escape(c) if "$" not in c else c for c in row) + " \\\\" for row in body]
-        lines += ["\\bottomrule", "\\end{tabular}", "% " + _legend(table)]
-        return "\n".join(lines) + "\n"
-    if fmt == "png":
-        return _chart(table)
-    raise DupMAEEvalError(f"unknown --format {fmt!r}; choose md, csv, latex or png")
+    if fmt not in TABLE_FORMATS:
+        raise DupMAEEvalError(f"unknown --format {fmt!r}; choose one of {', '.join(TABLE_FORMATS)}")
+    return TABLE_FORMATS[fmt].render(table)
 
 
 def _legend(table: Table) -> str:
@@ -243,3 +252,9 @@ def _chart(table: Table) -> bytes:
     figure.savefig(out, format="png", dpi=120)
     plt.close(figure)
     return out.getvalue()
+
+
+register_table_format(TableFormat("md", _markdown, binary=False))
+register_table_format(TableFormat("csv", _csv, binary=False))
+register_table_format(TableFormat("latex", _latex, binary=False))
+register_table_format(TableFormat("png", _chart, binary=True))

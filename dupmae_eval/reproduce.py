@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from . import cache
 from .config import Cell, Suite, load_suite
 from .datasets import lookup, resolve, units_of
-from .errors import DupMAEEvalError
+from .results import MetricsRecord, write_metrics
 
 
 @dataclass
@@ -27,10 +26,6 @@ class CellResult:
 def run_path_for(runs_dir: Path, suite: Suite, cell: Cell) -> Path:
     """runs/<suite>/<condition>/<dataset>[.<split>].trec — the condition name is also the run tag."""
     return runs_dir / suite.name / cell.condition / f"{cell.key.replace('/', '.')}.trec"
-
-
-def metrics_path_for(run_path: Path) -> Path:
-    return run_path.with_suffix(".metrics.json")
 
 
 def reproduce(suite_path: str | Path, runs_dir: Path, datasets: Optional[List[str]] = None,
@@ -54,6 +49,7 @@ def run_cell(suite: Suite, cell: Cell, runs_dir: Path) -> CellResult:
     """Compute the cell's run unless it exists; evaluate it; write its metrics (aggregate + per query)."""
     from .data import read_trec_run
     from .evaluate import evaluate
+    from .options import translate
     from .pipeline import run_bm25, run_model
 
     condition = suite.conditions[cell.condition]
@@ -65,13 +61,14 @@ def run_cell(suite: Suite, cell: Cell, runs_dir: Path) -> CellResult:
         if condition.kind == "bm25":
             run_bm25(data, cell.split, params.pop("fields", "flat"), output, tag=cell.condition, **params)
         else:
-            run_model(data, params.pop("model"), params.pop("encoder"), params.pop("retrieval"), output,
-                      split=cell.split, tag=cell.condition, **_model_options(params))
+            overrides, runner = translate(params)
+            run_model(data, params["model"], params["encoder"], params["retrieval"], output,
+                      split=cell.split, tag=cell.condition, **runner, **overrides)
     evaluation = evaluate(data.qrels(cell.split), read_trec_run(output), data.measures(cell.split))
-    cache.write_json(metrics_path_for(output), {
-        "suite": suite.name, "condition": cell.condition, "dataset": cell.dataset, "split": cell.split,
-        "key": cell.key, "unit": lookup(cell.dataset).unit or cell.dataset, "run": output.name,
-        "aggregate": evaluation.aggregate, "per_query": evaluation.per_query})
+    write_metrics(output, MetricsRecord(
+        suite=suite.name, condition=cell.condition, dataset=cell.dataset, split=cell.split, key=cell.key,
+        unit=lookup(cell.dataset).unit or cell.dataset, run=output.name, aggregate=evaluation.aggregate,
+        per_query=evaluation.per_query))
     return CellResult(cell, output, evaluation.aggregate, reused, _sidecar(output).get("index_stats"))
 
 
@@ -81,16 +78,6 @@ def _sidecar(run_path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-
-
-def _model_options(params: dict) -> dict:
-    """YAML condition keys -> run_model keywords (top-k 'all' and the SEP switch spelled as on the CLI)."""
-    options = dict(params)
-    if "topk" in options:
-        options["doc_topk"] = options.pop("topk")
-    if options.pop("exclude_sep", False):
-        options["include_sep"] = False
-    return options
 
 
 def check_expected(suite: Suite, results: List[CellResult]) -> List[str]:
@@ -147,19 +134,3 @@ def _verdicts(condition: str, key: str, scores: Dict[str, float], expected: Dict
         lines.append(f"{verdict}  {condition:<26}{key:<28}{measure:<16}{ours:.{precision}f}  expected "
                      f"{target:.{precision}f}{note}")
     return lines
-
-
-def load_metrics(paths: List[Path]) -> List[dict]:
-    """Every *.metrics.json under the given files/folders."""
-    found = []
-    for path in paths:
-        path = Path(path)
-        files = [path] if path.is_file() else sorted(path.rglob("*.metrics.json"))
-        if not files:
-            raise DupMAEEvalError(f"{path}: no *.metrics.json results here (run `dupmae-eval reproduce` first)")
-        for file in files:
-            try:
-                found.append(json.loads(file.read_text()))
-            except json.JSONDecodeError as exc:
-                raise DupMAEEvalError(f"{file}: not valid JSON ({exc.msg})") from None
-    return found

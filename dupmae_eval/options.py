@@ -1,0 +1,109 @@
+"""The one translation from command-line options and suite-YAML keys to settings.
+
+A model condition in a suite and the `run` verb take the same options under the same names
+(`topk`, `exclude_sep`, ... in YAML; `--topk`, `--exclude-sep`, ... on the command line). Each
+option is declared once here: its flag, its help, and where its value goes — an `EncoderSettings`
+field (part of the encoding's cache key) or a keyword of the runner. The CLI builds its arguments
+from this table and the YAML validation takes its keys from it, so the three cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+from .model import ACTIVATIONS
+
+
+def topk_value(value):
+    """A top-k as typed: a positive number or 'all' (every entry)."""
+    if value == "all":
+        return "all"
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number or 'all'") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be positive")
+    return number
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a model run: `key` in YAML, `--key-with-dashes` on the command line."""
+
+    key: str
+    target: str                                   # EncoderSettings field or runner keyword
+    help: str
+    encoder: bool = True                          # True: an EncoderSettings override
+    type: Optional[Callable] = None               # argparse type; None with `flag`
+    flag: bool = False                            # a switch (store_true)
+    choices: Optional[Tuple[str, ...]] = None
+    default: Any = None                           # the runner's default (encoder options: the kind's)
+    convert: Callable[[Any], Any] = lambda value: value   # value as given -> value for the target
+
+    @property
+    def cli(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+
+OPTIONS: Dict[str, Option] = {option.key: option for option in (
+    Option("activation", "activation", "on the pooled MLM logits (default: the kind's, none for dupmae, "
+           "log1p_relu for splade)", choices=ACTIVATIONS),
+    Option("topk", "doc_topk", "document sparse entries kept (default 384 for dupmae, all for splade); "
+           "a number or 'all'", type=topk_value),
+    Option("query_topk", "query_topk", "query sparse entries kept (default all)", type=topk_value),
+    Option("exclude_sep", "include_sep", "leave [SEP] out of the OT pooling", flag=True,
+           convert=lambda value: False if value else None),
+    Option("normalize", "normalize", "L2-normalise the dense half", flag=True,
+           convert=lambda value: True if value else None),
+    Option("max_query_length", "max_query_length", "tokens (default 64)", type=int),
+    Option("max_passage_length", "max_passage_length", "tokens (default 256)", type=int),
+    Option("batch_size", "batch_size", "texts per forward (default 32)", encoder=False, type=int, default=32),
+    Option("device", "device", "cpu (default) or cuda", encoder=False, type=str),
+    Option("shard_size", "shard_size", "passages per encoding shard (default 10,000)", encoder=False, type=int,
+           default=10_000),
+    Option("faiss_shards", "faiss_shards", "dense: search one faiss index per shard and merge (a dense half "
+           "larger than memory)", encoder=False, flag=True, default=False),
+    Option("quantization_scale", "quantization_scale", "impact weights are round(weight * scale) (default 100, "
+           "as Pyserini's SPLADE)", encoder=False, type=float, default=100.0),
+    Option("hybrid_audit", "hybrid_audit", "hybrid: compare with brute force (auto: only up to 100,000 "
+           "documents)", encoder=False, choices=("auto", "on", "off"), default="auto"),
+    Option("hits", "hits", "hits per query (default 1000)", encoder=False, type=int, default=1000),
+    Option("threads", "threads", "search/index threads (default: all cores)", encoder=False, type=int),
+    Option("keep_query_hit", "keep_query_hit", "keep the hit whose id equals the query id (BEIR removes it)",
+           encoder=False, flag=True, default=False),
+)}
+
+ENCODE_OPTIONS = ("batch_size", "device", "shard_size")
+"""The runner options that the `encode` verb takes too (the rest are about searching)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser, runner: Tuple[str, ...] | None = None) -> None:
+    """Add every encoder option, and the runner options named in `runner` (all of them when None)."""
+    for option in OPTIONS.values():
+        if not option.encoder and runner is not None and option.key not in runner:
+            continue
+        if option.flag:
+            parser.add_argument(option.cli, action="store_true", help=option.help)
+        else:
+            parser.add_argument(option.cli, type=option.type, choices=option.choices,
+                                default=None if option.encoder else option.default, help=option.help)
+
+
+def translate(values: Mapping[str, Any]) -> Tuple[dict, dict]:
+    """Option values (an argparse namespace's vars, or a YAML condition's keys) -> (EncoderSettings
+    overrides, runner keywords). Unknown keys are ignored here; the YAML validation refuses them."""
+    encoder, runner = {}, {}
+    for key, value in values.items():
+        option = OPTIONS.get(key)
+        if option is None:
+            continue
+        converted = option.convert(value)
+        if option.encoder:
+            if converted is not None:
+                encoder[option.target] = converted
+        elif converted is not None:
+            runner[option.target] = converted
+    return encoder, runner
