@@ -15,9 +15,9 @@ Adding a kind is one `register_encoder_kind(EncoderKind(...))` call (a test does
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Mapping, Optional
 
-from .errors import DupMAEEvalError
+from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -37,21 +37,9 @@ class EncoderKind:
         return self.dense_pooling is not None
 
 
-ENCODER_KINDS: Dict[str, EncoderKind] = {}
-
-
-def register_encoder_kind(kind: EncoderKind) -> EncoderKind:
-    """Add (or replace) a kind; from then on the CLI, suites and encoders accept it."""
-    ENCODER_KINDS[kind.name] = kind
-    return kind
-
-
-def encoder_kind(name: str) -> EncoderKind:
-    """The registered kind called `name`, or one clear line listing the kinds there are."""
-    try:
-        return ENCODER_KINDS[name]
-    except KeyError:
-        raise DupMAEEvalError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODER_KINDS)}") from None
+ENCODER_KINDS: Registry[EncoderKind] = Registry("encoder")
+register_encoder_kind = ENCODER_KINDS.register
+encoder_kind = ENCODER_KINDS.lookup
 
 
 register_encoder_kind(EncoderKind(

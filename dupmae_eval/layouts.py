@@ -16,6 +16,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from .data import Passage, read_beir_corpus, read_beir_queries, read_tsv_collection, read_tsv_queries
 from .errors import DupMAEEvalError
+from .registry import Registry
 
 BEIR_MEASURES = ("nDCG@10", "R@100", "R@1000")
 MSMARCO_DEV_MEASURES = ("RR@10", "R@1000")
@@ -42,19 +43,9 @@ class Layout:
         return None
 
 
-LAYOUTS: Dict[str, Layout] = {}
-
-
-def register_layout(layout: Layout) -> Layout:
-    LAYOUTS[layout.name] = layout
-    return layout
-
-
-def layout_of(name: str) -> Layout:
-    try:
-        return LAYOUTS[name]
-    except KeyError:
-        raise DupMAEEvalError(f"unknown dataset layout {name!r}; known: {', '.join(LAYOUTS)}") from None
+LAYOUTS: Registry[Layout] = Registry("dataset layout")
+register_layout = LAYOUTS.register
+layout_of = LAYOUTS.lookup
 
 
 def detect_layout(folder: Path) -> str:

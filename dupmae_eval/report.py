@@ -16,6 +16,7 @@ import numpy as np
 
 from .datasets import coverage_label, lookup, unit_order, units_of
 from .errors import DupMAEEvalError
+from .registry import Registry
 from .results import MetricsRecord
 
 SIGNIFICANCE_LEVEL = 0.05
@@ -193,18 +194,12 @@ class TableFormat:
     binary: bool            # True: bytes that need an output file (a picture)
 
 
-TABLE_FORMATS: Dict[str, TableFormat] = {}
-
-
-def register_table_format(fmt: TableFormat) -> TableFormat:
-    TABLE_FORMATS[fmt.name] = fmt
-    return fmt
+TABLE_FORMATS: Registry[TableFormat] = Registry("--format")
+register_table_format = TABLE_FORMATS.register
 
 
 def render(table: Table, fmt: str) -> str | bytes:
-    if fmt not in TABLE_FORMATS:
-        raise DupMAEEvalError(f"unknown --format {fmt!r}; choose one of {', '.join(TABLE_FORMATS)}")
-    return TABLE_FORMATS[fmt].render(table)
+    return TABLE_FORMATS.lookup(fmt).render(table)
 
 
 def _legend(table: Table) -> str:

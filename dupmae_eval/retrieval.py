@@ -23,6 +23,7 @@ import numpy as np
 from .data import Run
 from .errors import DupMAEEvalError
 from .kinds import ENCODER_KINDS
+from .registry import Registry
 
 HYBRID_AUDIT_MAX_DOCUMENTS = 100_000
 HYBRID_AUDIT_CHOICES = ("auto", "on", "off")
@@ -100,20 +101,9 @@ class RetrievalMode:
                                   f"(use --retrieval dupmae for its exact score)")
 
 
-RETRIEVAL_MODES: Dict[str, RetrievalMode] = {}
-
-
-def register_retrieval_mode(mode: RetrievalMode) -> RetrievalMode:
-    """Add (or replace) a mode; from then on the CLI, suites and runner accept it."""
-    RETRIEVAL_MODES[mode.name] = mode
-    return mode
-
-
-def retrieval_mode(name: str) -> RetrievalMode:
-    try:
-        return RETRIEVAL_MODES[name]
-    except KeyError:
-        raise DupMAEEvalError(f"unknown --retrieval {name!r}; choose one of {', '.join(RETRIEVAL_MODES)}") from None
+RETRIEVAL_MODES: Registry[RetrievalMode] = Registry("--retrieval")
+register_retrieval_mode = RETRIEVAL_MODES.register
+retrieval_mode = RETRIEVAL_MODES.lookup
 
 
 # --------------------------------------------------------------------------- the four modes

@@ -62,8 +62,6 @@ def _batch(queries: int, group: int, query_length: int, passage_length: int):
 
 
 def _pool(side: str, head, hidden, mask):
-    import torch
-
     if side == "bounded":
         from dupmae_eval.training.ot_pool import ot_max_pool
 
