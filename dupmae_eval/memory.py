@@ -1,21 +1,24 @@
 """Keeping the resident memory of long runs flat (glibc's allocator).
 
-Encoding a corpus allocates and frees buffers of many sizes for every batch (token-level activations
-whose length follows the batch's longest passage, the vocabulary tiles, the pooled rows), and each shard
-sweeps those sizes again from the longest passages to the shortest. glibc serves buffers under its
-mmap threshold from the main heap; after the first large buffer is freed, that threshold rises (up to
-32 MB), so nearly every per-batch buffer comes from the heap. Freed space in the middle of the heap is
-never given back by glibc on its own (only the top is trimmed), and each shard's sweep leaves it in pieces
-the next shard's larger buffers do not fit, so the heap grows by a roughly constant amount per shard:
-measured with splade-tiny on MS MARCO passages, in-use bytes level off after about 10,000 passages
-while free bytes held in the heap grow ~70 MB per shard (docs/performance.md, "Memory over long runs").
+Encoding allocates and frees buffers of many sizes for every batch (token activations sized by the batch's
+longest passage, vocabulary tiles, pooled rows, top-k parts), and each shard sweeps those sizes again,
+from its longest passages down to its shortest. glibc serves them from the main heap (its mmap threshold
+rises to the size of the largest block freed, up to 32 MB, so hardly anything is mmapped), and freed
+space in the middle of the heap goes back to the system only when it is at the top. The space each
+shard frees is left in pieces the next shard's large buffers do not fit, so the heap grows by a roughly
+constant amount per shard while the bytes in use stay level: measured with glibc's mallinfo2 while
+encoding MS MARCO passages with splade-tiny, in 2,500-passage shards, in-use bytes levelled off at
+~595 MB after 10,000 passages while the free bytes held in the heap grew ~70 MB per shard (57 -> 414 MB
+over six shards), all in the main arena (the per-thread arenas held under 1.2 MB each); with the oneDNN
+route off the same growth showed. Details and the soak: docs/performance.md, "Memory over long runs".
 
-`release()` hands the heap's free pages back to the operating system (`malloc_trim(0)`, which also
-releases free pages in the middle of the heap, not only at its top). The long-running loops call it at
-shard boundaries: encoding after each shard is written, and the shard-streamed searches after each
-shard is scored. One call costs a few milliseconds; the pages it returns are faulted in again only when
-reused. Setting `DUPMAE_EVAL_MEMORY_GUARD=0` turns it off (the old behaviour, for comparisons). Where
-the C library is not glibc (macOS, musl) `release()` does nothing.
+`release()` hands the heap's free pages back to the operating system with glibc's `malloc_trim(0)`,
+which also releases whole free pages inside the heap, not only at its top. The long-running loops call it
+at shard boundaries: encoding after each shard is written, the shard-streamed searches after each shard
+is scored. A call takes milliseconds; the pages it returns are faulted in again only when reused.
+Serving the large buffers by mmap instead (MALLOC_MMAP_THRESHOLD_) also stops the growth, but faults
+every buffer in afresh and ran 2.5x slower. `DUPMAE_EVAL_MEMORY_GUARD=0` turns `release()` off (the old
+behaviour, for comparisons); where the C library is not glibc (macOS, musl) it does nothing.
 """
 
 from __future__ import annotations

