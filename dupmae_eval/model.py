@@ -170,8 +170,11 @@ def _padded_rows(rows: int) -> int:
     shapes (full 512-row blocks, and a last block of 64, 128, ... rows), where the exact row count of
     each batch would give nearly every batch new shapes. oneDNN compiles and caches one kernel per shape
     (up to 1,024); new shapes every batch churn that cache, and the churn of its ~200 KB entries
-    fragments the heap (docs/performance.md, "Memory over long runs"). At most 63 zero rows are added."""
-    return -(-rows // _ROW_QUANTUM) * _ROW_QUANTUM
+    fragments the heap (docs/performance.md, "Memory over long runs"). At most 63 zero rows are added.
+    DUPMAE_EVAL_MEMORY_GUARD=0 keeps the exact row count (the old behaviour, for comparisons)."""
+    from . import memory
+
+    return -(-rows // _ROW_QUANTUM) * _ROW_QUANTUM if memory.enabled() else rows
 
 
 def _tile_shape(device, vocab: int) -> Tuple[int, int]:
