@@ -16,7 +16,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import cache
+from . import cache, memory
 from .data import Passage, atomic_output
 from .datasets import Dataset
 from .encoders import DupMAEDocumentEncoder, EncoderSettings, SparseRows
@@ -131,6 +131,7 @@ def encode_corpus(dataset: Dataset, encoder: DupMAEDocumentEncoder, batch_size: 
             bar.update(len(passages))
             continue
         _write_shard(path, passages, encoder, batch_size, bar)
+        memory.release()  # hand the shard's freed heap pages back (see memory.py)
     bar.close()
     if world_size == 1:
         finish_manifest(folder, dataset, encoder, shards, total)

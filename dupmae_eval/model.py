@@ -23,6 +23,7 @@ from .errors import DupMAEEvalError
 
 HEAD_FILE = "dupmae_head.safetensors"
 _BLOCK_ROWS = 512     # token rows projected onto the vocabulary at once (see pooled_mlm_logits)
+_ROW_QUANTUM = 64    # gathered token rows are padded to a multiple of this (see _padded_rows)
 _VOCAB_CHUNK = 2048   # vocabulary entries per tile on the CPU: 512 x 2048 fp32 = 4 MB, reduced while in cache
 
 
@@ -130,15 +131,19 @@ def pooled_mlm_logits(mlm_head, hidden, mask):
     bias = mlm_head.decoder.bias if mlm_head.decoder.bias is not None else mlm_head.bias  # as the head's forward
     vocab = weight.shape[0]
     pooled = torch.full((batch, vocab), float("-inf"), dtype=torch.float32, device=hidden.device)
-    transformed = mlm_head.transform(hidden[mask])
-    rows = transformed.shape[0]
+    gathered = hidden[mask]
+    rows = gathered.shape[0]
+    padded = _padded_rows(rows)
+    if padded != rows:  # zero rows no passage owns: the products keep a few shapes (see _padded_rows)
+        gathered = torch.cat([gathered, gathered.new_zeros((padded - rows, gathered.shape[1]))])
+    transformed = mlm_head.transform(gathered)
     ends = mask.sum(dim=1).cumsum(dim=0).tolist()       # passage p owns rows [ends[p-1], ends[p])
     starts = [0] + ends[:-1]
     block_rows, chunk = _tile_shape(hidden.device, vocab)
     first = 0                                           # first passage that may own rows of this block
     for start in range(0, rows, block_rows):
         end = min(start + block_rows, rows)
-        block = transformed[start:end]
+        block = transformed[start:min(start + block_rows, padded)]
         while ends[first] <= start:
             first += 1
         owners = []                                     # (passage, its rows in the block, first time seen)
@@ -158,6 +163,18 @@ def pooled_mlm_logits(mlm_head, hidden, mask):
                 else:
                     torch.maximum(target, tile[low:high].amax(dim=0), out=target)
     return pooled
+
+
+def _padded_rows(rows: int) -> int:
+    """Token rows rounded up to a multiple of 64: every product of the pooling then has one of a few
+    shapes (full 512-row blocks, and a last block of 64, 128, ... rows), where the exact row count of
+    each batch would give nearly every batch new shapes. oneDNN compiles and caches one kernel per shape
+    (up to 1,024); new shapes every batch churn that cache, and the churn of its ~200 KB entries
+    fragments the heap (docs/performance.md, "Memory over long runs"). At most 63 zero rows are added.
+    DUPMAE_EVAL_MEMORY_GUARD=0 keeps the exact row count (the old behaviour, for comparisons)."""
+    from . import memory
+
+    return -(-rows // _ROW_QUANTUM) * _ROW_QUANTUM if memory.enabled() else rows
 
 
 def _tile_shape(device, vocab: int) -> Tuple[int, int]:

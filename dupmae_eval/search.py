@@ -9,6 +9,7 @@ from typing import Mapping, Tuple
 
 import numpy as np
 
+from . import memory
 from ._java import start_jvm
 from .data import Run
 from .errors import DupMAEEvalError
@@ -162,6 +163,8 @@ def exact_search(encoding, query_dense, query_sparse, qids, hits: int = 1000, re
         for offset, dense, sparse in encoding.shards():
             idx, val = exact_scores_topk(q_dense, q_sparse, dense, sparse, hits)
             best_idx, best_val = _merge_topk(best_idx, best_val, idx + offset, val, hits)
+            del dense, sparse
+            memory.release()  # the shard's buffers are freed: return their pages (see memory.py)
         for row, qid in enumerate(qids[part]):
             run[qid] = _drop_query_hit(qid, [(encoding.docids[i], float(s))
                                              for i, s in zip(best_idx[row], best_val[row])], remove_query)
@@ -189,6 +192,8 @@ def faiss_sharded_search(encoding, query_dense, qids, hits: int = 1000, remove_q
         index.add(np.ascontiguousarray(dense, dtype=np.float32))
         val, idx = index.search(queries, min(hits, index.ntotal))
         best_idx, best_val = _merge_topk(best_idx, best_val, idx.astype(np.int64) + offset, val, hits)
+        del index, dense
+        memory.release()
     return {qid: _drop_query_hit(qid, [(encoding.docids[i], float(s)) for i, s in zip(best_idx[r], best_val[r])],
                                  remove_query) for r, qid in enumerate(qids)}
 
