@@ -94,7 +94,7 @@ def test_table_significance_comes_from_per_query_scores(local_runs):
     from scipy.stats import ttest_rel
 
     from dupmae_eval.report import build_table
-    from dupmae_eval.reproduce import load_metrics
+    from dupmae_eval.results import read_metrics as load_metrics
 
     table = build_table(load_metrics([local_runs]), "nDCG@10", "bm25-flat")
     base = json.loads((local_runs / "local" / "bm25-flat" / "scifact.metrics.json").read_text())["per_query"]["nDCG@10"]
