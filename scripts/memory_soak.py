@@ -348,6 +348,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="comma-separated search paths to soak")
     parser.add_argument("--old-passages", type=int, default=None,
                         help="encode only the corpus's first N passages on the old side (default: all)")
+    parser.add_argument("--encoding", type=Path, default=None,
+                        help="skip encoding: soak the searches over this finished encoding folder")
     parser.add_argument("--concurrent", action="store_true",
                         help="encode both sides at the same time (fair speeds on a machine others also use)")
     parser.add_argument("--skip-encode-old", action="store_true", help="only the new side of the encoding soak")
@@ -361,8 +363,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if args.quick:
         args.passages, args.shard_size, args.queries = min(args.passages, 600), 100, 40
-    search_shard = args.search_shard_size or max(1, args.passages // 50)
     work = args.work or Path(tempfile.mkdtemp(prefix="memory-soak-"))
+    if args.encoding:                        # search soak only, over a finished encoding
+        meta = json.loads((args.encoding / "manifest.json").read_text())
+        return search_soak(args, args.encoding, work, meta["documents"])
+    search_shard = args.search_shard_size or max(1, args.passages // 50)
     corpus = build_corpus(work / "corpus", args.passages)
     print(f"corpus: {args.passages:,} passages ({len(sample_lines(SAMPLE)):,} real, then "
           f"word-shuffled copies) in {corpus}; shard size {args.shard_size:,}; model {MODEL}; "
@@ -410,16 +415,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{(new['steady_passages_per_s'] or 0) / (old['steady_passages_per_s'] or 1):.2f}x (steady); slope "
               f"{old['slope_mb_per_10k']:+.1f} -> {new['slope_mb_per_10k']:+.1f} MB per 10,000 passages; "
               f"max deviation {old['max_dev_pct']:.1f}% -> {new['max_dev_pct']:.1f}%")
-    resharded = reshard(Path(encodes["new"]["folder"]), work / "resharded", search_shard)
+    search_soak(args, Path(encodes["new"]["folder"]), work, encodes["new"]["passages"])
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def search_soak(args, encoding: Path, work: Path, passages: int) -> int:
+    """The shard-streamed searches over `encoding` cut into >= 50 shards, each path and side in its own process."""
+    search_shard = args.search_shard_size or max(1, passages // 50)
+    resharded = reshard(encoding, work / "resharded", search_shard)
     shards = json.loads((resharded / "manifest.json").read_text())["shards"]
-    print(f"search soak: the new side's vectors cut into {shards} shards of {search_shard:,}; {args.queries} queries "
-          f"(DL19 + DL20, then word-shuffled copies)", flush=True)
+    print(f"search soak: {passages:,} passages' vectors ({encoding.name}) cut into {shards} shards of "
+          f"{search_shard:,}; {args.queries} queries (DL19 + DL20, then word-shuffled copies)", flush=True)
     for what in filter(None, args.paths.split(",")):
         for name, guard in SIDES:
             print_search(search_side(name, guard, resharded, what, args.queries, search_shard))
             sys.stdout.flush()
-    if args.work is None:
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
