@@ -194,10 +194,16 @@ def test_offline_hub_name_fails_in_one_line(monkeypatch):
         load_model("Shitao/RetroMAE_MSMARCO")
 
 
-def test_empty_text_is_refused():
+def test_an_empty_text_is_encoded_as_cls_sep():
+    """Real corpora hold empty passages (issue 10): a blank text is encoded, in a batch as on its own, as
+    the tokenizer's `[CLS] [SEP]`; with [SEP] left out its sparse half is empty (no -inf, no NaN)."""
     encoder = DupMAEDocumentEncoder(str(SPLADE_TINY), EncoderSettings.for_kind("dupmae"))
-    with pytest.raises(DupMAEEvalError, match="empty passage"):
-        encoder.encode_texts(["fine", "   "])
+    batch, alone = encoder.encode_texts(["fine", "   "]), encoder.encode_texts([""])
+    np.testing.assert_allclose(batch.dense[1], alone.dense[0], rtol=1e-4, atol=1e-5)
+    assert np.isfinite(batch.dense).all() and np.isfinite(batch.sparse.values).all()
+    np.testing.assert_array_equal(batch.sparse.row(1)[0], alone.sparse.row(0)[0])
+    no_sep = DupMAEDocumentEncoder(str(SPLADE_TINY), EncoderSettings.for_kind("dupmae", include_sep=False))
+    assert len(no_sep.encode_texts(["fine", ""]).sparse.row(1)[0]) == 0
 
 
 @pytest.mark.parametrize("block_rows, chunk", [(512, 2048), (7, 1000), (1, 30522), (64, 4096)])
