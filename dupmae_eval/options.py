@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .model import ACTIVATIONS
+from .retrieval import HYBRID_AUDIT_CHOICES, HYBRID_AUDIT_MAX_DOCUMENTS
 
 
 def topk_value(value):
@@ -68,8 +69,8 @@ OPTIONS: Dict[str, Option] = {option.key: option for option in (
            "larger than memory)", encoder=False, flag=True, default=False),
     Option("quantization_scale", "quantization_scale", "impact weights are round(weight * scale) (default 100, "
            "as Pyserini's SPLADE)", encoder=False, type=float, default=100.0),
-    Option("hybrid_audit", "hybrid_audit", "hybrid: compare with brute force (auto: only up to 100,000 "
-           "documents)", encoder=False, choices=("auto", "on", "off"), default="auto"),
+    Option("hybrid_audit", "hybrid_audit", f"hybrid: compare with brute force (auto: only up to "
+           f"{HYBRID_AUDIT_MAX_DOCUMENTS:,} documents)", encoder=False, choices=HYBRID_AUDIT_CHOICES, default="auto"),
     Option("hits", "hits", "hits per query (default 1000)", encoder=False, type=int, default=1000),
     Option("threads", "threads", "search/index threads (default: all cores)", encoder=False, type=int),
     Option("keep_query_hit", "keep_query_hit", "keep the hit whose id equals the query id (BEIR removes it)",

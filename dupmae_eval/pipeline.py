@@ -101,10 +101,9 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     encoding = load_encoding(encode_corpus(data, DupMAEDocumentEncoder(loaded, settings, device), batch_size,
                                            shard_size))
     timings["encode"] = time.time() - started
-    measures, qrels = data.measures(split), data.qrels(split)
     job = SearchJob(encoding, loaded, settings, queries, hits=hits, threads=threads, remove_query=remove_query,
                     quantization_scale=quantization_scale, faiss_shards=faiss_shards, hybrid_audit=hybrid_audit,
-                    evaluate=lambda found: evaluate(qrels, found, measures).aggregate)
+                    evaluate=lambda found: evaluate(data.qrels(split), found, data.measures(split)).aggregate)
     started = time.time()
     run, extra = mode.search(job)
     timings["search"] = time.time() - started

@@ -18,8 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Optional, Tuple
 
-import numpy as np
-
 from .data import Run
 from .errors import DupMAEEvalError
 from .kinds import ENCODER_KINDS
@@ -162,6 +160,8 @@ def _audit(job: SearchJob, run: Run) -> dict:
               if job.hybrid_audit == "auto" else "asked for")
     if not on:
         return {"audit": f"off ({reason}; --hybrid-audit on runs brute force to compare)"}
+    import numpy as np
+
     reference = job.exact()
     overlap = [len({d for d, _ in run[q][:10]} & {d for d, _ in reference[q][:10]}) /
                max(1, min(10, len(reference[q]))) for q in job.qids]
