@@ -182,7 +182,9 @@ def encode_distributed(dataset: str, model: str, encoder: str, batch_size: int =
         else:
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    document_encoder = DupMAEDocumentEncoder(load_model(model, need_mlm_head=settings.has_sparse), settings, device)
+    loaded = load_model(model, need_mlm_head=settings.has_sparse)
+    settings = EncoderSettings.for_checkpoint(encoder, loaded.folder, **overrides)   # a fine-tuned model's own
+    document_encoder = DupMAEDocumentEncoder(loaded, settings, device)
     try:
         folder = encode_corpus(data, document_encoder, batch_size, shard_size, rank, world, progress=rank == 0)
         if distributed is not None:

@@ -45,6 +45,22 @@ class EncoderSettings:
         settings.validate()
         return settings
 
+    @classmethod
+    def for_checkpoint(cls, kind: str, folder, **overrides) -> "EncoderSettings":
+        """`for_kind`, where a checkpoint fine-tuned by this toolkit as the same kind supplies the defaults
+        it was trained with (activation, [SEP], document top-k; recorded in its head file) and explicit
+        overrides still win. Any other checkpoint gets the kind's defaults."""
+        from .model import trained_settings
+
+        trained = trained_settings(folder)
+        if trained.get("kind") != kind:
+            return cls.for_kind(kind, **overrides)
+        defaults = {key: trained[key] for key in ("activation", "include_sep", "doc_topk") if key in trained}
+        if defaults.get("doc_topk", "") is None:
+            defaults["doc_topk"] = "all"
+        chosen = {key: value for key, value in overrides.items() if value is not None}
+        return cls.for_kind(kind, **{**defaults, **chosen})
+
     def validate(self) -> None:
         if self.activation not in ACTIVATIONS:
             raise DupMAEEvalError(f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")

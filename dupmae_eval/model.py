@@ -274,11 +274,11 @@ def _no_mlm_head(source: str) -> DupMAEEvalError:
                            f"needs; use --encoder cls (RetroMAE-style, [CLS] only) or mean instead")
 
 
-def load_model(name_or_path: str, need_mlm_head: bool = False) -> LoadedModel:
-    """Load a BertForMaskedLM (or bare BERT) checkpoint and, when present, its DupMAE head file."""
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+def read_masked_lm(folder: Path, source: str, need_mlm_head: bool = False):
+    """(BertForMaskedLM, has an MLM head) from a checkpoint folder: BertForMaskedLM or bare BERT weights,
+    old LayerNorm names, a decoder tied to the word embeddings; in train mode as built (callers choose)."""
+    from transformers import BertConfig, BertForMaskedLM
 
-    folder, revision = resolve_checkpoint(name_or_path)
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise DupMAEEvalError(f"{folder}: no config.json (not a Hugging Face checkpoint folder)")
@@ -289,7 +289,7 @@ def load_model(name_or_path: str, need_mlm_head: bool = False) -> LoadedModel:
     state = _normalise_keys(_read_state_dict(folder))
     has_head = any(key.startswith("cls.predictions.transform.") for key in state)
     if need_mlm_head and not has_head:
-        raise _no_mlm_head(name_or_path)
+        raise _no_mlm_head(source)
     model = BertForMaskedLM(BertConfig.from_dict(config))
     if "cls.predictions.decoder.weight" not in state and has_head:
         state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"]
@@ -299,6 +299,15 @@ def load_model(name_or_path: str, need_mlm_head: bool = False) -> LoadedModel:
     missing = [k for k in result.missing_keys if k.startswith("bert.") and "position_ids" not in k]
     if missing:
         raise DupMAEEvalError(f"{folder}: checkpoint lacks encoder weights, e.g. {missing[0]}")
+    return model, has_head
+
+
+def load_model(name_or_path: str, need_mlm_head: bool = False) -> LoadedModel:
+    """Load a BertForMaskedLM (or bare BERT) checkpoint and, when present, its DupMAE head file."""
+    from transformers import AutoTokenizer
+
+    folder, revision = resolve_checkpoint(name_or_path)
+    model, has_head = read_masked_lm(folder, name_or_path, need_mlm_head)
     model.eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
@@ -340,13 +349,36 @@ def load_dupmae_head(folder: Path, hidden_size: int):
     return projection.eval()
 
 
-def save_dupmae_head(folder: Path, weight, bias=None) -> Path:
-    """Write a DupMAE head file (the [CLS] projection) in the format `load_dupmae_head` reads."""
+def save_dupmae_head(folder: Path, weight, bias=None, trained_settings: Optional[dict] = None) -> Path:
+    """Write a DupMAE head file (the [CLS] projection) in the format `load_dupmae_head` reads; a fine-tuned
+    model also records the encoder settings it was trained with (read back by `trained_settings`)."""
     from safetensors.torch import save_file
 
     tensors = {"cls_projection.weight": weight.detach().contiguous().float()}
     if bias is not None:
         tensors["cls_projection.bias"] = bias.detach().contiguous().float()
     path = Path(folder) / HEAD_FILE
-    save_file(tensors, str(path), metadata={"format": "dupmae-head/1"})
+    metadata = {"format": "dupmae-head/1"}
+    if trained_settings:
+        metadata["trained_settings"] = json.dumps(trained_settings, sort_keys=True)
+    save_file(tensors, str(path), metadata=metadata)
     return path
+
+
+def trained_settings(folder: Path) -> dict:
+    """The encoder settings a fine-tuned checkpoint was trained with ({} for any other checkpoint): from
+    its head file's metadata, or, for a model trained without a projection (OT-only, SPLADE-style),
+    from `dupmae_training.json`."""
+    from safetensors import safe_open
+
+    path = Path(folder) / HEAD_FILE
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as handle:
+            recorded = (handle.metadata() or {}).get("trained_settings")
+        if recorded:
+            return json.loads(recorded)
+    training = Path(folder) / "dupmae_training.json"
+    if training.is_file():
+        values = json.loads(training.read_text())
+        return {key: values[key] for key in ("kind", "activation", "include_sep", "doc_topk") if key in values}
+    return {}

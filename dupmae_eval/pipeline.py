@@ -96,6 +96,7 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     check_queries(queries, f"{data.root} (split {split})")
     remove_query = data.spec.removes_query_hit and not keep_query_hit
     loaded = load_model(model, need_mlm_head=settings.has_sparse)
+    settings = EncoderSettings.for_checkpoint(encoder, loaded.folder, **settings_overrides)  # a fine-tuned model's own
     timings: Dict[str, float] = {}
     started = time.time()
     encoding = load_encoding(encode_corpus(data, DupMAEDocumentEncoder(loaded, settings, device), batch_size,

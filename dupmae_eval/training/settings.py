@@ -1,0 +1,183 @@
+"""Every setting of a fine-tuning run: one table, read by the CLI, the recipe YAMLs and the trainer.
+
+The paper (ACL 2023, §3.4-3.5) fixes the representation and the score; it leaves the optimisation
+unsaid. Where a default comes from is written beside it ("paper", "RetroMAE recipe" - the authors'
+released MS MARCO bi-encoder recipe - or "ours"). A recipe YAML holds any of these keys; flags given
+on the command line override it; what a run used is written to `finetune.json` in its output folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+from ..errors import DupMAEEvalError
+from ..model import ACTIVATIONS
+
+NEGATIVE_SOURCES = ("bm25", "run", "model", "none")
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    # representation ---------------------------------------------------------------------------------
+    kind: str = "dupmae"                     # encoder kind: dupmae (both halves), cls (dense), splade (sparse)
+    dense_dim: Union[int, str, None] = "half"  # [CLS] projection size: "half" of hidden (paper: 768 -> 384),
+    #                                          a number, or None (raw [CLS], no projection)
+    activation: str = "none"                 # on the pooled logits; paper: raw logits ("none")
+    include_sep: bool = True                 # [SEP] pooled (as inference's default; RetroMAE's code keeps it)
+    doc_topk: Optional[int] = 384            # paper: 384 (260 variant); None = all entries
+    train_topk: bool = True                  # apply the document top-k in the training score (Eq. 12)
+    # score and loss -----------------------------------------------------------------------------------
+    temperature: float = 1.0                 # paper: none written (τ = 1)
+    sparse_scale: float = 1.0                # weight of the sparse term in the training score; paper: 1
+    in_batch_negatives: bool = True          # paper Eq. 13: every passage of the (global) batch is a negative
+    cross_device_negatives: bool = True      # RetroMAE recipe: passages gathered across processes
+    distill_from: Optional[str] = None       # stage 3 (Eq. 15): teacher scores, a TREC run or JSONL file
+    distill_weight: float = 1.0
+    distill_temperature: float = 1.0
+    # data ----------------------------------------------------------------------------------------------
+    split: str = "train"
+    negatives: str = "bm25"                  # bm25 | run | model | none
+    negatives_from: Optional[str] = None     # run: a TREC run file; model: a checkpoint (stage 2)
+    negatives_depth: int = 200               # RetroMAE recipe: negatives from the top 200
+    group_size: int = 16                     # RetroMAE recipe: 1 positive + 15 negatives
+    holdout_queries: int = 0                 # train queries held out as a dev slice (written to the output)
+    query_max_length: int = 32               # RetroMAE recipe
+    passage_max_length: int = 140            # RetroMAE recipe
+    # optimisation (RetroMAE recipe unless noted) ---------------------------------------------------------
+    learning_rate: float = 2e-5
+    epochs: float = 4.0
+    queries_per_device: int = 8              # queries per process per step (each with group_size passages)
+    gradient_accumulation: int = 1
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_steps: int = -1                      # > 0 stops after that many optimizer steps (smoke runs)
+    seed: int = 42
+    bf16: str = "auto"                       # auto: on a GPU that supports it; never on the CPU
+    save_steps: int = 500
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    dataloader_workers: int = 0
+
+    def validate(self) -> "FinetuneSettings":
+        from ..kinds import encoder_kind
+
+        kind = encoder_kind(self.kind)
+        if self.activation not in ACTIVATIONS:
+            raise DupMAEEvalError(f"activation {self.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+        if self.negatives not in NEGATIVE_SOURCES:
+            raise DupMAEEvalError(f"negatives {self.negatives!r}: choose one of {', '.join(NEGATIVE_SOURCES)}")
+        if self.negatives in ("run", "model") and not self.negatives_from:
+            raise DupMAEEvalError(f"negatives {self.negatives!r} needs negatives_from (a "
+                                  f"{'TREC run file' if self.negatives == 'run' else 'checkpoint'})")
+        if self.group_size < 1 or (self.group_size == 1 and not self.in_batch_negatives):
+            raise DupMAEEvalError("group_size must be ≥ 1, and ≥ 2 without in-batch negatives (no negative at all)")
+        if self.negatives == "none" and self.group_size > 1:
+            raise DupMAEEvalError("negatives none: group_size must be 1 (the positive alone, in-batch negatives)")
+        if self.distill_from and self.group_size < 2:
+            raise DupMAEEvalError("distillation needs candidates: group_size ≥ 2")
+        if not isinstance(self.dense_dim, (int, type(None))) and self.dense_dim != "half":
+            raise DupMAEEvalError(f"dense_dim {self.dense_dim!r}: a number, 'half' or none")
+        if isinstance(self.dense_dim, int) and self.dense_dim < 1:
+            raise DupMAEEvalError("dense_dim must be positive")
+        if self.doc_topk is not None and self.doc_topk < 1:
+            raise DupMAEEvalError("doc_topk must be positive or none")
+        if self.temperature <= 0 or self.distill_temperature <= 0:
+            raise DupMAEEvalError("temperatures must be positive")
+        if min(self.query_max_length, self.passage_max_length) < 2:
+            raise DupMAEEvalError("max lengths must leave room for [CLS] and [SEP]")
+        if self.bf16 not in ("auto", "on", "off"):
+            raise DupMAEEvalError(f"bf16 {self.bf16!r}: auto, on or off")
+        if not kind.sparse and not kind.dense:
+            raise DupMAEEvalError(f"encoder kind {self.kind!r} has no half to train")
+        return self
+
+    def projection_size(self, hidden: int) -> Optional[int]:
+        """The [CLS] projection's output size for an encoder of this hidden size (None: no projection)."""
+        from ..kinds import encoder_kind
+
+        if not encoder_kind(self.kind).dense or self.dense_dim is None:
+            return None
+        return hidden // 2 if self.dense_dim == "half" else int(self.dense_dim)
+
+    def encoder_settings(self) -> Dict[str, Any]:
+        """What inference needs to read the trained model the way it was trained (recorded in the head
+        file; `run` takes these as its defaults for this checkpoint)."""
+        return {"kind": self.kind, "activation": self.activation, "include_sep": self.include_sep,
+                "doc_topk": self.doc_topk}
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+FIELDS = {f.name: f for f in fields(FinetuneSettings)}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """A YAML or flag value -> the field's type ('none'/'all' -> None where a field allows it)."""
+    default = FIELDS[name].default
+    if isinstance(value, str) and value.lower() in ("none", "null", "all") and (
+            default is None or name in ("dense_dim", "doc_topk", "negatives_from", "distill_from")):
+        return None
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "yes", "1")
+            return bool(value)
+        if name == "dense_dim":
+            return value if value == "half" else int(value)
+        if isinstance(default, int) and not isinstance(default, bool):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if name == "doc_topk":
+            return int(value)
+        return value if value is None else str(value)
+    except (TypeError, ValueError):
+        raise DupMAEEvalError(f"{source}: {name} = {value!r} is not a valid value") from None
+
+
+def load_recipe(path: Union[str, Path]) -> Dict[str, Any]:
+    """A recipe YAML's settings (unknown keys refused, naming the file and the key's line)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        from ..shipped import resource_path
+
+        shipped = resource_path("configs", "train", f"{path.name}" if path.suffix else f"{path.name}.yaml")
+        if not shipped.is_file():
+            raise DupMAEEvalError(f"recipe {str(path)!r}: no such file, and no shipped recipe of that name")
+        path = shipped
+    text = path.read_text(encoding="utf-8")
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise DupMAEEvalError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(values, dict):
+        raise DupMAEEvalError(f"{path}:1: a recipe is a mapping of settings")
+    settings = {}
+    for key, value in values.items():
+        if key in ("description", "model", "dataset"):
+            settings[key] = value
+            continue
+        if key not in FIELDS:
+            line = next((n for n, row in enumerate(text.splitlines(), 1) if row.split(":")[0].strip() == key), 1)
+            raise DupMAEEvalError(f"{path}:{line}: unknown setting {key!r}")
+        settings[key] = _coerce(key, value, str(path))
+    return settings
+
+
+def make_settings(recipe: Optional[Mapping[str, Any]] = None, **overrides) -> FinetuneSettings:
+    """Defaults, then the recipe's values, then explicit overrides (None = not given)."""
+    chosen: Dict[str, Any] = {}
+    for source, values in (("recipe", recipe or {}), ("option", overrides)):
+        for key, value in values.items():
+            if key in FIELDS and value is not None:
+                chosen[key] = _coerce(key, value, source) if isinstance(value, str) else value
+    return replace(FinetuneSettings(), **chosen).validate()

@@ -1,0 +1,180 @@
+"""Fine-tuning on transformers' `Trainer`.
+
+Why `Trainer` and not sentence-transformers' trainer: the model is not a SentenceTransformer (two
+halves, one read through the MLM head with a custom max-pool, a loss over a score that is not a
+cosine), and `Trainer` gives what a long run needs with nothing hand-written: torchrun/DDP across
+processes and nodes (gloo on CPUs, nccl on GPUs), gradient accumulation, bf16, checkpoints holding
+optimizer, scheduler and RNG states, resume, and a progress bar.
+
+What this module adds to it: the loss (`DupMAEForTraining.forward`), checkpoints written as the
+toolkit's own model folders (a BertForMaskedLM + head file: every `checkpoint-N` loads in `run`),
+the epoch handed to the dataset (negatives drawn per epoch from the seed), and an output folder
+that refuses to mix two different runs and resumes the same run from its last checkpoint.
+
+Output folder:
+    finetune.json              what was asked (model, data, settings) and, at the end, "finished"
+    negatives/                 mined rankings (reused on resume)
+    holdout.tsv                the held-out dev slice's judgments (BEIR qrels), when asked
+    checkpoints/checkpoint-N/  Trainer checkpoints (each also a loadable model folder)
+    config.json, model.safetensors, tokenizer files, dupmae_head.safetensors, dupmae_training.json
+                               the fine-tuned model (written last)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+from .. import __version__
+from ..errors import DupMAEEvalError
+from .settings import FinetuneSettings
+
+RECORD = "finetune.json"
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class DupMAETrainer(Trainer):
+        """Trainer whose loss is the model's, and whose checkpoints are the toolkit's model folders."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(**inputs)
+            return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+
+        def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
+            if self.args.should_save:
+                self.accelerator.unwrap_model(self.model).save(Path(output_dir or self.args.output_dir))
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
+            (model or self.model).load_weights(Path(resume_from_checkpoint))
+
+    return DupMAETrainer
+
+
+def _epoch_callback(dataset):
+    from transformers import TrainerCallback
+
+    class EpochToDataset(TrainerCallback):
+        """Tell the dataset which epoch it serves (state.epoch is fractional inside an epoch, also on resume)."""
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            dataset.epoch = int(math.floor((state.epoch or 0.0) + 1e-9))
+
+    return EpochToDataset()
+
+
+def _check_output(output: Path, record: dict) -> bool:
+    """True when the folder holds this very run (resume); refuse a folder holding anything else."""
+    path = output / RECORD
+    if path.is_file():
+        earlier = json.loads(path.read_text())
+        if {k: earlier.get(k) for k in ("model", "data", "settings")} != {k: record[k] for k in
+                                                                            ("model", "data", "settings")}:
+            changed = [k for k in ("model", "data") if earlier.get(k) != record[k]]
+            changed += [f"settings.{k}" for k, v in record["settings"].items()
+                        if (earlier.get("settings") or {}).get(k) != v]
+            raise DupMAEEvalError(f"{output}: already holds a different fine-tuning run ({', '.join(changed[:4])} "
+                                  f"differ); choose another --output")
+        return True
+    if output.exists() and any(output.iterdir()):
+        raise DupMAEEvalError(f"{output}: exists and is not a fine-tuning output folder (no {RECORD}); "
+                              f"choose an empty or new folder")
+    return False
+
+
+def _distributed() -> tuple:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def prepare_data(data_source: str, settings: FinetuneSettings, output: Path):
+    """(train queries, held-out queries, passage store) with negatives attached."""
+    from . import data as training_data
+    from .negatives import NEGATIVE_SOURCES
+
+    source = Path(data_source).expanduser()
+    if source.is_file():
+        queries, store = training_data.from_tevatron(source)
+        dataset = None
+    else:
+        from ..datasets import resolve
+
+        dataset = resolve(data_source)
+        queries, store = training_data.from_dataset(dataset, settings.split)
+    train, held = training_data.hold_out(queries, settings.holdout_queries, settings.seed)
+    if dataset is not None and settings.negatives != "none":
+        folder = output / "negatives"
+        folder.mkdir(parents=True, exist_ok=True)
+        ranking = NEGATIVE_SOURCES.lookup(settings.negatives).mine(dataset, settings.split, settings, folder)
+        held_ids = {q.qid for q in held}
+        training_data.attach_candidates(train, {q: h for q, h in ranking.items() if q not in held_ids},
+                                        settings.negatives_depth)
+    if settings.distill_from:
+        teacher = training_data.read_teacher_scores(Path(settings.distill_from))
+        training_data.attach_teacher(train, teacher, settings.distill_from)
+    return train, held, store
+
+
+def finetune(model: str, data: str, output: Path, settings: FinetuneSettings) -> Path:
+    """Fine-tune `model` (hub name or folder) on `data` (dataset name or folder, or a tevatron JSONL file)
+    and write the model to `output`; a second call with the same arguments resumes from the last checkpoint."""
+    import torch
+    from transformers import TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from ..data import atomic_output
+    from ..provenance import provenance
+    from .data import GroupCollator, GroupDataset
+    from .model import DupMAEForTraining
+
+    settings.validate()
+    output = Path(output)
+    rank, world = _distributed()
+    record = {"tool": f"dupmae-eval {__version__}", "model": model, "data": data, "settings": settings.as_dict()}
+    resuming = _check_output(output, record)
+    if rank == 0 and not resuming:
+        output.mkdir(parents=True, exist_ok=True)
+        with atomic_output(output / RECORD) as handle:
+            json.dump({**record, **provenance(), "finished": False}, handle, indent=2)
+    train, held, store = prepare_data(data, settings, output)
+    if held and rank == 0:
+        with atomic_output(output / "holdout.tsv") as handle:
+            handle.write("query-id\tcorpus-id\tscore\n")
+            for query in held:
+                handle.writelines(f"{query.qid}\t{docid}\t1\n" for docid in query.positives)
+    if world > 1 and len(train) < settings.queries_per_device * world:
+        raise DupMAEEvalError(f"{len(train)} training queries cannot fill one step of {world} processes x "
+                              f"{settings.queries_per_device} queries")
+    net = DupMAEForTraining.from_checkpoint(model, settings)
+    dataset = GroupDataset(train, store, settings.group_size, settings.seed)
+    on_gpu = torch.cuda.is_available()
+    bf16 = settings.bf16 == "on" or (settings.bf16 == "auto" and on_gpu and torch.cuda.is_bf16_supported())
+    args = TrainingArguments(
+        output_dir=str(output / "checkpoints"), per_device_train_batch_size=settings.queries_per_device,
+        gradient_accumulation_steps=settings.gradient_accumulation, learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs, max_steps=settings.max_steps, warmup_steps=settings.warmup_ratio,
+        weight_decay=settings.weight_decay, lr_scheduler_type="linear", seed=settings.seed,
+        data_seed=settings.seed, bf16=bf16, use_cpu=not on_gpu, save_strategy="steps",
+        save_steps=settings.save_steps, save_total_limit=settings.save_total_limit,
+        logging_steps=settings.logging_steps, report_to=[], remove_unused_columns=False,
+        dataloader_num_workers=settings.dataloader_workers, dataloader_drop_last=world > 1,
+        ddp_backend=("nccl" if on_gpu else "gloo") if world > 1 else None, ddp_find_unused_parameters=False,
+        label_names=[], disable_tqdm=False)
+    trainer = _trainer_class()(model=net, args=args, train_dataset=dataset,
+                               data_collator=GroupCollator(net.tokenizer, settings.query_max_length,
+                                                           settings.passage_max_length),
+                               callbacks=[_epoch_callback(dataset)])
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    result = trainer.train(resume_from_checkpoint=last)
+    if trainer.is_world_process_zero():
+        net.save(output)
+        finished = json.loads((output / RECORD).read_text())
+        finished.update(finished=True, steps=trainer.state.global_step, train_queries=len(train),
+                        held_out_queries=len(held), training_loss=result.training_loss,
+                        log=[entry for entry in trainer.state.log_history if "loss" in entry])
+        with atomic_output(output / RECORD) as handle:
+            json.dump(finished, handle, indent=2)
+    return output
