@@ -124,11 +124,30 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_demo)
 
 
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    from .training.settings import FIELDS, HELP
+
+    p = sub.add_parser("finetune", help="fine-tune a BertForMaskedLM into a DupMAE (or cls/splade) retriever",
+                       description="Contrastive fine-tuning with the paper's score (Eq. 12) on transformers' "
+                                   "Trainer (torchrun for several processes). The output folder is a checkpoint "
+                                   "that `run --encoder dupmae` reads as it is; run again to resume.")
+    p.add_argument("--model", required=True, help="Hugging Face hub name or local checkpoint folder")
+    p.add_argument("--dataset", required=True, help="dataset name or folder (BEIR or MS MARCO layout), or a "
+                                                    "tevatron training JSONL file")
+    p.add_argument("--output", required=True, type=Path, help="output folder (new, or this run's to resume)")
+    p.add_argument("--recipe", default=None, help="recipe YAML, or a shipped recipe's name (retromae-msmarco, "
+                                                  "splade-tiny-scifact); flags override it")
+    for name in FIELDS:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar="VALUE", help=HELP[name])
+    p.set_defaults(handler=_cmd_finetune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dupmae-eval", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dupmae-eval {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for add in (_add_bm25, _add_run, _add_encode, _add_reproduce, _add_table, _add_eval, _add_datasets, _add_demo):
+    for add in (_add_bm25, _add_run, _add_encode, _add_reproduce, _add_table, _add_eval, _add_datasets, _add_demo,
+                _add_finetune):
         add(sub)
     return parser
 
@@ -271,6 +290,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print()
     print(render(table, "md"), end="")
     return status
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .training.settings import FIELDS, load_recipe, make_settings
+    from .training.trainer import finetune
+
+    recipe = load_recipe(args.recipe) if args.recipe else {}
+    settings = make_settings(recipe, **{name: getattr(args, name) for name in FIELDS})
+    output = finetune(args.model, args.dataset, args.output, settings)
+    print(f"fine-tuned model: {output}")
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

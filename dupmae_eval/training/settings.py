@@ -113,6 +113,43 @@ class FinetuneSettings:
 
 FIELDS = {f.name: f for f in fields(FinetuneSettings)}
 
+HELP = {
+    "kind": "encoder kind trained: dupmae (both halves), cls (dense only), splade (sparse only)",
+    "dense_dim": "[CLS] projection size: 'half' of hidden (paper: 768 -> 384), a number, or none",
+    "activation": "on the pooled MLM logits (paper: none)",
+    "include_sep": "pool [SEP] in the sparse half (true as at inference)",
+    "doc_topk": "document sparse entries kept in the score (paper 384; 260 variant; none = all)",
+    "train_topk": "apply the document top-k in the training score (Eq. 12)",
+    "temperature": "InfoNCE temperature (paper: 1)",
+    "sparse_scale": "weight of the sparse term in the training score (paper: 1)",
+    "in_batch_negatives": "every passage of the batch is a negative (Eq. 13)",
+    "cross_device_negatives": "gather passages across processes (RetroMAE recipe)",
+    "distill_from": "teacher scores (TREC run or JSONL qid/docid/score) for Eq. 15",
+    "distill_weight": "weight of the distillation loss",
+    "distill_temperature": "temperature of both softmaxes in the distillation loss",
+    "split": "training split of the dataset",
+    "negatives": "hard negatives: bm25, model (stage 2), run, none",
+    "negatives_from": "the run file (negatives run) or checkpoint (negatives model)",
+    "negatives_depth": "negatives sampled from the top N minus positives (RetroMAE: 200)",
+    "group_size": "passages per query: 1 positive + group_size - 1 negatives (RetroMAE: 16)",
+    "holdout_queries": "training queries held out as a dev slice (written to holdout.tsv)",
+    "query_max_length": "query tokens (RetroMAE: 32)",
+    "passage_max_length": "passage tokens (RetroMAE: 140)",
+    "learning_rate": "peak learning rate (RetroMAE: 2e-5)",
+    "epochs": "epochs (RetroMAE: 4)",
+    "queries_per_device": "queries per process per step",
+    "gradient_accumulation": "steps accumulated per optimizer step",
+    "warmup_ratio": "linear warm-up, fraction of the steps",
+    "weight_decay": "AdamW weight decay",
+    "max_steps": "stop after this many optimizer steps (> 0)",
+    "seed": "seed of the sampling, the new projection and the trainer",
+    "bf16": "auto (on a GPU with bf16), on, off",
+    "save_steps": "checkpoint every N steps",
+    "save_total_limit": "checkpoints kept",
+    "logging_steps": "log every N steps",
+    "dataloader_workers": "data loading processes",
+}
+
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     """A YAML or flag value -> the field's type ('none'/'all' -> None where a field allows it)."""

@@ -139,6 +139,7 @@ def finetune(model: str, data: str, output: Path, settings: FinetuneSettings) ->
         output.mkdir(parents=True, exist_ok=True)
         with atomic_output(output / RECORD) as handle:
             json.dump({**record, **provenance(), "finished": False}, handle, indent=2)
+    net = DupMAEForTraining.from_checkpoint(model, settings)    # a missing MLM head is refused here, early
     train, held, store = prepare_data(data, settings, output)
     if held and rank == 0:
         with atomic_output(output / "holdout.tsv") as handle:
@@ -148,7 +149,6 @@ def finetune(model: str, data: str, output: Path, settings: FinetuneSettings) ->
     if world > 1 and len(train) < settings.queries_per_device * world:
         raise DupMAEEvalError(f"{len(train)} training queries cannot fill one step of {world} processes x "
                               f"{settings.queries_per_device} queries")
-    net = DupMAEForTraining.from_checkpoint(model, settings)
     dataset = GroupDataset(train, store, settings.group_size, settings.seed)
     on_gpu = torch.cuda.is_available()
     bf16 = settings.bf16 == "on" or (settings.bf16 == "auto" and on_gpu and torch.cuda.is_bf16_supported())

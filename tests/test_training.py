@@ -1,0 +1,271 @@
+"""Fine-tuning (issue 12): the score and losses against hand computations, the data sources, the
+refusals, and a real (tiny) fine-tuning run whose output `run` reads as it is."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SPLADE_TINY, TEST_DATA
+from dupmae_eval.errors import DupMAEEvalError
+from dupmae_eval.training.score import distillation, infonce, pair_scores
+
+
+# --------------------------------------------------------------------------- Eq. 12-15 by hand
+
+
+def _hand_score(qd, qs, dd, ds, k):
+    """Eq. 12 with plain Python: dense dot product, plus the sum over the document's k largest entries."""
+    dense = sum(a * b for a, b in zip(qd, dd))
+    kept = sorted(range(len(ds)), key=lambda i: -ds[i])[:k]
+    return dense + sum(qs[i] * ds[i] for i in kept)
+
+
+def test_pair_scores_equal_eq12_by_hand():
+    rng = np.random.default_rng(0)
+    qd, dd = rng.normal(size=(3, 5)), rng.normal(size=(4, 5))
+    qs, ds = rng.normal(size=(3, 11)), rng.normal(size=(4, 11))   # raw logits: negatives too
+    ours = pair_scores(*(torch.tensor(x) for x in (qd, qs, dd, ds)), doc_topk=4).numpy()
+    hand = [[_hand_score(qd[q], qs[q], dd[d], ds[d], 4) for d in range(4)] for q in range(3)]
+    assert np.allclose(ours, hand, rtol=0, atol=1e-12)
+    # k = None keeps every entry; one half alone is that half's dot product
+    everything = pair_scores(*(torch.tensor(x) for x in (qd, qs, dd, ds)), doc_topk=None).numpy()
+    assert np.allclose(everything, qd @ dd.T + qs @ ds.T, atol=1e-12)
+    assert np.allclose(pair_scores(None, torch.tensor(qs), None, torch.tensor(ds), 2).numpy(),
+                       [[_hand_score([], qs[q], [], ds[d], 2) for d in range(4)] for q in range(3)], atol=1e-12)
+
+
+def test_infonce_and_distillation_equal_hand_computation():
+    scores = torch.tensor([[3.0, 1.0, -2.0, 0.5], [0.2, 0.1, 4.0, -1.0]], dtype=torch.float64)
+    positives = torch.tensor([0, 2])
+    tau = 0.5
+    hand = np.mean([-(row[p] / tau - math.log(sum(math.exp(v / tau) for v in row)))
+                    for row, p in zip(scores.tolist(), positives.tolist())])
+    assert abs(float(infonce(scores, positives, tau)) - hand) < 1e-12
+
+    student, teacher = scores, torch.tensor([[2.0, 2.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]], dtype=torch.float64)
+
+    def softmax(row):
+        total = sum(math.exp(v) for v in row)
+        return [math.exp(v) / total for v in row]
+
+    kl = np.mean([sum(t * math.log(t / s) for t, s in zip(softmax(tr), softmax(sr)))
+                  for tr, sr in zip(teacher.tolist(), student.tolist())])
+    assert abs(float(distillation(student, teacher)) - kl) < 1e-12
+
+
+# --------------------------------------------------------------------------- a small random BERT
+
+
+@pytest.fixture(scope="module")
+def random_bert(tmp_path_factory) -> Path:
+    """A random BertForMaskedLM (hidden 32, 2 layers) with splade-tiny's tokenizer, saved as a folder."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    folder = tmp_path_factory.mktemp("random-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertForMaskedLM(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(SPLADE_TINY / name, folder / name)
+    return folder
+
+
+def test_training_loss_equals_eq12_and_infonce_from_inference_halves(random_bert):
+    """The model's loss for a batch equals InfoNCE over Eq. 12 computed by hand (numpy) from the halves
+    that the inference encoder (`LoadedModel.forward`, the encoding path of `run`) gives for the same texts."""
+    from dupmae_eval.encoders import EncoderSettings
+    from dupmae_eval.model import load_model, save_dupmae_head
+    from dupmae_eval.training.data import GroupCollator
+    from dupmae_eval.training.model import DupMAEForTraining
+    from dupmae_eval.training.settings import make_settings
+
+    settings = make_settings(doc_topk=7, temperature=2.0, group_size=3)
+    net = DupMAEForTraining.from_checkpoint(str(random_bert), settings).eval()   # eval: no dropout
+    queries = ["microwave dielectric constant", "digital computers band pass filters"]
+    passages = ["measurement of liquids", "waveguide fed radiation", "phase and attenuation",
+                "computers in filter design", "", "data coding for information"]       # one empty passage
+    batch = GroupCollator(net.tokenizer, 16, 24)([{"query": q, "passages": passages[3 * i:3 * i + 3]}
+                                                  for i, q in enumerate(queries)])
+    loss = float(net(**batch)["loss"].detach())
+
+    folder = random_bert.parent / "with-head"
+    shutil.copytree(random_bert, folder, dirs_exist_ok=True)
+    save_dupmae_head(folder, net.projection.weight, net.projection.bias)
+    loaded = load_model(str(folder), need_mlm_head=True)
+    pooling = EncoderSettings.for_kind("dupmae").pooling()
+
+    def halves(texts, length):
+        tokens = loaded.tokenizer(texts, padding=True, truncation=True, max_length=length, return_tensors="pt")
+        with torch.no_grad():
+            dense, sparse = loaded.forward(tokens["input_ids"], tokens["attention_mask"], pooling)
+        sparse = torch.where(torch.isinf(sparse), torch.zeros_like(sparse), sparse)   # nothing pooled: 0
+        return dense.double().numpy(), sparse.double().numpy()
+
+    qd, qs = halves(queries, 16)
+    dd, ds = halves(passages, 24)
+    scores = np.array([[_hand_score(qd[q], qs[q], dd[d], ds[d], 7) for d in range(6)] for q in range(2)])
+    hand = np.mean([-(scores[q, 3 * q] / 2.0 - np.log(np.exp(scores[q] / 2.0).sum())) for q in range(2)])
+    assert abs(loss - hand) < 1e-4 * max(1.0, abs(hand))
+
+
+# --------------------------------------------------------------------------- data and refusals
+
+
+@pytest.fixture(scope="module")
+def small_beir(tmp_path_factory) -> Path:
+    """A BEIR-layout dataset cut from Vaswani: 1,500 passages holding every judged passage of 24 queries;
+    their judgments are split 16 train / 8 test."""
+    folder = tmp_path_factory.mktemp("small-beir")
+    lines = [line for line in (TEST_DATA / "vaswani" / "qrels" / "test.tsv").read_text().splitlines()[1:]]
+    qids = sorted({line.split("\t")[0] for line in lines}, key=int)[:24]
+    judged = [line for line in lines if line.split("\t")[0] in qids]
+    wanted = {line.split("\t")[1] for line in judged}
+    kept = []
+    with gzip.open(TEST_DATA / "vaswani" / "corpus.jsonl.gz", "rt") as handle:
+        for line in handle:
+            docid = json.loads(line)["_id"]
+            if docid in wanted or len(kept) < 1500 - len(wanted):
+                kept.append(line)
+    (folder / "corpus.jsonl").write_text("".join(kept))
+    (folder / "qrels").mkdir()
+    for split, chosen in (("train", qids[:16]), ("test", qids[16:])):
+        rows = [line for line in judged if line.split("\t")[0] in chosen]
+        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
+    shutil.copy(TEST_DATA / "vaswani" / "queries.jsonl", folder / "queries.jsonl")
+    return folder
+
+
+def test_passage_store_reads_by_offset(small_beir, tmp_path):
+    from dupmae_eval.data import read_beir_corpus, read_tsv_collection
+    from dupmae_eval.training.data import PassageStore
+
+    store = PassageStore(small_beir / "corpus.jsonl", "beir")
+    expected = {p.docid: p.flat_text() for p in read_beir_corpus(small_beir / "corpus.jsonl")}
+    assert len(store) == len(expected)
+    for docid in list(expected)[::97]:
+        assert store.text(docid) == expected[docid]
+    # MS MARCO layout with numeric ids: looked up through an array
+    collection = tmp_path / "collection.tsv"
+    collection.write_text("7\tseven\n3\tthree ünïcode\n12\ttwelve\n")
+    tsv = PassageStore(collection, "msmarco")
+    assert tsv._numeric is not None
+    assert [tsv.text(d) for d in ("3", "12", "7")] == [p.text for p in sorted(
+        read_tsv_collection(collection), key=lambda p: ("3", "12", "7").index(p.docid))]
+    assert "4" not in tsv and "12" in tsv
+
+
+def test_tevatron_jsonl_is_read(tmp_path):
+    from dupmae_eval.training.data import from_tevatron
+
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"query_id": "q1", "query": "what", "positive_passages": [
+        {"docid": "a", "title": "T", "text": "x"}], "negative_passages": [{"docid": "b", "title": "", "text": "y"}]})
+        + "\n")
+    queries, store = from_tevatron(path)
+    assert queries[0].positives == ("a",) and queries[0].negatives == ("b",)
+    assert store.text("a") == "T x" and store.text("b") == "y"
+    path.write_text(json.dumps({"query": "what", "positive_passages": []}) + "\n")
+    with pytest.raises(DupMAEEvalError, match=r"train\.jsonl:1: .*no positive_passages"):
+        from_tevatron(path)
+
+
+def _copy_dataset(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def test_refusals_before_training(small_beir, random_bert, tmp_path):
+    from dupmae_eval.training.settings import make_settings
+    from dupmae_eval.training.trainer import finetune
+
+    settings = make_settings(negatives="none", group_size=1, max_steps=1)
+    # judged passage absent from the corpus: the qrels file and line
+    broken = _copy_dataset(small_beir, tmp_path / "absent")
+    rows = (broken / "qrels" / "train.tsv").read_text().splitlines()
+    rows[3] = rows[3].split("\t")[0] + "\tno-such-doc\t1"
+    (broken / "qrels" / "train.tsv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DupMAEEvalError, match=r"train\.tsv:4: judged passage 'no-such-doc' is not in the corpus"):
+        finetune(str(random_bert), str(broken), tmp_path / "out1", settings)
+    # no judged positive at all
+    nothing = _copy_dataset(small_beir, tmp_path / "nothing")
+    rows = (nothing / "qrels" / "train.tsv").read_text().splitlines()
+    (nothing / "qrels" / "train.tsv").write_text("\n".join([rows[0]] + [r.rsplit("\t", 1)[0] + "\t0"
+                                                                        for r in rows[1:]]) + "\n")
+    with pytest.raises(DupMAEEvalError, match="no query of split 'train' has a judged positive"):
+        finetune(str(random_bert), str(nothing), tmp_path / "out2", settings)
+    # a checkpoint without an MLM head, for a kind with a sparse half
+    from transformers import BertModel
+
+    bare = tmp_path / "bare"
+    BertModel.from_pretrained(str(random_bert)).save_pretrained(bare)
+    shutil.copy(random_bert / "tokenizer.json", bare)
+    shutil.copy(random_bert / "tokenizer_config.json", bare)
+    with pytest.raises(DupMAEEvalError, match="no MLM head"):
+        finetune(str(bare), str(small_beir), tmp_path / "out3", settings)
+    # an output folder holding something else, or another run
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(DupMAEEvalError, match="not a fine-tuning output folder"):
+        finetune(str(random_bert), str(small_beir), tmp_path / "busy", settings)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "finetune.json").write_text(json.dumps(
+        {"model": str(random_bert), "data": str(small_beir), "settings": {**settings.as_dict(), "seed": 7}}))
+    with pytest.raises(DupMAEEvalError, match=r"already holds a different fine-tuning run \(settings.seed"):
+        finetune(str(random_bert), str(small_beir), tmp_path / "other", settings)
+
+
+def test_recipes_load_and_unknown_keys_are_refused(tmp_path):
+    from dupmae_eval.training.settings import load_recipe, make_settings
+
+    for name in ("retromae-msmarco", "splade-tiny-scifact"):
+        make_settings(load_recipe(name))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: 1e-5\nlearning_rat: 2\n")
+    with pytest.raises(DupMAEEvalError, match=r"bad\.yaml:2: unknown setting 'learning_rat'"):
+        load_recipe(bad)
+
+
+# --------------------------------------------------------------------------- a real run, read by `run`
+
+
+def test_finetuned_checkpoint_runs_in_every_retrieval_mode_and_a_suite(small_beir, tmp_path):
+    """splade-tiny fine-tuned for a few steps with BM25 negatives; the output folder is used as it is by
+    `run --encoder dupmae` with each retrieval mode and by a suite condition; its trained settings are
+    the run's defaults."""
+    from dupmae_eval.cli import main
+    from dupmae_eval.data import read_trec_run
+
+    output = tmp_path / "tuned"
+    assert main(["finetune", "--model", str(SPLADE_TINY), "--dataset", str(small_beir), "--output", str(output),
+                 "--activation", "log1p_relu", "--group-size", "4", "--queries-per-device", "4",
+                 "--max-steps", "3", "--save-steps", "2", "--passage-max-length", "64",
+                 "--query-max-length", "16"]) == 0
+    record = json.loads((output / "finetune.json").read_text())
+    assert record["finished"] and record["steps"] == 3
+    assert (output / "negatives" / "bm25-train.trec").is_file()
+    runs = {}
+    for mode in ("dupmae", "hybrid", "dense", "impact"):
+        path = tmp_path / f"{mode}.trec"
+        assert main(["run", "--dataset", str(small_beir), "--split", "test", "--model", str(output),
+                     "--encoder", "dupmae", "--retrieval", mode, "--output", str(path), "--hits", "100"]) == 0
+        runs[mode] = read_trec_run(path)
+        sidecar = json.loads(Path(f"{path}.meta.json").read_text())
+        assert sidecar["encoder"]["activation"] == "log1p_relu"      # the trained setting, not dupmae's "none"
+        assert sidecar["model"]["projection"] and sidecar["model"]["dense_dim"] == 64
+    assert len(runs["dupmae"]) == 8
+    top = {q: [d for d, _ in hits[:10]] for q, hits in runs["dupmae"].items()}
+    assert top == {q: [d for d, _ in hits[:10]] for q, hits in runs["hybrid"].items()}
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"suite: tuned\nmeasures: [nDCG@10]\nprecision: 4\ndatasets: [small]\nconditions:\n  tuned-dupmae:\n"
+                     f"    kind: model\n    model: {output}\n    encoder: dupmae\n    retrieval: dupmae\n"
+                     f"    hits: 100\n")
+    assert main(["reproduce", str(suite), "--data", f"small={small_beir}", "--runs", str(tmp_path / "runs")]) == 0
