@@ -269,3 +269,76 @@ def test_finetuned_checkpoint_runs_in_every_retrieval_mode_and_a_suite(small_bei
                      f"    kind: model\n    model: {output}\n    encoder: dupmae\n    retrieval: dupmae\n"
                      f"    hits: 100\n")
     assert main(["reproduce", str(suite), "--data", f"small={small_beir}", "--runs", str(tmp_path / "runs")]) == 0
+
+
+# --------------------------------------------------------------------------- processes and resume
+
+
+def test_two_processes_give_the_loss_and_gradient_of_one(random_bert, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo), passages gathered across processes: the same loss and gradient
+    on the same global batch as one process, within 1e-5."""
+    import subprocess
+    import sys
+
+    probe = Path(__file__).with_name("ddp_loss_probe.py")
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    subprocess.run([sys.executable, str(probe), str(random_bert), str(one)], check=True, timeout=600)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                    str(_free_port()), str(probe), str(random_bert), str(two)], check=True, timeout=600)
+    single, double = json.loads(one.read_text()), json.loads(two.read_text())
+    assert abs(single["loss"] - double["loss"]) < 1e-5
+    for name, values in single["grad"].items():
+        assert np.allclose(values, double["grad"][name], rtol=1e-5, atol=1e-8), name
+    assert any(abs(v) > 0 for v in single["grad"]["projection.weight"])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _finetune_command(model: Path, data: Path, output: Path):
+    import sys
+
+    return [sys.executable, "-m", "dupmae_eval", "finetune", "--model", str(model), "--dataset", str(data),
+            "--output", str(output), "--negatives", "bm25", "--group-size", "2", "--queries-per-device", "4",
+            "--max-steps", "6", "--save-steps", "2", "--query-max-length", "16", "--passage-max-length", "32",
+            "--learning-rate", "1e-4", "--warmup-ratio", "0"]
+
+
+def test_a_killed_run_resumes_to_the_same_weights(random_bert, small_beir, tmp_path):
+    """SIGKILL after a checkpoint, run the same command again: it continues from that checkpoint and ends
+    with exactly the weights of an uninterrupted run (CPU, fixed seed, dropout on)."""
+    import subprocess
+    import time
+
+    from safetensors.torch import load_file
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(_finetune_command(random_bert, small_beir, whole), check=True, timeout=900,
+                   capture_output=True)
+    process = subprocess.Popen(_finetune_command(random_bert, small_beir, killed), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (killed / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file():
+        assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert not json.loads((killed / "finetune.json").read_text())["finished"]
+    assert not (killed / "model.safetensors").exists()
+    subprocess.run(_finetune_command(random_bert, small_beir, killed), check=True, timeout=900,
+                   capture_output=True)
+    record = json.loads((killed / "finetune.json").read_text())
+    assert record["finished"] and record["steps"] == 6
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(killed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    start = load_file(str(random_bert / "model.safetensors"))
+    assert not torch.equal(a["bert.encoder.layer.0.attention.self.query.weight"],
+                           start["bert.encoder.layer.0.attention.self.query.weight"])
+    heads = [load_file(str(folder / "dupmae_head.safetensors")) for folder in (whole, killed)]
+    assert all(torch.equal(heads[0][key], heads[1][key]) for key in heads[0])

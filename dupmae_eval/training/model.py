@@ -58,11 +58,11 @@ class DupMAEForTraining(torch.nn.Module):
             dense = hidden[:, 0]
             if self.projection is not None:
                 dense = self.projection(dense)
-            dense = dense.float()
+            dense = _at_least_fp32(dense)
         if self.pooling.sparse:
             mask = sparse_mask(input_ids, attention_mask, self.sep_token_id, self.pooling)
-            sparse = apply_activation(ot_max_pool(self.masked_lm.cls.predictions, hidden, mask),
-                                      self.pooling.activation).float()
+            sparse = _at_least_fp32(apply_activation(ot_max_pool(self.masked_lm.cls.predictions, hidden, mask),
+                                                     self.pooling.activation))
         return dense, sparse
 
     # ------------------------------------------------------------------ the loss
@@ -149,6 +149,11 @@ class DupMAEForTraining(torch.nn.Module):
             if projection is None:
                 raise DupMAEEvalError(f"{folder}: checkpoint lacks {HEAD_FILE}")
             self.projection.load_state_dict(projection.state_dict())
+
+
+def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """Scores in fp32 under bf16 autocast; a double-precision model (the tests) stays double."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
 def _tokenizer(folder: Path):
