@@ -7,6 +7,7 @@ Heavy imports (Pyserini, the JVM, torch) happen inside the verbs that need them,
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -299,7 +300,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe) if args.recipe else {}
     settings = make_settings(recipe, **{name: getattr(args, name) for name in FIELDS})
     output = finetune(args.model, args.dataset, args.output, settings)
-    print(f"fine-tuned model: {output}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"fine-tuned model: {output}")
     return 0
 
 

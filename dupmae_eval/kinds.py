@@ -10,6 +10,7 @@ Adding a kind is one `register_encoder_kind(EncoderKind(...))` call (a test does
 | cls    | [CLS] (-> projection)      | none (RetroMAE and other CLS-pooled bi-encoders)         |
 | mean   | mean over tokens (+ L2)    | none (sentence-transformers style)                       |
 | splade | none                       | every non-padding token incl. [CLS]/[SEP], log(1+relu), all entries |
+| ot     | none                       | as dupmae's (the OT half alone: the paper's Table 4 "OT" row)          |
 """
 
 from __future__ import annotations
@@ -55,3 +56,6 @@ register_encoder_kind(EncoderKind(
     "splade", dense_pooling=None, sparse=True, pools_cls=True, always_pools_sep=True,
     defaults={"activation": "log1p_relu", "doc_topk": None},
     summary="SPLADE: max over every token of log(1 + relu(MLM logits)), all entries, no dense half"))
+register_encoder_kind(EncoderKind(
+    "ot", dense_pooling=None, sparse=True,
+    summary="DupMAE's OT half alone: max-pooled MLM logits of the ordinary tokens, doc top-384 (Table 4's OT row)"))

@@ -37,11 +37,14 @@ def ot_max_pool(mlm_head, hidden: torch.Tensor, mask: torch.Tensor, chunk: Optio
     bias = decoder.bias if decoder.bias is not None else mlm_head.bias
     rows = mlm_head.transform(hidden[mask])
     counts = mask.sum(dim=1)
-    # positions[t, j]: the row of text t's j-th pooled token; padding points at a row of -inf appended last
+    # positions[t, j]: the row of text t's j-th pooled token; the padding repeats the text's first row (a
+    # repeated row changes neither the max nor the row it comes from), or, for a text with nothing
+    # pooled, is -1 (its result is set to 0 below)
     width = max(1, int(counts.max()) if len(counts) else 1)
     slots = torch.arange(width, device=mask.device).expand(len(counts), width)
     starts = counts.cumsum(dim=0) - counts
-    positions = torch.where(slots < counts[:, None], starts[:, None] + slots, torch.full_like(slots, rows.shape[0]))
+    positions = torch.where(slots < counts[:, None], starts[:, None] + slots, starts[:, None])
+    positions = torch.where(counts[:, None] > 0, positions, torch.full_like(positions, -1))
     vocab = decoder.weight.shape[0]
     chunk = chunk or max(256, min(vocab, _TILE_ELEMENTS // max(1, rows.shape[0])))
     return _ChunkedMaxPool.apply(rows, decoder.weight, bias, positions, chunk)
@@ -55,18 +58,23 @@ class _ChunkedMaxPool(torch.autograd.Function):
     def forward(ctx, rows, weight, bias, positions, chunk: int):
         from .. import onednn
 
-        vocab, dummy = weight.shape[0], rows.shape[0]
+        vocab = weight.shape[0]
         dtype = torch.promote_types(rows.dtype, torch.float32)   # fp32 at least (bf16 tiles under GPU autocast)
         pooled = torch.empty((positions.shape[0], vocab), dtype=dtype, device=rows.device)
         argmax = torch.empty((positions.shape[0], vocab), dtype=torch.long, device=rows.device)
+        if rows.shape[0] == 0:                                       # nothing pooled in the whole batch
+            ctx.save_for_backward(rows, weight, argmax.fill_(-1))
+            ctx.has_bias = bias is not None
+            return pooled.zero_()
+        nothing = positions[:, :1] < 0                               # a text with no pooled position
+        safe = positions.clamp(min=0)
         for low in range(0, vocab, chunk):
             high = min(low + chunk, vocab)
             logits = onednn.linear(rows, weight[low:high], None if bias is None else bias[low:high]).to(dtype)
-            padded = torch.cat([logits, logits.new_full((1, high - low), float("-inf"))])
-            values, where = padded[positions].max(dim=1)          # ties: the first row (torch.max's rule)
+            values, where = logits[safe].max(dim=1)                  # ties: the first row (torch.max's rule)
             pooled[:, low:high] = values
-            argmax[:, low:high] = positions.gather(1, where)
-        nothing = argmax == dummy                                  # a text with no pooled position
+            argmax[:, low:high] = safe.gather(1, where)
+        nothing = nothing.expand_as(argmax)
         pooled[nothing] = 0.0
         argmax[nothing] = -1
         ctx.save_for_backward(rows, weight, argmax)

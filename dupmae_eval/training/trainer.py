@@ -90,6 +90,22 @@ def _distributed() -> tuple:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+def _init_processes(world: int) -> None:
+    """Under torchrun, join the process group before anything else, so that rank 0 alone can mine the
+    negatives while the others wait (the Trainer then uses this group)."""
+    import torch
+    import torch.distributed as dist
+
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
 def prepare_data(data_source: str, settings: FinetuneSettings, output: Path):
     """(train queries, held-out queries, passage store) with negatives attached."""
     from . import data as training_data
@@ -108,7 +124,13 @@ def prepare_data(data_source: str, settings: FinetuneSettings, output: Path):
     if dataset is not None and settings.negatives != "none":
         folder = output / "negatives"
         folder.mkdir(parents=True, exist_ok=True)
-        ranking = NEGATIVE_SOURCES.lookup(settings.negatives).mine(dataset, settings.split, settings, folder)
+        source = NEGATIVE_SOURCES.lookup(settings.negatives)
+        rank, world = _distributed()
+        if world > 1 and rank != 0:
+            _barrier()    # rank 0 mines; the others then read its ranking from negatives/
+        ranking = source.mine(dataset, settings.split, settings, folder)
+        if world > 1 and rank == 0:
+            _barrier()
         held_ids = {q.qid for q in held}
         training_data.attach_candidates(train, {q: h for q, h in ranking.items() if q not in held_ids},
                                         settings.negatives_depth)
@@ -135,6 +157,7 @@ def finetune(model: str, data: str, output: Path, settings: FinetuneSettings) ->
     rank, world = _distributed()
     record = {"tool": f"dupmae-eval {__version__}", "model": model, "data": data, "settings": settings.as_dict()}
     resuming = _check_output(output, record)
+    _init_processes(world)
     if rank == 0 and not resuming:
         output.mkdir(parents=True, exist_ok=True)
         with atomic_output(output / RECORD) as handle:
