@@ -107,7 +107,7 @@ def blanked_slice(tmp_path_factory):
 
 COMBINATIONS = [("dupmae", "dense"), ("dupmae", "impact"), ("dupmae", "dupmae"), ("dupmae", "hybrid"),
                 ("cls", "dense"), ("cls", "dupmae"), ("mean", "dense"), ("mean", "dupmae"),
-                ("splade", "impact"), ("splade", "dupmae")]
+                ("splade", "impact"), ("splade", "dupmae"), ("ot", "impact"), ("ot", "dupmae")]
 
 
 @pytest.mark.parametrize("encoder, retrieval", COMBINATIONS)
