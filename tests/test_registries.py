@@ -62,8 +62,9 @@ def test_a_new_kind_and_mode_are_valid_in_a_suite(registered, tmp_path, capsys):
                      f"  new: {{kind: model, model: {SPLADE_TINY}, encoder: cls-l2, retrieval: dense-numpy}}\n"
                      f"  bad: {{kind: model, model: {SPLADE_TINY}, encoder: cls-l2, retrieval: impact}}\n")
     assert main(["reproduce", str(suite), "--dry-run"]) == 2
-    assert "conditions: bad: --retrieval impact needs a sparse half; encoder 'cls-l2' has none (use dupmae or " \
-           "splade)" in capsys.readouterr().err
+    sparse_kinds = " or ".join(name for name, kind in ENCODER_KINDS.items() if kind.sparse)   # dupmae, splade, ot
+    assert (f"conditions: bad: --retrieval impact needs a sparse half; encoder 'cls-l2' has none (use "
+            f"{sparse_kinds})") in capsys.readouterr().err
     suite.write_text("\n".join(suite.read_text().splitlines()[:-1]) + "\n")
     assert main(["reproduce", str(suite), "--dry-run"]) == 0
 
