@@ -342,3 +342,39 @@ def test_a_killed_run_resumes_to_the_same_weights(random_bert, small_beir, tmp_p
                            start["bert.encoder.layer.0.attention.self.query.weight"])
     heads = [load_file(str(folder / "dupmae_head.safetensors")) for folder in (whole, killed)]
     assert all(torch.equal(heads[0][key], heads[1][key]) for key in heads[0])
+
+
+def test_distillation_from_teacher_scores(random_bert, small_beir, tmp_path):
+    """Stage 3 (Eq. 15): teacher scores from a run file (here BM25's, a model we have) become each query's
+    candidates; the loss adds KL(teacher ‖ student) over the group, equal to the hand computation."""
+    from dupmae_eval.pipeline import run_bm25
+    from dupmae_eval.training.data import (GroupCollator, GroupDataset, attach_teacher, from_dataset,
+                                           read_teacher_scores)
+    from dupmae_eval.datasets import resolve
+    from dupmae_eval.training.model import DupMAEForTraining
+    from dupmae_eval.training.settings import make_settings
+    from dupmae_eval.training.trainer import finetune
+
+    teacher_run = tmp_path / "teacher.trec"
+    run_bm25(str(small_beir), "train", "flat", teacher_run, hits=20)
+    settings = make_settings(group_size=4, distill_from=str(teacher_run), negatives="none", doc_topk=10)
+    queries, store = from_dataset(resolve(str(small_beir)), "train")
+    kept = attach_teacher(queries, read_teacher_scores(teacher_run), str(teacher_run))
+    assert 0 < len(kept) < len(queries)   # BM25's top 20 misses some positives: those queries are left out
+    queries = kept
+    dataset = GroupDataset(queries, store, 4, seed=1)
+    net = DupMAEForTraining.from_checkpoint(str(random_bert), settings).eval()
+    items = [dataset[i] for i in range(3)]
+    out = net(**GroupCollator(net.tokenizer, 16, 32)(items))
+    group, teacher = out["scores"].double().numpy(), np.array([item["teacher"] for item in items])
+    log_student = group - np.log(np.exp(group).sum(axis=1, keepdims=True))
+    p_teacher = np.exp(teacher) / np.exp(teacher).sum(axis=1, keepdims=True)
+    kl = float(np.mean((p_teacher * (np.log(p_teacher) - log_student)).sum(axis=1)))
+    assert abs(net.last_parts["distillation"] - kl) < 1e-5
+    assert abs(float(out["loss"].detach()) - net.last_parts["contrastive"] - kl) < 1e-5
+    # and a whole run with it
+    output = tmp_path / "distilled"
+    finetune(str(random_bert), str(small_beir), output, make_settings(
+        group_size=4, distill_from=str(teacher_run), negatives="none", max_steps=2, queries_per_device=4,
+        query_max_length=16, passage_max_length=32))
+    assert json.loads((output / "finetune.json").read_text())["finished"]

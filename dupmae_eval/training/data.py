@@ -219,18 +219,26 @@ def attach_candidates(queries: List[TrainingQuery], run: Mapping[str, Sequence[T
     return without
 
 
-def attach_teacher(queries: List[TrainingQuery], teacher: Mapping[str, Mapping[str, float]], source: str) -> None:
-    """Distillation: each query's candidates become the teacher's scored passages (minus positives);
-    a query whose positives the teacher never scored is refused (its softmax would lack the target)."""
+def attach_teacher(queries: List[TrainingQuery], teacher: Mapping[str, Mapping[str, float]],
+                   source: str) -> List[TrainingQuery]:
+    """Distillation: each query's candidates become the teacher's scored passages (minus positives). A query
+    whose judged positives the teacher never scored cannot have its softmax target, so it is left out (a
+    cross-encoder's scores, which include the positives, leave nothing out); the queries kept are returned,
+    and none kept is refused."""
+    kept = []
     for query in queries:
         scored = teacher.get(query.qid, {})
         positives = tuple(d for d in query.positives if d in scored)
         if not positives:
-            raise DupMAEEvalError(f"{source}: the teacher scores no judged positive of query {query.qid!r}")
+            continue
         query.positives = positives
         query.teacher = dict(scored)
         query.negatives = tuple(d for d, _ in sorted(scored.items(), key=lambda kv: -kv[1])
-                                if d not in set(query.positives))
+                                if d not in set(positives))
+        kept.append(query)
+    if not kept:
+        raise DupMAEEvalError(f"{source}: the teacher scores no judged positive of any training query")
+    return kept
 
 
 def read_teacher_scores(path: Path) -> Dict[str, Dict[str, float]]:

@@ -73,8 +73,9 @@ class FinetuneSettings:
                                   f"{'TREC run file' if self.negatives == 'run' else 'checkpoint'})")
         if self.group_size < 1 or (self.group_size == 1 and not self.in_batch_negatives):
             raise DupMAEEvalError("group_size must be ≥ 1, and ≥ 2 without in-batch negatives (no negative at all)")
-        if self.negatives == "none" and self.group_size > 1:
-            raise DupMAEEvalError("negatives none: group_size must be 1 (the positive alone, in-batch negatives)")
+        if self.negatives == "none" and self.group_size > 1 and not self.distill_from:
+            raise DupMAEEvalError("negatives none: group_size must be 1 (the positive alone, in-batch negatives), "
+                                  "unless distill_from gives the candidates")
         if self.distill_from and self.group_size < 2:
             raise DupMAEEvalError("distillation needs candidates: group_size ≥ 2")
         if not isinstance(self.dense_dim, (int, type(None))) and self.dense_dim != "half":

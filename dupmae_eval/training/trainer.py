@@ -136,7 +136,11 @@ def prepare_data(data_source: str, settings: FinetuneSettings, output: Path):
                                         settings.negatives_depth)
     if settings.distill_from:
         teacher = training_data.read_teacher_scores(Path(settings.distill_from))
-        training_data.attach_teacher(train, teacher, settings.distill_from)
+        scored = training_data.attach_teacher(train, teacher, settings.distill_from)
+        if len(scored) < len(train):
+            print(f"distillation: {len(train) - len(scored)} of {len(train)} training queries left out: "
+                  f"{settings.distill_from} scores none of their judged positives", flush=True)
+        train = scored
     return train, held, store
 
 
