@@ -378,3 +378,21 @@ def test_distillation_from_teacher_scores(random_bert, small_beir, tmp_path):
         group_size=4, distill_from=str(teacher_run), negatives="none", max_steps=2, queries_per_device=4,
         query_max_length=16, passage_max_length=32))
     assert json.loads((output / "finetune.json").read_text())["finished"]
+
+
+def test_finetune_runs_under_torchrun(random_bert, small_beir, tmp_path):
+    """The whole verb under torchrun --nproc_per_node 2 (gloo): rank 0 mines BM25 negatives while rank 1
+    waits, DDP trains, one model folder comes out, and `finetune.json` records the run as finished."""
+    import subprocess
+    import sys
+
+    output = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "-m", "dupmae_eval"] + _finetune_command(random_bert, small_beir, output)[3:]
+    command[command.index("--max-steps") + 1] = "2"
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((output / "finetune.json").read_text())
+    assert record["finished"] and record["steps"] == 2
+    assert done.stdout.count("fine-tuned model:") == 1
+    assert (output / "model.safetensors").is_file() and (output / "dupmae_head.safetensors").is_file()

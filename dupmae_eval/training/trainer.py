@@ -160,12 +160,14 @@ def finetune(model: str, data: str, output: Path, settings: FinetuneSettings) ->
     output = Path(output)
     rank, world = _distributed()
     record = {"tool": f"dupmae-eval {__version__}", "model": model, "data": data, "settings": settings.as_dict()}
-    resuming = _check_output(output, record)
     _init_processes(world)
-    if rank == 0 and not resuming:
-        output.mkdir(parents=True, exist_ok=True)
-        with atomic_output(output / RECORD) as handle:
-            json.dump({**record, **provenance(), "finished": False}, handle, indent=2)
+    if rank == 0:   # rank 0 alone judges and claims the folder; the others wait for it (torchrun)
+        if not _check_output(output, record):
+            output.mkdir(parents=True, exist_ok=True)
+            with atomic_output(output / RECORD) as handle:
+                json.dump({**record, **provenance(), "finished": False}, handle, indent=2)
+    if world > 1:
+        _barrier()
     net = DupMAEForTraining.from_checkpoint(model, settings)    # a missing MLM head is refused here, early
     train, held, store = prepare_data(data, settings, output)
     if held and rank == 0:
