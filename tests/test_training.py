@@ -163,6 +163,28 @@ def test_passage_store_reads_by_offset(small_beir, tmp_path):
     assert "4" not in tsv and "12" in tsv
 
 
+def test_msmarco_layout_training_queries(tmp_path):
+    """MS MARCO's own layout and file names for training (collection.tsv, queries.train.tsv, qrels.train.tsv):
+    judged positives (grade > 0), passages read by offset from the numeric-id array."""
+    from dupmae_eval.data import read_trec_qrels, read_tsv_collection
+    from dupmae_eval.datasets import resolve
+    from dupmae_eval.training.data import from_dataset
+
+    sample = TEST_DATA / "msmarco-passage-sample"
+    passages = {p.docid: p.text for p in read_tsv_collection(sample / "collection.tsv.gz")}
+    qrels = read_trec_qrels(sample / "qrels.dl19-passage.txt")
+    kept = [(qid, docid, grade) for qid, docs in qrels.items() for docid, grade in docs.items() if docid in passages]
+    (tmp_path / "collection.tsv").write_text("".join(f"{d}\t{t}\n" for d, t in passages.items()))
+    (tmp_path / "qrels.train.tsv").write_text("".join(f"{q} 0 {d} {g}\n" for q, d, g in kept))
+    shutil.copy(sample / "queries.dl19-passage.tsv", tmp_path / "queries.train.tsv")
+    queries, store = from_dataset(resolve(str(tmp_path)), "train")
+    assert store._numeric is not None and len(store) == len(passages)
+    assert {q.qid for q in queries} == {q for q, _, g in kept if g > 0}
+    for query in queries[:5]:
+        assert set(query.positives) == {d for q, d, g in kept if q == query.qid and g > 0}
+        assert all(store.text(d) == passages[d] for d in query.positives)
+
+
 def test_tevatron_jsonl_is_read(tmp_path):
     from dupmae_eval.training.data import from_tevatron
 
@@ -228,6 +250,8 @@ def test_recipes_load_and_unknown_keys_are_refused(tmp_path):
 
     for name in ("retromae-msmarco", "splade-tiny-scifact"):
         make_settings(load_recipe(name))
+    chosen = make_settings(load_recipe("splade-tiny-scifact"), learning_rate="1e-4", doc_topk="none")
+    assert (chosen.learning_rate, chosen.doc_topk, chosen.group_size, chosen.temperature) == (1e-4, None, 8, 1.0)
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rate: 1e-5\nlearning_rat: 2\n")
     with pytest.raises(DupMAEEvalError, match=r"bad\.yaml:2: unknown setting 'learning_rat'"):
