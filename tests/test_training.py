@@ -185,6 +185,25 @@ def test_msmarco_layout_training_queries(tmp_path):
         assert all(store.text(d) == passages[d] for d in query.positives)
 
 
+def test_negatives_from_a_run_file_skip_positives_and_keep_the_depth(tmp_path):
+    from dupmae_eval.training.data import GroupDataset, TrainingQuery, attach_candidates
+    from dupmae_eval.training.negatives import NEGATIVE_SOURCES
+    from dupmae_eval.training.settings import make_settings
+
+    run = tmp_path / "run.trec"
+    run.write_text("".join(f"q1 Q0 d{i} {i + 1} {10 - i} r\n" for i in range(6)))
+    settings = make_settings(negatives="run", negatives_from=str(run), negatives_depth=4, group_size=3)
+    ranking = NEGATIVE_SOURCES.lookup("run").mine(None, "train", settings, tmp_path)
+    queries = [TrainingQuery("q1", "text", ("d1",)), TrainingQuery("q2", "other", ("d5",))]
+    assert attach_candidates(queries, ranking, settings.negatives_depth) == 1          # q2 has no candidates
+    assert queries[0].negatives == ("d0", "d2", "d3")                                   # top 4 minus d1
+    dataset = GroupDataset(queries[:1], None, group_size=3, seed=5)
+    positive, negatives = dataset.draw(0)
+    assert positive == "d1" and len(set(negatives)) == 2 and set(negatives) <= {"d0", "d2", "d3"}
+    dataset.epoch = 1
+    assert [dataset.draw(0) for _ in range(2)] == [dataset.draw(0)] * 2                 # seeded per epoch
+
+
 def test_tevatron_jsonl_is_read(tmp_path):
     from dupmae_eval.training.data import from_tevatron
 
