@@ -49,8 +49,9 @@ class PassageStore:
         self._offsets: Dict[str, int] = {}
         self._order: List[str] = []
         if self.path.suffix == ".gz":
-            reader = _CORPUS_READERS[layout]
-            self._texts = {p.docid: p.flat_text() for p in reader(self.path)}
+            from ..layouts import layout_of
+
+            self._texts = {p.docid: p.flat_text() for p in layout_of(layout).read_corpus(self.path)}
             self._order = list(self._texts)
             return
         offsets: List[int] = []
@@ -65,7 +66,7 @@ class PassageStore:
                 position += len(raw)
                 bar.update(len(raw))
         self._order = ids
-        if ids and all(i.isdigit() for i in ids[:1000]) and all(i.isdigit() for i in ids):
+        if ids and all(i.isdigit() for i in ids):
             numbers = np.fromiter((int(i) for i in ids), dtype=np.int64, count=len(ids))
             table = np.full(int(numbers.max()) + 1, -1, dtype=np.int64)
             table[numbers] = np.asarray(offsets, dtype=np.int64)
@@ -115,21 +116,6 @@ class PassageStore:
         state = dict(self.__dict__)
         state["_handle"] = None
         return state
-
-
-def _beir_reader(path):
-    from ..data import read_beir_corpus
-
-    return read_beir_corpus(path)
-
-
-def _tsv_reader(path):
-    from ..data import read_tsv_collection
-
-    return read_tsv_collection(path)
-
-
-_CORPUS_READERS = {"beir": _beir_reader, "msmarco": _tsv_reader}
 
 
 class EmbeddedStore(PassageStore):

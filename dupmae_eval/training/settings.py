@@ -171,8 +171,6 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return int(value)
         if isinstance(default, float):
             return float(value)
-        if name == "doc_topk":
-            return int(value)
         return value if value is None else str(value)
     except (TypeError, ValueError):
         raise DupMAEEvalError(f"{source}: {name} = {value!r} is not a valid value") from None
