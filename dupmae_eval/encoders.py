@@ -163,7 +163,7 @@ class _Encoder:
 
         tokenizer = self.model.tokenizer
         batch = tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                          return_tensors="pt")
+                          pad_to_multiple_of=_sequence_quantum(), return_tensors="pt")
         truncated = self._count_truncated(texts, batch["attention_mask"].sum(dim=1).tolist())
         device = self.model.device
         input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
@@ -180,6 +180,21 @@ class _Encoder:
             return 0
         full = self.model.tokenizer(at_limit, add_special_tokens=True)["input_ids"]
         return sum(len(ids) > self.max_length for ids in full)
+
+
+def _sequence_quantum() -> Optional[int]:
+    """Batches are padded to a multiple of 16 tokens. The encoder's products then take one of a few
+    sequence lengths (16, 32, ... up to the max length) instead of every length a batch happens to
+    have; oneDNN compiles and caches one kernel per shape, and over a long run the exact lengths keep
+    adding cache entries whose churn fragments the heap (docs/performance.md, "Memory over long runs").
+    Padded positions carry attention mask 0 and are never pooled, so the halves are unchanged (up to
+    float summation order). DUPMAE_EVAL_MEMORY_GUARD=0 keeps exact lengths (the old behaviour)."""
+    from . import memory
+
+    return _SEQUENCE_QUANTUM if memory.enabled() else None
+
+
+_SEQUENCE_QUANTUM = 16
 
 
 def _autocast(device):

@@ -111,7 +111,7 @@ def sparse_mask(input_ids, attention_mask, sep_token_id: int, settings: PoolingS
     return mask
 
 
-def pooled_mlm_logits(mlm_head, hidden, mask):
+def pooled_mlm_logits(mlm_head, hidden, mask, gathered: Optional[bool] = None):
     """max over unmasked positions of the MLM head's vocabulary logits, without the full logits tensor.
 
     Only the unmasked positions are gathered (padding costs nothing) and pushed through the head's
@@ -121,11 +121,16 @@ def pooled_mlm_logits(mlm_head, hidden, mask):
     the projection goes through oneDNN (`onednn.linear`); measured here the tiled route runs the
     vocabulary projection plus the max at 426 GFLOP/s, against 276 for whole-vocabulary blocks and
     ~100 for MKL. A document with no unmasked position comes out as -inf everywhere.
+
+    On a GPU (or with gathered=True) `pooled_mlm_logits_gathered` computes the same maxima in a few large
+    launches; gathered=False keeps this tiled route there (scripts/gpu_check.py compares the two).
     """
     import torch
 
     from . import onednn
 
+    if gathered if gathered is not None else hidden.device.type == "cuda":
+        return pooled_mlm_logits_gathered(mlm_head, hidden, mask)
     batch = hidden.shape[0]
     weight = mlm_head.decoder.weight
     bias = mlm_head.decoder.bias if mlm_head.decoder.bias is not None else mlm_head.bias  # as the head's forward
@@ -155,14 +160,60 @@ def pooled_mlm_logits(mlm_head, hidden, mask):
                 owners.append((passage, low, high, starts[passage] >= start))
         for low_v in range(0, vocab, chunk):
             high_v = min(low_v + chunk, vocab)
-            tile = onednn.linear(block, weight[low_v:high_v], bias[low_v:high_v]).float()  # bf16 under GPU autocast
+            tile = onednn.linear(block, weight[low_v:high_v], bias[low_v:high_v])  # bf16 under GPU autocast
             for passage, low, high, first_seen in owners:
                 target = pooled[passage, low_v:high_v]
-                if first_seen:
+                if tile.dtype != target.dtype:     # max in the tile's own dtype (exact: it selects), then widen
+                    part = tile[low:high].amax(dim=0)
+                    target.copy_(part) if first_seen else torch.maximum(target, part.to(target.dtype), out=target)
+                elif first_seen:
                     torch.amax(tile[low:high], dim=0, out=target)
                 else:
                     torch.maximum(target, tile[low:high].amax(dim=0), out=target)
     return pooled
+
+
+def pooled_mlm_logits_gathered(mlm_head, hidden, mask, tile_elements: int = 1 << 27):
+    """`pooled_mlm_logits` for a GPU: the same maxima in a few large launches instead of one small max per
+    passage and tile, each a kernel launch while the GPU waits (scripts/gpu_check.py times both routes).
+
+    The pooled rows go through the head's transform once; then, one vocabulary chunk at a time, their
+    logits are gathered into a (passages x longest x chunk) tensor (`pooled_positions`: a shorter passage
+    repeats its first row, which changes no max) and max-reduced over positions. The chunk keeps that
+    tensor at `tile_elements` values (512 MB in fp32). A passage with nothing pooled comes out as -inf."""
+    import torch
+
+    weight = mlm_head.decoder.weight
+    bias = mlm_head.decoder.bias if mlm_head.decoder.bias is not None else mlm_head.bias
+    vocab = weight.shape[0]
+    positions = pooled_positions(mask)
+    pooled = torch.full((hidden.shape[0], vocab), float("-inf"), dtype=torch.float32, device=hidden.device)
+    rows = mlm_head.transform(hidden[mask])
+    if rows.shape[0] == 0:
+        return pooled
+    empty = positions[:, 0] < 0
+    safe = positions.clamp(min=0)
+    chunk = max(256, min(vocab, tile_elements // max(1, safe.numel())))
+    for low in range(0, vocab, chunk):
+        high = min(low + chunk, vocab)
+        logits = torch.nn.functional.linear(rows, weight[low:high], bias[low:high])   # bf16 under autocast
+        pooled[:, low:high] = logits[safe].amax(dim=1)                                  # exact in any dtype
+    pooled[empty] = float("-inf")
+    return pooled
+
+
+def pooled_positions(mask):
+    """passages x longest: the row (in `hidden[mask]` order) of each passage's j-th pooled position.
+    A passage with fewer positions repeats its first row (a repeated row changes neither a max nor which
+    row it comes from); one with none has -1 throughout."""
+    import torch
+
+    counts = mask.sum(dim=1)
+    width = max(1, int(counts.max()) if len(counts) else 1)
+    slots = torch.arange(width, device=mask.device).expand(len(counts), width)
+    starts = counts.cumsum(dim=0) - counts
+    positions = torch.where(slots < counts[:, None], starts[:, None] + slots, starts[:, None])
+    return torch.where(counts[:, None] > 0, positions, torch.full_like(positions, -1))
 
 
 def _padded_rows(rows: int) -> int:

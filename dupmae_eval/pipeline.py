@@ -104,6 +104,7 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     timings["encode"] = time.time() - started
     job = SearchJob(encoding, loaded, settings, queries, hits=hits, threads=threads, remove_query=remove_query,
                     quantization_scale=quantization_scale, faiss_shards=faiss_shards, hybrid_audit=hybrid_audit,
+                    device=device,
                     evaluate=lambda found: evaluate(data.qrels(split), found, data.measures(split)).aggregate)
     started = time.time()
     run, extra = mode.search(job)

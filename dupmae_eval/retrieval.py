@@ -43,6 +43,7 @@ class SearchJob:
     faiss_shards: bool = False
     hybrid_audit: str = "auto"
     evaluate: Optional[Callable[[Run], Dict[str, float]]] = None   # the dataset's measures, for audits
+    device: Optional[str] = None       # where queries are encoded and the exact score runs (None: CPU)
     _encoders: dict = field(default_factory=dict, repr=False)
     _halves: Optional[tuple] = field(default=None, repr=False)
 
@@ -56,7 +57,8 @@ class SearchJob:
 
         if half not in self._encoders:
             self._encoders[half] = DupMAEQueryEncoder(self.model, self.settings, half=half,
-                                                      quantization_scale=self.quantization_scale)
+                                                      quantization_scale=self.quantization_scale,
+                                                      device=self.device)
         return self._encoders[half]
 
     def query_halves(self):
@@ -73,7 +75,8 @@ class SearchJob:
         from .search import exact_search
 
         dense, sparse = self.query_halves()
-        return exact_search(self.encoding, dense, sparse, self.qids, self.hits, self.remove_query)
+        on_device = self.device if self.device not in (None, "cpu") else None
+        return exact_search(self.encoding, dense, sparse, self.qids, self.hits, self.remove_query, device=on_device)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Tuple
+from typing import Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -146,22 +146,29 @@ def _top_columns(values: np.ndarray, k: int) -> np.ndarray:
 
 
 def exact_search(encoding, query_dense, query_sparse, qids, hits: int = 1000, remove_query: bool = True,
-                 query_block: int = 1024) -> Run:
+                 query_block: int = 1024, device=None) -> Run:
     """The paper's score over the whole corpus (brute force), as a run.
 
     The encoding is streamed shard by shard and each shard's top hits are merged into a running
     top-k, so the corpus never has to fit in memory at once (only one shard and the queries do).
+    `device` (e.g. "cuda") scores each shard there with torch (`DeviceScorer`); None scores on the CPU
+    with numpy and torch's CSR kernel. Both compute the same fp32 sums (in different orders).
     """
     run: Run = {}
     for start in range(0, len(qids), query_block):
         part = slice(start, start + query_block)
         q_dense = None if query_dense is None else query_dense[part]
-        q_sparse = None if query_sparse is None else SparseQueries(query_sparse[part])
+        q_sparse = None if query_sparse is None else query_sparse[part]
+        if device is None:
+            q_sparse = None if q_sparse is None else SparseQueries(q_sparse)
+            score_shard = exact_scores_topk
+        else:
+            score_shard = DeviceScorer(q_dense, q_sparse, device).topk
         n_queries = len(qids[part])
         best_idx = np.empty((n_queries, 0), dtype=np.int64)
         best_val = np.empty((n_queries, 0), dtype=np.float32)
         for offset, dense, sparse in encoding.shards():
-            idx, val = exact_scores_topk(q_dense, q_sparse, dense, sparse, hits)
+            idx, val = score_shard(q_dense, q_sparse, dense, sparse, hits)
             best_idx, best_val = _merge_topk(best_idx, best_val, idx + offset, val, hits)
             del dense, sparse
             memory.release()  # the shard's buffers are freed: return their pages (see memory.py)
@@ -169,6 +176,89 @@ def exact_search(encoding, query_dense, query_sparse, qids, hits: int = 1000, re
             run[qid] = _drop_query_hit(qid, [(encoding.docids[i], float(s))
                                              for i, s in zip(best_idx[row], best_val[row])], remove_query)
     return run
+
+
+class DeviceScorer:
+    """The exact DupMAE score on an accelerator: one block of queries, held on the device, scored
+    against corpus blocks with torch (dense half: one fp32 matmul; sparse half: the documents' top-k
+    CSR times the queries' vocabulary-wide vectors, cuSPARSE's SpMM on CUDA); each block's top hits are
+    merged on the device. fp32 throughout (TF32 stays off, torch's default for matmuls), so the scores
+    are the CPU route's up to summation order; ties may come out in another order than the CPU's
+    stable one."""
+
+    def __init__(self, query_dense, query_sparse, device):
+        import torch
+
+        self.device = torch.device(device)
+        self.query_dense = None if query_dense is None else _as_tensor(query_dense, self.device)
+        # vocabulary x queries, row-major: the SpMM reads one contiguous row of it per stored entry
+        self.query_sparse_t = None if query_sparse is None else _as_tensor(query_sparse, self.device).T.contiguous()
+
+    def topk(self, _query_dense, _query_sparse, doc_dense, doc_sparse, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """`exact_scores_topk`'s contract for one shard (numpy dense rows, scipy CSR): (indices, scores)."""
+        dense = None if doc_dense is None else _as_tensor(doc_dense, self.device)
+        sparse = None if doc_sparse is None else csr_to_device(doc_sparse, self.device)
+        idx, val = self.topk_on_device(dense, sparse, k)
+        return idx.cpu().numpy().astype(np.int64), val.cpu().numpy()
+
+    def topk_on_device(self, doc_dense, doc_sparse, k: int, block: Optional[int] = None):
+        """(indices, scores) tensors, queries x min(k, documents), for documents already on the device:
+        dense rows (n x d) and/or (crow, col, values) CSR tensors; scored in blocks of documents whose
+        score matrix holds at most 2^28 values (1 GiB)."""
+        import torch
+
+        n_docs = doc_dense.shape[0] if doc_dense is not None else doc_sparse[0].shape[0] - 1
+        n_queries = (self.query_dense if self.query_dense is not None else self.query_sparse_t.T).shape[0]
+        block = block or max(1, (1 << 28) // max(1, n_queries))
+        k = min(k, n_docs)
+        best_val = torch.empty((n_queries, 0), dtype=torch.float32, device=self.device)
+        best_idx = torch.empty((n_queries, 0), dtype=torch.int64, device=self.device)
+        for start in range(0, n_docs, block):
+            end = min(n_docs, start + block)
+            scores = torch.zeros((end - start, n_queries), dtype=torch.float32, device=self.device)
+            if doc_dense is not None:
+                scores.addmm_(doc_dense[start:end], self.query_dense.T)
+            if doc_sparse is not None:
+                scores += _csr_rows(doc_sparse, start, end, self.query_sparse_t.shape[0]) @ self.query_sparse_t
+            val, idx = torch.topk(scores.T, min(k, end - start), dim=1)
+            best_val, where = torch.topk(torch.cat([best_val, val], 1), min(k, best_val.shape[1] + val.shape[1]),
+                                         dim=1)
+            best_idx = torch.gather(torch.cat([best_idx, idx + start], 1), 1, where)
+            del scores
+        return best_idx, best_val
+
+
+def _as_tensor(array, device):
+    import torch
+
+    tensor = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.to(device=device, dtype=torch.float32)
+
+
+def csr_to_device(matrix, device):
+    """A scipy CSR matrix as (crow, col, values) tensors on the device: int32 indices where the
+    entries fit (cuSPARSE takes either; int32 halves the index bytes read), else int64."""
+    import torch
+
+    index_dtype = torch.int32 if matrix.nnz < 2**31 and matrix.shape[1] < 2**31 else torch.int64
+    return (torch.from_numpy(matrix.indptr.astype(np.int64)).to(device=device, dtype=index_dtype),
+            torch.from_numpy(matrix.indices).to(device=device, dtype=index_dtype),
+            torch.from_numpy(np.ascontiguousarray(matrix.data, dtype=np.float32)).to(device))
+
+
+def _csr_rows(csr, start: int, end: int, columns: int):
+    """Rows [start, end) of a (crow, col, values) CSR as a torch sparse CSR tensor (views, no copy of the
+    entries; the row pointers are rebased)."""
+    import warnings
+
+    import torch
+
+    crow, col, values = csr
+    low, high = int(crow[start]), int(crow[end])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning)   # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow[start:end + 1] - low, col[low:high], values[low:high],
+                                       size=(end - start, columns))
 
 
 def _merge_topk(idx_a, val_a, idx_b, val_b, k: int):

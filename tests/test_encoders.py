@@ -229,6 +229,26 @@ def test_tiled_pooling_equals_the_full_logits_max(block_rows, chunk, monkeypatch
     torch.testing.assert_close(got[[0, 1, 3, 4]], expected[[0, 1, 3, 4]], rtol=1e-5, atol=1e-5)
 
 
+def test_gathered_pooling_equals_the_full_logits_max():
+    """The GPU route (`pooled_mlm_logits_gathered`: padded gather, one max per vocabulary chunk), run here on
+    the CPU with chunks that do not divide the vocabulary, against the whole logits tensor."""
+    from transformers.models.bert.modeling_bert import BertLMPredictionHead
+
+    torch.manual_seed(4)
+    head = BertLMPredictionHead(BertConfig(hidden_size=32, vocab_size=30522)).eval()
+    hidden = torch.randn(4, 30, 32)
+    mask = torch.zeros(4, 30, dtype=torch.bool)
+    mask[0, 1:30] = True
+    mask[2, 1:2] = True                                      # passage 1 pools nothing; 2 has a single row
+    mask[3, 4:17] = True
+    with torch.inference_mode():
+        got = model_module.pooled_mlm_logits_gathered(head, hidden, mask, tile_elements=29 * 4 * 1000)
+        routed = model_module.pooled_mlm_logits(head, hidden, mask, gathered=True)
+        expected = head(hidden).masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
+    assert torch.isneginf(got[1]).all() and torch.equal(got, routed)
+    torch.testing.assert_close(got[[0, 2, 3]], expected[[0, 2, 3]], rtol=1e-5, atol=1e-5)
+
+
 def test_query_batches_equal_single_queries():
     """encode_batch (what Pyserini's FaissSearcher.batch_search calls when present) against encode."""
     texts = ["what causes diabetes", "insulin", "a much longer query about the effects of smoking on the lungs"]

@@ -4,7 +4,6 @@ input is refused clearly."""
 
 from __future__ import annotations
 
-import gzip
 import json
 
 import numpy as np
@@ -19,28 +18,6 @@ from dupmae_eval.data import read_trec_run
 from dupmae_eval.encoders import DupMAEQueryEncoder, EncoderSettings
 
 pytestmark = [pytest.mark.java]
-
-
-@pytest.fixture(scope="module")
-def small_scifact(tmp_path_factory):
-    """The first 40 SciFact test queries, their judged documents, and filler up to 400 documents."""
-    folder = tmp_path_factory.mktemp("scifact-slice")
-    qrels_lines = (REPO / "data" / "scifact" / "qrels" / "test.tsv").read_text().splitlines()[1:]
-    qrels = [line.split("\t") for line in qrels_lines]
-    qids = list(dict.fromkeys(q for q, _, _ in qrels))[:40]
-    judged = {d for q, d, _ in qrels if q in qids}
-    with gzip.open(REPO / "data" / "scifact" / "corpus.jsonl.gz", "rt") as corpus:
-        records = [json.loads(line) for line in corpus]
-    chosen = [r for r in records if r["_id"] in judged]
-    chosen += [r for r in records if r["_id"] not in judged][:400 - len(chosen)]
-    (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chosen))
-    with gzip.open(REPO / "data" / "scifact" / "queries.jsonl.gz", "rt") as queries:
-        kept = [line for line in queries if json.loads(line)["_id"] in qids]
-    (folder / "queries.jsonl").write_text("".join(kept))
-    (folder / "qrels").mkdir()
-    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
-        f"{q}\t{d}\t{r}\n" for q, d, r in qrels if q in qids))
-    return folder
 
 
 def _run(folder, output, *options):

@@ -45,7 +45,10 @@ class DupMAEForTraining(torch.nn.Module):
             dense="cls" if kind.dense else None, sparse=kind.sparse, sparse_include_cls=kind.pools_cls,
             sparse_include_sep=settings.include_sep or kind.always_pools_sep,
             activation=settings.activation, normalize=False)
-        self.sep_token_id = masked_lm.config.sep_token_id if tokenizer is None else tokenizer.sep_token_id
+        self.sep_token_id = (getattr(masked_lm.config, "sep_token_id", None) if tokenizer is None  # not in every
+                             else tokenizer.sep_token_id)                                        # BertConfig
+        if self.sep_token_id is None and self.pooling.sparse and not self.pooling.sparse_include_sep:
+            raise DupMAEEvalError("the [SEP] id is unknown (the config names none): pass the tokenizer")
         self.last_parts: Dict[str, float] = {}
 
     # ------------------------------------------------------------------ the two halves

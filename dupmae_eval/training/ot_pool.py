@@ -23,7 +23,10 @@ from typing import Optional
 
 import torch
 
+from ..model import pooled_positions
+
 _TILE_ELEMENTS = 1 << 24   # logits computed at once: all token rows x as many vocabulary entries as fit (64 MB fp32)
+_TILE_ELEMENTS_GPU = 1 << 27   # on a GPU: fewer, larger launches (512 MB fp32; the full logits of a 256 x 140 batch are 4.4 GB)
 
 
 def ot_max_pool(mlm_head, hidden: torch.Tensor, mask: torch.Tensor, chunk: Optional[int] = None) -> torch.Tensor:
@@ -36,17 +39,10 @@ def ot_max_pool(mlm_head, hidden: torch.Tensor, mask: torch.Tensor, chunk: Optio
     decoder = mlm_head.decoder
     bias = decoder.bias if decoder.bias is not None else mlm_head.bias
     rows = mlm_head.transform(hidden[mask])
-    counts = mask.sum(dim=1)
-    # positions[t, j]: the row of text t's j-th pooled token; the padding repeats the text's first row (a
-    # repeated row changes neither the max nor the row it comes from), or, for a text with nothing
-    # pooled, is -1 (its result is set to 0 below)
-    width = max(1, int(counts.max()) if len(counts) else 1)
-    slots = torch.arange(width, device=mask.device).expand(len(counts), width)
-    starts = counts.cumsum(dim=0) - counts
-    positions = torch.where(slots < counts[:, None], starts[:, None] + slots, starts[:, None])
-    positions = torch.where(counts[:, None] > 0, positions, torch.full_like(positions, -1))
+    positions = pooled_positions(mask)   # a text with nothing pooled has -1 (its result is set to 0 below)
     vocab = decoder.weight.shape[0]
-    chunk = chunk or max(256, min(vocab, _TILE_ELEMENTS // max(1, rows.shape[0])))
+    tile = _TILE_ELEMENTS_GPU if rows.device.type == "cuda" else _TILE_ELEMENTS
+    chunk = chunk or max(256, min(vocab, tile // max(1, rows.shape[0])))
     return _ChunkedMaxPool.apply(rows, decoder.weight, bias, positions, chunk)
 
 
