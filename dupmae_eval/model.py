@@ -193,7 +193,7 @@ def pooled_mlm_logits_gathered(mlm_head, hidden, mask, tile_elements: int = 1 <<
         return pooled
     empty = positions[:, 0] < 0
     safe = positions.clamp(min=0)
-    chunk = max(256, min(vocab, tile_elements // max(1, safe.numel())))
+    chunk = max(256, min(vocab, tile_elements // max(1, safe.numel())) // 128 * 128)   # 128-aligned GEMM tiles
     for low in range(0, vocab, chunk):
         high = min(low + chunk, vocab)
         logits = torch.nn.functional.linear(rows, weight[low:high], bias[low:high])   # bf16 under autocast

@@ -423,6 +423,70 @@ def training_section(device, sizes, peaks, report) -> None:
     del model, optimizer
 
 
+# --------------------------------------------------------------------------- profile (not a default section)
+
+def profile_section(device, sizes, peaks, report) -> None:
+    """Where the time of an encoding batch and a training step goes: torch.profiler's top kernels, and the
+    training step split into forward, backward and optimizer."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from dupmae_eval.training.model import DupMAEForTraining
+    from dupmae_eval.training.settings import load_recipe, make_settings
+
+    vocab = 30522
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    _, model = random_bert(sizes, vocab)
+    model.to(device)
+    ids = torch.randint(1000, vocab, (sizes.encode_batch, sizes.encode_length)).to(device)
+    mask = torch.ones_like(ids)
+
+    def encode():
+        with torch.inference_mode(), autocast(device, True):
+            return model.forward(ids, mask, dupmae_pooling())
+    timed(encode, device, 1)
+    with profile(activities=activities) as prof:
+        encode()
+        sync(device)
+    report("profile: one bf16 encoding batch")
+    report(prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=60))
+    model.encoder.to(torch.bfloat16), model.mlm_head.to(torch.bfloat16), model.projection.to(torch.bfloat16)
+    seconds = timed(encode, device, sizes.timed)
+    report(f"   encoding with bf16 weights (not autocast over fp32): {sizes.encode_batch / seconds:,.0f} passages/s")
+    del model
+    settings = make_settings(load_recipe("retromae-msmarco"))
+    masked_lm, loaded = random_bert(sizes, vocab)
+    masked_lm.train()
+    train = DupMAEForTraining(masked_lm, loaded.projection, settings, tokenizer=loaded.tokenizer).to(device)
+    optimizer = torch.optim.AdamW(train.parameters(), lr=1e-5, fused=device.type == "cuda")
+    q, g = sizes.train_queries, sizes.train_group
+    qi = torch.randint(1000, vocab, (q, sizes.train_query_length)).to(device)
+    pi = torch.randint(1000, vocab, (q * g, sizes.train_passage_length)).to(device)
+    qm, pm = torch.ones_like(qi), torch.ones_like(pi)
+
+    def forward():
+        with autocast(device, True):
+            return train(qi, qm, pi, pm)["loss"]
+
+    def backward():
+        optimizer.zero_grad(set_to_none=True)
+        forward().backward()
+
+    def step():
+        backward()
+        optimizer.step()
+    t_forward = timed(forward, device, sizes.timed)
+    t_backward = timed(backward, device, sizes.timed)
+    t_step = timed(step, device, sizes.timed)
+    report(f"   training step split: forward {t_forward * 1e3:.1f} ms, forward+backward {t_backward * 1e3:.1f} ms, "
+           f"with fused AdamW {t_step * 1e3:.1f} ms")
+    with profile(activities=activities) as prof:
+        step()
+        sync(device)
+    report("profile: one bf16 training step")
+    report(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
+
+
 # --------------------------------------------------------------------------- 5: end to end
 
 def expected_scifact() -> float:
@@ -488,7 +552,8 @@ def main(argv=None) -> int:
     for key, run_section in (("encode", lambda: encoding_section(device, sizes, peaks, report)),
                              ("search", lambda: search_section(device, sizes, peaks, report)),
                              ("train", lambda: training_section(device, sizes, peaks, report)),
-                             ("e2e", lambda: end_to_end_section(device, sizes, out, report, args.e2e_dataset))):
+                             ("e2e", lambda: end_to_end_section(device, sizes, out, report, args.e2e_dataset)),
+                             ("profile", lambda: profile_section(device, sizes, peaks, report))):
         if key in sections:
             started = time.time()
             run_section()

@@ -39,8 +39,14 @@ def _full_logits_pool(model, hidden, mask):
     return torch.where(mask.any(dim=1, keepdim=True), pooled, torch.zeros_like(pooled))
 
 
+@pytest.mark.parametrize("backward", ["sparse", "chunked"])
 @pytest.mark.parametrize("chunk", [7, 500, 3001, None])
-def test_values_and_gradients_equal_autograd_through_the_full_logits(chunk):
+def test_values_and_gradients_equal_autograd_through_the_full_logits(chunk, backward, monkeypatch):
+    """Both backward routes: sparse products (the CPU's) and dense per-chunk products (the GPU's), here
+    forced onto the CPU."""
+    from dupmae_eval.training import ot_pool
+
+    monkeypatch.setattr(ot_pool, "CHUNKED_BACKWARD_DEVICES", ("cpu",) if backward == "chunked" else ())
     model = _random_bert()
     ids, attention, mask = _batch()
     upstream = torch.randn(len(ids), 3001, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
