@@ -1,0 +1,235 @@
+"""DupMAE pre-training against the formulas: whole-word masking on hand-worked WordPiece, the decoder's
+attention mask, and each loss (MLM, [CLS] decoding, bag of words) against an independent computation
+through the full logits, on a tiny random BERT in double precision."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertForMaskedLM
+
+from dupmae_eval.training import masking
+from dupmae_eval.training.pretrain_model import (OBJECTIVES, DupMAEForPretraining, EnhancedDecoder, init_like_bert,
+                                                 linear_cross_entropy)
+
+# "[CLS] un ##believ ##able cats run ##s [SEP]": three words, of 3, 1 and 2 tokens
+TOKENS = ["[CLS]", "un", "##believ", "##able", "cats", "run", "##s", "[SEP]"]
+CONTINUATION = np.array([t.startswith("##") for t in TOKENS])
+SPECIAL = np.array([t in ("[CLS]", "[SEP]") for t in TOKENS])
+
+
+def test_words_of_a_wordpiece_text():
+    words, lengths = masking.word_index(CONTINUATION, SPECIAL)
+    assert words.tolist() == [-1, 0, 0, 0, 1, 2, 2, -1]
+    assert lengths.tolist() == [3, 1, 2]
+
+
+def test_whole_word_masks_cover_whole_words_only():
+    """ratio 0.5 of 6 maskable tokens: at most 3 tokens, whole words; the prefix rule allows exactly
+    {un ##believ ##able}, {cats}, {run ##s}, {cats, run ##s}."""
+    words, lengths = masking.word_index(CONTINUATION, SPECIAL)
+    masks = masking.whole_word_masks(words, lengths, 0.5, 2000, np.random.default_rng(0))
+    seen = {tuple(np.flatnonzero(row)) for row in masks}
+    assert seen == {(1, 2, 3), (4,), (5, 6), (4, 5, 6)}
+    assert not masks[:, [0, 7]].any()
+
+
+def test_whole_word_masking_ratio_over_many_draws():
+    rng = np.random.default_rng(1)
+    fractions = []
+    for _ in range(300):
+        lengths = rng.integers(1, 4, size=rng.integers(40, 120))      # words of 1-3 tokens
+        continuation = np.concatenate([[False] + [True] * (n - 1) for n in lengths])
+        continuation = np.concatenate([[False], continuation, [False]])
+        special = np.zeros(len(continuation), dtype=bool)
+        special[[0, -1]] = True
+        words, word_lengths = masking.word_index(continuation, special)
+        mask = masking.whole_word_masks(words, word_lengths, 0.3, 1, rng)[0]
+        starts = np.flatnonzero(~continuation & ~special)
+        for start, length in zip(starts, word_lengths):              # whole words: all or nothing
+            assert mask[start:start + length].all() or not mask[start:start + length].any()
+        fractions.append(mask.sum() / (~special).sum())
+    assert abs(np.mean(fractions) - 0.3) < 0.015
+
+
+def test_bert_replacement_is_80_10_10():
+    rng = np.random.default_rng(2)
+    ids = rng.integers(1000, 2000, 200_000)
+    masked = rng.random(200_000) < 0.3
+    inputs, labels = masking.replace_masked(ids, masked, 103, 30522, rng)
+    assert (labels[masked] == ids[masked]).all() and (labels[~masked] == -100).all()
+    assert (inputs[~masked] == ids[~masked]).all()
+    share_mask = np.mean(inputs[masked] == 103)
+    share_same = np.mean(inputs[masked] == ids[masked])
+    assert abs(share_mask - 0.8) < 0.01 and abs(share_same - 0.1 - 0.1 * 1000 / 30522) < 0.01
+
+
+def test_decoder_attention_hand_worked():
+    words, lengths = masking.word_index(CONTINUATION, SPECIAL)
+    allowed = masking.decoder_attention(words, lengths, 0.0, np.random.default_rng(0))
+    assert (allowed == ~np.eye(8, dtype=bool)).all()                    # ratio 0: everything but itself
+    allowed = masking.decoder_attention(words, lengths, 0.5, np.random.default_rng(3))
+    assert not allowed.diagonal().any()
+    assert allowed[1:, 0].all() and allowed[:-1, 7].all()                # [CLS] and [SEP] always seen
+    for row in range(1, 7):
+        hidden = set(np.flatnonzero(~allowed[row])) - {row}
+        # what a row does not see, besides itself, is one of the whole-word masks of ratio 0.5
+        assert any(set(mask) - {row} == hidden for mask in ((1, 2, 3), (4,), (5, 6), (4, 5, 6)))
+
+
+# ----------------------------------------------------------------------------- the losses
+
+def _tiny(objective="dupmae", bow_normalize=True, seed=0):
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=997, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    lm = BertForMaskedLM(config).double().eval()
+    with torch.no_grad():   # the padding row starts at zero: its logit would tie across every position, and a
+        lm.bert.embeddings.word_embeddings.weight[0].normal_(std=0.02)   # max's gradient may go to any of them
+    decoder = EnhancedDecoder(config).double().eval()
+    init_like_bert(decoder, 0.02, torch.Generator().manual_seed(seed))
+    return DupMAEForPretraining(lm, decoder, objective, 0.1, bow_normalize)
+
+
+def _batch(seed=1):
+    rng = np.random.default_rng(seed)
+    lengths = [12, 5, 9]
+    width = max(lengths)
+    ids = torch.zeros(3, width, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    allowed = torch.zeros(3, width, width, dtype=torch.bool)
+    for row, n in enumerate(lengths):
+        body = rng.integers(5, 997, n - 2)
+        body[1] = body[0]                                                 # a repeated token: counted once
+        ids[row, :n] = torch.tensor([1, *body, 2])
+        attention[row, :n] = 1
+        special = np.zeros(n, dtype=bool)
+        special[[0, n - 1]] = True
+        words, lengths_ = masking.word_index(np.zeros(n, dtype=bool), special)
+        allowed[row, :n, :n] = torch.from_numpy(masking.decoder_attention(words, lengths_, 0.5, rng))
+        allowed[row, n:, 0] = True                                        # padding rows: see [CLS], predict nothing
+    masked = (torch.from_numpy(rng.random(ids.shape)) < 0.3) & attention.bool()
+    masked[:, 0] = False
+    masked[[0, 1, 2], [3, 2, 4]] = True
+    labels = torch.where(masked, ids, torch.full_like(ids, -100))
+    inputs = torch.where(masked, torch.full_like(ids, 4), ids)
+    bow_mask = attention.bool() & (ids != 1) & (ids != 2)
+    decoder_labels = torch.where(bow_mask, ids, torch.full_like(ids, -100))
+    return dict(input_ids=inputs, attention_mask=attention, labels=labels, original_ids=ids, bow_mask=bow_mask,
+                decoder_allowed=allowed, decoder_labels=decoder_labels)
+
+
+def _reference_losses(model, batch):
+    """The three losses written out over the full logits, with explicit attention (no fused kernels)."""
+    lm = model.masked_lm
+    hidden = lm.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    logits = lm.cls(hidden)                                              # B x L x V
+    labels = batch["labels"]
+    mlm = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100)
+    # [CLS] decoding, attention spelt out
+    emb = lm.bert.embeddings
+    ids = batch["original_ids"]
+    batch_size, length = ids.shape
+    sentence = hidden[:, 0]
+    context = torch.cat([sentence[:, None], emb(input_ids=ids)[:, 1:]], dim=1)
+    query = emb(inputs_embeds=sentence[:, None].repeat(1, length, 1))
+    dec = model.decoder
+    heads, size = dec.heads, 32 // dec.heads
+    q = dec.query(query).view(batch_size, length, heads, size).transpose(1, 2)
+    k = dec.key(context).view(batch_size, length, heads, size).transpose(1, 2)
+    v = dec.value(context).view(batch_size, length, heads, size).transpose(1, 2)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(size)
+    scores = scores.masked_fill(~batch["decoder_allowed"][:, None], float("-inf"))
+    attended = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(batch_size, length, 32)
+    attended = dec.attention_output.LayerNorm(dec.attention_output.dense(attended) + query)
+    out = dec.output.LayerNorm(dec.output.dense(dec.intermediate(attended)) + attended)
+    dec_logits = lm.cls(out)
+    decoder = torch.nn.functional.cross_entropy(dec_logits.view(-1, dec_logits.shape[-1]),
+                                                batch["decoder_labels"].view(-1), ignore_index=-100)
+    # bag of words: max over positions 1.. (padding out), -Σ over the distinct ordinary tokens of (1/n) log softmax
+    pool_mask = batch["attention_mask"].bool().clone()
+    pool_mask[:, 0] = False
+    mu = logits.masked_fill(~pool_mask[..., None], float("-inf")).amax(dim=1)
+    total = 0.0
+    for row in range(batch_size):
+        tokens = [int(t) for t, keep in zip(ids[row], batch["bow_mask"][row]) if keep]
+        log_p = torch.log_softmax(mu[row], dim=0)
+        total = total - sum(log_p[t] for t in set(tokens)) / len(tokens)
+    return mlm, decoder, total / batch_size
+
+
+def test_each_loss_equals_the_full_logits_computation():
+    model, batch = _tiny(), _batch()
+    ours = model(**batch)["loss"]
+    parts = model.last_parts
+    mlm, decoder, bow = _reference_losses(model, batch)
+    mlm, decoder, bow = (float(x.detach()) for x in (mlm, decoder, bow))
+    assert parts["mlm"] == pytest.approx(mlm, abs=1e-5)
+    assert parts["decoder"] == pytest.approx(decoder, abs=1e-5)
+    assert parts["bow"] == pytest.approx(bow, abs=1e-5)
+    assert float(ours) == pytest.approx(mlm + decoder + 0.1 * bow, abs=1e-5)
+    assert decoder > 0 and bow > 0
+
+
+def test_gradients_equal_autograd_through_the_full_logits():
+    model, batch = _tiny(), _batch()
+    model.zero_grad()
+    model(**batch)["loss"].backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    mlm, decoder, bow = _reference_losses(model, batch)
+    (mlm + decoder + 0.1 * bow).backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert set(ours) == set(reference)
+    for name, expected in reference.items():
+        torch.testing.assert_close(ours[name], expected, rtol=1e-6, atol=1e-8, msg=name)
+
+
+@pytest.mark.parametrize("objective", list(OBJECTIVES))
+def test_each_objective_sums_its_terms(objective):
+    model, batch = _tiny(objective), _batch()
+    loss = float(model(**batch)["loss"])
+    mlm, decoder, bow = (float(x) for x in _reference_losses(_tiny(), batch))
+    entry = OBJECTIVES[objective]
+    expected = mlm + (decoder if entry.decoder else 0.0) + (0.1 * bow if entry.bag_of_words else 0.0)
+    assert loss == pytest.approx(expected, abs=1e-5)
+
+
+def test_bag_of_words_as_the_paper_writes_it():
+    """bow_normalize off: Eq. 9's plain sum over set(X) (the released code divides by the length)."""
+    normalized, plain = _tiny(bow_normalize=True), _tiny(bow_normalize=False)
+    batch = _batch()
+    normalized(**batch), plain(**batch)
+    lengths = batch["bow_mask"].sum(dim=1).double()
+    hidden = plain.masked_lm.bert(input_ids=batch["input_ids"],
+                                  attention_mask=batch["attention_mask"]).last_hidden_state
+    logits = plain.masked_lm.cls(hidden)
+    pool_mask = batch["attention_mask"].bool().clone()
+    pool_mask[:, 0] = False
+    log_p = torch.log_softmax(logits.masked_fill(~pool_mask[..., None], float("-inf")).amax(dim=1), dim=1)
+    per_text = [-sum(log_p[r, t] for t in set(batch["original_ids"][r][batch["bow_mask"][r]].tolist()))
+                for r in range(3)]
+    assert plain.last_parts["bow"] == pytest.approx(float(sum(per_text) / 3), abs=1e-5)
+    assert normalized.last_parts["bow"] == pytest.approx(float(sum(p / n for p, n in zip(per_text, lengths)) / 3),
+                                                         abs=1e-5)
+
+
+def test_linear_cross_entropy_in_blocks_equals_autograd():
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(37, 8, dtype=torch.double, generator=generator, requires_grad=True)
+    weight = torch.randn(101, 8, dtype=torch.double, generator=generator, requires_grad=True)
+    bias = torch.randn(101, dtype=torch.double, generator=generator, requires_grad=True)
+    labels = torch.randint(0, 101, (37,), generator=generator)
+    ours = linear_cross_entropy(x, weight, bias, labels, block=5)
+    (ours * 3.0).backward()
+    got = [t.grad.clone() for t in (x, weight, bias)]
+    for t in (x, weight, bias):
+        t.grad = None
+    reference = torch.nn.functional.cross_entropy(x @ weight.T + bias, labels, reduction="sum")
+    (reference * 3.0).backward()
+    assert float(ours) == pytest.approx(float(reference), rel=1e-12)
+    for mine, theirs in zip(got, (x.grad, weight.grad, bias.grad)):
+        torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
