@@ -143,12 +143,30 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_finetune)
 
 
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    from .training.pretrain import FIELDS, HELP
+
+    p = sub.add_parser("pretrain", help="pre-train a BertForMaskedLM with DupMAE's objective (or an ablation)",
+                       description="DupMAE pre-training (MLM + [CLS] decoding + bag of words, paper Eq. 9) on "
+                                   "transformers' Trainer (torchrun for several processes). The output folder is "
+                                   "a BertForMaskedLM that `finetune` and `run` read; run again to resume.")
+    p.add_argument("--model", required=True, help="Hugging Face hub name or local BertForMaskedLM folder")
+    p.add_argument("--corpus", required=True, help="dataset name or folder (its passages), or a text file "
+                                                   "(one text per line)")
+    p.add_argument("--output", required=True, type=Path, help="output folder (new, or this run's to resume)")
+    p.add_argument("--recipe", default=None, help="recipe YAML, or a shipped recipe's name (dupmae-wiki-book, "
+                                                  "dupmae-msmarco, splade-tiny-scifact); flags override it")
+    for name in FIELDS:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar="VALUE", help=HELP[name])
+    p.set_defaults(handler=_cmd_pretrain)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dupmae-eval", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dupmae-eval {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for add in (_add_bm25, _add_run, _add_encode, _add_reproduce, _add_table, _add_eval, _add_datasets, _add_demo,
-                _add_finetune):
+                _add_finetune, _add_pretrain):
         add(sub)
     return parser
 
@@ -302,6 +320,17 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     output = finetune(args.model, args.dataset, args.output, settings)
     if os.environ.get("RANK", "0") == "0":
         print(f"fine-tuned model: {output}")
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from .training.pretrain import FIELDS, load_pretrain_recipe, make_pretrain_settings, pretrain
+
+    recipe = load_pretrain_recipe(args.recipe) if args.recipe else {}
+    settings = make_pretrain_settings(recipe, **{name: getattr(args, name) for name in FIELDS})
+    output = pretrain(args.model, args.corpus, args.output, settings)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"pre-trained model: {output}")
     return 0
 
 

@@ -170,7 +170,7 @@ def test_each_loss_equals_the_full_logits_computation():
     assert parts["mlm"] == pytest.approx(mlm, abs=1e-5)
     assert parts["decoder"] == pytest.approx(decoder, abs=1e-5)
     assert parts["bow"] == pytest.approx(bow, abs=1e-5)
-    assert float(ours) == pytest.approx(mlm + decoder + 0.1 * bow, abs=1e-5)
+    assert float(ours.detach()) == pytest.approx(mlm + decoder + 0.1 * bow, abs=1e-5)
     assert decoder > 0 and bow > 0
 
 
@@ -191,7 +191,7 @@ def test_gradients_equal_autograd_through_the_full_logits():
 @pytest.mark.parametrize("objective", list(OBJECTIVES))
 def test_each_objective_sums_its_terms(objective):
     model, batch = _tiny(objective), _batch()
-    loss = float(model(**batch)["loss"])
+    loss = float(model(**batch)["loss"].detach())
     mlm, decoder, bow = (float(x) for x in _reference_losses(_tiny(), batch))
     entry = OBJECTIVES[objective]
     expected = mlm + (decoder if entry.decoder else 0.0) + (0.1 * bow if entry.bag_of_words else 0.0)
@@ -230,6 +230,126 @@ def test_linear_cross_entropy_in_blocks_equals_autograd():
         t.grad = None
     reference = torch.nn.functional.cross_entropy(x @ weight.T + bias, labels, reduction="sum")
     (reference * 3.0).backward()
-    assert float(ours) == pytest.approx(float(reference), rel=1e-12)
+    assert float(ours.detach()) == pytest.approx(float(reference.detach()), rel=1e-12)
     for mine, theirs in zip(got, (x.grad, weight.grad, bias.grad)):
         torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- the verb, resume, torchrun
+
+@pytest.fixture(scope="module")
+def abstracts(tmp_path_factory):
+    """A text file of 48 SciFact abstracts, one per line (the corpus the CPU recipe pre-trains on)."""
+    import gzip
+    import json
+
+    from conftest import REPO
+
+    path = tmp_path_factory.mktemp("pretrain-corpus") / "abstracts.txt"
+    with gzip.open(REPO / "data" / "scifact" / "corpus.jsonl.gz", "rt") as corpus:
+        texts = [json.loads(line)["text"] for _, line in zip(range(48), corpus)]
+    path.write_text("\n".join(" ".join(text.split()) for text in texts) + "\n")
+    return path
+
+
+def _pretrain_command(corpus, output, steps=6, objective="dupmae"):
+    import sys
+
+    from conftest import SPLADE_TINY
+
+    return [sys.executable, "-m", "dupmae_eval", "pretrain", "--model", str(SPLADE_TINY), "--corpus", str(corpus),
+            "--output", str(output), "--objective", objective, "--max-steps", str(steps), "--save-steps", "2",
+            "--batch-size", "4", "--max-length", "48", "--warmup-ratio", "0", "--learning-rate", "1e-3"]
+
+
+def test_pretrain_writes_a_masked_lm_that_run_reads(abstracts, tmp_path):
+    import json
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    from conftest import SPLADE_TINY
+    from dupmae_eval.encoders import DupMAEDocumentEncoder, EncoderSettings
+
+    output = tmp_path / "pt"
+    done = subprocess.run(_pretrain_command(abstracts, output, steps=2), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((output / "pretrain.json").read_text())
+    assert record["finished"] and record["steps"] == 2 and record["sequences"] == 48
+    assert (output / "dupmae_decoder.safetensors").is_file()
+    before, after = load_file(str(SPLADE_TINY / "model.safetensors")), load_file(str(output / "model.safetensors"))
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(before[key], after[key])
+    encoded = DupMAEDocumentEncoder(str(output), EncoderSettings.for_kind("dupmae")).encode_texts(["a protein fold"])
+    assert encoded.dense.shape == (1, 128) and len(encoded.sparse.row(0)[0]) == 384
+
+
+def test_a_killed_pretraining_resumes_to_the_same_weights(abstracts, tmp_path):
+    """SIGKILL after a checkpoint, run the same command again: the weights (encoder, MLM head and decoder)
+    equal an uninterrupted run's (CPU, fixed seed, dropout on, masks drawn per example and epoch)."""
+    import json
+    import subprocess
+    import time
+
+    from safetensors.torch import load_file
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(_pretrain_command(abstracts, whole), check=True, timeout=900, capture_output=True)
+    process = subprocess.Popen(_pretrain_command(abstracts, killed), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (killed / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file():
+        assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert not json.loads((killed / "pretrain.json").read_text())["finished"]
+    subprocess.run(_pretrain_command(abstracts, killed), check=True, timeout=900, capture_output=True)
+    assert json.loads((killed / "pretrain.json").read_text())["steps"] == 6
+    for name in ("model.safetensors", "dupmae_decoder.safetensors"):
+        a, b = load_file(str(whole / name)), load_file(str(killed / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a), name
+
+
+def test_two_processes_equal_one_on_the_same_global_batch(abstracts, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import SPLADE_TINY
+    from dupmae_eval.model import load_model
+    from dupmae_eval.training.pretrain_data import TokenStore
+
+    store = TokenStore.build(str(abstracts), load_model(str(SPLADE_TINY)).tokenizer, tmp_path / "store")
+    probe = Path(__file__).with_name("ddp_pretrain_probe.py")
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    subprocess.run([sys.executable, str(probe), str(SPLADE_TINY), str(store.folder), str(one)], check=True,
+                   timeout=600)
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                    str(port), str(probe), str(SPLADE_TINY), str(store.folder), str(two)], check=True, timeout=600)
+    single, double = json.loads(one.read_text()), json.loads(two.read_text())
+    assert abs(single["loss"] - double["loss"]) < 1e-5
+    for name, values in single["grad"].items():
+        assert len(values) > 0 and np.allclose(values, double["grad"][name], rtol=1e-5, atol=1e-8), name
+
+
+def test_recipes_load_and_unknown_settings_are_refused(tmp_path):
+    from dupmae_eval.errors import DupMAEEvalError
+    from dupmae_eval.training.pretrain import load_pretrain_recipe, make_pretrain_settings
+
+    for name in ("dupmae-wiki-book", "dupmae-msmarco", "splade-tiny-scifact"):
+        settings = make_pretrain_settings(load_pretrain_recipe(name))
+        assert settings.objective == "dupmae" and settings.encoder_mask_ratio == 0.3
+    assert make_pretrain_settings(load_pretrain_recipe("dupmae-msmarco"), max_length="64").max_length == 64
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("objective: dupmae\nmask_ratio: 0.3\n")
+    with pytest.raises(DupMAEEvalError, match=r"bad.yaml:2: unknown setting 'mask_ratio'"):
+        load_pretrain_recipe(bad)
+    with pytest.raises(DupMAEEvalError, match="unknown pre-training objective 'cls'"):
+        make_pretrain_settings(objective="cls")

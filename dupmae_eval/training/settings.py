@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from ..errors import DupMAEEvalError
 from ..model import ACTIVATIONS
@@ -152,11 +152,15 @@ HELP = {
 }
 
 
-def _coerce(name: str, value: Any, source: str) -> Any:
-    """A YAML or flag value -> the field's type ('none'/'all' -> None where a field allows it)."""
-    default = FIELDS[name].default
-    if isinstance(value, str) and value.lower() in ("none", "null", "all") and (
-            default is None or name in ("dense_dim", "doc_topk", "negatives_from", "distill_from")):
+NULLABLE = ("dense_dim", "doc_topk", "negatives_from", "distill_from")
+
+
+def _coerce(name: str, value: Any, source: str, table: Optional[Mapping[str, Any]] = None,
+            nullable: Sequence[str] = NULLABLE) -> Any:
+    """A YAML or flag value -> the field's type ('none'/'all' -> None where a field allows it). `table` is
+    a settings class's fields (default: fine-tuning's)."""
+    default = (table or FIELDS)[name].default
+    if isinstance(value, str) and value.lower() in ("none", "null", "all") and (default is None or name in nullable):
         return None
     try:
         if isinstance(default, bool):
@@ -176,15 +180,18 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         raise DupMAEEvalError(f"{source}: {name} = {value!r} is not a valid value") from None
 
 
-def load_recipe(path: Union[str, Path]) -> Dict[str, Any]:
-    """A recipe YAML's settings (unknown keys refused, naming the file and the key's line)."""
+def load_recipe(path: Union[str, Path], table: Optional[Mapping[str, Any]] = None, folder: str = "train",
+                nullable: Sequence[str] = NULLABLE) -> Dict[str, Any]:
+    """A recipe YAML's settings (unknown keys refused, naming the file and the key's line); a bare name is
+    a shipped recipe under configs/<folder>/. `table`: the settings class's fields (default fine-tuning's)."""
+    table = table or FIELDS
     import yaml
 
     path = Path(path)
     if not path.is_file():
         from ..shipped import resource_path
 
-        shipped = resource_path("configs", "train", f"{path.name}" if path.suffix else f"{path.name}.yaml")
+        shipped = resource_path("configs", folder, f"{path.name}" if path.suffix else f"{path.name}.yaml")
         if not shipped.is_file():
             raise DupMAEEvalError(f"recipe {str(path)!r}: no such file, and no shipped recipe of that name")
         path = shipped
@@ -199,13 +206,13 @@ def load_recipe(path: Union[str, Path]) -> Dict[str, Any]:
         raise DupMAEEvalError(f"{path}:1: a recipe is a mapping of settings")
     settings = {}
     for key, value in values.items():
-        if key in ("description", "model", "dataset"):
+        if key in ("description", "model", "dataset", "corpus"):
             settings[key] = value
             continue
-        if key not in FIELDS:
+        if key not in table:
             line = next((n for n, row in enumerate(text.splitlines(), 1) if row.split(":")[0].strip() == key), 1)
             raise DupMAEEvalError(f"{path}:{line}: unknown setting {key!r}")
-        settings[key] = _coerce(key, value, str(path))
+        settings[key] = _coerce(key, value, str(path), table, nullable)
     return settings
 
 

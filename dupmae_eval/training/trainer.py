@@ -67,9 +67,10 @@ def _epoch_callback(dataset):
     return EpochToDataset()
 
 
-def _check_output(output: Path, record: dict) -> bool:
-    """True when the folder holds this very run (resume); refuse a folder holding anything else."""
-    path = output / RECORD
+def _check_output(output: Path, record: dict, name: str = RECORD, what: str = "fine-tuning") -> bool:
+    """True when the folder holds this very run (resume); refuse a folder holding anything else. `record`
+    has the keys (model, data, settings) that make two runs the same; `name` is the record's file."""
+    path = output / name
     if path.is_file():
         earlier = json.loads(path.read_text())
         if {k: earlier.get(k) for k in ("model", "data", "settings")} != {k: record[k] for k in
@@ -77,11 +78,11 @@ def _check_output(output: Path, record: dict) -> bool:
             changed = [k for k in ("model", "data") if earlier.get(k) != record[k]]
             changed += [f"settings.{k}" for k, v in record["settings"].items()
                         if (earlier.get("settings") or {}).get(k) != v]
-            raise DupMAEEvalError(f"{output}: already holds a different fine-tuning run ({', '.join(changed[:4])} "
+            raise DupMAEEvalError(f"{output}: already holds a different {what} run ({', '.join(changed[:4])} "
                                   f"differ); choose another --output")
         return True
     if output.exists() and any(output.iterdir()):
-        raise DupMAEEvalError(f"{output}: exists and is not a fine-tuning output folder (no {RECORD}); "
+        raise DupMAEEvalError(f"{output}: exists and is not a {what} output folder (no {name}); "
                               f"choose an empty or new folder")
     return False
 

@@ -1,0 +1,188 @@
+"""DupMAE pre-training on transformers' `Trainer` (the same trainer as fine-tuning: torchrun/DDP, bf16 on a
+GPU, checkpoints with optimizer and RNG states, resume, progress).
+
+Every setting is one row of `PretrainSettings`, read by the CLI (`dupmae-eval pretrain`), the recipe YAMLs
+(configs/pretrain/) and the trainer; where a default comes from is written beside it ("paper" = DupMAE,
+ACL 2023; "released" = the authors' code, staoxiao/RetroMAE `--pretrain_method dupmae`; "ours").
+
+Output folder:
+    pretrain.json              what was asked (model, corpus, settings) and, at the end, "finished"
+    corpus/                    the tokenized corpus (tokens.bin, offsets.bin), reused on resume
+    checkpoints/checkpoint-N/  Trainer checkpoints (each also a loadable BertForMaskedLM folder)
+    config.json, model.safetensors, tokenizer files   the pre-trained BertForMaskedLM (MLM head kept)
+    dupmae_decoder.safetensors, dupmae_pretraining.json   the decoder and the objective (not needed to use it)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+from .. import __version__
+from ..errors import DupMAEEvalError
+
+RECORD = "pretrain.json"
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    # objective ----------------------------------------------------------------------------------------
+    objective: str = "dupmae"                # mlm | retromae | bow | dupmae (pretrain_model.OBJECTIVES)
+    encoder_mask_ratio: float = 0.3          # paper and released: 30 % of the encoder's input
+    decoder_mask_ratio: float = 0.5          # released: each decoder row sees about half the positions
+    bow_weight: float = 0.1                  # released code: 0.1; paper Eq. 9: 1
+    bow_normalize: bool = True               # released: each distinct token weighted 1/n; paper: plain sum
+    # data ----------------------------------------------------------------------------------------------
+    max_length: int = 512                    # released stage 1 (Wikipedia + BookCorpus); 150 on MS MARCO
+    sequences: str = "truncate"              # truncate | pack (pretrain_data.SEQUENCE_LAYOUTS)
+    # optimisation (released stage-1 recipe unless noted) ---------------------------------------------------
+    learning_rate: float = 1e-4
+    epochs: float = 8.0
+    batch_size: int = 32                     # sequences per process per step
+    gradient_accumulation: int = 1
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_steps: int = -1                      # > 0 stops after that many optimizer steps
+    seed: int = 42
+    bf16: str = "auto"                       # auto: on a GPU that supports it; never on the CPU
+    save_steps: int = 1000
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    dataloader_workers: int = 0
+
+    def validate(self) -> "PretrainSettings":
+        from .pretrain_data import SEQUENCE_LAYOUTS
+        from .pretrain_model import OBJECTIVES
+
+        OBJECTIVES.lookup(self.objective)
+        SEQUENCE_LAYOUTS.lookup(self.sequences)
+        for name in ("encoder_mask_ratio", "decoder_mask_ratio"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise DupMAEEvalError(f"{name} must be between 0 and 1")
+        if self.bow_weight < 0:
+            raise DupMAEEvalError("bow_weight must be ≥ 0")
+        if self.max_length < 3:
+            raise DupMAEEvalError("max_length must leave room for [CLS], one token and [SEP]")
+        if self.batch_size < 1:
+            raise DupMAEEvalError("batch_size must be ≥ 1")
+        if self.bf16 not in ("auto", "on", "off"):
+            raise DupMAEEvalError(f"bf16 {self.bf16!r}: auto, on or off")
+        return self
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+FIELDS = {f.name: f for f in fields(PretrainSettings)}
+
+HELP = {
+    "objective": "mlm, retromae (+ [CLS] decoding), bow (+ bag of words), dupmae (all three: paper Eq. 9)",
+    "encoder_mask_ratio": "share of the encoder's input masked, whole words (paper: 0.3)",
+    "decoder_mask_ratio": "share of positions hidden from each decoder row (released: 0.5)",
+    "bow_weight": "weight of the bag-of-words loss (released code 0.1; paper 1)",
+    "bow_normalize": "weight each distinct token 1/n (released code) instead of 1 (paper)",
+    "max_length": "tokens per sequence with [CLS] and [SEP] (released: 512, then 150 on MS MARCO)",
+    "sequences": "truncate (one text per sequence) or pack (texts end to end in max_length windows)",
+    "learning_rate": "peak learning rate (released: 1e-4)",
+    "epochs": "epochs over the sequences (released: 8, then 20 on MS MARCO)",
+    "batch_size": "sequences per process per step (released: 32 at 512 tokens, 128 at 150)",
+    "gradient_accumulation": "steps accumulated per optimizer step",
+    "warmup_ratio": "linear warm-up, fraction of the steps",
+    "weight_decay": "AdamW weight decay",
+    "max_steps": "stop after this many optimizer steps (> 0)",
+    "seed": "seed of the masks, the decoder's initialisation and the trainer",
+    "bf16": "auto (on a GPU with bf16), on, off",
+    "save_steps": "checkpoint every N steps",
+    "save_total_limit": "checkpoints kept",
+    "logging_steps": "log every N steps",
+    "dataloader_workers": "data loading processes",
+}
+
+
+def load_pretrain_recipe(path: Union[str, Path]) -> Dict[str, Any]:
+    """A pre-training recipe YAML (a path, or a shipped recipe's name under configs/pretrain/)."""
+    from .settings import load_recipe
+
+    return load_recipe(path, FIELDS, "pretrain", nullable=())
+
+
+def make_pretrain_settings(recipe: Optional[Mapping[str, Any]] = None, **overrides) -> PretrainSettings:
+    """Defaults, then the recipe's values, then explicit overrides (None = not given)."""
+    from .settings import _coerce
+
+    chosen: Dict[str, Any] = {}
+    for source, values in (("recipe", recipe or {}), ("option", overrides)):
+        for key, value in values.items():
+            if key in FIELDS and value is not None:
+                chosen[key] = _coerce(key, value, source, FIELDS, ()) if isinstance(value, str) else value
+    return replace(PretrainSettings(), **chosen).validate()
+
+
+def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings) -> Path:
+    """Pre-train `model` (hub name or folder, a BertForMaskedLM) on `corpus` (dataset name or folder, or a
+    text file) with the settings' objective; write the model to `output`. The same call again resumes
+    from the last checkpoint."""
+    import torch
+    from transformers import TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from ..data import atomic_output
+    from ..provenance import provenance
+    from .pretrain_data import PretrainCollator, PretrainDataset, TokenStore
+    from .pretrain_model import OBJECTIVES, DupMAEForPretraining
+    from .trainer import _barrier, _check_output, _distributed, _epoch_callback, _init_processes, _trainer_class
+
+    settings.validate()
+    output = Path(output)
+    rank, world = _distributed()
+    record = {"tool": f"dupmae-eval {__version__}", "model": model, "data": corpus, "settings": settings.as_dict()}
+    _init_processes(world)
+    if rank == 0:
+        if not _check_output(output, record, RECORD, "pre-training"):
+            output.mkdir(parents=True, exist_ok=True)
+            with atomic_output(output / RECORD) as handle:
+                json.dump({**record, **provenance(), "finished": False}, handle, indent=2)
+    if world > 1:
+        _barrier()
+    net = DupMAEForPretraining.from_checkpoint(model, settings.objective, settings.bow_weight,
+                                               settings.bow_normalize, settings.seed)
+    if world > 1 and rank != 0:
+        _barrier()                        # rank 0 tokenizes; the others then read its store
+    store = TokenStore.build(corpus, net.tokenizer, output / "corpus")
+    if world > 1 and rank == 0:
+        _barrier()
+    decoder_ratio = settings.decoder_mask_ratio if OBJECTIVES.lookup(settings.objective).decoder else None
+    dataset = PretrainDataset(store, net.tokenizer, settings.max_length, settings.sequences,
+                              settings.encoder_mask_ratio, decoder_ratio, settings.seed)
+    if len(dataset) < settings.batch_size * world:
+        raise DupMAEEvalError(f"{corpus}: {len(dataset)} sequences cannot fill one step of {world} process(es) x "
+                              f"{settings.batch_size}")
+    on_gpu = torch.cuda.is_available()
+    bf16 = settings.bf16 == "on" or (settings.bf16 == "auto" and on_gpu and torch.cuda.is_bf16_supported())
+    args = TrainingArguments(
+        output_dir=str(output / "checkpoints"), per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation, learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs, max_steps=settings.max_steps, warmup_steps=settings.warmup_ratio,
+        weight_decay=settings.weight_decay, lr_scheduler_type="linear", seed=settings.seed,
+        data_seed=settings.seed, bf16=bf16, use_cpu=not on_gpu, save_strategy="steps",
+        save_steps=settings.save_steps, save_total_limit=settings.save_total_limit,
+        logging_steps=settings.logging_steps, report_to=[], remove_unused_columns=False,
+        dataloader_num_workers=settings.dataloader_workers, dataloader_drop_last=world > 1,
+        ddp_backend=("nccl" if on_gpu else "gloo") if world > 1 else None, ddp_find_unused_parameters=False,
+        label_names=[], disable_tqdm=False)
+    trainer = _trainer_class()(model=net, args=args, train_dataset=dataset,
+                               data_collator=PretrainCollator(net.tokenizer.pad_token_id),
+                               callbacks=[_epoch_callback(dataset)])
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    result = trainer.train(resume_from_checkpoint=last)
+    if trainer.is_world_process_zero():
+        net.save(output)
+        finished = json.loads((output / RECORD).read_text())
+        finished.update(finished=True, steps=trainer.state.global_step, sequences=len(dataset),
+                        corpus_tokens=int(store.offsets[-1]), training_loss=result.training_loss,
+                        log=[entry for entry in trainer.state.log_history if "loss" in entry])
+        with atomic_output(output / RECORD) as handle:
+            json.dump(finished, handle, indent=2)
+    return output
