@@ -11,8 +11,8 @@ TF32 off, a device-to-device copy):
      queries/s, the memory it holds, FLOP/s and bytes/s against the measured ceilings; its top-10 checked
      against the CPU scorer on a slice;
   4. one fine-tuning step at BERT-base size in bf16 (the retromae-msmarco recipe's batch: 16 queries x 16
-     passages, 32/140 tokens): step time, tokens/s, fraction of peak, peak memory. (The pre-training step
-     comes with the pre-training issue.)
+     passages, 32/140 tokens) and one DupMAE pre-training step (the released stage-1 batch, 32 x 512):
+     step time, tokens/s, fraction of peak, peak memory;
   5. end to end: `run --device DEVICE --encoder splade --retrieval dupmae` with splade-tiny on the bundled
      SciFact; nDCG@10 against the shipped beir suite's expected figure (the CPU run's).
 
@@ -68,12 +68,15 @@ class Sizes:
     train_group: int = 16
     train_query_length: int = 32
     train_passage_length: int = 140
+    pretrain_batch: int = 32               # the released stage-1 recipe's per-GPU batch at 512 tokens
+    pretrain_length: int = 512
     timed: int = 10
 
 
 SMALL = Sizes(peak_n=512, copy_bytes=64 << 20, layers=2, hidden=128, heads=2, intermediate=512, encode_batch=4,
               encode_length=32, agreement_docs=64, agreement_queries=8, search_docs=5000, search_queries=16,
-              train_queries=2, train_group=2, train_query_length=16, train_passage_length=32, timed=2)
+              train_queries=2, train_group=2, train_query_length=16, train_passage_length=32, pretrain_batch=2,
+              pretrain_length=32, timed=2)
 
 
 # --------------------------------------------------------------------------- timing and ceilings
@@ -419,7 +422,61 @@ def training_section(device, sizes, peaks, report) -> None:
     report(f"   {seconds * 1e3:,.1f} ms/step, {tokens / seconds:,.0f} tokens/s, {rate / 1e12:.3g} TFLOP/s = "
            f"{rate / peaks['bf16_flops']:.1%} of the bf16 peak; peak memory {fmt_mb(peak_mb(device))}; "
            f"loss {float(step().detach()):.3f}")
-    report("   pre-training step: not built yet (the pre-training issue is open); measured when it lands")
+    del model, optimizer
+    pretraining_step(device, sizes, peaks, report, use_bf16)
+
+
+def pretraining_step(device, sizes, peaks, report, use_bf16: bool) -> None:
+    """One DupMAE pre-training step (MLM 30 % whole words + [CLS] decoding + 0.1 x bag of words) at BERT-base
+    size, the released stage-1 batch (32 x 512), AdamW."""
+    from dupmae_eval.training import masking
+    from dupmae_eval.training.pretrain_data import PretrainCollator
+    from dupmae_eval.training.pretrain_model import DupMAEForPretraining, EnhancedDecoder, init_like_bert
+
+    vocab, batch_size, length = 30522, sizes.pretrain_batch, sizes.pretrain_length
+    masked_lm, _ = random_bert(sizes, vocab)
+    decoder = EnhancedDecoder(masked_lm.config)
+    init_like_bert(decoder, 0.02, torch.Generator().manual_seed(0))
+    model = DupMAEForPretraining(masked_lm, decoder, "dupmae", 0.1, True).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    rng = np.random.default_rng(4)
+    items = []
+    for _ in range(batch_size):
+        ids = np.concatenate([[101], rng.integers(1000, vocab, length - 2), [102]])
+        special = np.zeros(length, dtype=bool)
+        special[[0, -1]] = True
+        words, lengths = masking.word_index(np.zeros(length, dtype=bool), special)
+        masked = masking.whole_word_masks(words, lengths, 0.3, 1, rng)[0]
+        inputs, labels = masking.replace_masked(ids, masked, 103, vocab, rng)
+        items.append({"input_ids": inputs, "labels": labels, "original_ids": ids,
+                      "decoder_allowed": masking.decoder_attention(words, lengths, 0.5, rng)})
+    batch = {key: value.to(device) for key, value in PretrainCollator(0)(items).items()}
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, use_bf16):
+            loss = model(**batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    reset_peak(device)
+    seconds = timed(step, device, sizes.timed)
+    tokens = batch_size * length
+    masked_rows = int((batch["labels"] != -100).sum())
+    decoded_rows = int((batch["decoder_labels"] != -100).sum())
+    h = sizes.hidden
+    encoder = encoder_flops(sizes, batch_size, length, 0, vocab)
+    decoder_layer = encoder / sizes.layers                        # one layer of the same shape
+    head = 2 * (h * h + h * vocab)                                # transform + vocabulary projection, per row
+    # forward x 3 (forward + the two backward products) for every part, the pooled rows' projection included
+    flops = 3 * (encoder + decoder_layer + head * (masked_rows + decoded_rows + tokens - batch_size))
+    rate = flops / seconds
+    report(f"   pre-training step ({'bf16 autocast' if use_bf16 else 'fp32'}, AdamW; dupmae: MLM + [CLS] decoding + "
+           f"0.1 x bag of words): {batch_size} x {length} tokens, {flops / 1e12:.3g} TFLOP per step")
+    report(f"   {seconds * 1e3:,.1f} ms/step, {tokens / seconds:,.0f} tokens/s, {rate / 1e12:.3g} TFLOP/s = "
+           f"{rate / peaks['bf16_flops']:.1%} of the bf16 peak; peak memory {fmt_mb(peak_mb(device))}; "
+           f"loss {float(step().detach()):.3f}")
     del model, optimizer
 
 

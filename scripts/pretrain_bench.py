@@ -1,0 +1,181 @@
+"""One DupMAE pre-training step, ours vs the same objective through the full logits (and vs PyPI pretense's
+DupMAE step when it is installed), side by side in one run.
+
+Issue 13, must-show 2: BERT-base size with random weights (12 x 768, 30,522 vocabulary), a batch of 16
+sequences x 256 tokens, objective dupmae (MLM at 30 % whole-word masking + [CLS] decoding with half the
+positions hidden per row + 0.1 x bag of words), one AdamW step. Each side runs in its own subprocess, so
+its peak memory (VmHWM) is its own:
+
+- ours: `DupMAEForPretraining` as `pretrain` runs it (MLM and decoder cross-entropies block by block with
+  their gradients formed in the forward, the bag of words through the bounded max-pool);
+- full-logits: the same model and batch, the three losses computed from B x L x V logits (what the released
+  code does), so the two losses must agree;
+- pretense: pretense 0.1.1's DupMAEForPretraining on the same BERT and the same ids, masks and bag-of-words
+  weights (its own decoder layer, so its loss differs).
+
+    python scripts/pretrain_bench.py            # BERT-base size, several minutes on 2 cores
+    python scripts/pretrain_bench.py --quick    # a 2-layer, 128-wide BERT (the smoke test's size)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SIDES = ("ours", "full-logits", "pretense")
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith(field)).split()[1])
+
+
+def _config(quick: bool):
+    from transformers import BertConfig
+
+    if quick:
+        return BertConfig(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=512)
+    return BertConfig(vocab_size=30522)              # bert-base-uncased's shape
+
+
+def _batch(batch: int, length: int):
+    """Random token ids, each its own word, masked and collated as `pretrain` does (seeded)."""
+    import numpy as np
+
+    from dupmae_eval.training import masking
+    from dupmae_eval.training.pretrain_data import PretrainCollator
+
+    rng = np.random.default_rng(1)
+    items = []
+    for _ in range(batch):
+        ids = np.concatenate([[101], rng.integers(1000, 30000, length - 2), [102]])
+        special = np.zeros(length, dtype=bool)
+        special[[0, -1]] = True
+        words, lengths = masking.word_index(np.zeros(length, dtype=bool), special)
+        masked = masking.whole_word_masks(words, lengths, 0.3, 1, rng)[0]
+        inputs, labels = masking.replace_masked(ids, masked, 103, 30522, rng)
+        items.append({"input_ids": inputs, "labels": labels, "original_ids": ids,
+                      "decoder_allowed": masking.decoder_attention(words, lengths, 0.5, rng)})
+    return PretrainCollator(0)(items)
+
+
+def _full_logits_loss(net, batch):
+    """The objective from full B x L x V logits: HF's MLM loss, a masked max for μ, the decoder's logits."""
+    import torch
+
+    lm = net.masked_lm
+    out = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+             output_hidden_states=True)
+    hidden = out.hidden_states[-1]
+    pool = batch["attention_mask"].bool().clone()
+    pool[:, 0] = False
+    mu = out.logits.masked_fill(~pool[..., None], float("-inf")).amax(dim=1)
+    bow = net.bow_loss(mu, batch["original_ids"], batch["bow_mask"])
+    emb = lm.bert.embeddings
+    length = batch["original_ids"].shape[1]
+    sentence = hidden[:, 0]
+    context = torch.cat([sentence[:, None], emb(input_ids=batch["original_ids"])[:, 1:]], dim=1)
+    query = emb(inputs_embeds=sentence[:, None].expand(-1, length, -1).contiguous())
+    logits = lm.cls(net.decoder(query, context, batch["decoder_allowed"]))
+    dec = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), batch["decoder_labels"].view(-1))
+    return out.loss + dec + net.bow_weight * bow
+
+
+def child(side: str, quick: bool, steps: int) -> dict:
+    import torch
+    from transformers import BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = _config(quick)
+    batch = _batch(4 if quick else 16, 64 if quick else 256)
+    if side == "pretense":
+        try:
+            from pretense.config import MethodConfig
+            from pretense.modeling import DupMAEForPretraining as PretenseDupMAE
+        except ImportError:
+            return {"skipped": "pretense is not installed (pip install pretense==0.1.1)"}
+        model = PretenseDupMAE(BertForMaskedLM(config), MethodConfig(name="dupmae"))
+        counts = batch["bow_mask"].sum(dim=1, keepdim=True).float()
+        weights = torch.zeros(batch["original_ids"].shape[0], config.vocab_size)
+        weights.scatter_(1, torch.where(batch["bow_mask"], batch["original_ids"], 0),
+                         torch.where(batch["bow_mask"], 1.0 / counts, 0.0))
+        inputs = {"encoder_input_ids": batch["input_ids"], "encoder_attention_mask": batch["attention_mask"],
+                  "encoder_labels": batch["labels"], "decoder_input_ids": batch["original_ids"],
+                  "decoder_attention_mask": ~batch["decoder_allowed"], "decoder_labels": batch["decoder_labels"],
+                  "bag_word_weight": weights}
+
+        def loss_of():
+            return model(**inputs).loss
+    else:
+        from dupmae_eval.training.pretrain_model import DupMAEForPretraining, EnhancedDecoder, init_like_bert
+
+        decoder = EnhancedDecoder(config)
+        init_like_bert(decoder, 0.02, torch.Generator().manual_seed(0))
+        model = DupMAEForPretraining(BertForMaskedLM(config), decoder, "dupmae", 0.1, True)
+
+        def loss_of():
+            return model(**batch)["loss"] if side == "ours" else _full_logits_loss(model, batch)
+    model.eval()                                     # no dropout: ours and full-logits compute the same function
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    times, losses = [], []
+    for _ in range(steps + 1):                       # the first is a warm-up
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_of()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - started)
+        losses.append(float(loss.detach()))
+    return {"step_s": statistics.median(times[1:]), "peak_mb": _status_kb("VmHWM") / 1024, "loss": losses[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per side after one warm-up")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        Path(args.out).write_text(json.dumps(child(args.child, args.quick, args.steps)))
+        return
+    import tempfile
+
+    import torch
+
+    size = "2 x 128 BERT, 4 x 64 tokens" if args.quick else "BERT-base (12 x 768), 16 x 256 tokens"
+    print(f"pre-training step, objective dupmae, {size}, vocabulary 30,522, AdamW; torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads; one process per side, median of "
+          f"{args.steps} steps after a warm-up", flush=True)
+    results = {}
+    for side in SIDES:
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            command = [sys.executable, __file__, "--child", side, "--out", out.name, "--steps", str(args.steps)]
+            done = subprocess.run(command + (["--quick"] if args.quick else []), capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"{side} failed:\n{done.stderr[-3000:]}")
+            results[side] = json.loads(Path(out.name).read_text())
+        row = results[side]
+        print(f"  {side:12s} " + (row["skipped"] if "skipped" in row else
+                                  f"step {row['step_s']:8.2f} s   peak memory {row['peak_mb']:8,.0f} MB   "
+                                  f"loss {row['loss']:.6f}"), flush=True)
+    ours, full = results["ours"], results["full-logits"]
+    print(f"ours / full-logits: step time {ours['step_s'] / full['step_s']:.2f}x, peak memory "
+          f"{ours['peak_mb'] / full['peak_mb']:.2f}x (target: memory <= 0.5x, time not slower); "
+          f"|loss difference| {abs(ours['loss'] - full['loss']):.2e}")
+    if "skipped" not in results["pretense"]:
+        other = results["pretense"]
+        print(f"ours / pretense: step time {ours['step_s'] / other['step_s']:.2f}x, peak memory "
+              f"{ours['peak_mb'] / other['peak_mb']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
