@@ -59,8 +59,9 @@ def summarize(ends: Sequence[int], rss_mb: Sequence[float], skip: int = 2) -> di
     """Slope and deviation of the shard-end RSS after the first `skip` shards (level: RSS after shard `skip`)."""
     x, y = list(ends[skip - 1:]), list(rss_mb[skip - 1:])
     if not y:
-        return {"slope_mb_per_10k": 0.0, "level_mb": None, "max_dev_pct": 0.0}
-    return {"slope_mb_per_10k": slope_per_10k(x, y), "level_mb": y[0], "max_dev_pct": max_deviation_pct(y, y[0])}
+        return {"slope_mb_per_10k": 0.0, "level_mb": None, "max_dev_pct": 0.0, "max_rise_pct": 0.0}
+    return {"slope_mb_per_10k": slope_per_10k(x, y), "level_mb": y[0], "max_dev_pct": max_deviation_pct(y, y[0]),
+            "max_rise_pct": max((value - y[0]) / y[0] * 100 for value in y)}
 
 
 # --------------------------------------------------------------------------- corpus
@@ -319,7 +320,8 @@ def print_encode(result: dict) -> None:
     print(f"[encode {result['side']}] rss at shard ends (MB): {_fmt(result['rss_end_mb'])}")
     print(f"[encode {result['side']}] rss peak per shard (MB): {_fmt(result['rss_peak_mb'])}")
     print(f"[encode {result['side']}] slope after shard 2: {result['slope_mb_per_10k']:+.1f} MB per 10,000 "
-          f"passages; level {result['level_mb']:,.0f} MB; max deviation {result['max_dev_pct']:.1f}%")
+          f"passages; level {result['level_mb']:,.0f} MB; max deviation {result['max_dev_pct']:.1f}% (largest rise "
+          f"above the level {result['max_rise_pct']:+.1f}%)")
 
 
 def print_search(result: dict) -> None:
