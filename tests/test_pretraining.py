@@ -353,3 +353,19 @@ def test_recipes_load_and_unknown_settings_are_refused(tmp_path):
         load_pretrain_recipe(bad)
     with pytest.raises(DupMAEEvalError, match="unknown pre-training objective 'cls'"):
         make_pretrain_settings(objective="cls")
+
+
+def test_pretrain_bench_runs_and_both_routes_agree():
+    """scripts/pretrain_bench.py at its smoke size: ours and the full-logits route give the same loss."""
+    import re
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain_bench.py"), "--quick", "--steps", "1"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    difference = float(re.search(r"\|loss difference\| ([0-9.e+-]+)", done.stdout).group(1))
+    assert difference < 1e-4
+    assert "ours / full-logits: step time" in done.stdout
