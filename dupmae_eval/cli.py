@@ -138,9 +138,14 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, type=Path, help="output folder (new, or this run's to resume)")
     p.add_argument("--recipe", default=None, help="recipe YAML, or a shipped recipe's name (retromae-msmarco, "
                                                   "splade-tiny-scifact); flags override it")
-    for name in FIELDS:
-        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar="VALUE", help=HELP[name])
+    _settings_flags(p, FIELDS, HELP)
     p.set_defaults(handler=_cmd_finetune)
+
+
+def _settings_flags(parser: argparse.ArgumentParser, fields, helps) -> None:
+    """One --flag per field of a training settings table (None = not given: the recipe or default holds)."""
+    for name in fields:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar="VALUE", help=helps[name])
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
@@ -156,8 +161,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, type=Path, help="output folder (new, or this run's to resume)")
     p.add_argument("--recipe", default=None, help="recipe YAML, or a shipped recipe's name (dupmae-wiki-book, "
                                                   "dupmae-msmarco, splade-tiny-scifact); flags override it")
-    for name in FIELDS:
-        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar="VALUE", help=HELP[name])
+    _settings_flags(p, FIELDS, HELP)
     p.set_defaults(handler=_cmd_pretrain)
 
 

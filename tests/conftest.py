@@ -75,3 +75,18 @@ def small_scifact(tmp_path_factory):
     (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
         f"{q}\t{d}\t{r}\n" for q, d, r in qrels if q in qids))
     return folder
+
+
+def kill_after_first_checkpoint(command, output: Path) -> None:
+    """Start a training command, SIGKILL it once output/checkpoints/checkpoint-2 is complete (its
+    trainer_state.json written), and wait for it to die: the interrupted run the resume tests continue."""
+    import time
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (output / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file():
+        assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+

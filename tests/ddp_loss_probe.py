@@ -2,7 +2,6 @@
 gradient of one fixed global batch of 4 query groups, each process holding its share of the queries.
 Writes {"loss": ..., "grad": {name: list}} (rank 0) to the file named by argv[2]."""
 
-import json
 import sys
 
 import torch
@@ -12,6 +11,8 @@ def main() -> None:
     import os
 
     import torch.distributed as dist
+
+    from ddp_common import report_like_ddp
 
     from dupmae_eval.training.data import GroupCollator
     from dupmae_eval.training.model import DupMAEForTraining
@@ -34,20 +35,9 @@ def main() -> None:
         batch[key] = torch.nn.functional.pad(batch[key], (0, width - batch[key].shape[1]))
     loss = net(**batch)["loss"]
     loss.backward()
-    grads = {name: p.grad.detach().clone() for name, p in net.named_parameters() if p.grad is not None}
-    loss = loss.detach()
-    if world > 1:   # what DDP does: average the loss (for the log) and every gradient over processes
-        dist.all_reduce(loss)
-        loss /= world
-        for grad in grads.values():
-            dist.all_reduce(grad)
-            grad /= world
-    if rank == 0:
-        chosen = ("projection.weight", "masked_lm.cls.predictions.transform.dense.weight",
-                  "masked_lm.bert.embeddings.word_embeddings.weight")
-        with open(sys.argv[2], "w") as handle:
-            json.dump({"loss": float(loss), "grad": {name: grads[name].flatten()[grads[name].flatten() != 0][::7]
-                                                     .tolist() for name in chosen}}, handle)
+    chosen = ("projection.weight", "masked_lm.cls.predictions.transform.dense.weight",
+              "masked_lm.bert.embeddings.word_embeddings.weight")
+    report_like_ddp(net, loss, chosen, sys.argv[2], world, rank)
     if world > 1:
         dist.destroy_process_group()
 

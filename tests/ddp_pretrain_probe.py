@@ -2,17 +2,16 @@
 loss (objective dupmae) and gradient of one fixed global batch of 4 sequences, each process holding its
 share. Writes {"loss": ..., "grad": {name: list}} (rank 0) to the file named by argv[3]."""
 
-import json
 import sys
 from pathlib import Path
-
-import torch
 
 
 def main() -> None:
     import os
 
     import torch.distributed as dist
+
+    from ddp_common import report_like_ddp
 
     from dupmae_eval.training.pretrain_data import PretrainCollator, PretrainDataset, TokenStore
     from dupmae_eval.training.pretrain_model import DupMAEForPretraining
@@ -29,20 +28,9 @@ def main() -> None:
     batch = {key: value[rank * share:(rank + 1) * share] for key, value in whole.items()}
     loss = net(**batch)["loss"]
     loss.backward()
-    grads = {name: p.grad.detach().clone() for name, p in net.named_parameters() if p.grad is not None}
-    loss = loss.detach()
-    if world > 1:   # what DDP does: average the loss (for the log) and every gradient over processes
-        dist.all_reduce(loss)
-        loss /= world
-        for grad in grads.values():
-            dist.all_reduce(grad)
-            grad /= world
-    if rank == 0:
-        chosen = ("decoder.query.weight", "masked_lm.cls.predictions.transform.dense.weight",
-                  "masked_lm.bert.embeddings.word_embeddings.weight", "masked_lm.bert.encoder.layer.0.output.dense.weight")
-        with open(sys.argv[3], "w") as handle:
-            json.dump({"loss": float(loss), "grad": {name: grads[name].flatten()[grads[name].flatten() != 0][::7]
-                                                     .tolist() for name in chosen}}, handle)
+    chosen = ("decoder.query.weight", "masked_lm.cls.predictions.transform.dense.weight",
+              "masked_lm.bert.embeddings.word_embeddings.weight", "masked_lm.bert.encoder.layer.0.output.dense.weight")
+    report_like_ddp(net, loss, chosen, sys.argv[3], world, rank)
     if world > 1:
         dist.destroy_process_group()
 

@@ -289,20 +289,14 @@ def test_a_killed_pretraining_resumes_to_the_same_weights(abstracts, tmp_path):
     equal an uninterrupted run's (CPU, fixed seed, dropout on, masks drawn per example and epoch)."""
     import json
     import subprocess
-    import time
 
     from safetensors.torch import load_file
 
+    from conftest import kill_after_first_checkpoint
+
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(_pretrain_command(abstracts, whole), check=True, timeout=900, capture_output=True)
-    process = subprocess.Popen(_pretrain_command(abstracts, killed), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while not (killed / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file():
-        assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.05)
-    process.kill()
-    process.wait()
+    kill_after_first_checkpoint(_pretrain_command(abstracts, killed), killed)
     assert not json.loads((killed / "pretrain.json").read_text())["finished"]
     subprocess.run(_pretrain_command(abstracts, killed), check=True, timeout=900, capture_output=True)
     assert json.loads((killed / "pretrain.json").read_text())["steps"] == 6

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SPLADE_TINY, TEST_DATA
+from conftest import SPLADE_TINY, TEST_DATA, kill_after_first_checkpoint
 from dupmae_eval.errors import DupMAEEvalError
 from dupmae_eval.training.score import distillation, infonce, pair_scores
 
@@ -356,21 +356,13 @@ def test_a_killed_run_resumes_to_the_same_weights(random_bert, small_beir, tmp_p
     """SIGKILL after a checkpoint, run the same command again: it continues from that checkpoint and ends
     with exactly the weights of an uninterrupted run (CPU, fixed seed, dropout on)."""
     import subprocess
-    import time
 
     from safetensors.torch import load_file
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(_finetune_command(random_bert, small_beir, whole), check=True, timeout=900,
                    capture_output=True)
-    process = subprocess.Popen(_finetune_command(random_bert, small_beir, killed), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while not (killed / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file():
-        assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.05)
-    process.kill()
-    process.wait()
+    kill_after_first_checkpoint(_finetune_command(random_bert, small_beir, killed), killed)
     assert not json.loads((killed / "finetune.json").read_text())["finished"]
     assert not (killed / "model.safetensors").exists()
     subprocess.run(_finetune_command(random_bert, small_beir, killed), check=True, timeout=900,

@@ -15,7 +15,6 @@ Output folder:
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
@@ -124,28 +123,15 @@ def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings) 
     """Pre-train `model` (hub name or folder, a BertForMaskedLM) on `corpus` (dataset name or folder, or a
     text file) with the settings' objective; write the model to `output`. The same call again resumes
     from the last checkpoint."""
-    import torch
-    from transformers import TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from ..data import atomic_output
-    from ..provenance import provenance
     from .pretrain_data import PretrainCollator, PretrainDataset, TokenStore
     from .pretrain_model import OBJECTIVES, DupMAEForPretraining
-    from .trainer import _barrier, _check_output, _distributed, _epoch_callback, _init_processes, _trainer_class
+    from .trainer import _barrier, _distributed, claim_output, train_and_save
 
     settings.validate()
     output = Path(output)
     rank, world = _distributed()
     record = {"tool": f"dupmae-eval {__version__}", "model": model, "data": corpus, "settings": settings.as_dict()}
-    _init_processes(world)
-    if rank == 0:
-        if not _check_output(output, record, RECORD, "pre-training"):
-            output.mkdir(parents=True, exist_ok=True)
-            with atomic_output(output / RECORD) as handle:
-                json.dump({**record, **provenance(), "finished": False}, handle, indent=2)
-    if world > 1:
-        _barrier()
+    claim_output(output, record, RECORD, "pre-training")
     net = DupMAEForPretraining.from_checkpoint(model, settings.objective, settings.bow_weight,
                                                settings.bow_normalize, settings.seed)
     if world > 1 and rank != 0:
@@ -159,30 +145,6 @@ def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings) 
     if len(dataset) < settings.batch_size * world:
         raise DupMAEEvalError(f"{corpus}: {len(dataset)} sequences cannot fill one step of {world} process(es) x "
                               f"{settings.batch_size}")
-    on_gpu = torch.cuda.is_available()
-    bf16 = settings.bf16 == "on" or (settings.bf16 == "auto" and on_gpu and torch.cuda.is_bf16_supported())
-    args = TrainingArguments(
-        output_dir=str(output / "checkpoints"), per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation, learning_rate=settings.learning_rate,
-        num_train_epochs=settings.epochs, max_steps=settings.max_steps, warmup_steps=settings.warmup_ratio,
-        weight_decay=settings.weight_decay, lr_scheduler_type="linear", seed=settings.seed,
-        data_seed=settings.seed, bf16=bf16, use_cpu=not on_gpu, save_strategy="steps",
-        save_steps=settings.save_steps, save_total_limit=settings.save_total_limit,
-        logging_steps=settings.logging_steps, report_to=[], remove_unused_columns=False,
-        dataloader_num_workers=settings.dataloader_workers, dataloader_drop_last=world > 1,
-        ddp_backend=("nccl" if on_gpu else "gloo") if world > 1 else None, ddp_find_unused_parameters=False,
-        label_names=[], disable_tqdm=False)
-    trainer = _trainer_class()(model=net, args=args, train_dataset=dataset,
-                               data_collator=PretrainCollator(net.tokenizer.pad_token_id),
-                               callbacks=[_epoch_callback(dataset)])
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    result = trainer.train(resume_from_checkpoint=last)
-    if trainer.is_world_process_zero():
-        net.save(output)
-        finished = json.loads((output / RECORD).read_text())
-        finished.update(finished=True, steps=trainer.state.global_step, sequences=len(dataset),
-                        corpus_tokens=int(store.offsets[-1]), training_loss=result.training_loss,
-                        log=[entry for entry in trainer.state.log_history if "loss" in entry])
-        with atomic_output(output / RECORD) as handle:
-            json.dump(finished, handle, indent=2)
+    train_and_save(net, dataset, PretrainCollator(net.tokenizer.pad_token_id), output, settings,
+                   settings.batch_size, RECORD, sequences=len(dataset), corpus_tokens=int(store.offsets[-1]))
     return output

@@ -107,6 +107,63 @@ def _init_processes(world: int) -> None:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
+def claim_output(output: Path, record: dict, name: str, what: str) -> None:
+    """Rank 0 alone judges the output folder (a new folder, or this very run's to resume) and writes the
+    run's record; under torchrun the other ranks wait for it at a barrier."""
+    from ..data import atomic_output
+    from ..provenance import provenance
+
+    rank, world = _distributed()
+    _init_processes(world)
+    if rank == 0:
+        if not _check_output(output, record, name, what):
+            output.mkdir(parents=True, exist_ok=True)
+            with atomic_output(output / name) as handle:
+                json.dump({**record, **provenance(), "finished": False}, handle, indent=2)
+    if world > 1:
+        _barrier()
+
+
+def train_and_save(net, dataset, collator, output: Path, settings, per_device_batch: int, record_name: str,
+                   **summary) -> None:
+    """Run transformers' Trainer over `dataset` (resuming from the last checkpoint under output/checkpoints),
+    then, on rank 0, save the model to `output` and mark the run's record finished, with `summary`, the
+    step count, the loss and the log. `settings` has the optimisation fields fine-tuning and pre-training
+    share (learning_rate, epochs, warmup_ratio, ..., bf16, dataloader_workers)."""
+    import torch
+    from transformers import TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from ..data import atomic_output
+
+    _, world = _distributed()
+    on_gpu = torch.cuda.is_available()
+    bf16 = settings.bf16 == "on" or (settings.bf16 == "auto" and on_gpu and torch.cuda.is_bf16_supported())
+    args = TrainingArguments(
+        output_dir=str(output / "checkpoints"), per_device_train_batch_size=per_device_batch,
+        gradient_accumulation_steps=settings.gradient_accumulation, learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs, max_steps=settings.max_steps, warmup_steps=settings.warmup_ratio,
+        weight_decay=settings.weight_decay, lr_scheduler_type="linear", seed=settings.seed,
+        data_seed=settings.seed, bf16=bf16, use_cpu=not on_gpu, save_strategy="steps",
+        save_steps=settings.save_steps, save_total_limit=settings.save_total_limit,
+        logging_steps=settings.logging_steps, report_to=[], remove_unused_columns=False,
+        dataloader_num_workers=settings.dataloader_workers, dataloader_drop_last=world > 1,
+        ddp_backend=("nccl" if on_gpu else "gloo") if world > 1 else None, ddp_find_unused_parameters=False,
+        label_names=[], disable_tqdm=False)
+    trainer = _trainer_class()(model=net, args=args, train_dataset=dataset, data_collator=collator,
+                               callbacks=[_epoch_callback(dataset)])
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    result = trainer.train(resume_from_checkpoint=last)
+    if trainer.is_world_process_zero():
+        net.save(output)
+        finished = json.loads((output / record_name).read_text())
+        finished.update(finished=True, steps=trainer.state.global_step, **summary,
+                        training_loss=result.training_loss,
+                        log=[entry for entry in trainer.state.log_history if "loss" in entry])
+        with atomic_output(output / record_name) as handle:
+            json.dump(finished, handle, indent=2)
+
+
 def prepare_data(data_source: str, settings: FinetuneSettings, output: Path):
     """(train queries, held-out queries, passage store) with negatives attached."""
     from . import data as training_data
@@ -148,12 +205,7 @@ def prepare_data(data_source: str, settings: FinetuneSettings, output: Path):
 def finetune(model: str, data: str, output: Path, settings: FinetuneSettings) -> Path:
     """Fine-tune `model` (hub name or folder) on `data` (dataset name or folder, or a tevatron JSONL file)
     and write the model to `output`; a second call with the same arguments resumes from the last checkpoint."""
-    import torch
-    from transformers import TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
-
     from ..data import atomic_output
-    from ..provenance import provenance
     from .data import GroupCollator, GroupDataset
     from .model import DupMAEForTraining
 
@@ -161,14 +213,7 @@ def finetune(model: str, data: str, output: Path, settings: FinetuneSettings) ->
     output = Path(output)
     rank, world = _distributed()
     record = {"tool": f"dupmae-eval {__version__}", "model": model, "data": data, "settings": settings.as_dict()}
-    _init_processes(world)
-    if rank == 0:   # rank 0 alone judges and claims the folder; the others wait for it (torchrun)
-        if not _check_output(output, record):
-            output.mkdir(parents=True, exist_ok=True)
-            with atomic_output(output / RECORD) as handle:
-                json.dump({**record, **provenance(), "finished": False}, handle, indent=2)
-    if world > 1:
-        _barrier()
+    claim_output(output, record, RECORD, "fine-tuning")
     net = DupMAEForTraining.from_checkpoint(model, settings)    # a missing MLM head is refused here, early
     train, held, store = prepare_data(data, settings, output)
     if held and rank == 0:
@@ -180,31 +225,7 @@ def finetune(model: str, data: str, output: Path, settings: FinetuneSettings) ->
         raise DupMAEEvalError(f"{len(train)} training queries cannot fill one step of {world} processes x "
                               f"{settings.queries_per_device} queries")
     dataset = GroupDataset(train, store, settings.group_size, settings.seed)
-    on_gpu = torch.cuda.is_available()
-    bf16 = settings.bf16 == "on" or (settings.bf16 == "auto" and on_gpu and torch.cuda.is_bf16_supported())
-    args = TrainingArguments(
-        output_dir=str(output / "checkpoints"), per_device_train_batch_size=settings.queries_per_device,
-        gradient_accumulation_steps=settings.gradient_accumulation, learning_rate=settings.learning_rate,
-        num_train_epochs=settings.epochs, max_steps=settings.max_steps, warmup_steps=settings.warmup_ratio,
-        weight_decay=settings.weight_decay, lr_scheduler_type="linear", seed=settings.seed,
-        data_seed=settings.seed, bf16=bf16, use_cpu=not on_gpu, save_strategy="steps",
-        save_steps=settings.save_steps, save_total_limit=settings.save_total_limit,
-        logging_steps=settings.logging_steps, report_to=[], remove_unused_columns=False,
-        dataloader_num_workers=settings.dataloader_workers, dataloader_drop_last=world > 1,
-        ddp_backend=("nccl" if on_gpu else "gloo") if world > 1 else None, ddp_find_unused_parameters=False,
-        label_names=[], disable_tqdm=False)
-    trainer = _trainer_class()(model=net, args=args, train_dataset=dataset,
-                               data_collator=GroupCollator(net.tokenizer, settings.query_max_length,
-                                                           settings.passage_max_length),
-                               callbacks=[_epoch_callback(dataset)])
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    result = trainer.train(resume_from_checkpoint=last)
-    if trainer.is_world_process_zero():
-        net.save(output)
-        finished = json.loads((output / RECORD).read_text())
-        finished.update(finished=True, steps=trainer.state.global_step, train_queries=len(train),
-                        held_out_queries=len(held), training_loss=result.training_loss,
-                        log=[entry for entry in trainer.state.log_history if "loss" in entry])
-        with atomic_output(output / RECORD) as handle:
-            json.dump(finished, handle, indent=2)
+    collator = GroupCollator(net.tokenizer, settings.query_max_length, settings.passage_max_length)
+    train_and_save(net, dataset, collator, output, settings, settings.queries_per_device, RECORD,
+                   train_queries=len(train), held_out_queries=len(held))
     return output
