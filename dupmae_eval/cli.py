@@ -213,7 +213,8 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
     overrides, runner = translate(vars(args))
     folder = encode_distributed(args.dataset, args.model, args.encoder, **runner, **overrides)
-    print(folder)
+    if os.environ.get("RANK", "0") == "0":    # under torchrun every rank returns the folder; one prints it
+        print(folder)
     return 0
 
 

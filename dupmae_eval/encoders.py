@@ -162,8 +162,8 @@ class _Encoder:
         import torch
 
         tokenizer = self.model.tokenizer
-        batch = tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                          pad_to_multiple_of=_sequence_quantum(), return_tensors="pt")
+        batch = _pad_to_quantum(tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                                          return_tensors="pt"), tokenizer.pad_token_id, self.max_length)
         truncated = self._count_truncated(texts, batch["attention_mask"].sum(dim=1).tolist())
         device = self.model.device
         input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
@@ -182,16 +182,27 @@ class _Encoder:
         return sum(len(ids) > self.max_length for ids in full)
 
 
-def _sequence_quantum() -> Optional[int]:
-    """Batches are padded to a multiple of 16 tokens. The encoder's products then take one of a few
-    sequence lengths (16, 32, ... up to the max length) instead of every length a batch happens to
-    have; oneDNN compiles and caches one kernel per shape, and over a long run the exact lengths keep
-    adding cache entries whose churn fragments the heap (docs/performance.md, "Memory over long runs").
-    Padded positions carry attention mask 0 and are never pooled, so the halves are unchanged (up to
-    float summation order). DUPMAE_EVAL_MEMORY_GUARD=0 keeps exact lengths (the old behaviour)."""
+def _pad_to_quantum(batch, pad_id: int, max_length: int):
+    """The batch padded to a multiple of 16 tokens (never past the max length, which truncation already
+    bounds it by: a max length of 150 gives 16, 32, ..., 144, 150). The encoder's products then take one of
+    a few sequence lengths instead of every length a batch happens to have; oneDNN compiles and caches one
+    kernel per shape, and over a long run the exact lengths keep adding cache entries whose churn fragments
+    the heap (docs/performance.md, "Memory over long runs"). Padded positions carry attention mask 0 and
+    are never pooled, so the halves are unchanged (up to float summation order). Padding here rather than
+    by the tokenizer's pad_to_multiple_of, which refuses max lengths that are not multiples of it.
+    DUPMAE_EVAL_MEMORY_GUARD=0 keeps exact lengths (the old behaviour)."""
+    import torch
+
     from . import memory
 
-    return _SEQUENCE_QUANTUM if memory.enabled() else None
+    width = batch["input_ids"].shape[1]
+    target = min(-(-width // _SEQUENCE_QUANTUM) * _SEQUENCE_QUANTUM, max(width, max_length))
+    if not memory.enabled() or target == width:
+        return batch
+    for key in list(batch.keys()):
+        fill = pad_id if key == "input_ids" else 0
+        batch[key] = torch.nn.functional.pad(batch[key], (0, target - width), value=fill)
+    return batch
 
 
 _SEQUENCE_QUANTUM = 16

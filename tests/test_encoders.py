@@ -249,6 +249,22 @@ def test_gathered_pooling_equals_the_full_logits_max():
     torch.testing.assert_close(got[[0, 2, 3]], expected[[0, 2, 3]], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("max_length", [8, 150, 256])
+def test_batches_padded_to_few_lengths_encode_the_same(max_length, monkeypatch):
+    """Batches are padded to a multiple of 16 tokens, never past the max length (8 and 150 are not
+    multiples of 16): the halves equal those of the exact-length batch (DUPMAE_EVAL_MEMORY_GUARD=0)."""
+    texts = ["short", "a longer passage about proteins folding in the cell nucleus " * 3, ""]
+    encoder = DupMAEDocumentEncoder(str(SPLADE_TINY), EncoderSettings.for_kind("dupmae",
+                                                                                max_passage_length=max_length))
+    padded = encoder.encode_texts(texts)
+    monkeypatch.setenv("DUPMAE_EVAL_MEMORY_GUARD", "0")
+    exact = encoder.encode_texts(texts)
+    np.testing.assert_allclose(padded.dense, exact.dense, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(padded.sparse.indices, exact.sparse.indices)
+    np.testing.assert_allclose(padded.sparse.values, exact.sparse.values, rtol=1e-5, atol=1e-6)
+    assert padded.truncated == exact.truncated == (1 if max_length < 64 else 0)
+
+
 def test_query_batches_equal_single_queries():
     """encode_batch (what Pyserini's FaissSearcher.batch_search calls when present) against encode."""
     texts = ["what causes diabetes", "insulin", "a much longer query about the effects of smoking on the lungs"]
