@@ -544,6 +544,38 @@ def profile_section(device, sizes, peaks, report) -> None:
     report(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
 
 
+# --------------------------------------------------------------------------- compiled encoder (not a default)
+
+def compile_section(device, sizes, peaks, report) -> None:
+    """What fused kernels would give: the same bf16 encoding forward with the BERT encoder under
+    torch.compile (one static shape), against the eager one. Not what `encode` runs; a measurement of the
+    fix docs/performance.md names for the encoding target."""
+    vocab = 30522
+    _, model = random_bert(sizes, vocab)
+    model.to(device)
+    settings = dupmae_pooling()
+    ids = torch.randint(1000, vocab, (sizes.encode_batch, sizes.encode_length)).to(device)
+    mask = torch.ones_like(ids)
+    flops = encoder_flops(sizes, sizes.encode_batch, sizes.encode_length,
+                          sizes.encode_batch * (sizes.encode_length - 1), vocab)
+
+    def encode():
+        with torch.inference_mode(), autocast(device, True):
+            return model.forward(ids, mask, settings)
+    report(f"compile: the bf16 encoding forward of section 1 ({sizes.encode_batch} x {sizes.encode_length}), the BERT "
+           "encoder eager vs under torch.compile")
+    eager = timed(encode, device, sizes.timed)
+    started = time.time()
+    model.encoder = torch.compile(model.encoder, dynamic=False)
+    timed(encode, device, 1, warmup=1)
+    compile_s = time.time() - started
+    compiled = timed(encode, device, sizes.timed)
+    for name, seconds in (("eager", eager), ("compiled", compiled)):
+        report(f"   encoder {name:8s}: {sizes.encode_batch / seconds:,.0f} passages/s, "
+               f"{flops / seconds / peaks['bf16_flops']:.1%} of the bf16 peak")
+    report(f"   (compiling took {compile_s:.0f} s)")
+
+
 # --------------------------------------------------------------------------- 5: end to end
 
 def expected_scifact() -> float:
@@ -610,7 +642,8 @@ def main(argv=None) -> int:
                              ("search", lambda: search_section(device, sizes, peaks, report)),
                              ("train", lambda: training_section(device, sizes, peaks, report)),
                              ("e2e", lambda: end_to_end_section(device, sizes, out, report, args.e2e_dataset)),
-                             ("profile", lambda: profile_section(device, sizes, peaks, report))):
+                             ("profile", lambda: profile_section(device, sizes, peaks, report)),
+                             ("compile", lambda: compile_section(device, sizes, peaks, report))):
         if key in sections:
             started = time.time()
             run_section()
