@@ -12,7 +12,7 @@ half alone (`ot`, read with the trained settings). Paired t-tests on per-query n
     python scripts/pretrain_table4.py --work runs/pt-table4 --dataset ../shared/data/beir/scifact
 
 Every stage is a resumable `pretrain` / `finetune` call, and runs are kept: rerunning the script after a
-kill continues where it stopped. Prints the table and the commands; results.json holds the figures.
+kill continues where it stopped (a run whose sidecar exists is read back, not searched again). Prints the table and the commands; results.json holds the figures.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from dupmae_eval.data import read_trec_run  # noqa: E402
 from dupmae_eval.datasets import resolve  # noqa: E402
-from dupmae_eval.pipeline import run_model  # noqa: E402
+from dupmae_eval.pipeline import RunResult, run_model  # noqa: E402
 from dupmae_eval.training.pretrain import load_pretrain_recipe, make_pretrain_settings, pretrain  # noqa: E402
 from dupmae_eval.training.settings import load_recipe, make_settings  # noqa: E402
 from dupmae_eval.training.trainer import finetune  # noqa: E402
@@ -73,8 +74,11 @@ def main() -> int:
                         f"--dataset {data.root} --output {tuned}")
         for reading, (encoder, overrides) in READINGS.items():
             path = work / "runs" / f"{arm}.{encoder}.test.trec"
-            result = run_model(data, str(tuned), encoder, "dupmae", path, split="test", tag=f"{arm}-{encoder}",
-                               **overrides)
+            if Path(f"{path}.meta.json").is_file():  # the sidecar is written last: the run is complete
+                result = RunResult(path, data, "test", len(data.queries("test")), read_trec_run(path))
+            else:
+                result = run_model(data, str(tuned), encoder, "dupmae", path, split="test", tag=f"{arm}-{encoder}",
+                                   **overrides)
             results[(arm, reading)] = result.evaluate(MEASURES)
             print(f"[{arm}] {reading}: " + ", ".join(f"{m} {results[(arm, reading)].aggregate[m]:.4f}"
                                                      for m in MEASURES), flush=True)

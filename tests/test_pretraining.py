@@ -282,6 +282,13 @@ def test_pretrain_writes_a_masked_lm_that_run_reads(abstracts, tmp_path):
     assert not torch.equal(before[key], after[key])
     encoded = DupMAEDocumentEncoder(str(output), EncoderSettings.for_kind("dupmae")).encode_texts(["a protein fold"])
     assert encoded.dense.shape == (1, 128) and len(encoded.sparse.row(0)[0]) == 384
+    # the same command on the finished folder trains nothing and leaves the record (its loss) and weights as
+    # they were; a zero-step "resume" used to rewrite training_loss as 0
+    written = {name: (output / name).read_bytes() for name in ("pretrain.json", "model.safetensors")}
+    again = subprocess.run(_pretrain_command(abstracts, output, steps=2), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "already finished" in again.stdout, again.stderr[-2000:]
+    assert {name: (output / name).read_bytes() for name in written} == written
+    assert record["training_loss"] > 0
 
 
 def test_a_killed_pretraining_resumes_to_the_same_weights(abstracts, tmp_path):

@@ -295,6 +295,12 @@ def test_finetuned_checkpoint_runs_in_every_retrieval_mode_and_a_suite(small_bei
     record = json.loads((output / "finetune.json").read_text())
     assert record["finished"] and record["steps"] == 3
     assert (output / "negatives" / "bm25-train.trec").is_file()
+    written = (output / "finetune.json").read_bytes(), (output / "model.safetensors").read_bytes()
+    assert main(["finetune", "--model", str(SPLADE_TINY), "--dataset", str(small_beir), "--output", str(output),
+                 "--activation", "log1p_relu", "--group-size", "4", "--queries-per-device", "4",
+                 "--max-steps", "3", "--save-steps", "2", "--passage-max-length", "64",
+                 "--query-max-length", "16"]) == 0      # finished: nothing is trained, nothing rewritten
+    assert ((output / "finetune.json").read_bytes(), (output / "model.safetensors").read_bytes()) == written
     runs = {}
     for mode in ("dupmae", "hybrid", "dense", "impact"):
         path = tmp_path / f"{mode}.trec"

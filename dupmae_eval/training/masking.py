@@ -74,6 +74,3 @@ def continuation_table(tokenizer) -> np.ndarray:
     vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     return np.array([token.startswith("##") for token in vocabulary], dtype=bool)
 
-
-def special_positions(ids: Sequence[int], special_ids: Sequence[int]) -> np.ndarray:
-    return np.isin(np.asarray(ids), np.asarray(list(special_ids)))

@@ -131,7 +131,8 @@ def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings) 
     output = Path(output)
     rank, world = _distributed()
     record = {"tool": f"dupmae-eval {__version__}", "model": model, "data": corpus, "settings": settings.as_dict()}
-    claim_output(output, record, RECORD, "pre-training")
+    if claim_output(output, record, RECORD, "pre-training"):
+        return output
     net = DupMAEForPretraining.from_checkpoint(model, settings.objective, settings.bow_weight,
                                                settings.bow_normalize, settings.seed)
     if world > 1 and rank != 0:

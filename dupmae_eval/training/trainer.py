@@ -107,9 +107,11 @@ def _init_processes(world: int) -> None:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
-def claim_output(output: Path, record: dict, name: str, what: str) -> None:
+def claim_output(output: Path, record: dict, name: str, what: str) -> bool:
     """Rank 0 alone judges the output folder (a new folder, or this very run's to resume) and writes the
-    run's record; under torchrun the other ranks wait for it at a barrier."""
+    run's record; under torchrun the other ranks wait for it at a barrier. True when this very run has
+    already finished there: the caller then returns without training (a zero-step "resume" would
+    overwrite the record's loss with 0)."""
     from ..data import atomic_output
     from ..provenance import provenance
 
@@ -122,6 +124,10 @@ def claim_output(output: Path, record: dict, name: str, what: str) -> None:
                 json.dump({**record, **provenance(), "finished": False}, handle, indent=2)
     if world > 1:
         _barrier()
+    finished = json.loads((output / name).read_text()).get("finished", False)
+    if finished and rank == 0:
+        print(f"{output}: this {what} run has already finished; nothing to do", flush=True)
+    return finished
 
 
 def train_and_save(net, dataset, collator, output: Path, settings, per_device_batch: int, record_name: str,
@@ -213,7 +219,8 @@ def finetune(model: str, data: str, output: Path, settings: FinetuneSettings) ->
     output = Path(output)
     rank, world = _distributed()
     record = {"tool": f"dupmae-eval {__version__}", "model": model, "data": data, "settings": settings.as_dict()}
-    claim_output(output, record, RECORD, "fine-tuning")
+    if claim_output(output, record, RECORD, "fine-tuning"):
+        return output
     net = DupMAEForTraining.from_checkpoint(model, settings)    # a missing MLM head is refused here, early
     train, held, store = prepare_data(data, settings, output)
     if held and rank == 0:
