@@ -13,7 +13,7 @@ so a resumed run masks exactly what an uninterrupted one does.
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Tuple
 
 import numpy as np
 
