@@ -124,8 +124,6 @@ def matmul_rates(threads: int) -> dict:
 
 def _side_sparse(side: str, options, out: str) -> dict:
     """Case 1: SPLADE pooling of splade-tiny over SciFact passages at 256 tokens, batches of 32."""
-    import numpy as np
-
     titles, texts = _scifact_texts(options.passages)
     if side.startswith("ours"):
         from dupmae_eval.encoders import DupMAEDocumentEncoder, EncoderSettings

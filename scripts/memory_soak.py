@@ -369,7 +369,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.encoding:                        # search soak only, over a finished encoding
         meta = json.loads((args.encoding / "manifest.json").read_text())
         return search_soak(args, args.encoding, work, meta["documents"])
-    search_shard = args.search_shard_size or max(1, args.passages // 50)
     corpus = build_corpus(work / "corpus", args.passages)
     print(f"corpus: {args.passages:,} passages ({len(sample_lines(SAMPLE)):,} real, then "
           f"word-shuffled copies) in {corpus}; shard size {args.shard_size:,}; model {MODEL}; "

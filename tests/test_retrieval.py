@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from conftest import REPO, SPLADE_TINY
+from conftest import SPLADE_TINY
 from reference import assert_runs_agree, independent_dupmae_run
 from dupmae_eval import start_jvm
 from dupmae_eval.cli import main
