@@ -11,7 +11,12 @@ its peak memory (VmHWM) is its own:
 - full-logits: the same model and batch, the three losses computed from B x L x V logits (what the released
   code does), so the two losses must agree;
 - pretense: pretense 0.1.1's DupMAEForPretraining on the same BERT and the same ids, masks and bag-of-words
-  weights (its own decoder layer, so its loss differs).
+  weights (its own decoder layer, so its loss differs);
+- ours-checkpointed, full-logits-checkpointed: the first two with the encoder's layers under gradient
+  checkpointing (`pretrain --gradient-checkpointing true`), both, so the trade is shown on each route.
+
+Dropout is set to 0 and the models are in training mode (checkpointing acts only in training mode), so
+every side computes the same function.
 
     python scripts/pretrain_bench.py            # BERT-base size, several minutes on 2 cores
     python scripts/pretrain_bench.py --quick    # a 2-layer, 128-wide BERT (the smoke test's size)
@@ -29,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SIDES = ("ours", "full-logits", "pretense")
+SIDES = ("ours", "full-logits", "pretense", "ours-checkpointed", "full-logits-checkpointed")
 
 
 def _status_kb(field: str) -> int:
@@ -40,10 +45,11 @@ def _status_kb(field: str) -> int:
 def _config(quick: bool):
     from transformers import BertConfig
 
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     if quick:
         return BertConfig(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=512)
-    return BertConfig(vocab_size=30522)              # bert-base-uncased's shape
+                          intermediate_size=512, **no_dropout)
+    return BertConfig(vocab_size=30522, **no_dropout)          # bert-base-uncased's shape
 
 
 def _batch(batch: int, length: int):
@@ -120,10 +126,12 @@ def child(side: str, quick: bool, steps: int) -> dict:
         decoder = EnhancedDecoder(config)
         init_like_bert(decoder, 0.02, torch.Generator().manual_seed(0))
         model = DupMAEForPretraining(BertForMaskedLM(config), decoder, "dupmae", 0.1, True)
+        if side.endswith("-checkpointed"):
+            model.checkpoint_encoder_layers()
 
         def loss_of():
-            return model(**batch)["loss"] if side == "ours" else _full_logits_loss(model, batch)
-    model.eval()                                     # no dropout: ours and full-logits compute the same function
+            return model(**batch)["loss"] if side.startswith("ours") else _full_logits_loss(model, batch)
+    model.train()                                    # dropout is 0: every side computes the same function
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     times, losses = [], []
     for _ in range(steps + 1):                       # the first is a warm-up
@@ -164,13 +172,19 @@ def main() -> None:
                 raise SystemExit(f"{side} failed:\n{done.stderr[-3000:]}")
             results[side] = json.loads(Path(out.name).read_text())
         row = results[side]
-        print(f"  {side:12s} " + (row["skipped"] if "skipped" in row else
+        print(f"  {side:25s} " + (row["skipped"] if "skipped" in row else
                                   f"step {row['step_s']:8.2f} s   peak memory {row['peak_mb']:8,.0f} MB   "
                                   f"loss {row['loss']:.6f}"), flush=True)
     ours, full = results["ours"], results["full-logits"]
     print(f"ours / full-logits: step time {ours['step_s'] / full['step_s']:.2f}x, peak memory "
           f"{ours['peak_mb'] / full['peak_mb']:.2f}x (target: memory <= 0.5x, time not slower); "
           f"|loss difference| {abs(ours['loss'] - full['loss']):.2e}")
+    checkpointed = results["ours-checkpointed"]
+    print(f"ours-checkpointed / full-logits: step time {checkpointed['step_s'] / full['step_s']:.2f}x, peak memory "
+          f"{checkpointed['peak_mb'] / full['peak_mb']:.2f}x; ours-checkpointed / full-logits-checkpointed: step time "
+          f"{checkpointed['step_s'] / results['full-logits-checkpointed']['step_s']:.2f}x, peak memory "
+          f"{checkpointed['peak_mb'] / results['full-logits-checkpointed']['peak_mb']:.2f}x; |loss difference| "
+          f"{abs(checkpointed['loss'] - ours['loss']):.2e}")
     if "skipped" not in results["pretense"]:
         other = results["pretense"]
         print(f"ours / pretense: step time {ours['step_s'] / other['step_s']:.2f}x, peak memory "

@@ -14,6 +14,7 @@ from transformers import BertConfig, BertForMaskedLM
 from dupmae_eval.training import masking
 from dupmae_eval.training.pretrain_model import (OBJECTIVES, DupMAEForPretraining, EnhancedDecoder, init_like_bert,
                                                  linear_cross_entropy)
+from dupmae_eval.training.pretrain import make_pretrain_settings
 
 # "[CLS] un ##believ ##able cats run ##s [SEP]": three words, of 3, 1 and 2 tokens
 TOKENS = ["[CLS]", "un", "##believ", "##able", "cats", "run", "##s", "[SEP]"]
@@ -186,6 +187,32 @@ def test_gradients_equal_autograd_through_the_full_logits():
     assert set(ours) == set(reference)
     for name, expected in reference.items():
         torch.testing.assert_close(ours[name], expected, rtol=1e-6, atol=1e-8, msg=name)
+
+
+def test_gradient_checkpointing_leaves_loss_and_gradients_unchanged():
+    """Training mode with dropout on: the checkpointed encoder recomputes each layer with the RNG state it
+    first ran with, so loss and every gradient equal the plain run's (float64), and the checkpointing is
+    really on (a module inside each encoder layer runs twice)."""
+    def step(checkpointed):
+        model = _tiny()
+        model.train()
+        if checkpointed:
+            model.checkpoint_encoder_layers()
+        calls = []
+        model.masked_lm.bert.encoder.layer[0].intermediate.register_forward_hook(lambda *_: calls.append(1))
+        torch.manual_seed(7)
+        loss = model(**_batch())["loss"]
+        loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, len(calls)
+
+    plain_loss, plain, plain_calls = step(False)
+    loss, grads, calls = step(True)
+    assert (plain_calls, calls) == (1, 2)
+    assert loss == pytest.approx(plain_loss, abs=1e-12)
+    assert grads.keys() == plain.keys()
+    for name, expected in plain.items():
+        torch.testing.assert_close(grads[name], expected, rtol=1e-10, atol=1e-12, msg=name)
+    assert make_pretrain_settings(gradient_checkpointing="true").gradient_checkpointing is True
 
 
 @pytest.mark.parametrize("objective", list(OBJECTIVES))
@@ -370,3 +397,6 @@ def test_pretrain_bench_runs_and_both_routes_agree():
     difference = float(re.search(r"\|loss difference\| ([0-9.e+-]+)", done.stdout).group(1))
     assert difference < 1e-4
     assert "ours / full-logits: step time" in done.stdout
+    checkpointed = float(re.search(r"ours-checkpointed / full-logits-checkpointed: .*\|loss difference\| ([0-9.e+-]+)",
+                                   done.stdout).group(1))
+    assert checkpointed < 1e-6

@@ -46,6 +46,7 @@ class PretrainSettings:
     max_steps: int = -1                      # > 0 stops after that many optimizer steps
     seed: int = 42
     bf16: str = "auto"                       # auto: on a GPU that supports it; never on the CPU
+    gradient_checkpointing: bool = False     # recompute each encoder layer in the backward: memory for time
     save_steps: int = 1000
     save_total_limit: int = 2
     logging_steps: int = 10
@@ -93,6 +94,9 @@ HELP = {
     "max_steps": "stop after this many optimizer steps (> 0)",
     "seed": "seed of the masks, the decoder's initialisation and the trainer",
     "bf16": "auto (on a GPU with bf16), on, off",
+    "gradient_checkpointing": "keep only each encoder layer's input for the backward and recompute the rest "
+                              "(about a third more encoder compute; the encoder's activations were most of a "
+                              "step's memory at BERT-base size)",
     "save_steps": "checkpoint every N steps",
     "save_total_limit": "checkpoints kept",
     "logging_steps": "log every N steps",
@@ -135,6 +139,8 @@ def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings) 
         return output
     net = DupMAEForPretraining.from_checkpoint(model, settings.objective, settings.bow_weight,
                                                settings.bow_normalize, settings.seed)
+    if settings.gradient_checkpointing:
+        net.checkpoint_encoder_layers()
     if world > 1 and rank != 0:
         _barrier()                        # rank 0 tokenizes; the others then read its store
     store = TokenStore.build(corpus, net.tokenizer, output / "corpus")

@@ -241,6 +241,13 @@ class DupMAEForPretraining(torch.nn.Module):
         per_text = -(targets * torch.log_softmax(pooled, dim=1)).sum(dim=1)
         return global_mean(per_text.sum(), pooled.shape[0], pooled.device)
 
+    def checkpoint_encoder_layers(self) -> None:
+        """Gradient checkpointing of the encoder's layers (transformers' own, non-reentrant, RNG state kept,
+        so dropout draws the same masks when a layer is recomputed and the gradients do not change). At
+        BERT-base size the encoder's saved activations are most of a step's peak memory, more than the
+        objective's vocabulary products once those are blockwise; this trades them for recomputation."""
+        self.masked_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     # ------------------------------------------------------------------ reading and writing
     @classmethod
     def from_checkpoint(cls, source: str, objective: str, bow_weight: float, bow_normalize: bool,
