@@ -246,7 +246,11 @@ class DupMAEForPretraining(torch.nn.Module):
         so dropout draws the same masks when a layer is recomputed and the gradients do not change). At
         BERT-base size the encoder's saved activations are most of a step's peak memory, more than the
         objective's vocabulary products once those are blockwise; this trades them for recomputation."""
-        self.masked_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(self.masked_lm, "activation_checkpointing_enable", None)  # newer 5.x name; older 5.x: the one below
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.masked_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # ------------------------------------------------------------------ reading and writing
     @classmethod
