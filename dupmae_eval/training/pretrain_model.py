@@ -246,7 +246,8 @@ class DupMAEForPretraining(torch.nn.Module):
         so dropout draws the same masks when a layer is recomputed and the gradients do not change). At
         BERT-base size the encoder's saved activations are most of a step's peak memory, more than the
         objective's vocabulary products once those are blockwise; this trades them for recomputation."""
-        enable = getattr(self.masked_lm, "activation_checkpointing_enable", None)  # newer 5.x name; older 5.x: the one below
+        # the newer transformers 5.x name (the old one warns that it goes in v6); older 5.x has only the old one
+        enable = getattr(self.masked_lm, "activation_checkpointing_enable", None)
         if enable is not None:
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
