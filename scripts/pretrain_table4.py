@@ -12,7 +12,8 @@ half alone (`ot`, read with the trained settings). Paired t-tests on per-query n
     python scripts/pretrain_table4.py --work runs/pt-table4 --dataset ../shared/data/beir/scifact
 
 Every stage is a resumable `pretrain` / `finetune` call, and runs are kept: rerunning the script after a
-kill continues where it stopped (a run whose sidecar exists is read back, not searched again). Prints the table and the commands; results.json holds the figures.
+kill continues where it stopped (a run whose sidecar exists is read back, not searched again). Prints the
+table and the commands; results.json holds the figures.
 """
 
 from __future__ import annotations

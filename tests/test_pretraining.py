@@ -203,7 +203,8 @@ def test_gradient_checkpointing_leaves_loss_and_gradients_unchanged():
         torch.manual_seed(7)
         loss = model(**_batch())["loss"]
         loss.backward()
-        return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, len(calls)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return float(loss.detach()), grads, len(calls)
 
     plain_loss, plain, plain_calls = step(False)
     loss, grads, calls = step(True)
