@@ -12,10 +12,13 @@ its peak memory (VmHWM) is its own:
   code does), so the two losses must agree;
 - pretense: pretense 0.1.1's DupMAEForPretraining on the same BERT and the same ids, masks and bag-of-words
   weights (its own decoder layer, so its loss differs);
-- ours-checkpointed, full-logits-checkpointed: the first two with the encoder's layers under gradient
-  checkpointing (`pretrain --gradient-checkpointing true`), both, so the trade is shown on each route.
+- ours-elementwise, full-logits-elementwise: the first two with the encoder recomputing its elementwise ops
+  in the backward (`pretrain --recompute elementwise`: products and attention kept);
+- ours-layers, full-logits-layers: the first two with the encoder's layers recomputed whole
+  (`pretrain --recompute layers`: gradient checkpointing).
+Each recompute mode runs on both routes, so its trade is shown like for like.
 
-Dropout is set to 0 and the models are in training mode (checkpointing acts only in training mode), so
+Dropout is set to 0 and the models are in training mode (recomputation acts only in training mode), so
 every side computes the same function.
 
     python scripts/pretrain_bench.py            # BERT-base size, several minutes on 2 cores
@@ -34,7 +37,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SIDES = ("ours", "full-logits", "pretense", "ours-checkpointed", "full-logits-checkpointed")
+ROUTES = ("ours", "full-logits")
+RECOMPUTE_MODES = ("elementwise", "layers")            # beside "none", the plain sides
+SIDES = ROUTES + ("pretense",) + tuple(f"{route}-{mode}" for mode in RECOMPUTE_MODES for route in ROUTES)
 
 
 def _status_kb(field: str) -> int:
@@ -126,11 +131,11 @@ def child(side: str, quick: bool, steps: int) -> dict:
         decoder = EnhancedDecoder(config)
         init_like_bert(decoder, 0.02, torch.Generator().manual_seed(0))
         model = DupMAEForPretraining(BertForMaskedLM(config), decoder, "dupmae", 0.1, True)
-        if side.endswith("-checkpointed"):
-            model.checkpoint_encoder_layers()
+        route, _, mode = side.partition("-") if side.startswith("ours") else ("full-logits", "", side[12:])
+        model.recompute_encoder(mode or "none")
 
         def loss_of():
-            return model(**batch)["loss"] if side.startswith("ours") else _full_logits_loss(model, batch)
+            return model(**batch)["loss"] if route == "ours" else _full_logits_loss(model, batch)
     model.train()                                    # dropout is 0: every side computes the same function
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     times, losses = [], []
@@ -179,12 +184,12 @@ def main() -> None:
     print(f"ours / full-logits: step time {ours['step_s'] / full['step_s']:.2f}x, peak memory "
           f"{ours['peak_mb'] / full['peak_mb']:.2f}x (target: memory <= 0.5x, time not slower); "
           f"|loss difference| {abs(ours['loss'] - full['loss']):.2e}")
-    checkpointed = results["ours-checkpointed"]
-    print(f"ours-checkpointed / full-logits: step time {checkpointed['step_s'] / full['step_s']:.2f}x, peak memory "
-          f"{checkpointed['peak_mb'] / full['peak_mb']:.2f}x; ours-checkpointed / full-logits-checkpointed: step time "
-          f"{checkpointed['step_s'] / results['full-logits-checkpointed']['step_s']:.2f}x, peak memory "
-          f"{checkpointed['peak_mb'] / results['full-logits-checkpointed']['peak_mb']:.2f}x; |loss difference| "
-          f"{abs(checkpointed['loss'] - ours['loss']):.2e}")
+    for mode in RECOMPUTE_MODES:
+        mine, peer = results[f"ours-{mode}"], results[f"full-logits-{mode}"]
+        print(f"ours-{mode} / full-logits: step time {mine['step_s'] / full['step_s']:.2f}x, peak memory "
+              f"{mine['peak_mb'] / full['peak_mb']:.2f}x; like for like, ours-{mode} / full-logits-{mode}: step "
+              f"time {mine['step_s'] / peer['step_s']:.2f}x, peak memory {mine['peak_mb'] / peer['peak_mb']:.2f}x; "
+              f"|loss difference| to ours {abs(mine['loss'] - ours['loss']):.2e}")
     if "skipped" not in results["pretense"]:
         other = results["pretense"]
         print(f"ours / pretense: step time {ours['step_s'] / other['step_s']:.2f}x, peak memory "

@@ -15,6 +15,7 @@ from dupmae_eval.training import masking
 from dupmae_eval.training.pretrain_model import (OBJECTIVES, DupMAEForPretraining, EnhancedDecoder, init_like_bert,
                                                  linear_cross_entropy)
 from dupmae_eval.training.pretrain import make_pretrain_settings
+from dupmae_eval.errors import DupMAEEvalError
 
 # "[CLS] un ##believ ##able cats run ##s [SEP]": three words, of 3, 1 and 2 tokens
 TOKENS = ["[CLS]", "un", "##believ", "##able", "cats", "run", "##s", "[SEP]"]
@@ -189,31 +190,62 @@ def test_gradients_equal_autograd_through_the_full_logits():
         torch.testing.assert_close(ours[name], expected, rtol=1e-6, atol=1e-8, msg=name)
 
 
-def test_gradient_checkpointing_leaves_loss_and_gradients_unchanged():
-    """Training mode with dropout on: the checkpointed encoder recomputes each layer with the RNG state it
-    first ran with, so loss and every gradient equal the plain run's (float64), and the checkpointing is
-    really on (a module inside each encoder layer runs twice)."""
-    def step(checkpointed):
+class _OpCounter:
+    """Counts the aten ops a block dispatches (forward and backward, recomputation included)."""
+
+    def __enter__(self):
+        import collections
+
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counts = self.counts = collections.Counter()
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                counts[func.__name__] += 1
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
+
+
+# the tiny encoder: 2 layers, each 6 linear layers (addmm), one GELU, two LayerNorms, three dropouts
+@pytest.mark.parametrize("mode, extra_ops", [
+    ("layers", {"addmm.default": 12, "gelu.default": 2, "native_layer_norm.default": 4, "bernoulli_.float": 6}),
+    ("elementwise", {"addmm.default": 0, "gelu.default": 2, "native_layer_norm.default": 4, "bernoulli_.float": 6})])
+def test_recompute_leaves_loss_and_gradients_unchanged(mode, extra_ops):
+    """Training mode with dropout on: a recomputing encoder reruns each layer (or its elementwise ops) with
+    the RNG state it first ran with, so the loss and every gradient equal the plain run's (float64). The
+    recomputation is really on, and only where the mode says: counted at the dispatcher, `layers` runs each
+    encoder layer's products, GELU, LayerNorms and dropouts again; `elementwise` all but the products."""
+    def step(mode):
         model = _tiny()
         model.train()
-        if checkpointed:
-            model.checkpoint_encoder_layers()
-        calls = []
-        model.masked_lm.bert.encoder.layer[0].intermediate.register_forward_hook(lambda *_: calls.append(1))
+        model.recompute_encoder(mode)
         torch.manual_seed(7)
-        loss = model(**_batch())["loss"]
-        loss.backward()
+        with _OpCounter() as ops:
+            loss = model(**_batch())["loss"]
+            loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        return float(loss.detach()), grads, len(calls)
+        return float(loss.detach()), grads, ops.counts
 
-    plain_loss, plain, plain_calls = step(False)
-    loss, grads, calls = step(True)
-    assert (plain_calls, calls) == (1, 2)
+    plain_loss, plain, plain_ops = step("none")
+    loss, grads, ops = step(mode)
+    assert {op: ops[op] - plain_ops[op] for op in extra_ops} == extra_ops
     assert loss == pytest.approx(plain_loss, abs=1e-12)
     assert grads.keys() == plain.keys()
     for name, expected in plain.items():
         torch.testing.assert_close(grads[name], expected, rtol=1e-10, atol=1e-12, msg=name)
-    assert make_pretrain_settings(gradient_checkpointing="true").gradient_checkpointing is True
+    assert make_pretrain_settings(recompute=mode).recompute == mode
+
+
+def test_unknown_recompute_mode_is_refused():
+    with pytest.raises(DupMAEEvalError, match="activation recompute mode 'everything'; choose one of none"):
+        make_pretrain_settings(recompute="everything")
 
 
 @pytest.mark.parametrize("objective", list(OBJECTIVES))
@@ -385,7 +417,8 @@ def test_recipes_load_and_unknown_settings_are_refused(tmp_path):
 
 
 def test_pretrain_bench_runs_and_both_routes_agree():
-    """scripts/pretrain_bench.py at its smoke size: ours and the full-logits route give the same loss."""
+    """scripts/pretrain_bench.py at its smoke size: ours and the full-logits route give the same loss, and
+    each recompute mode leaves ours' loss unchanged."""
     import re
     import subprocess
     import sys
@@ -398,6 +431,7 @@ def test_pretrain_bench_runs_and_both_routes_agree():
     difference = float(re.search(r"\|loss difference\| ([0-9.e+-]+)", done.stdout).group(1))
     assert difference < 1e-4
     assert "ours / full-logits: step time" in done.stdout
-    checkpointed = float(re.search(r"ours-checkpointed / full-logits-checkpointed: .*\|loss difference\| ([0-9.e+-]+)",
-                                   done.stdout).group(1))
-    assert checkpointed < 1e-6
+    for mode in ("elementwise", "layers"):          # recomputation leaves ours' loss as it was
+        recomputed = float(re.search(rf"ours-{mode} / full-logits: .*\|loss difference\| to ours ([0-9.e+-]+)",
+                                     done.stdout).group(1))
+        assert recomputed < 1e-6, mode

@@ -46,7 +46,7 @@ class PretrainSettings:
     max_steps: int = -1                      # > 0 stops after that many optimizer steps
     seed: int = 42
     bf16: str = "auto"                       # auto: on a GPU that supports it; never on the CPU
-    gradient_checkpointing: bool = False     # recompute each encoder layer in the backward: memory for time
+    recompute: str = "none"                  # none | elementwise | layers (pretrain_model.RECOMPUTE); ours
     save_steps: int = 1000
     save_total_limit: int = 2
     logging_steps: int = 10
@@ -54,9 +54,10 @@ class PretrainSettings:
 
     def validate(self) -> "PretrainSettings":
         from .pretrain_data import SEQUENCE_LAYOUTS
-        from .pretrain_model import OBJECTIVES
+        from .pretrain_model import OBJECTIVES, RECOMPUTE
 
         OBJECTIVES.lookup(self.objective)
+        RECOMPUTE.lookup(self.recompute)
         SEQUENCE_LAYOUTS.lookup(self.sequences)
         for name in ("encoder_mask_ratio", "decoder_mask_ratio"):
             if not 0.0 < getattr(self, name) < 1.0:
@@ -94,9 +95,9 @@ HELP = {
     "max_steps": "stop after this many optimizer steps (> 0)",
     "seed": "seed of the masks, the decoder's initialisation and the trainer",
     "bf16": "auto (on a GPU with bf16), on, off",
-    "gradient_checkpointing": "keep only each encoder layer's input for the backward and recompute the rest "
-                              "(about a third more encoder compute; the encoder's activations were most of a "
-                              "step's memory at BERT-base size)",
+    "recompute": "what the encoder recomputes in the backward instead of keeping: none; elementwise (GELU, "
+                 "LayerNorm, sums, dropout between the products: less memory, same speed at BERT-base size); "
+                 "layers (whole layers: least memory, about a third more encoder compute)",
     "save_steps": "checkpoint every N steps",
     "save_total_limit": "checkpoints kept",
     "logging_steps": "log every N steps",
@@ -139,8 +140,7 @@ def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings) 
         return output
     net = DupMAEForPretraining.from_checkpoint(model, settings.objective, settings.bow_weight,
                                                settings.bow_normalize, settings.seed)
-    if settings.gradient_checkpointing:
-        net.checkpoint_encoder_layers()
+    net.recompute_encoder(settings.recompute)
     if world > 1 and rank != 0:
         _barrier()                        # rank 0 tokenizes; the others then read its store
     store = TokenStore.build(corpus, net.tokenizer, output / "corpus")

@@ -60,6 +60,47 @@ for _objective in (
     OBJECTIVES.register(_objective)
 
 
+@dataclass(frozen=True)
+class Recompute:
+    """What the encoder keeps of a layer's activations for the backward (the rest is recomputed there)."""
+
+    name: str
+    keep: Optional[str]    # None: everything; "products": matrix products and attention; "inputs": layer inputs
+    summary: str
+
+
+RECOMPUTE: Registry = Registry("activation recompute mode")
+for _mode in (
+        Recompute("none", None, "keep every activation (no recomputation)"),
+        Recompute("elementwise", "products",
+                  "keep each layer's linear and attention outputs, recompute the elementwise ops between them "
+                  "(GELU, LayerNorm, sums, dropout): at BERT-base size about a third less activation memory "
+                  "for a few elementwise passes"),
+        Recompute("layers", "inputs", "keep each layer's input, recompute the whole layer (about a third more "
+                                      "encoder compute; the least memory)")):
+    RECOMPUTE.register(_mode)
+
+
+def _product_ops() -> frozenset:
+    """The aten ops whose outputs `elementwise` keeps: matrix products (what `Linear` dispatches to) and the
+    fused attention kernels of each backend (recomputing them would cost as much as the forward did)."""
+    aten = torch.ops.aten
+    names = ("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention_for_cpu",
+             "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+             "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_fused_attention_overrideable")
+    return frozenset(getattr(aten, name).default for name in names if hasattr(aten, name))
+
+
+_PRODUCTS = _product_ops()
+
+
+def _keep_products(ctx, op, *args, **kwargs):
+    """Selective-checkpointing policy: keep products, recompute everything else."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    return CheckpointPolicy.MUST_SAVE if op in _PRODUCTS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
 class EnhancedDecoder(torch.nn.Module):
     """One BERT layer whose queries come from one stream and keys/values from another (RetroMAE's
     enhanced decoding): multi-head attention under a per-row mask, residual to the query stream, then
@@ -241,17 +282,28 @@ class DupMAEForPretraining(torch.nn.Module):
         per_text = -(targets * torch.log_softmax(pooled, dim=1)).sum(dim=1)
         return global_mean(per_text.sum(), pooled.shape[0], pooled.device)
 
-    def checkpoint_encoder_layers(self) -> None:
-        """Gradient checkpointing of the encoder's layers (transformers' own, non-reentrant, RNG state kept,
-        so dropout draws the same masks when a layer is recomputed and the gradients do not change). At
-        BERT-base size the encoder's saved activations are most of a step's peak memory, more than the
-        objective's vocabulary products once those are blockwise; this trades them for recomputation."""
+    def recompute_encoder(self, mode: str) -> None:
+        """Keep less of the encoder's activations for the backward and recompute the rest (`RECOMPUTE`):
+        `elementwise` keeps each layer's products (linear layers, attention) and recomputes what lies between
+        them (GELU, LayerNorm, residual sums, dropout, reshapes), `layers` keeps only each layer's input.
+        Both go through transformers' own checkpointing, non-reentrant with the RNG state kept, so dropout
+        draws the same masks when a layer is recomputed and the gradients do not change."""
+        entry = RECOMPUTE.lookup(mode)
+        if entry.keep is None:
+            return
+        kwargs: Dict[str, object] = {"use_reentrant": False}
+        if entry.keep == "products":
+            import functools
+
+            from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+            kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _keep_products)
         # the newer transformers 5.x name (the old one warns that it goes in v6); older 5.x has only the old one
         enable = getattr(self.masked_lm, "activation_checkpointing_enable", None)
         if enable is not None:
-            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            enable(activation_checkpointing_kwargs=kwargs)
         else:
-            self.masked_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.masked_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     # ------------------------------------------------------------------ reading and writing
     @classmethod
