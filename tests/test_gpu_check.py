@@ -77,7 +77,8 @@ def test_gpu_check_runs_on_the_cpu(small_scifact, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = (tmp_path / "out" / "gpu_check.txt").read_text()
     for section in ("0. ceilings", "1. encoding", "2. ours vs naive", "agreement bf16 vs fp32", "3. exact dupmae",
-                    "4. fine-tuning step", "pre-training step (", "5. end to end"):
+                    "4. fine-tuning step", "pre-training step (", "the same with --recompute elementwise",
+                    "5. end to end"):
         assert section in report, section
     assert "top-10 identical share 1.000" in report            # the device scorer against the CPU scorer
     assert "same pooled values as the naive route (bf16): max |difference| 0\n" in report

@@ -46,7 +46,8 @@ class PretrainSettings:
     max_steps: int = -1                      # > 0 stops after that many optimizer steps
     seed: int = 42
     bf16: str = "auto"                       # auto: on a GPU that supports it; never on the CPU
-    recompute: str = "none"                  # none | elementwise | layers (pretrain_model.RECOMPUTE); ours
+    recompute: str = "none"                  # none | elementwise | layers (pretrain_model.RECOMPUTE); released:
+                                             # none (elementwise: exact, 0.86x the memory, no slower on a CPU)
     save_steps: int = 1000
     save_total_limit: int = 2
     logging_steps: int = 10
