@@ -117,6 +117,49 @@ def test_training_loss_equals_eq12_and_infonce_from_inference_halves(random_bert
     assert abs(loss - hand) < 1e-4 * max(1.0, abs(hand))
 
 
+@pytest.mark.parametrize("mode", ["elementwise", "layers"])
+def test_recompute_leaves_the_finetuning_gradients_unchanged(random_bert, mode):
+    """`finetune --recompute`: in training mode with dropout on, the loss and every gradient equal the
+    plain encoder's (float64), and the recomputation is real (more GELUs run than without it)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from dupmae_eval.training.data import GroupCollator
+    from dupmae_eval.training.model import DupMAEForTraining
+    from dupmae_eval.training.recompute import recompute_encoder
+    from dupmae_eval.training.settings import make_settings
+
+    class Gelus(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Gelus.count += func.__name__ == "gelu.default"
+            return func(*args, **(kwargs or {}))
+
+    settings = make_settings(doc_topk=7, group_size=2, recompute=mode)
+    texts = [{"query": "microwave dielectric constant", "passages": ["measurement of liquids", "phase"]},
+             {"query": "band pass filters", "passages": ["computers in filter design", ""]}]
+
+    def step(recompute):
+        torch.manual_seed(0)
+        net = DupMAEForTraining.from_checkpoint(str(random_bert), settings).double().train()
+        recompute_encoder(net.masked_lm, recompute)
+        batch = GroupCollator(net.tokenizer, 16, 24)(texts)
+        Gelus.count = 0
+        torch.manual_seed(3)
+        with Gelus():
+            loss = net(**batch)["loss"]
+            loss.backward()
+        return float(loss.detach()), {n: p.grad for n, p in net.named_parameters() if p.grad is not None}, Gelus.count
+
+    plain_loss, plain, plain_gelus = step("none")
+    loss, grads, gelus = step(mode)
+    assert gelus > plain_gelus
+    assert loss == pytest.approx(plain_loss, abs=1e-12)
+    assert grads.keys() == plain.keys()
+    for name, expected in plain.items():
+        torch.testing.assert_close(grads[name], expected, rtol=1e-10, atol=1e-12, msg=name)
+
+
 # --------------------------------------------------------------------------- data and refusals
 
 
@@ -262,6 +305,30 @@ def test_refusals_before_training(small_beir, random_bert, tmp_path):
         {"model": str(random_bert), "data": str(small_beir), "settings": {**settings.as_dict(), "seed": 7}}))
     with pytest.raises(DupMAEEvalError, match=r"already holds a different fine-tuning run \(settings.seed"):
         finetune(str(random_bert), str(small_beir), tmp_path / "other", settings)
+
+
+def test_a_run_recorded_before_a_setting_existed_resumes_at_its_default(tmp_path):
+    """A newer version resumes an older run folder: a setting missing from its record is taken at its
+    default (what that run did); asking for another value, or a record with a setting that is gone,
+    is refused naming the setting."""
+    import json
+    from dataclasses import asdict
+
+    from dupmae_eval.training.settings import FinetuneSettings
+    from dupmae_eval.training.trainer import _check_output
+
+    settings = asdict(FinetuneSettings())
+    older = {k: v for k, v in settings.items() if k != "recompute"}
+    (tmp_path / "finetune.json").write_text(json.dumps({"model": "m", "data": "d", "settings": older}))
+    record = {"model": "m", "data": "d", "settings": settings}
+    assert _check_output(tmp_path, record, "finetune.json", "fine-tuning", settings) is True
+    with pytest.raises(DupMAEEvalError, match=r"settings\.recompute differ"):
+        _check_output(tmp_path, {**record, "settings": {**settings, "recompute": "layers"}}, "finetune.json",
+                      "fine-tuning", settings)
+    (tmp_path / "finetune.json").write_text(json.dumps({"model": "m", "data": "d",
+                                                        "settings": {**settings, "gone": True}}))
+    with pytest.raises(DupMAEEvalError, match=r"settings\.gone \(no longer a setting\)"):
+        _check_output(tmp_path, record, "finetune.json", "fine-tuning", settings)
 
 
 def test_recipes_load_and_unknown_keys_are_refused(tmp_path):

@@ -46,7 +46,7 @@ class PretrainSettings:
     max_steps: int = -1                      # > 0 stops after that many optimizer steps
     seed: int = 42
     bf16: str = "auto"                       # auto: on a GPU that supports it; never on the CPU
-    recompute: str = "none"                  # none | elementwise | layers (pretrain_model.RECOMPUTE); released:
+    recompute: str = "none"                  # none | elementwise | layers (recompute.RECOMPUTE); released:
                                              # none (elementwise: exact, 0.86x the memory, no slower on a CPU)
     save_steps: int = 1000
     save_total_limit: int = 2
@@ -55,7 +55,8 @@ class PretrainSettings:
 
     def validate(self) -> "PretrainSettings":
         from .pretrain_data import SEQUENCE_LAYOUTS
-        from .pretrain_model import OBJECTIVES, RECOMPUTE
+        from .pretrain_model import OBJECTIVES
+        from .recompute import RECOMPUTE
 
         OBJECTIVES.lookup(self.objective)
         RECOMPUTE.lookup(self.recompute)
@@ -137,7 +138,7 @@ def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings) 
     output = Path(output)
     rank, world = _distributed()
     record = {"tool": f"dupmae-eval {__version__}", "model": model, "data": corpus, "settings": settings.as_dict()}
-    if claim_output(output, record, RECORD, "pre-training"):
+    if claim_output(output, record, RECORD, "pre-training", asdict(PretrainSettings())):
         return output
     net = DupMAEForPretraining.from_checkpoint(model, settings.objective, settings.bow_weight,
                                                settings.bow_normalize, settings.seed)

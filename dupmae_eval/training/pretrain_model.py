@@ -36,6 +36,7 @@ import torch
 from ..errors import DupMAEEvalError
 from ..registry import Registry
 from .ot_pool import ot_max_pool
+from .recompute import recompute_encoder
 
 DECODER_FILE = "dupmae_decoder.safetensors"
 RECORD_FILE = "dupmae_pretraining.json"
@@ -58,47 +59,6 @@ for _objective in (
         Objective("bow", False, True, "MLM + bag-of-words of the ordinary tokens (Table 4 'OT decoding only')"),
         Objective("dupmae", True, True, "MLM + [CLS] decoding + bag of words (DupMAE, Eq. 9)")):
     OBJECTIVES.register(_objective)
-
-
-@dataclass(frozen=True)
-class Recompute:
-    """What the encoder keeps of a layer's activations for the backward (the rest is recomputed there)."""
-
-    name: str
-    keep: Optional[str]    # None: everything; "products": matrix products and attention; "inputs": layer inputs
-    summary: str
-
-
-RECOMPUTE: Registry = Registry("activation recompute mode")
-for _mode in (
-        Recompute("none", None, "keep every activation (no recomputation)"),
-        Recompute("elementwise", "products",
-                  "keep each layer's linear and attention outputs, recompute the elementwise ops between them "
-                  "(GELU, LayerNorm, sums, dropout): at BERT-base size about a third less activation memory "
-                  "for a few elementwise passes"),
-        Recompute("layers", "inputs", "keep each layer's input, recompute the whole layer (about a third more "
-                                      "encoder compute; the least memory)")):
-    RECOMPUTE.register(_mode)
-
-
-def _product_ops() -> frozenset:
-    """The aten ops whose outputs `elementwise` keeps: matrix products (what `Linear` dispatches to) and the
-    fused attention kernels of each backend (recomputing them would cost as much as the forward did)."""
-    aten = torch.ops.aten
-    names = ("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention_for_cpu",
-             "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-             "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_fused_attention_overrideable")
-    return frozenset(getattr(aten, name).default for name in names if hasattr(aten, name))
-
-
-_PRODUCTS = _product_ops()
-
-
-def _keep_products(ctx, op, *args, **kwargs):
-    """Selective-checkpointing policy: keep products, recompute everything else."""
-    from torch.utils.checkpoint import CheckpointPolicy
-
-    return CheckpointPolicy.MUST_SAVE if op in _PRODUCTS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
 class EnhancedDecoder(torch.nn.Module):
@@ -283,27 +243,8 @@ class DupMAEForPretraining(torch.nn.Module):
         return global_mean(per_text.sum(), pooled.shape[0], pooled.device)
 
     def recompute_encoder(self, mode: str) -> None:
-        """Keep less of the encoder's activations for the backward and recompute the rest (`RECOMPUTE`):
-        `elementwise` keeps each layer's products (linear layers, attention) and recomputes what lies between
-        them (GELU, LayerNorm, residual sums, dropout, reshapes), `layers` keeps only each layer's input.
-        Both go through transformers' own checkpointing, non-reentrant with the RNG state kept, so dropout
-        draws the same masks when a layer is recomputed and the gradients do not change."""
-        entry = RECOMPUTE.lookup(mode)
-        if entry.keep is None:
-            return
-        kwargs: Dict[str, object] = {"use_reentrant": False}
-        if entry.keep == "products":
-            import functools
-
-            from torch.utils.checkpoint import create_selective_checkpoint_contexts
-
-            kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _keep_products)
-        # the newer transformers 5.x name (the old one warns that it goes in v6); older 5.x has only the old one
-        enable = getattr(self.masked_lm, "activation_checkpointing_enable", None)
-        if enable is not None:
-            enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            self.masked_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        """What the encoder recomputes in the backward (`recompute.RECOMPUTE`: none, elementwise, layers)."""
+        recompute_encoder(self.masked_lm, mode)
 
     # ------------------------------------------------------------------ reading and writing
     @classmethod

@@ -55,6 +55,7 @@ class FinetuneSettings:
     max_steps: int = -1                      # > 0 stops after that many optimizer steps (smoke runs)
     seed: int = 42
     bf16: str = "auto"                       # auto: on a GPU that supports it; never on the CPU
+    recompute: str = "none"                  # none | elementwise | layers (recompute.RECOMPUTE); RetroMAE: none
     save_steps: int = 500
     save_total_limit: int = 2
     logging_steps: int = 10
@@ -63,7 +64,10 @@ class FinetuneSettings:
     def validate(self) -> "FinetuneSettings":
         from ..kinds import encoder_kind
 
+        from .recompute import RECOMPUTE
+
         kind = encoder_kind(self.kind)
+        RECOMPUTE.lookup(self.recompute)
         if self.activation not in ACTIVATIONS:
             raise DupMAEEvalError(f"activation {self.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
         if self.negatives not in NEGATIVE_SOURCES:
@@ -145,6 +149,9 @@ HELP = {
     "max_steps": "stop after this many optimizer steps (> 0)",
     "seed": "seed of the sampling, the new projection and the trainer",
     "bf16": "auto (on a GPU with bf16), on, off",
+    "recompute": "what the encoder recomputes in the backward instead of keeping: none; elementwise (GELU, "
+                 "LayerNorm, sums, dropout between the products: less memory for little compute); layers "
+                 "(whole layers: least memory, about a third more encoder compute)",
     "save_steps": "checkpoint every N steps",
     "save_total_limit": "checkpoints kept",
     "logging_steps": "log every N steps",

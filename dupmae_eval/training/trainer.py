@@ -25,8 +25,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from .. import __version__
 from ..errors import DupMAEEvalError
@@ -67,17 +68,21 @@ def _epoch_callback(dataset):
     return EpochToDataset()
 
 
-def _check_output(output: Path, record: dict, name: str = RECORD, what: str = "fine-tuning") -> bool:
+def _check_output(output: Path, record: dict, name: str = RECORD, what: str = "fine-tuning",
+                  defaults: Optional[Mapping[str, Any]] = None) -> bool:
     """True when the folder holds this very run (resume); refuse a folder holding anything else. `record`
-    has the keys (model, data, settings) that make two runs the same; `name` is the record's file."""
+    has the keys (model, data, settings) that make two runs the same; `name` is the record's file.
+    `defaults` are the settings' defaults: a setting added since the folder's record was written is taken
+    to have run at its default (the only behaviour there was), so a newer version resumes an older run
+    unless the run asks for something else."""
     path = output / name
     if path.is_file():
         earlier = json.loads(path.read_text())
-        if {k: earlier.get(k) for k in ("model", "data", "settings")} != {k: record[k] for k in
-                                                                            ("model", "data", "settings")}:
-            changed = [k for k in ("model", "data") if earlier.get(k) != record[k]]
-            changed += [f"settings.{k}" for k, v in record["settings"].items()
-                        if (earlier.get("settings") or {}).get(k) != v]
+        settings = {**(defaults or {}), **(earlier.get("settings") or {})}
+        changed = [k for k in ("model", "data") if earlier.get(k) != record[k]]
+        changed += [f"settings.{k}" for k, v in record["settings"].items() if settings.get(k, _ABSENT) != v]
+        changed += [f"settings.{k} (no longer a setting)" for k in settings if k not in record["settings"]]
+        if changed:
             raise DupMAEEvalError(f"{output}: already holds a different {what} run ({', '.join(changed[:4])} "
                                   f"differ); choose another --output")
         return True
@@ -85,6 +90,9 @@ def _check_output(output: Path, record: dict, name: str = RECORD, what: str = "f
         raise DupMAEEvalError(f"{output}: exists and is not a {what} output folder (no {name}); "
                               f"choose an empty or new folder")
     return False
+
+
+_ABSENT = object()
 
 
 def _distributed() -> tuple:
@@ -107,7 +115,8 @@ def _init_processes(world: int) -> None:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
-def claim_output(output: Path, record: dict, name: str, what: str) -> bool:
+def claim_output(output: Path, record: dict, name: str, what: str,
+                 defaults: Optional[Mapping[str, Any]] = None) -> bool:
     """Rank 0 alone judges the output folder (a new folder, or this very run's to resume) and writes the
     run's record; under torchrun the other ranks wait for it at a barrier. True when this very run has
     already finished there: the caller then returns without training (a zero-step "resume" would
@@ -118,7 +127,7 @@ def claim_output(output: Path, record: dict, name: str, what: str) -> bool:
     rank, world = _distributed()
     _init_processes(world)
     if rank == 0:
-        if not _check_output(output, record, name, what):
+        if not _check_output(output, record, name, what, defaults):
             output.mkdir(parents=True, exist_ok=True)
             with atomic_output(output / name) as handle:
                 json.dump({**record, **provenance(), "finished": False}, handle, indent=2)
@@ -214,14 +223,16 @@ def finetune(model: str, data: str, output: Path, settings: FinetuneSettings) ->
     from ..data import atomic_output
     from .data import GroupCollator, GroupDataset
     from .model import DupMAEForTraining
+    from .recompute import recompute_encoder
 
     settings.validate()
     output = Path(output)
     rank, world = _distributed()
     record = {"tool": f"dupmae-eval {__version__}", "model": model, "data": data, "settings": settings.as_dict()}
-    if claim_output(output, record, RECORD, "fine-tuning"):
+    if claim_output(output, record, RECORD, "fine-tuning", asdict(FinetuneSettings())):
         return output
     net = DupMAEForTraining.from_checkpoint(model, settings)    # a missing MLM head is refused here, early
+    recompute_encoder(net.masked_lm, settings.recompute)
     train, held, store = prepare_data(data, settings, output)
     if held and rank == 0:
         with atomic_output(output / "holdout.tsv") as handle:

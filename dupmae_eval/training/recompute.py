@@ -1,0 +1,80 @@
+"""Activation recomputation of the encoder (what the backward recomputes instead of keeping), one registry
+entry per mode, shared by `pretrain` and `finetune`.
+
+At BERT-base size the encoder's saved activations, not the objective's vocabulary products, are most of a
+training step's memory once those products are blockwise (docs/pretraining.md measures it). Every mode
+goes through transformers' own activation checkpointing, non-reentrant with the RNG state kept, so dropout
+draws the same masks when a layer is recomputed and the gradients do not change; recomputation acts only
+in training mode.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class Recompute:
+    """What the encoder keeps of a layer's activations for the backward (the rest is recomputed there)."""
+
+    name: str
+    keep: Optional[str]    # None: everything; "products": matrix products and attention; "inputs": layer inputs
+    summary: str
+
+
+RECOMPUTE: Registry = Registry("activation recompute mode")
+for _mode in (
+        Recompute("none", None, "keep every activation (no recomputation)"),
+        Recompute("elementwise", "products",
+                  "keep each layer's linear and attention outputs, recompute the elementwise ops between them "
+                  "(GELU, LayerNorm, sums, dropout): at BERT-base size about a seventh less step memory "
+                  "for a few elementwise passes"),
+        Recompute("layers", "inputs", "keep each layer's input, recompute the whole layer (about a third more "
+                                      "encoder compute; the least memory)")):
+    RECOMPUTE.register(_mode)
+
+
+def _product_ops() -> frozenset:
+    """The aten ops whose outputs `elementwise` keeps: matrix products (what `Linear` dispatches to) and the
+    fused attention kernels of each backend (recomputing them would cost as much as the forward did)."""
+    aten = torch.ops.aten
+    names = ("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention_for_cpu",
+             "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+             "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_fused_attention_overrideable")
+    return frozenset(getattr(aten, name).default for name in names if hasattr(aten, name))
+
+
+_PRODUCTS = _product_ops()
+
+
+def _keep_products(ctx, op, *args, **kwargs):
+    """Selective-checkpointing policy: keep products, recompute everything else."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    return CheckpointPolicy.MUST_SAVE if op in _PRODUCTS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def recompute_encoder(masked_lm, mode: str) -> None:
+    """Set a BertForMaskedLM's encoder layers to `mode` (`RECOMPUTE`): `elementwise` keeps each layer's
+    products (linear layers, attention) and recomputes what lies between them (torch's selective
+    checkpointing), `layers` keeps only each layer's input (gradient checkpointing), `none` changes nothing."""
+    entry = RECOMPUTE.lookup(mode)
+    if entry.keep is None:
+        return
+    kwargs: Dict[str, object] = {"use_reentrant": False}
+    if entry.keep == "products":
+        from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+        kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _keep_products)
+    # the newer transformers 5.x name (the old one warns that it goes in v6); older 5.x has only the old one
+    enable = getattr(masked_lm, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        masked_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
