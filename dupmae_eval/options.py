@@ -65,8 +65,8 @@ OPTIONS: Dict[str, Option] = {option.key: option for option in (
     Option("device", "device", "cpu (default) or cuda", encoder=False, type=str),
     Option("shard_size", "shard_size", "passages per encoding shard (default 10,000)", encoder=False, type=int,
            default=10_000),
-    Option("faiss_shards", "faiss_shards", "dense: search one faiss index per shard and merge (a dense half "
-           "larger than memory)", encoder=False, flag=True, default=False),
+    Option("faiss_shards", "faiss_shards", "dense and hybrid: search one faiss index per shard and merge (a "
+           "dense half larger than memory)", encoder=False, flag=True, default=False),
     Option("quantization_scale", "quantization_scale", "impact weights are round(weight * scale) (default 100, "
            "as Pyserini's SPLADE)", encoder=False, type=float, default=100.0),
     Option("hybrid_audit", "hybrid_audit", f"hybrid: compare with brute force (auto: only up to "

@@ -8,14 +8,15 @@ and what its sidecar should record. Adding a mode is one `register_retrieval_mod
   `faiss_shards` one faiss index per encoding shard with a merged top-k;
 - impact: the sparse half through Pyserini's LuceneImpactSearcher (quantised weights);
 - dupmae: the paper's score, exact, brute force streamed shard by shard (a one-half kind: that half);
-- hybrid: dense and impact candidates, their union rescored with the exact score. Its audit against
+- hybrid: dense and impact candidates (the dense ones as `dense` finds them, `faiss_shards` included),
+  their union rescored with the exact score, streamed shard by shard. Its audit against
   brute force (top-10 overlap, metric difference) runs the very search hybrid exists to avoid, so it
   is on by default only up to `HYBRID_AUDIT_MAX_DOCUMENTS`, and the sidecar says which.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
 from .data import Run
@@ -145,11 +146,11 @@ def _exact(job: SearchJob) -> Tuple[Run, dict]:
 def _hybrid(job: SearchJob) -> Tuple[Run, dict]:
     from .search import fuse_candidates, rescore
 
-    dense_run, _ = _dense(replace(job, faiss_shards=False))
+    dense_run, dense_meta = _dense(job)           # --faiss-shards applies here too (a dense half beyond memory)
     impact_run, _, meta = _impact_run(job)
     dense, sparse = job.query_halves()
     run = rescore(job.encoding, dense, sparse, job.qids, fuse_candidates(dense_run, impact_run), job.hits)
-    return run, {"impact_index": meta, "hybrid_agreement": _audit(job, run)}
+    return run, {**dense_meta, "impact_index": meta, "hybrid_agreement": _audit(job, run)}
 
 
 def _audit(job: SearchJob, run: Run) -> dict:

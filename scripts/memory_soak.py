@@ -9,7 +9,7 @@ passages/s, RSS shortly after each shard is written and the highest RSS during e
 MB per 10,000 passages after the first two shards (least squares) and the largest deviation from the
 level reached after shard 2. Then the shard-streamed searches over the same vectors cut into >= 50
 shards: exact `dupmae` scoring, faiss-shards, impact-index staging (each side in its own process, RSS
-read after every shard) and hybrid's `rescore` (which loads the encoding whole).
+read after every shard) and hybrid's `rescore` (RSS after each of three calls; it streams the shards too).
 
     .venv/bin/python scripts/memory_soak.py [--passages 200000] [--work FOLDER] [--quick]
 """

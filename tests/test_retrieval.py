@@ -104,6 +104,19 @@ def test_dense_only_encoder_with_exact_mode_and_bad_combinations(small_scifact, 
     assert [d for d, _ in run[qid][:10]] == [d for d, _ in dense_run[qid][:10]]
 
 
+def test_hybrid_takes_faiss_shards_for_its_dense_candidates(small_scifact, tmp_path, monkeypatch):
+    """`--faiss-shards` reaches hybrid's dense stage (a dense half beyond memory), and the rescored run is
+    the one the whole-index route gives."""
+    monkeypatch.setenv("DUPMAE_EVAL_HOME", str(tmp_path / "hybrid-cache"))
+    whole, whole_meta = _run(small_scifact, tmp_path / "whole.trec", "--encoder", "dupmae", "--retrieval", "hybrid")
+    sharded, meta = _run(small_scifact, tmp_path / "sharded.trec", "--encoder", "dupmae", "--retrieval", "hybrid",
+                         "--faiss-shards")
+    assert "faiss shards" in meta["index"] and "faiss shards" not in whole_meta["index"]
+    for qid in whole:
+        assert [d for d, _ in sharded[qid][:20]] == [d for d, _ in whole[qid][:20]]
+        np.testing.assert_allclose([s for _, s in sharded[qid][:20]], [s for _, s in whole[qid][:20]], atol=1e-5)
+
+
 def test_shard_by_shard_search_equals_whole_index_search(small_scifact, tmp_path, monkeypatch):
     """Exact scoring streams shards; dense search over per-shard faiss indexes merges their top-k."""
     monkeypatch.setenv("DUPMAE_EVAL_HOME", str(tmp_path / "sharded-cache"))
