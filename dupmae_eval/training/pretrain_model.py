@@ -120,11 +120,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, x.shape[0], block):
             rows = x[start:start + block]
             logits = torch.nn.functional.linear(rows, weight, bias)          # bf16 under autocast
-            wide = logits.to(wide_dtype)
+            wide = logits.to(wide_dtype)                                     # the same tensor when already wide
             target = labels[start:start + block]
-            log_norm = torch.logsumexp(wide, dim=1)
-            total += (log_norm - wide.gather(1, target[:, None]).squeeze(1)).sum()
-            probabilities = torch.exp(wide - log_norm[:, None])              # d loss / d logits: softmax - onehot
+            picked = wide.gather(1, target[:, None]).squeeze(1)
+            peak = wide.amax(dim=1)
+            # softmax in place (no further rows x vocabulary tensor: on a CPU each fresh one costs page faults)
+            probabilities = wide.sub_(peak[:, None]).exp_()
+            norm = probabilities.sum(dim=1)
+            total += (peak + torch.log(norm) - picked).sum()                 # log-sum-exp minus the label's logit
+            probabilities.div_(norm[:, None])                                # d loss / d logits: softmax - onehot
             probabilities[torch.arange(len(target), device=x.device), target] -= 1.0
             grad = probabilities.to(logits.dtype)
             if d_x is not None:
