@@ -477,7 +477,7 @@ def pretraining_step(device, sizes, peaks, report, use_bf16: bool) -> None:
     report(f"   {seconds * 1e3:,.1f} ms/step, {tokens / seconds:,.0f} tokens/s, {rate / 1e12:.3g} TFLOP/s = "
            f"{rate / peaks['bf16_flops']:.1%} of the bf16 peak; peak memory {fmt_mb(peak_mb(device))}; "
            f"loss {float(step().detach()):.3f}")
-    # `pretrain --recompute elementwise` (exact, less memory and no slower on a CPU): the same step on this device
+    # `pretrain --recompute elementwise` (exact; less memory at about the same time on a CPU): the same step here
     model.recompute_encoder("elementwise")
     reset_peak(device)
     recomputed = timed(step, device, sizes.timed)

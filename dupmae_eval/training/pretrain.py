@@ -47,7 +47,7 @@ class PretrainSettings:
     seed: int = 42
     bf16: str = "auto"                       # auto: on a GPU that supports it; never on the CPU
     recompute: str = "none"                  # none | elementwise | layers (recompute.RECOMPUTE); released:
-                                             # none (elementwise: exact, 0.86x the memory, no slower on a CPU)
+                                             # none (elementwise: exact, 0.85x the memory on a CPU)
     save_steps: int = 1000
     save_total_limit: int = 2
     logging_steps: int = 10
@@ -98,7 +98,7 @@ HELP = {
     "seed": "seed of the masks, the decoder's initialisation and the trainer",
     "bf16": "auto (on a GPU with bf16), on, off",
     "recompute": "what the encoder recomputes in the backward instead of keeping: none; elementwise (GELU, "
-                 "LayerNorm, sums, dropout between the products: less memory, same speed at BERT-base size); "
+                 "LayerNorm, sums, dropout between the products: less memory, about the same time at BERT-base size); "
                  "layers (whole layers: least memory, about a third more encoder compute)",
     "save_steps": "checkpoint every N steps",
     "save_total_limit": "checkpoints kept",
