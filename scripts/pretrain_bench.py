@@ -131,8 +131,8 @@ def child(side: str, quick: bool, steps: int) -> dict:
         decoder = EnhancedDecoder(config)
         init_like_bert(decoder, 0.02, torch.Generator().manual_seed(0))
         model = DupMAEForPretraining(BertForMaskedLM(config), decoder, "dupmae", 0.1, True)
-        route, _, mode = side.partition("-") if side.startswith("ours") else ("full-logits", "", side[12:])
-        model.recompute_encoder(mode or "none")
+        route = "ours" if side.startswith("ours") else "full-logits"
+        model.recompute_encoder(side[len(route) + 1:] or "none")      # "ours-layers" -> "layers"
 
         def loss_of():
             return model(**batch)["loss"] if route == "ours" else _full_logits_loss(model, batch)

@@ -63,7 +63,6 @@ class FinetuneSettings:
 
     def validate(self) -> "FinetuneSettings":
         from ..kinds import encoder_kind
-
         from .recompute import RECOMPUTE
 
         kind = encoder_kind(self.kind)

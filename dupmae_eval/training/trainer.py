@@ -68,6 +68,9 @@ def _epoch_callback(dataset):
     return EpochToDataset()
 
 
+_ABSENT = object()    # a setting the earlier record does not name (and no default fills)
+
+
 def _check_output(output: Path, record: dict, name: str = RECORD, what: str = "fine-tuning",
                   defaults: Optional[Mapping[str, Any]] = None) -> bool:
     """True when the folder holds this very run (resume); refuse a folder holding anything else. `record`
@@ -90,9 +93,6 @@ def _check_output(output: Path, record: dict, name: str = RECORD, what: str = "f
         raise DupMAEEvalError(f"{output}: exists and is not a {what} output folder (no {name}); "
                               f"choose an empty or new folder")
     return False
-
-
-_ABSENT = object()
 
 
 def _distributed() -> tuple:
