@@ -21,6 +21,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 from .. import __version__
 from ..errors import DupMAEEvalError
+from .settings import HEAP_HELP
 
 RECORD = "pretrain.json"
 
@@ -48,18 +49,21 @@ class PretrainSettings:
     bf16: str = "auto"                       # auto: on a GPU that supports it; never on the CPU
     recompute: str = "none"                  # none | elementwise | layers (recompute.RECOMPUTE); released:
                                              # none (elementwise: exact, 0.85x the memory on a CPU)
+    heap: str = "release"                    # release | glibc (heap.HEAPS): how freed tensor memory goes back
     save_steps: int = 1000
     save_total_limit: int = 2
     logging_steps: int = 10
     dataloader_workers: int = 0
 
     def validate(self) -> "PretrainSettings":
+        from ..heap import HEAPS
         from .pretrain_data import SEQUENCE_LAYOUTS
         from .pretrain_model import OBJECTIVES
         from .recompute import RECOMPUTE
 
         OBJECTIVES.lookup(self.objective)
         RECOMPUTE.lookup(self.recompute)
+        HEAPS.lookup(self.heap)
         SEQUENCE_LAYOUTS.lookup(self.sequences)
         for name in ("encoder_mask_ratio", "decoder_mask_ratio"):
             if not 0.0 < getattr(self, name) < 1.0:
@@ -100,6 +104,7 @@ HELP = {
     "recompute": "what the encoder recomputes in the backward instead of keeping: none; elementwise (GELU, "
                  "LayerNorm, sums, dropout between the products: less memory, about the same time at BERT-base size); "
                  "layers (whole layers: least memory, about a third more encoder compute)",
+    "heap": HEAP_HELP,
     "save_steps": "checkpoint every N steps",
     "save_total_limit": "checkpoints kept",
     "logging_steps": "log every N steps",

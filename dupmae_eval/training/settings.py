@@ -56,17 +56,20 @@ class FinetuneSettings:
     seed: int = 42
     bf16: str = "auto"                       # auto: on a GPU that supports it; never on the CPU
     recompute: str = "none"                  # none | elementwise | layers (recompute.RECOMPUTE); RetroMAE: none
+    heap: str = "release"                    # release | glibc (heap.HEAPS): how freed tensor memory goes back
     save_steps: int = 500
     save_total_limit: int = 2
     logging_steps: int = 10
     dataloader_workers: int = 0
 
     def validate(self) -> "FinetuneSettings":
+        from ..heap import HEAPS
         from ..kinds import encoder_kind
         from .recompute import RECOMPUTE
 
         kind = encoder_kind(self.kind)
         RECOMPUTE.lookup(self.recompute)
+        HEAPS.lookup(self.heap)
         if self.activation not in ACTIVATIONS:
             raise DupMAEEvalError(f"activation {self.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
         if self.negatives not in NEGATIVE_SOURCES:
@@ -117,6 +120,10 @@ class FinetuneSettings:
 
 FIELDS = {f.name: f for f in fields(FinetuneSettings)}
 
+HEAP_HELP = ("release (tensors of 64 KiB or more go back to the system when freed: on a CPU the process's "
+             "memory follows its live tensors) or glibc (the C library's default, which keeps freed activations "
+             "resident); not part of what makes two runs the same")
+
 HELP = {
     "kind": "encoder kind trained: dupmae (both halves), cls (dense only), splade (sparse only)",
     "dense_dim": "[CLS] projection size: 'half' of hidden (paper: 768 -> 384), a number, or none",
@@ -151,6 +158,7 @@ HELP = {
     "recompute": "what the encoder recomputes in the backward instead of keeping: none; elementwise (GELU, "
                  "LayerNorm, sums, dropout between the products: less memory for little compute); layers "
                  "(whole layers: least memory, about a third more encoder compute)",
+    "heap": HEAP_HELP,
     "save_steps": "checkpoint every N steps",
     "save_total_limit": "checkpoints kept",
     "logging_steps": "log every N steps",

@@ -69,6 +69,7 @@ def _epoch_callback(dataset):
 
 
 _ABSENT = object()    # a setting the earlier record does not name (and no default fills)
+PROCESS_SETTINGS = ("heap",)   # how this process runs, not what it trains: may differ when a run resumes
 
 
 def _check_output(output: Path, record: dict, name: str = RECORD, what: str = "fine-tuning",
@@ -83,7 +84,8 @@ def _check_output(output: Path, record: dict, name: str = RECORD, what: str = "f
         earlier = json.loads(path.read_text())
         settings = {**(defaults or {}), **(earlier.get("settings") or {})}
         changed = [k for k in ("model", "data") if earlier.get(k) != record[k]]
-        changed += [f"settings.{k}" for k, v in record["settings"].items() if settings.get(k, _ABSENT) != v]
+        changed += [f"settings.{k}" for k, v in record["settings"].items()
+                    if k not in PROCESS_SETTINGS and settings.get(k, _ABSENT) != v]
         changed += [f"settings.{k} (no longer a setting)" for k in settings if k not in record["settings"]]
         if changed:
             raise DupMAEEvalError(f"{output}: already holds a different {what} run ({', '.join(changed[:4])} "
@@ -150,7 +152,9 @@ def train_and_save(net, dataset, collator, output: Path, settings, per_device_ba
     from transformers.trainer_utils import get_last_checkpoint
 
     from ..data import atomic_output
+    from ..heap import use_heap
 
+    use_heap(settings.heap)                     # before the model's first step allocates its activations
     _, world = _distributed()
     on_gpu = torch.cuda.is_available()
     bf16 = settings.bf16 == "on" or (settings.bf16 == "auto" and on_gpu and torch.cuda.is_bf16_supported())
