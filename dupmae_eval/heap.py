@@ -10,10 +10,12 @@ mark exceeds its live tensors by 0.7 to 1 GB and moves by about 200 MB between i
 mapping of its own, returned on free, so the process's memory follows its live tensors; smaller objects
 (Python's, the tokenizer's) still come from the heap.
 
-The price is a fresh page fault for each page of a new large tensor; measured on the pre-training step
-(scripts/pretrain_bench.py runs every side under both policies) it costs no step time there. `glibc` leaves
-the C library as it is. Other C libraries (musl, macOS) have no such threshold: there every policy is the
-library's own behaviour.
+The price is that every page of a new large tensor is faulted in and zeroed by the kernel again: at
+splade-tiny size (the CPU recipes' model, 32 x 256 tokens) a pre-training step takes 1.08-1.12x the time for
+0.83-0.86x the memory; at BERT-base size with `--recompute layers`, 0.68-0.78x the memory and a slower step
+(docs/pretraining.md). So the default stays `glibc` (the C library as it is) and `release` is for runs that
+memory bounds. Other C libraries (musl, macOS) have no such threshold: there every policy is the library's
+own behaviour.
 """
 
 from __future__ import annotations
@@ -40,10 +42,10 @@ class Heap:
 
 HEAPS: Registry = Registry("heap policy")
 for _heap in (
-        Heap("release", 64 * 1024, "allocations of 64 KiB or more get their own mapping and go back to the "
-                                   "system when freed (resident memory follows the live tensors)"),
         Heap("glibc", None, "the C library's default (a threshold that rises to 32 MiB: freed activations "
-                            "stay resident in the heap)")):
+                            "stay resident in the heap)"),
+        Heap("release", 64 * 1024, "allocations of 64 KiB or more get their own mapping and go back to the "
+                                   "system when freed (resident memory follows the live tensors)")):
     HEAPS.register(_heap)
 
 

@@ -20,11 +20,11 @@ Each recompute mode runs on both routes, so its trade is shown like for like.
 
 Dropout is set to 0 and the models are in training mode (recomputation acts only in training mode), so
 every side computes the same function. Every side runs under the same heap policy (`--heap`, the
-`pretrain --heap` setting, default `release`; `glibc` is the C library's default), applied before its model
-is built, as the trainer applies it before the first step.
+`pretrain --heap` setting: `glibc`, the default, leaves the C library as it is; `release` hands freed tensors
+back), applied before its model is built, as the trainer applies it before the first step.
 
     python scripts/pretrain_bench.py            # BERT-base size, about 15 minutes on 2 cores
-    python scripts/pretrain_bench.py --heap glibc --sides ours,full-logits,ours-layers
+    python scripts/pretrain_bench.py --heap release --sides ours,full-logits,ours-layers
     python scripts/pretrain_bench.py --quick    # a 2-layer, 128-wide BERT (the smoke test's size)
 """
 
@@ -160,7 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per side after one warm-up")
-    parser.add_argument("--heap", default="release", help="heap policy of every side (dupmae_eval.heap.HEAPS)")
+    parser.add_argument("--heap", default="glibc", help="heap policy of every side (dupmae_eval.heap.HEAPS)")
     parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated sides to run (ours and "
                                                                  "full-logits always run: the ratios need them)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)

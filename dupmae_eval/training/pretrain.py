@@ -49,7 +49,7 @@ class PretrainSettings:
     bf16: str = "auto"                       # auto: on a GPU that supports it; never on the CPU
     recompute: str = "none"                  # none | elementwise | layers (recompute.RECOMPUTE); released:
                                              # none (elementwise: exact, 0.85x the memory on a CPU)
-    heap: str = "release"                    # release | glibc (heap.HEAPS): how freed tensor memory goes back
+    heap: str = "glibc"                      # glibc | release (heap.HEAPS): how freed tensor memory goes back
     save_steps: int = 1000
     save_total_limit: int = 2
     logging_steps: int = 10
