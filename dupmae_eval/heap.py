@@ -5,7 +5,7 @@ at least its mmap threshold with a mapping of its own (unmapped on free) and a s
 it raises that threshold, up to 32 MiB, each time a mapped block is freed. A BERT-base step at 16 x 256
 tokens frees activations of 12 MiB (16 x 256 x 768 floats) within its first layers, so from then on such
 tensors come from the heap. Freed heap memory stays resident and fragments: the step's resident high-water
-mark exceeds its live tensors by 0.7 to 1 GB and moves by about 200 MB between identical runs
+mark exceeds its live tensors by 0.7 to 1.3 GB and moves by about 200 MB between identical runs
 (docs/pretraining.md measures it). Fixing the threshold (`release`) gives every tensor of 64 KiB or more a
 mapping of its own, returned on free, so the process's memory follows its live tensors; smaller objects
 (Python's, the tokenizer's) still come from the heap.
