@@ -39,6 +39,21 @@ def test_linear_equals_the_ordinary_product_with_and_without_gelu():
         torch.testing.assert_close(onednn.linear(x, weight, bias, gelu=True), gelu, rtol=1e-5, atol=1e-5)
 
 
+def test_vocabulary_linear_equals_the_product_and_leaves_autocast_its_dtype():
+    """The objective's vocabulary blocks (oneDNN's product, then the bias in place) equal the product
+    written out; under autocast the ordinary route keeps autocast's bf16."""
+    generator = torch.Generator().manual_seed(3)
+    x, weight, bias = torch.randn(33, 96, generator=generator), torch.randn(700, 96, generator=generator), \
+        torch.randn(700, generator=generator)
+    with torch.no_grad():
+        expected = x.double() @ weight.double().T + bias.double()
+        torch.testing.assert_close(onednn.vocabulary_linear(x, weight, bias).double(), expected, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(onednn.vocabulary_linear(x, weight).double(), expected - bias.double(),
+                                   rtol=1e-5, atol=1e-4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert onednn.vocabulary_linear(x, weight, bias).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new"])
 def test_routed_bert_gives_the_same_outputs_and_keeps_its_weights(hidden_act):
     model = _random_bert(hidden_act)

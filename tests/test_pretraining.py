@@ -295,6 +295,24 @@ def test_linear_cross_entropy_in_blocks_equals_autograd():
         torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
 
 
+def test_linear_cross_entropy_in_fp32_matches_float64_autograd():
+    """In fp32 on a CPU the blocks' logits go through oneDNN (`onednn.vocabulary_linear`); the loss and the
+    gradients still equal float64 autograd to fp32 precision."""
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(300, 64, generator=generator)
+    weight, bias = torch.randn(2000, 64, generator=generator) * 0.1, torch.randn(2000, generator=generator)
+    labels = torch.randint(0, 2000, (300,), generator=generator)
+    leaves32 = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    leaves64 = [t.double().requires_grad_() for t in (x, weight, bias)]
+    ours = linear_cross_entropy(*leaves32, labels, block=128)
+    ours.backward()
+    reference = torch.nn.functional.cross_entropy(leaves64[0] @ leaves64[1].T + leaves64[2], labels, reduction="sum")
+    reference.backward()
+    assert float(ours.detach()) == pytest.approx(float(reference.detach()), rel=1e-6)
+    for mine, theirs in zip(leaves32, leaves64):
+        torch.testing.assert_close(mine.grad.double(), theirs.grad, rtol=1e-4, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- the verb, resume, torchrun
 
 @pytest.fixture(scope="module")

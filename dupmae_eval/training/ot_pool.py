@@ -66,7 +66,7 @@ class _ChunkedMaxPool(torch.autograd.Function):
         safe = positions.clamp(min=0)
         for low in range(0, vocab, chunk):
             high = min(low + chunk, vocab)
-            logits = onednn.linear(rows, weight[low:high], None if bias is None else bias[low:high])
+            logits = onednn.vocabulary_linear(rows, weight[low:high], None if bias is None else bias[low:high])
             values, where = logits[safe].max(dim=1)     # in the logits' dtype (bf16 under autocast: a max is
             pooled[:, low:high] = values                # exact there); ties: the first row (torch.max's rule)
             argmax[:, low:high] = safe.gather(1, where)

@@ -112,6 +112,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, labels, block: int):
+        from .. import onednn
+
         wide_dtype = torch.promote_types(x.dtype, torch.float32)       # fp32 under autocast; float64 stays
         total = torch.zeros((), dtype=wide_dtype, device=x.device)
         d_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
@@ -119,7 +121,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         d_bias = torch.zeros(weight.shape[0], dtype=wide_dtype, device=x.device) if bias is not None else None
         for start in range(0, x.shape[0], block):
             rows = x[start:start + block]
-            logits = torch.nn.functional.linear(rows, weight, bias)          # bf16 under autocast
+            logits = onednn.vocabulary_linear(rows, weight, bias)            # bf16 under autocast
             wide = logits.to(wide_dtype)                                     # the same tensor when already wide
             target = labels[start:start + block]
             picked = wide.gather(1, target[:, None]).squeeze(1)
