@@ -155,7 +155,7 @@ def finish_manifest(folder: Path, dataset: Dataset, encoder: DupMAEDocumentEncod
 
 
 def encode_distributed(dataset: str, model: str, encoder: str, batch_size: int = 32, shard_size: int = 10_000,
-                       device: Optional[str] = None, **overrides) -> Path:
+                       device: Optional[str] = None, compile: bool = False, **overrides) -> Path:
     """Encode a corpus into the cache, split across torchrun's processes when launched by torchrun.
 
     Each rank encodes shards rank, rank + world, ...; after a barrier rank 0 writes the manifest.
@@ -184,6 +184,8 @@ def encode_distributed(dataset: str, model: str, encoder: str, batch_size: int =
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     loaded = load_model(model, need_mlm_head=settings.has_sparse)
     settings = EncoderSettings.for_checkpoint(encoder, loaded.folder, **overrides)   # a fine-tuned model's own
+    if compile:
+        loaded.compile_encoder()
     document_encoder = DupMAEDocumentEncoder(loaded, settings, device)
     try:
         folder = encode_corpus(data, document_encoder, batch_size, shard_size, rank, world, progress=rank == 0)

@@ -76,6 +76,13 @@ class LoadedModel:
     def device(self):
         return next(self.encoder.parameters()).device
 
+    def compile_encoder(self) -> "LoadedModel":
+        """The BERT encoder under torch.compile from here on (`compiled.compile_encoder`; `--compile`)."""
+        from .compiled import compile_encoder
+
+        compile_encoder(self.encoder)
+        return self
+
     def forward(self, input_ids, attention_mask, settings: PoolingSettings):
         """One encoder pass; returns (dense B x d or None, sparse B x V or None) as float32 tensors."""
         import torch

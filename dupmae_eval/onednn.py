@@ -9,7 +9,7 @@ only the summation order differs (relative differences ~1e-7, zero in the vocabu
 
 `linear()` is the function; `OneDNNLinear` is a drop-in `nn.Linear` (same parameters, optional
 fused erf-GELU); `route_linears()` swaps a loaded model's layers in place. Anywhere oneDNN does not
-apply (GPU, bf16 under autocast, gradients, a PyTorch without the op) the ordinary
+apply (GPU, bf16 under autocast, gradients, torch.compile, a PyTorch without the op) the ordinary
 `torch.nn.functional.linear` runs, so results never depend on the route. `DUPMAE_EVAL_ONEDNN=0`
 turns the route off (for comparisons).
 """
@@ -42,7 +42,9 @@ def available() -> bool:
 
 
 def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+    """Under torch.compile (`--compile`) the compiler lowers `F.linear` itself; its lowering of this op
+    requires frozen weights, so traced code takes the ordinary route."""
+    return (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)) and available())
 
 

@@ -63,6 +63,8 @@ OPTIONS: Dict[str, Option] = {option.key: option for option in (
     Option("max_passage_length", "max_passage_length", "tokens (default 256)", type=int),
     Option("batch_size", "batch_size", "texts per forward (default 32)", encoder=False, type=int, default=32),
     Option("device", "device", "cpu (default) or cuda", encoder=False, type=str),
+    Option("compile", "compile", "run the BERT encoder under torch.compile (fused kernels: for long GPU encodes; "
+           "the first batch waits for the compile)", encoder=False, flag=True, default=False),
     Option("shard_size", "shard_size", "passages per encoding shard (default 10,000)", encoder=False, type=int,
            default=10_000),
     Option("faiss_shards", "faiss_shards", "dense and hybrid: search one faiss index per shard and merge (a "
@@ -77,7 +79,7 @@ OPTIONS: Dict[str, Option] = {option.key: option for option in (
            encoder=False, flag=True, default=False),
 )}
 
-ENCODE_OPTIONS = ("batch_size", "device", "shard_size")
+ENCODE_OPTIONS = ("batch_size", "device", "compile", "shard_size")
 """The runner options that the `encode` verb takes too (the rest are about searching)."""
 
 

@@ -74,12 +74,14 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
               split: Optional[str] = None, hits: int = 1000, batch_size: int = 32, device: Optional[str] = None,
               quantization_scale: float = DEFAULT_QUANTIZATION_SCALE, threads: Optional[int] = None,
               keep_query_hit: bool = False, tag: Optional[str] = None, shard_size: int = 10_000,
-              faiss_shards: bool = False, hybrid_audit: str = "auto", **settings_overrides) -> RunResult:
+              faiss_shards: bool = False, hybrid_audit: str = "auto", compile: bool = False,
+              **settings_overrides) -> RunResult:
     """Encode (cached), index (cached) and search with a learned model; write the run and its sidecar.
 
     `encoder` names a registered encoder kind (`kinds.ENCODER_KINDS`), `retrieval` a registered mode
     (`retrieval.RETRIEVAL_MODES`: dense, impact, dupmae, hybrid); `settings_overrides` are
     `EncoderSettings` fields (see `options.translate` for how CLI options and YAML keys become them).
+    `compile` runs the encoder under torch.compile (documents and queries; `compiled.py`).
     """
     from .encode import encode_corpus, load_encoding
     from .encoders import DupMAEDocumentEncoder, EncoderSettings
@@ -97,6 +99,8 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     remove_query = data.spec.removes_query_hit and not keep_query_hit
     loaded = load_model(model, need_mlm_head=settings.has_sparse)
     settings = EncoderSettings.for_checkpoint(encoder, loaded.folder, **settings_overrides)  # a fine-tuned model's own
+    if compile:
+        loaded.compile_encoder()
     timings: Dict[str, float] = {}
     started = time.time()
     encoding = load_encoding(encode_corpus(data, DupMAEDocumentEncoder(loaded, settings, device), batch_size,

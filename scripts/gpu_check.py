@@ -235,16 +235,37 @@ def encoding_section(device, sizes, peaks, report) -> None:
         report(f"   {precision} {route:5s}: {sizes.encode_batch / seconds:9,.0f} passages/s  {seconds * 1e3:8.1f} ms/batch  "
                f"{rate / 1e12:6.3g} TFLOP/s = {rate / peak:5.1%} of the bf16 peak ({rate / ceiling:5.1%} of the "
                f"{precision} matmul rate)  peak memory {fmt_mb(memory)}")
+    with torch.inference_mode(), autocast(device, True):       # eager, for the agreement lines below
+        _, a = model.forward(ids, mask, settings)
+        hidden = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        b = naive_pool(model.mlm_head, hidden, sparse_mask(ids, mask, 102, settings))
+        del hidden
+    # `encode --compile`: the same forward with the BERT encoder under torch.compile (dynamic shapes)
+    model.compile_encoder()
+    started = time.time()
+    with torch.inference_mode(), autocast(device, True):
+        compiled_first = model.forward(ids, mask, settings)
+    sync(device)
+    compile_s = time.time() - started
+
+    def compiled_step():
+        with torch.inference_mode(), autocast(device, True):
+            return model.forward(ids, mask, settings)
+    reset_peak(device)
+    seconds = timed(compiled_step, device, sizes.timed)
+    results[("bf16", "ours compiled")] = (seconds, peak_mb(device))
+    rate = flops / seconds
+    report(f"   bf16 ours, encoder compiled (encode --compile; first batch {compile_s:.0f} s): "
+           f"{sizes.encode_batch / seconds:9,.0f} passages/s  {seconds * 1e3:8.1f} ms/batch  {rate / 1e12:6.3g} TFLOP/s = "
+           f"{rate / peak:5.1%} of the bf16 peak  peak memory {fmt_mb(peak_mb(device))}")
     ours, naive = results[("bf16", "ours")], results[("bf16", "naive")]
     report(f"   ours is the {'gathered' if device.type == 'cuda' else 'tiled'} route on this device; "
            f"tiled/ours time {results[('bf16', 'tiled')][0] / ours[0]:.2f}")
     report(f"   2. ours vs naive (bf16): speed {naive[0] / ours[0]:.2f}x the naive route's"
            + ("" if ours[1] is None else f", peak memory {ours[1] / naive[1]:.2f}x ({ours[1]:,.0f} vs {naive[1]:,.0f} MB)"))
-    with torch.inference_mode(), autocast(device, True):
-        _, a = model.forward(ids, mask, settings)
-        hidden = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        b = naive_pool(model.mlm_head, hidden, sparse_mask(ids, mask, 102, settings))
-    report(f"      same pooled values as the naive route (bf16): max |difference| {float((a - b).abs().max()):.3g}")
+    report(f"      same pooled values as the naive route (bf16): max |difference| {float((a - b).abs().max()):.3g}; "
+           f"compiled vs eager (bf16): max |difference| {float((compiled_first[1] - a).abs().max()):.3g} "
+           f"(pooled logits up to {float(a.abs().max()):.3g})")
     del model
     agreement_section(device, sizes, report)
 
@@ -387,7 +408,8 @@ def training_section(device, sizes, peaks, report) -> None:
     masked_lm, loaded = random_bert(sizes, vocab)
     masked_lm.train()
     model = DupMAEForTraining(masked_lm, loaded.projection, settings, tokenizer=loaded.tokenizer).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay,
+                                  fused=device.type == "cuda")     # what the Trainer runs (adamw_torch_fused)
     generator = torch.Generator().manual_seed(3)
     q, g = sizes.train_queries, sizes.train_group
     lq, lp = sizes.train_query_length, sizes.train_passage_length
@@ -422,8 +444,28 @@ def training_section(device, sizes, peaks, report) -> None:
     report(f"   {seconds * 1e3:,.1f} ms/step, {tokens / seconds:,.0f} tokens/s, {rate / 1e12:.3g} TFLOP/s = "
            f"{rate / peaks['bf16_flops']:.1%} of the bf16 peak; peak memory {fmt_mb(peak_mb(device))}; "
            f"loss {float(step().detach()):.3f}")
+    compiled_step(model, step, device, sizes, flops, tokens, peaks, report, seconds)
     del model, optimizer
     pretraining_step(device, sizes, peaks, report, use_bf16)
+
+
+def compiled_step(model, step, device, sizes, flops, tokens, peaks, report, eager_seconds) -> None:
+    """The same training step with the encoder under torch.compile, as `finetune`/`pretrain --compile`
+    runs it (`compiled.compile_encoder` on the BertModel; dynamic shapes)."""
+    from dupmae_eval.compiled import compile_encoder
+
+    compile_encoder(model.masked_lm.bert)
+    started = time.time()
+    step()
+    sync(device)
+    compile_s = time.time() - started
+    reset_peak(device)
+    seconds = timed(step, device, sizes.timed)
+    rate = flops / seconds
+    report(f"   the same with --compile (first step {compile_s:.0f} s): {seconds * 1e3:,.1f} ms/step "
+           f"({seconds / eager_seconds:.2f}x), {tokens / seconds:,.0f} tokens/s, {rate / 1e12:.3g} TFLOP/s = "
+           f"{rate / peaks['bf16_flops']:.1%} of the bf16 peak; peak memory {fmt_mb(peak_mb(device))}; "
+           f"loss {float(step().detach()):.3f}")
 
 
 def pretraining_step(device, sizes, peaks, report, use_bf16: bool) -> None:
@@ -438,7 +480,7 @@ def pretraining_step(device, sizes, peaks, report, use_bf16: bool) -> None:
     decoder = EnhancedDecoder(masked_lm.config)
     init_like_bert(decoder, 0.02, torch.Generator().manual_seed(0))
     model = DupMAEForPretraining(masked_lm, decoder, "dupmae", 0.1, True).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=device.type == "cuda")
     rng = np.random.default_rng(4)
     items = []
     for _ in range(batch_size):
@@ -483,6 +525,8 @@ def pretraining_step(device, sizes, peaks, report, use_bf16: bool) -> None:
     recomputed = timed(step, device, sizes.timed)
     report(f"   the same with --recompute elementwise: {recomputed * 1e3:,.1f} ms/step ({recomputed / seconds:.2f}x), "
            f"peak memory {fmt_mb(peak_mb(device))}; loss {float(step().detach()):.3f}")
+    model.masked_lm.gradient_checkpointing_disable()         # back to --recompute none
+    compiled_step(model, step, device, sizes, flops, tokens, peaks, report, seconds)
     del model, optimizer
 
 

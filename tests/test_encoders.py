@@ -278,3 +278,36 @@ def test_query_batches_equal_single_queries():
         assert single and len(single.keys() ^ batched.keys()) <= 1
         # a weight on a rounding boundary may flip by one unit (and a 0/1 flip drops or adds the term)
         assert all(abs(single.get(t, 0) - batched.get(t, 0)) <= 1 for t in single.keys() | batched.keys())
+
+
+def test_compiled_encoder_encodes_the_same_with_one_graph_for_every_padded_length(random_bert):
+    """`--compile` (`compiled.compile_encoder`): the halves of batches of three padded lengths and two batch
+    sizes equal the eager encoder's, the parameter names (so state dicts and checkpoints) are the eager
+    module's, and dynamic shapes mean the encoder is compiled once, not once per (batch, length) pair."""
+    from torch._dynamo.utils import counters
+
+    from dupmae_eval.compiled import is_compiled
+
+    folder, _ = random_bert
+    settings = EncoderSettings.for_kind("dupmae")
+    eager = DupMAEDocumentEncoder(str(folder), settings)
+    compiled_model = load_model(str(folder), need_mlm_head=True)
+    names = list(compiled_model.encoder.state_dict())
+    compiled = DupMAEDocumentEncoder(compiled_model.compile_encoder(), settings)
+    assert is_compiled(compiled.model.encoder) and not is_compiled(eager.model.encoder)
+    assert list(compiled.model.encoder.state_dict()) == names
+    texts = _passages(8)
+    torch._dynamo.reset()
+    counters.clear()
+    lengths = set()
+    for batch in (texts[:3], ["short", "a passage about proteins folding " * 4], texts[3:]):
+        expected, got = eager.encode_texts(batch), compiled.encode_texts(batch)
+        lengths.add(max(len(ids) for ids in eager.model.tokenizer(batch, truncation=True, max_length=256)["input_ids"]))
+        np.testing.assert_allclose(got.dense, expected.dense, rtol=1e-4, atol=1e-5)
+        for row in range(len(batch)):
+            want, have = dict(zip(*map(np.ndarray.tolist, expected.sparse.row(row)))), dict(
+                zip(*map(np.ndarray.tolist, got.sparse.row(row))))
+            assert len(want.keys() ^ have.keys()) <= 2      # a top-384 boundary value may swap with its neighbour
+            assert max(abs(want[i] - have[i]) for i in want.keys() & have.keys()) < 1e-4
+    assert len(lengths) == 3
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])

@@ -328,6 +328,8 @@ def test_a_run_recorded_before_a_setting_existed_resumes_at_its_default(tmp_path
     # the heap policy is how the process runs, not what it trains: a run resumes under another
     assert _check_output(tmp_path, {**record, "settings": {**settings, "heap": "release"}}, "finetune.json",
                          "fine-tuning", settings) is True
+    assert _check_output(tmp_path, {**record, "settings": {**settings, "compile": True}}, "finetune.json",
+                         "fine-tuning", settings) is True          # so is compiling
     (tmp_path / "finetune.json").write_text(json.dumps({"model": "m", "data": "d",
                                                         "settings": {**settings, "gone": True}}))
     with pytest.raises(DupMAEEvalError, match=r"settings\.gone \(no longer a setting\)"):
@@ -507,3 +509,37 @@ def test_finetune_runs_under_torchrun(random_bert, small_beir, tmp_path):
     assert record["finished"] and record["steps"] == 2
     assert done.stdout.count("fine-tuned model:") == 1
     assert (output / "model.safetensors").is_file() and (output / "dupmae_head.safetensors").is_file()
+
+
+def test_compiled_finetuning_trains_the_same_weights(random_bert, small_beir, tmp_path, monkeypatch):
+    """`finetune --compile` (the encoder under torch.compile, `compiled.py`): two steps end with the eager
+    run's weights (inductor told to draw dropout from eager's generator, so both runs see the same masks),
+    the checkpoint has the eager names, the record resumes either way, and compile with recomputation is
+    refused before any work."""
+    import torch._inductor.config as inductor_config
+    from safetensors.torch import load_file
+    from torch._dynamo.utils import counters
+
+    from dupmae_eval.training.settings import make_settings
+    from dupmae_eval.training.trainer import finetune
+
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    common = dict(negatives="none", group_size=1, max_steps=2, queries_per_device=4, query_max_length=16,
+                  passage_max_length=32, learning_rate=1e-3)
+    finetune(str(random_bert), str(small_beir), tmp_path / "eager", make_settings(**common))
+    torch._dynamo.reset()
+    counters.clear()
+    finetune(str(random_bert), str(small_beir), tmp_path / "compiled", make_settings(compile=True, **common))
+    assert counters["stats"]["unique_graphs"] >= 1        # the encoder did run compiled
+    eager, compiled = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("eager", "compiled"))
+    assert eager.keys() == compiled.keys()
+    start = load_file(str(random_bert / "model.safetensors"))
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    moved = (eager[key] - start[key]).abs().max()
+    assert moved > 1e-4                               # the steps changed the weights ...
+    for name in eager:                                # ... and both routes changed them alike
+        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-4, atol=float(moved) * 1e-2)
+    record = json.loads((tmp_path / "compiled" / "finetune.json").read_text())
+    assert record["finished"] and record["settings"]["compile"] is True
+    with pytest.raises(DupMAEEvalError, match="compile runs with recompute none only"):
+        make_settings(compile=True, recompute="elementwise", **common).validate()

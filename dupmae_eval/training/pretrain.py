@@ -21,7 +21,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 from .. import __version__
 from ..errors import DupMAEEvalError
-from .settings import HEAP_HELP
+from .settings import COMPILE_HELP, HEAP_HELP, check_compile
 
 RECORD = "pretrain.json"
 
@@ -50,6 +50,7 @@ class PretrainSettings:
     recompute: str = "none"                  # none | elementwise | layers (recompute.RECOMPUTE); released:
                                              # none (elementwise: exact, 0.85x the memory on a CPU)
     heap: str = "glibc"                      # glibc | release (heap.HEAPS): how freed tensor memory goes back
+    compile: bool = False                    # the BERT encoder under torch.compile (compiled.py); ours
     save_steps: int = 1000
     save_total_limit: int = 2
     logging_steps: int = 10
@@ -64,6 +65,7 @@ class PretrainSettings:
         OBJECTIVES.lookup(self.objective)
         RECOMPUTE.lookup(self.recompute)
         HEAPS.lookup(self.heap)
+        check_compile(self.compile, self.recompute)
         SEQUENCE_LAYOUTS.lookup(self.sequences)
         for name in ("encoder_mask_ratio", "decoder_mask_ratio"):
             if not 0.0 < getattr(self, name) < 1.0:
@@ -105,6 +107,7 @@ HELP = {
                  "LayerNorm, sums, dropout between the products: less memory, about the same time at BERT-base size); "
                  "layers (whole layers: least memory, about a third more encoder compute)",
     "heap": HEAP_HELP,
+    "compile": COMPILE_HELP,
     "save_steps": "checkpoint every N steps",
     "save_total_limit": "checkpoints kept",
     "logging_steps": "log every N steps",

@@ -57,6 +57,7 @@ class FinetuneSettings:
     bf16: str = "auto"                       # auto: on a GPU that supports it; never on the CPU
     recompute: str = "none"                  # none | elementwise | layers (recompute.RECOMPUTE); RetroMAE: none
     heap: str = "glibc"                      # glibc | release (heap.HEAPS): how freed tensor memory goes back
+    compile: bool = False                    # the BERT encoder under torch.compile (compiled.py); ours
     save_steps: int = 500
     save_total_limit: int = 2
     logging_steps: int = 10
@@ -70,6 +71,7 @@ class FinetuneSettings:
         kind = encoder_kind(self.kind)
         RECOMPUTE.lookup(self.recompute)
         HEAPS.lookup(self.heap)
+        check_compile(self.compile, self.recompute)
         if self.activation not in ACTIVATIONS:
             raise DupMAEEvalError(f"activation {self.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
         if self.negatives not in NEGATIVE_SOURCES:
@@ -124,6 +126,19 @@ HEAP_HELP = ("glibc (the C library's default: fastest; freed activations stay re
              "of 64 KiB or more go back to the system when freed: on a CPU the process's memory follows its live "
              "tensors, for about a tenth more step time); not part of what makes two runs the same")
 
+COMPILE_HELP = ("run the BERT encoder under torch.compile: fused kernels for GPU steps, which eager BERT leaves "
+                "launch-bound; the first step waits for the compile; with recompute none only; not part of what "
+                "makes two runs the same")
+
+
+def check_compile(compile: bool, recompute: str) -> None:
+    """`compile` is measured and tested with `recompute none` only: recomputation inside a compiled graph
+    (selective or whole-layer checkpointing under dynamo) is refused rather than run untested."""
+    if compile and recompute != "none":
+        raise DupMAEEvalError(f"compile runs with recompute none only (got recompute {recompute!r}); "
+                              "drop one of the two")
+
+
 HELP = {
     "kind": "encoder kind trained: dupmae (both halves), cls (dense only), splade (sparse only)",
     "dense_dim": "[CLS] projection size: 'half' of hidden (paper: 768 -> 384), a number, or none",
@@ -159,6 +174,7 @@ HELP = {
                  "LayerNorm, sums, dropout between the products: less memory for little compute); layers "
                  "(whole layers: least memory, about a third more encoder compute)",
     "heap": HEAP_HELP,
+    "compile": COMPILE_HELP,
     "save_steps": "checkpoint every N steps",
     "save_total_limit": "checkpoints kept",
     "logging_steps": "log every N steps",

@@ -69,7 +69,7 @@ def _epoch_callback(dataset):
 
 
 _ABSENT = object()    # a setting the earlier record does not name (and no default fills)
-PROCESS_SETTINGS = ("heap",)   # how this process runs, not what it trains: may differ when a run resumes
+PROCESS_SETTINGS = ("heap", "compile")   # how this process runs, not what it trains: may differ on resume
 
 
 def _check_output(output: Path, record: dict, name: str = RECORD, what: str = "fine-tuning",
@@ -155,6 +155,10 @@ def train_and_save(net, dataset, collator, output: Path, settings, per_device_ba
     from ..heap import use_heap
 
     use_heap(settings.heap)                     # before the model's first step allocates its activations
+    if settings.compile:
+        from ..compiled import compile_encoder
+
+        compile_encoder(net.masked_lm.bert)     # in place: checkpoints keep the eager module's names
     _, world = _distributed()
     on_gpu = torch.cuda.is_available()
     bf16 = settings.bf16 == "on" or (settings.bf16 == "auto" and on_gpu and torch.cuda.is_bf16_supported())
