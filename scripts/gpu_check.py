@@ -592,6 +592,31 @@ def profile_section(device, sizes, peaks, report) -> None:
         sync(device)
     report("profile: one bf16 training step")
     report(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
+    busy_report(prof, t_step, "eager", report)
+    from dupmae_eval.compiled import compile_encoder
+
+    compile_encoder(train.masked_lm.bert)                      # finetune --compile
+    t_compiled = timed(step, device, sizes.timed)
+    with profile(activities=activities) as prof:
+        step()
+        sync(device)
+    report(f"profile: one bf16 training step, encoder compiled ({t_compiled * 1e3:.1f} ms/step timed)")
+    report(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
+    busy_report(prof, t_compiled, "compiled", report)
+
+
+def busy_report(prof, step_seconds: float, label: str, report) -> None:
+    """How much of a step the GPU is busy: the profiled kernels' own time against the timed step, and how
+    many kernels ran (a launch-bound step has the GPU idle between many small kernels)."""
+    from torch.autograd import DeviceType
+
+    # only the device's own events (kernels, copies): the aten ops that launched them carry the same time
+    # again as their "self CUDA" time (the profiler table's "Self CUDA time total" counts it once, likewise)
+    device_events = [entry for entry in prof.key_averages() if entry.device_type == DeviceType.CUDA]
+    busy_us = sum(entry.self_device_time_total for entry in device_events)
+    kernels = sum(entry.count for entry in device_events)
+    report(f"   {label}: GPU busy {busy_us / 1e3:.1f} ms of a {step_seconds * 1e3:.1f} ms step "
+           f"({busy_us / 1e6 / step_seconds:.0%}), {kernels:,} device ops")
 
 
 # --------------------------------------------------------------------------- compiled encoder (not a default)
