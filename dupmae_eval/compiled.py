@@ -12,10 +12,9 @@ corpus is short, so a static compile would recompile for every (batch, length) p
 lengths for passages and 4 for queries - and fall back to eager past dynamo's recompile limit. One dynamic
 graph serves them all (a batch of one text is specialised once more).
 
-The module is compiled in place (`nn.Module.compile`), so its parameter names, its state dict and the
-encoding cache's model fingerprint are the same as the eager module's: compiling changes how the forward
-runs, not what it computes, up to float summation order (like the device, it is not part of the encoding's
-cache key).
+The module is compiled in place (`nn.Module.compile`), so its parameter names and state dict (and so the
+checkpoints training writes) are the eager module's: compiling changes how the forward runs, not what it
+computes, up to float summation order (like the device, it is not part of the encoding's cache key).
 """
 
 from __future__ import annotations
@@ -25,7 +24,3 @@ def compile_encoder(encoder) -> None:
     """Compile `encoder` (a transformers BertModel, or any nn.Module) in place, dynamic shapes."""
     encoder.compile(dynamic=True)
 
-
-def is_compiled(encoder) -> bool:
-    """Whether `compile_encoder` (or `nn.Module.compile`) has been applied to `encoder`."""
-    return getattr(encoder, "_compiled_call_impl", None) is not None
