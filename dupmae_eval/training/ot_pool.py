@@ -19,6 +19,7 @@ between rows go to the first row seen (autograd's `amax` would split the gradien
 
 from __future__ import annotations
 
+import itertools
 from typing import Optional
 
 import torch
@@ -43,7 +44,14 @@ def ot_max_pool(mlm_head, hidden: torch.Tensor, mask: torch.Tensor, chunk: Optio
     vocab = decoder.weight.shape[0]
     tile = _TILE_ELEMENTS_GPU if rows.device.type == "cuda" else _TILE_ELEMENTS
     chunk = chunk or max(256, min(vocab, tile // max(1, rows.shape[0])) // 128 * 128)  # 128-aligned: fast GEMM tiles
-    return _ChunkedMaxPool.apply(rows, decoder.weight, bias, positions, chunk)
+    segments = None
+    if rows.device.type not in GATHERING_DEVICES:
+        stops = list(itertools.accumulate(mask.sum(dim=1).tolist()))     # `hidden[mask]` keeps texts in order
+        segments = list(zip([0] + stops[:-1], stops))
+    return _ChunkedMaxPool.apply(rows, decoder.weight, bias, positions, chunk, segments)
+
+
+GATHERING_DEVICES = ("cuda",)   # one gather and one max per chunk; elsewhere a max per text over its own rows
 
 
 class _ChunkedMaxPool(torch.autograd.Function):
@@ -51,7 +59,7 @@ class _ChunkedMaxPool(torch.autograd.Function):
     over each text's rows; the argmax row of every (text, entry) is kept for the backward."""
 
     @staticmethod
-    def forward(ctx, rows, weight, bias, positions, chunk: int):
+    def forward(ctx, rows, weight, bias, positions, chunk: int, segments=None):
         from .. import onednn
 
         vocab = weight.shape[0]
@@ -67,9 +75,16 @@ class _ChunkedMaxPool(torch.autograd.Function):
         for low in range(0, vocab, chunk):
             high = min(low + chunk, vocab)
             logits = onednn.vocabulary_linear(rows, weight[low:high], None if bias is None else bias[low:high])
-            values, where = logits[safe].max(dim=1)     # in the logits' dtype (bf16 under autocast: a max is
-            pooled[:, low:high] = values                # exact there); ties: the first row (torch.max's rule)
-            argmax[:, low:high] = safe.gather(1, where)
+            if segments is None:                        # one gather of every text's rows (texts x longest x chunk)
+                values, where = logits[safe].max(dim=1)     # in the logits' dtype (bf16 under autocast: a max is
+                pooled[:, low:high] = values                # exact there); ties: the first row (torch.max's rule)
+                argmax[:, low:high] = safe.gather(1, where)
+                continue
+            for text, (first, stop) in enumerate(segments):   # a text's rows are contiguous in `rows`: views
+                if stop > first:
+                    values, where = logits[first:stop].max(dim=0)
+                    pooled[text, low:high] = values
+                    argmax[text, low:high] = where + first
         nothing = nothing.expand_as(argmax)
         pooled[nothing] = 0.0
         argmax[nothing] = -1
@@ -96,7 +111,7 @@ class _ChunkedMaxPool(torch.autograd.Function):
             d_weight = torch.sparse.mm(routed.t().coalesce(), rows.to(dtype)).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             d_bias = torch.where(pooled_from, grad, torch.zeros_like(grad)).sum(dim=0)
-        return d_rows, d_weight, d_bias, None, None
+        return d_rows, d_weight, d_bias, None, None, None
 
 
 CHUNKED_BACKWARD_DEVICES = ("cuda",)
@@ -129,4 +144,4 @@ def _backward_by_chunks(ctx, grad, rows, weight, argmax):
         if need_weight:
             d_weight[low:high] = (scattered.T @ rows_c).to(weight.dtype)
     d_bias = routed.sum(dim=0) if ctx.has_bias and need_bias else None
-    return (None if d_rows is None else d_rows.to(rows.dtype)), d_weight, d_bias, None, None
+    return (None if d_rows is None else d_rows.to(rows.dtype)), d_weight, d_bias, None, None, None

@@ -134,9 +134,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             probabilities[torch.arange(len(target), device=x.device), target] -= 1.0
             grad = probabilities.to(logits.dtype)
             if d_x is not None:
-                d_x[start:start + block] = (grad @ weight.to(grad.dtype)).to(x.dtype)
+                _product_into(d_x[start:start + block], grad, weight, accumulate=False)
             if d_weight is not None:
-                d_weight += (grad.t() @ rows.to(grad.dtype)).to(wide_dtype)
+                _product_into(d_weight, grad.t(), rows, accumulate=True)
             if d_bias is not None:
                 d_bias += probabilities.sum(dim=0)
         ctx.save_for_backward(*(t for t in (d_x, d_weight, d_bias) if t is not None))
@@ -151,6 +151,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (None if d_x is None else d_x * grad_total.to(d_x.dtype),
                 None if d_weight is None else (d_weight * grad_total).to(ctx.dtypes[0]),
                 None if d_bias is None else (d_bias * grad_total).to(ctx.dtypes[1]), None, None)
+
+
+def _product_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool) -> None:
+    """out = a @ b (or out += a @ b), written into `out` when every dtype agrees (fp32 on a CPU): a
+    vocabulary-wide product's result (30,522 x 768 floats, 94 MB for d weight) is then never allocated, so
+    never faulted in and zeroed again, which the blocks' d weight temporaries cost at every block. Under
+    autocast (bf16 products, fp32 sums) the product is formed, then cast and added, as before."""
+    if a.dtype == b.dtype == out.dtype:
+        if accumulate:
+            out.addmm_(a, b)
+        else:
+            torch.mm(a, b, out=out)
+        return
+    product = (a @ b.to(a.dtype)).to(out.dtype)
+    if accumulate:
+        out += product
+    else:
+        out.copy_(product)
 
 
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], labels: torch.Tensor,
