@@ -20,6 +20,7 @@ between rows go to the first row seen (autograd's `amax` would split the gradien
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Optional
 
 import torch
@@ -101,20 +102,34 @@ class _ChunkedMaxPool(torch.autograd.Function):
         pooled_from = argmax >= 0
         text, entry = pooled_from.nonzero(as_tuple=True)
         dtype = grad.dtype
-        routed = torch.sparse_coo_tensor(torch.stack([argmax[text, entry], entry]),
-                                         grad[text, entry], (rows.shape[0], weight.shape[0]),
-                                         check_invariants=False).coalesce()
+        row, values = argmax[text, entry], grad[text, entry]
         d_rows = d_weight = d_bias = None
         if ctx.needs_input_grad[0]:
-            d_rows = torch.sparse.mm(routed, weight.to(dtype)).to(rows.dtype)
+            d_rows = _sparse_rows(row, entry, values, (rows.shape[0], weight.shape[0])).mm(weight.to(dtype))
+            d_rows = d_rows.to(rows.dtype)
         if ctx.needs_input_grad[1]:
-            d_weight = torch.sparse.mm(routed.t().coalesce(), rows.to(dtype)).to(weight.dtype)
+            d_weight = _sparse_rows(entry, row, values, (weight.shape[0], rows.shape[0])).mm(rows.to(dtype))
+            d_weight = d_weight.to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             d_bias = torch.where(pooled_from, grad, torch.zeros_like(grad)).sum(dim=0)
         return d_rows, d_weight, d_bias, None, None, None
 
 
 CHUNKED_BACKWARD_DEVICES = ("cuda",)
+
+
+def _sparse_rows(row: torch.Tensor, column: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
+    """The matrix with `values` at (row, column), in compressed-row form, for the backward's two sparse
+    products. Every (row, column) pair occurs once (a row belongs to one text, and a text has one argmax
+    per entry), so sorting is all the compression needs. Measured for a BERT-base batch (16 texts x 255
+    rows, 30,522 entries): both products in 0.30-0.38 s this way against 0.64-0.77 s through a coalesced
+    COO tensor and `torch.sparse.mm`, the route before (scripts/pretrain_bench.py's step)."""
+    order = torch.argsort(row * shape[1] + column)
+    counts = torch.bincount(row, minlength=shape[0])
+    crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    with warnings.catch_warnings():     # "sparse CSR support is in beta" (a UserWarning at every step otherwise)
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, column[order], values[order], shape, check_invariants=False)
 
 
 def _backward_by_chunks(ctx, grad, rows, weight, argmax):
