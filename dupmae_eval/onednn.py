@@ -44,8 +44,9 @@ def available() -> bool:
 def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Under torch.compile (`--compile`) the compiler lowers `F.linear` itself; its lowering of this op
     requires frozen weights, so traced code takes the ordinary route."""
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     return (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)) and available())
+            and weight.dtype == torch.float32 and not needs_grad and available())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias=None, gelu: bool = False) -> torch.Tensor:
