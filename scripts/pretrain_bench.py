@@ -16,7 +16,8 @@ its peak memory (VmHWM) is its own:
   in the backward (`pretrain --recompute elementwise`: products and attention kept);
 - ours-layers, full-logits-layers: the first two with the encoder's layers recomputed whole
   (`pretrain --recompute layers`: gradient checkpointing).
-Each recompute mode runs on both routes, so its trade is shown like for like.
+Each recompute mode runs on both routes, so its trade is shown like for like. `--recompute-first N` applies
+the recompute sides' mode to the encoder's first N layers only, on both routes (`pretrain --recompute-first`).
 
 Dropout is set to 0 and the models are in training mode (recomputation acts only in training mode), so
 every side computes the same function. Every side runs under the same heap policy (`--heap`, the
@@ -25,6 +26,7 @@ back), applied before its model is built, as the trainer applies it before the f
 
     python scripts/pretrain_bench.py            # BERT-base size, about 15 minutes on 2 cores
     python scripts/pretrain_bench.py --heap release --sides ours,full-logits,ours-layers
+    python scripts/pretrain_bench.py --heap release --sides ours,full-logits,ours-layers --recompute-first 9
     python scripts/pretrain_bench.py --quick    # a 2-layer, 128-wide BERT (the smoke test's size)
 """
 
@@ -103,7 +105,7 @@ def _full_logits_loss(net, batch):
     return out.loss + dec + net.bow_weight * bow
 
 
-def child(side: str, quick: bool, steps: int, heap: str) -> dict:
+def child(side: str, quick: bool, steps: int, heap: str, recompute_first: int = -1) -> dict:
     import torch
     from transformers import BertForMaskedLM
 
@@ -138,7 +140,7 @@ def child(side: str, quick: bool, steps: int, heap: str) -> dict:
         init_like_bert(decoder, 0.02, torch.Generator().manual_seed(0))
         model = DupMAEForPretraining(BertForMaskedLM(config), decoder, "dupmae", 0.1, True)
         route = "ours" if side.startswith("ours") else "full-logits"
-        model.recompute_encoder(side[len(route) + 1:] or "none")      # "ours-layers" -> "layers"
+        model.recompute_encoder(side[len(route) + 1:] or "none", recompute_first)   # "ours-layers" -> "layers"
 
         def loss_of():
             return model(**batch)["loss"] if route == "ours" else _full_logits_loss(model, batch)
@@ -161,13 +163,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per side after one warm-up")
     parser.add_argument("--heap", default="glibc", help="heap policy of every side (dupmae_eval.heap.HEAPS)")
+    parser.add_argument("--recompute-first", type=int, default=-1,
+                        help="the recompute sides' mode on the encoder's first N layers only (-1: all)")
     parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated sides to run (ours and "
                                                                  "full-logits always run: the ratios need them)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        Path(args.out).write_text(json.dumps(child(args.child, args.quick, args.steps, args.heap)))
+        result = child(args.child, args.quick, args.steps, args.heap, args.recompute_first)
+        Path(args.out).write_text(json.dumps(result))
         return
     import tempfile
 
@@ -189,7 +194,7 @@ def main() -> None:
     for side in (side for side in SIDES if side in wanted):
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             command = [sys.executable, __file__, "--child", side, "--out", out.name, "--steps", str(args.steps),
-                       "--heap", args.heap]
+                       "--heap", args.heap, "--recompute-first", str(args.recompute_first)]
             done = subprocess.run(command + (["--quick"] if args.quick else []), capture_output=True, text=True)
             if done.returncode != 0:
                 raise SystemExit(f"{side} failed:\n{done.stderr[-3000:]}")

@@ -214,38 +214,58 @@ class _OpCounter:
 
 
 # the tiny encoder: 2 layers, each 6 linear layers (addmm), one GELU, two LayerNorms, three dropouts
-@pytest.mark.parametrize("mode, extra_ops", [
-    ("layers", {"addmm.default": 12, "gelu.default": 2, "native_layer_norm.default": 4, "bernoulli_.float": 6}),
-    ("elementwise", {"addmm.default": 0, "gelu.default": 2, "native_layer_norm.default": 4, "bernoulli_.float": 6})])
-def test_recompute_leaves_loss_and_gradients_unchanged(mode, extra_ops):
+@pytest.mark.parametrize("mode, first, extra_ops, layer_runs", [
+    ("layers", -1, {"addmm.default": 12, "gelu.default": 2, "native_layer_norm.default": 4, "bernoulli_.float": 6},
+     [2, 2]),
+    ("elementwise", -1, {"addmm.default": 0, "gelu.default": 2, "native_layer_norm.default": 4,
+                         "bernoulli_.float": 6}, [2, 2]),
+    ("layers", 1, {"addmm.default": 6, "gelu.default": 1, "native_layer_norm.default": 2, "bernoulli_.float": 3},
+     [2, 1]),
+    ("layers", 0, {"addmm.default": 0, "gelu.default": 0, "native_layer_norm.default": 0, "bernoulli_.float": 0},
+     [1, 1])])
+def test_recompute_leaves_loss_and_gradients_unchanged(mode, first, extra_ops, layer_runs):
     """Training mode with dropout on: a recomputing encoder reruns each layer (or its elementwise ops) with
     the RNG state it first ran with, so the loss and every gradient equal the plain run's (float64). The
     recomputation is really on, and only where the mode says: counted at the dispatcher, `layers` runs each
-    encoder layer's products, GELU, LayerNorms and dropouts again; `elementwise` all but the products."""
-    def step(mode):
+    encoder layer's products, GELU, LayerNorms and dropouts again; `elementwise` all but the products. With
+    `recompute_first` 1 only the first layer runs again (its feed-forward block is called twice, the second
+    layer's once), with 0 none does."""
+    def step(mode, first=-1):
         model = _tiny()
         model.train()
-        model.recompute_encoder(mode)
+        model.recompute_encoder(mode, first)
+        runs = [0] * len(model.masked_lm.bert.encoder.layer)
+        for index, layer in enumerate(model.masked_lm.bert.encoder.layer):
+            layer.intermediate.register_forward_hook(lambda *_, index=index: runs.__setitem__(index, runs[index] + 1))
         torch.manual_seed(7)
         with _OpCounter() as ops:
             loss = model(**_batch())["loss"]
             loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        return float(loss.detach()), grads, ops.counts
+        return float(loss.detach()), grads, ops.counts, runs
 
-    plain_loss, plain, plain_ops = step("none")
-    loss, grads, ops = step(mode)
+    plain_loss, plain, plain_ops, plain_runs = step("none")
+    loss, grads, ops, runs = step(mode, first)
+    assert plain_runs == [1, 1] and runs == layer_runs
     assert {op: ops[op] - plain_ops[op] for op in extra_ops} == extra_ops
     assert loss == pytest.approx(plain_loss, abs=1e-12)
     assert grads.keys() == plain.keys()
     for name, expected in plain.items():
         torch.testing.assert_close(grads[name], expected, rtol=1e-10, atol=1e-12, msg=name)
-    assert make_pretrain_settings(recompute=mode).recompute == mode
+    assert make_pretrain_settings(recompute=mode, recompute_first=first).recompute_first == first
 
 
 def test_unknown_recompute_mode_is_refused():
     with pytest.raises(DupMAEEvalError, match="activation recompute mode 'everything'; choose one of none"):
         make_pretrain_settings(recompute="everything")
+
+
+def test_recompute_first_out_of_range_is_refused():
+    """More layers than the encoder has, or below -1: one line naming the setting and the range."""
+    with pytest.raises(DupMAEEvalError, match=r"^recompute_first -2: -1 \(every layer\) or 0 or more layers$"):
+        make_pretrain_settings(recompute="layers", recompute_first=-2)
+    with pytest.raises(DupMAEEvalError, match=r"^recompute_first 3: -1 \(every layer\) or 0 to 2 layers$"):
+        _tiny().recompute_encoder("layers", 3)
 
 
 @pytest.mark.parametrize("objective", list(OBJECTIVES))

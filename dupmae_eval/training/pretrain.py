@@ -21,7 +21,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 from .. import __version__
 from ..errors import DupMAEEvalError
-from .settings import COMPILE_HELP, HEAP_HELP, check_compile
+from .settings import COMPILE_HELP, HEAP_HELP, RECOMPUTE_FIRST_HELP, check_compile
 
 RECORD = "pretrain.json"
 
@@ -49,6 +49,7 @@ class PretrainSettings:
     bf16: str = "auto"                       # auto: on a GPU that supports it; never on the CPU
     recompute: str = "none"                  # none | elementwise | layers (recompute.RECOMPUTE); released:
                                              # none (elementwise: exact, 0.85x the memory on a CPU)
+    recompute_first: int = -1                # the mode on the encoder's first N layers only; -1: all (ours)
     heap: str = "glibc"                      # glibc | release (heap.HEAPS): how freed tensor memory goes back
     compile: bool = False                    # the BERT encoder under torch.compile (compiled.py); ours
     save_steps: int = 1000
@@ -60,12 +61,13 @@ class PretrainSettings:
         from ..heap import HEAPS
         from .pretrain_data import SEQUENCE_LAYOUTS
         from .pretrain_model import OBJECTIVES
-        from .recompute import RECOMPUTE
+        from .recompute import RECOMPUTE, check_recompute_first
 
         OBJECTIVES.lookup(self.objective)
         RECOMPUTE.lookup(self.recompute)
         HEAPS.lookup(self.heap)
         check_compile(self.compile, self.recompute)
+        check_recompute_first(self.recompute_first)
         SEQUENCE_LAYOUTS.lookup(self.sequences)
         for name in ("encoder_mask_ratio", "decoder_mask_ratio"):
             if not 0.0 < getattr(self, name) < 1.0:
@@ -106,6 +108,7 @@ HELP = {
     "recompute": "what the encoder recomputes in the backward instead of keeping: none; elementwise (GELU, "
                  "LayerNorm, sums, dropout between the products: less memory, about the same time at BERT-base size); "
                  "layers (whole layers: least memory, about a third more encoder compute)",
+    "recompute_first": RECOMPUTE_FIRST_HELP,
     "heap": HEAP_HELP,
     "compile": COMPILE_HELP,
     "save_steps": "checkpoint every N steps",
@@ -150,7 +153,7 @@ def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings) 
         return output
     net = DupMAEForPretraining.from_checkpoint(model, settings.objective, settings.bow_weight,
                                                settings.bow_normalize, settings.seed)
-    net.recompute_encoder(settings.recompute)
+    net.recompute_encoder(settings.recompute, settings.recompute_first)
     if world > 1 and rank != 0:
         _barrier()                        # rank 0 tokenizes; the others then read its store
     store = TokenStore.build(corpus, net.tokenizer, output / "corpus")

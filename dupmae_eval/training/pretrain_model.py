@@ -266,9 +266,10 @@ class DupMAEForPretraining(torch.nn.Module):
         per_text = -(targets * torch.log_softmax(pooled, dim=1)).sum(dim=1)
         return global_mean(per_text.sum(), pooled.shape[0], pooled.device)
 
-    def recompute_encoder(self, mode: str) -> None:
-        """What the encoder recomputes in the backward (`recompute.RECOMPUTE`: none, elementwise, layers)."""
-        recompute_encoder(self.masked_lm, mode)
+    def recompute_encoder(self, mode: str, first: int = -1) -> None:
+        """What the encoder recomputes in the backward (`recompute.RECOMPUTE`: none, elementwise, layers), on
+        its first `first` layers (-1: all)."""
+        recompute_encoder(self.masked_lm, mode, first)
 
     # ------------------------------------------------------------------ reading and writing
     @classmethod

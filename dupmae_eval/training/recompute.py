@@ -60,11 +60,20 @@ def _keep_products(ctx, op, *args, **kwargs):
     return CheckpointPolicy.MUST_SAVE if op in _PRODUCTS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def recompute_encoder(masked_lm, mode: str) -> None:
+def recompute_encoder(masked_lm, mode: str, first: int = -1) -> None:
     """Set a BertForMaskedLM's encoder layers to `mode` (`RECOMPUTE`): `elementwise` keeps each layer's
     products (linear layers, attention) and recomputes what lies between them (torch's selective
-    checkpointing), `layers` keeps only each layer's input (gradient checkpointing), `none` changes nothing."""
+    checkpointing), `layers` keeps only each layer's input (gradient checkpointing), `none` changes nothing.
+
+    first: apply the mode to the encoder's first `first` layers only and let the others keep everything
+    (-1: every layer). The trade is then per layer: at BERT-base size, 16 x 256 tokens, each layer left
+    whole keeps about 180 MB more for the backward and saves its recomputation (docs/pretraining.md), so
+    a run whose memory bound leaves room spends it on speed. The first layers are the ones recomputed (as
+    Megatron's `block` method chooses): the backward reaches them last, after the layers kept whole have
+    freed their activations, so a recomputed layer's transient never adds to them."""
     entry = RECOMPUTE.lookup(mode)
+    if first >= 0:
+        check_recompute_first(first, len(encoder_layers(masked_lm)))
     if entry.keep is None:
         return
     kwargs: Dict[str, object] = {"use_reentrant": False}
@@ -78,3 +87,21 @@ def recompute_encoder(masked_lm, mode: str) -> None:
         enable(activation_checkpointing_kwargs=kwargs)
     else:
         masked_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if first >= 0:
+        for index, layer in enumerate(encoder_layers(masked_lm)):
+            layer.gradient_checkpointing = index < first
+
+
+def encoder_layers(masked_lm) -> list:
+    """The encoder's layers in order (each a transformers `GradientCheckpointingLayer`, which reads its own
+    `gradient_checkpointing` flag at every call)."""
+    return list(masked_lm.bert.encoder.layer)
+
+
+def check_recompute_first(first: int, layers: Optional[int] = None) -> None:
+    """`recompute_first` is -1 (every layer) or a layer count (0 up to the encoder's depth when known)."""
+    from ..errors import DupMAEEvalError
+
+    if first < -1 or (layers is not None and first > layers):
+        limit = f"0 to {layers}" if layers is not None else "0 or more"
+        raise DupMAEEvalError(f"recompute_first {first}: -1 (every layer) or {limit} layers")

@@ -240,7 +240,7 @@ def finetune(model: str, data: str, output: Path, settings: FinetuneSettings) ->
     if claim_output(output, record, RECORD, "fine-tuning", asdict(FinetuneSettings())):
         return output
     net = DupMAEForTraining.from_checkpoint(model, settings)    # a missing MLM head is refused here, early
-    recompute_encoder(net.masked_lm, settings.recompute)
+    recompute_encoder(net.masked_lm, settings.recompute, settings.recompute_first)
     train, held, store = prepare_data(data, settings, output)
     if held and rank == 0:
         with atomic_output(output / "holdout.tsv") as handle:
