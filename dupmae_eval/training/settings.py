@@ -130,7 +130,7 @@ HEAP_HELP = ("glibc (the C library's default: fastest; freed activations stay re
 
 RECOMPUTE_FIRST_HELP = ("apply recompute to the encoder's first N layers only; the rest keep every activation "
                         "(-1: all layers). Each layer kept whole costs memory and saves its recomputation: "
-                        "at BERT-base size, 16 x 256 tokens, about 180 MB and 0.4 s on a 2-core CPU")
+                        "at BERT-base size, 16 x 256 tokens, about 180 MB and a third of a second on a 2-core CPU")
 
 COMPILE_HELP = ("run the BERT encoder under torch.compile: fused kernels for GPU steps, which eager BERT leaves "
                 "launch-bound; the first step waits for the compile; with recompute none only; not part of what "
