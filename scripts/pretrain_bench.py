@@ -188,8 +188,9 @@ def main() -> None:
 
     size = "2 x 128 BERT, 4 x 64 tokens" if args.quick else "BERT-base (12 x 768), 16 x 256 tokens"
     print(f"pre-training step, objective dupmae, {size}, vocabulary 30,522, AdamW; torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads; heap {args.heap}; one process per side, "
-          f"median of {args.steps} steps after a warm-up", flush=True)
+          f"{torch.__version__}, {torch.get_num_threads()} threads; heap {args.heap}; recompute sides on "
+          f"{'every layer' if args.recompute_first < 0 else f'the first {args.recompute_first} layers'}; "
+          f"one process per side, median of {args.steps} steps after a warm-up", flush=True)
     results = {}
     for side in (side for side in SIDES if side in wanted):
         with tempfile.NamedTemporaryFile(suffix=".json") as out:

@@ -456,19 +456,21 @@ def test_recipes_load_and_unknown_settings_are_refused(tmp_path):
 
 def test_pretrain_bench_runs_and_both_routes_agree():
     """scripts/pretrain_bench.py at its smoke size: ours and the full-logits route give the same loss, and
-    each recompute mode leaves ours' loss unchanged."""
+    each recompute mode (on the first of the two layers: `--recompute-first 1`) leaves ours' loss unchanged."""
     import re
     import subprocess
     import sys
 
     from conftest import REPO
 
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain_bench.py"), "--quick", "--steps", "1"],
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain_bench.py"), "--quick", "--steps", "1",
+                           "--recompute-first", "1"],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     difference = float(re.search(r"\|loss difference\| ([0-9.e+-]+)", done.stdout).group(1))
     assert difference < 1e-4
     assert "ours / full-logits: step time" in done.stdout
+    assert "recompute sides on the first 1 layers" in done.stdout
     for mode in ("elementwise", "layers"):          # recomputation leaves ours' loss as it was
         recomputed = float(re.search(rf"ours-{mode} / full-logits: .*\|loss difference\| to ours ([0-9.e+-]+)",
                                      done.stdout).group(1))
