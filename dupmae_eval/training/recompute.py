@@ -16,6 +16,7 @@ from typing import Dict, Optional
 
 import torch
 
+from ..errors import DupMAEEvalError
 from ..registry import Registry
 
 
@@ -72,8 +73,9 @@ def recompute_encoder(masked_lm, mode: str, first: int = -1) -> None:
     Megatron's `block` method chooses): the backward reaches them last, after the layers kept whole have
     freed their activations, so a recomputed layer's transient never adds to them."""
     entry = RECOMPUTE.lookup(mode)
+    layers = encoder_layers(masked_lm)
     if first >= 0:
-        check_recompute_first(first, len(encoder_layers(masked_lm)))
+        check_recompute_first(first, len(layers))
     if entry.keep is None:
         return
     kwargs: Dict[str, object] = {"use_reentrant": False}
@@ -88,7 +90,7 @@ def recompute_encoder(masked_lm, mode: str, first: int = -1) -> None:
     else:
         masked_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if first >= 0:
-        for index, layer in enumerate(encoder_layers(masked_lm)):
+        for index, layer in enumerate(layers):
             layer.gradient_checkpointing = index < first
 
 
@@ -100,8 +102,6 @@ def encoder_layers(masked_lm) -> list:
 
 def check_recompute_first(first: int, layers: Optional[int] = None) -> None:
     """`recompute_first` is -1 (every layer) or a layer count (0 up to the encoder's depth when known)."""
-    from ..errors import DupMAEEvalError
-
     if first < -1 or (layers is not None and first > layers):
         limit = f"0 to {layers}" if layers is not None else "0 or more"
         raise DupMAEEvalError(f"recompute_first {first}: -1 (every layer) or {limit} layers")
