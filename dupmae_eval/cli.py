@@ -155,14 +155,55 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                        description="DupMAE pre-training (MLM + [CLS] decoding + bag of words, paper Eq. 9) on "
                                    "transformers' Trainer (torchrun for several processes). The output folder is "
                                    "a BertForMaskedLM that `finetune` and `run` read; run again to resume.")
-    p.add_argument("--model", required=True, help="Hugging Face hub name or local BertForMaskedLM folder")
+    p.add_argument("--model", required=True, help="Hugging Face hub name or local BertForMaskedLM folder, or a "
+                                                  "shape to build with random weights from --seed: bert-tiny, "
+                                                  "bert-mini, bert-small, bert-medium, bert-base (also spelt "
+                                                  "shape:NAME), or a BERT config.json")
     p.add_argument("--corpus", required=True, help="dataset name or folder (its passages), or a text file "
-                                                   "(one text per line)")
+                                                   "(one text per line; .txt.gz read as gzip)")
     p.add_argument("--output", required=True, type=Path, help="output folder (new, or this run's to resume)")
     p.add_argument("--recipe", default=None, help="recipe YAML, or a shipped recipe's name (dupmae-wiki-book, "
-                                                  "dupmae-msmarco, splade-tiny-scifact); flags override it")
+                                                  "dupmae-msmarco, splade-tiny-scifact, bert-mlm); flags override it")
     _settings_flags(p, FIELDS, HELP)
     p.set_defaults(handler=_cmd_pretrain)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1")
+    return value
+
+
+def _add_mlm_loss(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mlm-loss", help="held-out masked-LM loss of a BertForMaskedLM on a text file",
+                       description="Masks each text's whole words at --ratio (every masked token becomes "
+                                   "[MASK]; masks drawn from --seed and the text's line number, the same for "
+                                   "every model) and prints the mean cross-entropy in nats over the masked "
+                                   "tokens. Two models measured with the same flags see the same masks.")
+    p.add_argument("--model", required=True, help="Hugging Face hub name or local BertForMaskedLM folder")
+    p.add_argument("--texts", required=True, type=Path, help="text file, one text per line (.txt.gz: gzip); "
+                                                             "blank lines skipped")
+    p.add_argument("--ratio", type=_ratio, default=0.15, help="share of each text's tokens masked (default 0.15)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the masks (default 0)")
+    p.add_argument("--max-length", type=_positive_int, default=128,
+                   help="tokens per text with [CLS] and [SEP] (default 128)")
+    p.add_argument("--limit", type=_positive_int, default=None, help="the first N texts only (default: all)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="texts per forward pass (default 64)")
+    p.set_defaults(handler=_cmd_mlm_loss)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dupmae-eval {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for add in (_add_bm25, _add_run, _add_encode, _add_reproduce, _add_table, _add_eval, _add_datasets, _add_demo,
-                _add_finetune, _add_pretrain):
+                _add_finetune, _add_pretrain, _add_mlm_loss):
         add(sub)
     return parser
 
@@ -336,6 +377,29 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     output = pretrain(args.model, args.corpus, args.output, settings)
     if os.environ.get("RANK", "0") == "0":
         print(f"pre-trained model: {output}")
+    return 0
+
+
+def _cmd_mlm_loss(args: argparse.Namespace) -> int:
+    import itertools
+
+    from .model import read_masked_lm, resolve_checkpoint
+    from .training.mlm_loss import masked_lm_loss
+    from .training.model import _tokenizer
+    from .training.pretrain_data import read_texts
+
+    if args.max_length < 3:
+        raise DupMAEEvalError("--max-length must leave room for [CLS], one token and [SEP]")
+    if not args.texts.is_file():
+        raise DupMAEEvalError(f"--texts {args.texts}: no such file")
+    folder, _ = resolve_checkpoint(args.model)
+    masked_lm, _ = read_masked_lm(folder, args.model, need_mlm_head=True)
+    texts = itertools.islice(read_texts(str(args.texts)), args.limit)
+    result = masked_lm_loss(masked_lm, _tokenizer(folder), texts, ratio=args.ratio, seed=args.seed,
+                            max_length=args.max_length, batch_size=args.batch_size)
+    if result.masked_tokens == 0:
+        raise DupMAEEvalError(f"--texts {args.texts}: no token was masked (no text, or texts too short)")
+    print(result.line())
     return 0
 
 

@@ -10,6 +10,7 @@ Output folder:
     corpus/                    the tokenized corpus (tokens.bin, offsets.bin), reused on resume
     checkpoints/checkpoint-N/  Trainer checkpoints (each also a loadable BertForMaskedLM folder)
     config.json, model.safetensors, tokenizer files   the pre-trained BertForMaskedLM (MLM head kept)
+    (a run from a shape records the shape's config as "model_config": a changed config file is another run)
     dupmae_decoder.safetensors, dupmae_pretraining.json   the decoder and the objective (not needed to use it)
 """
 
@@ -30,7 +31,7 @@ RECORD = "pretrain.json"
 class PretrainSettings:
     # objective ----------------------------------------------------------------------------------------
     objective: str = "dupmae"                # mlm | retromae | bow | dupmae (pretrain_model.OBJECTIVES)
-    encoder_mask_ratio: float = 0.3          # paper and released: 30 % of the encoder's input
+    encoder_mask_ratio: float = 0.3          # paper and released: 30 % of the encoder's input; BERT: 15 %
     decoder_mask_ratio: float = 0.5          # released: each decoder row sees about half the positions
     bow_weight: float = 0.1                  # released code: 0.1; paper Eq. 9: 1
     bow_normalize: bool = True               # released: each distinct token weighted 1/n; paper: plain sum
@@ -90,7 +91,8 @@ FIELDS = {f.name: f for f in fields(PretrainSettings)}
 
 HELP = {
     "objective": "mlm, retromae (+ [CLS] decoding), bow (+ bag of words), dupmae (all three: paper Eq. 9)",
-    "encoder_mask_ratio": "share of the encoder's input masked, whole words (paper: 0.3)",
+    "encoder_mask_ratio": "share of the encoder's input masked, whole words, replaced 80/10/10 ([MASK], a random "
+                          "token, unchanged) (paper: 0.3; BERT: 0.15, the bert-mlm recipe)",
     "decoder_mask_ratio": "share of positions hidden from each decoder row (released: 0.5)",
     "bow_weight": "weight of the bag-of-words loss (released code 0.1; paper 1)",
     "bow_normalize": "weight each distinct token 1/n (released code) instead of 1 (paper)",
@@ -137,18 +139,24 @@ def make_pretrain_settings(recipe: Optional[Mapping[str, Any]] = None, **overrid
     return replace(PretrainSettings(), **chosen).validate()
 
 
-def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings) -> Path:
-    """Pre-train `model` (hub name or folder, a BertForMaskedLM) on `corpus` (dataset name or folder, or a
-    text file) with the settings' objective; write the model to `output`. The same call again resumes
-    from the last checkpoint."""
+def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings, callbacks=()) -> Path:
+    """Pre-train `model` (hub name or folder, a BertForMaskedLM; or a shape, `shapes.shape_source`, built
+    with random weights from the seed) on `corpus` (dataset name or folder, or a text file) with the
+    settings' objective; write the model to `output`. The same call again resumes from the last checkpoint.
+    `callbacks`: extra transformers TrainerCallbacks (the GPU script's loss curve and exports)."""
     from .pretrain_data import PretrainCollator, PretrainDataset, TokenStore
     from .pretrain_model import OBJECTIVES, DupMAEForPretraining
     from .trainer import _barrier, _distributed, claim_output, train_and_save
+
+    from .shapes import shape_source
 
     settings.validate()
     output = Path(output)
     rank, world = _distributed()
     record = {"tool": f"dupmae-eval {__version__}", "model": model, "data": corpus, "settings": settings.as_dict()}
+    shape = shape_source(model)            # refused here, before the output folder is made, when unknown
+    if shape is not None:                  # a config file may change between calls: its content is the model
+        record["model_config"] = shape.config
     if claim_output(output, record, RECORD, "pre-training", asdict(PretrainSettings())):
         return output
     net = DupMAEForPretraining.from_checkpoint(model, settings.objective, settings.bow_weight,
@@ -166,5 +174,6 @@ def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings) 
         raise DupMAEEvalError(f"{corpus}: {len(dataset)} sequences cannot fill one step of {world} process(es) x "
                               f"{settings.batch_size}")
     train_and_save(net, dataset, PretrainCollator(net.tokenizer.pad_token_id), output, settings,
-                   settings.batch_size, RECORD, sequences=len(dataset), corpus_tokens=int(store.offsets[-1]))
+                   settings.batch_size, RECORD, callbacks=callbacks, sequences=len(dataset),
+                   corpus_tokens=int(store.offsets[-1]))
     return output

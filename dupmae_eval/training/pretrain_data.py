@@ -1,8 +1,8 @@
 """Pre-training data: a corpus tokenized once into a token store, cut into sequences, masked per example.
 
 Corpus sources (`read_texts`): any dataset the registry resolves (its passages, title + " " + text, as
-the encoders read them) or a plain text file, one text per line (blank lines skipped; a file that is not
-UTF-8 is refused with its line number).
+the encoders read them) or a plain text file, one text per line, gzipped when it ends in `.txt.gz` (blank
+lines skipped; a file that is not UTF-8 is refused with its line number).
 
 `TokenStore` tokenizes the corpus once (no special tokens), streaming it to `tokens.bin` (int32) and
 `offsets.bin` (int64) in the run's output folder with a progress bar, and renames them into place at the
@@ -34,10 +34,13 @@ from . import masking
 
 
 def read_texts(source: str) -> Iterator[str]:
-    """The corpus's texts: a plain text file (one per line) or a dataset's passages."""
+    """The corpus's texts: a plain text file (one per line; `.txt.gz` gzipped) or a dataset's passages."""
+    import gzip
+
     path = Path(source).expanduser()
-    if path.is_file() and path.suffix not in (".jsonl", ".gz", ".tsv"):
-        with open(path, "rb") as handle:
+    gzipped = path.name.endswith(".txt.gz")
+    if path.is_file() and (gzipped or path.suffix not in (".jsonl", ".gz", ".tsv")):
+        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as handle:
             for number, raw in enumerate(handle, 1):
                 try:
                     line = raw.decode("utf-8").strip()

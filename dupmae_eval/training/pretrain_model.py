@@ -275,19 +275,26 @@ class DupMAEForPretraining(torch.nn.Module):
     @classmethod
     def from_checkpoint(cls, source: str, objective: str, bow_weight: float, bow_normalize: bool,
                         seed: int) -> "DupMAEForPretraining":
-        """A BertForMaskedLM (hub name or folder; its MLM head is required) and a new decoder, initialised as
-        BERT's layers are, from `seed` (a checkpoint's own decoder is loaded on resume)."""
+        """A BertForMaskedLM (hub name or folder; its MLM head is required), or one built with random weights
+        from `seed` when `source` names a shape (`shapes.shape_source`), and a new decoder, initialised as
+        BERT's layers are, from `seed` (a checkpoint's own weights and decoder are loaded on resume)."""
         from ..model import read_masked_lm, resolve_checkpoint
         from .model import _tokenizer
+        from .shapes import random_masked_lm, shape_source, shape_tokenizer
 
-        folder, _ = resolve_checkpoint(source)
-        masked_lm, _ = read_masked_lm(folder, source, need_mlm_head=True)
-        masked_lm.train()
+        shape = shape_source(source)
+        if shape is not None:
+            masked_lm, tokenizer = random_masked_lm(shape.config, seed), shape_tokenizer()
+        else:
+            folder, _ = resolve_checkpoint(source)
+            masked_lm, _ = read_masked_lm(folder, source, need_mlm_head=True)
+            masked_lm.train()
+            tokenizer = _tokenizer(folder)
         decoder = None
         if OBJECTIVES.lookup(objective).decoder:
             decoder = EnhancedDecoder(masked_lm.config)
             init_like_bert(decoder, masked_lm.config.initializer_range, torch.Generator().manual_seed(seed))
-        return cls(masked_lm, decoder, objective, bow_weight, bow_normalize, _tokenizer(folder))
+        return cls(masked_lm, decoder, objective, bow_weight, bow_normalize, tokenizer)
 
     def save(self, folder: Path) -> None:
         """A BertForMaskedLM checkpoint (with its MLM head) that `finetune` and `run` read as it is, plus the

@@ -83,7 +83,7 @@ def _check_output(output: Path, record: dict, name: str = RECORD, what: str = "f
     if path.is_file():
         earlier = json.loads(path.read_text())
         settings = {**(defaults or {}), **(earlier.get("settings") or {})}
-        changed = [k for k in ("model", "data") if earlier.get(k) != record[k]]
+        changed = [k for k in ("model", "data", "model_config") if earlier.get(k) != record.get(k)]
         changed += [f"settings.{k}" for k, v in record["settings"].items()
                     if k not in PROCESS_SETTINGS and settings.get(k, _ABSENT) != v]
         changed += [f"settings.{k} (no longer a setting)" for k in settings if k not in record["settings"]]
@@ -142,7 +142,7 @@ def claim_output(output: Path, record: dict, name: str, what: str,
 
 
 def train_and_save(net, dataset, collator, output: Path, settings, per_device_batch: int, record_name: str,
-                   **summary) -> None:
+                   callbacks=(), **summary) -> None:
     """Run transformers' Trainer over `dataset` (resuming from the last checkpoint under output/checkpoints),
     then, on rank 0, save the model to `output` and mark the run's record finished, with `summary`, the
     step count, the loss and the log. `settings` has the optimisation fields fine-tuning and pre-training
@@ -174,7 +174,7 @@ def train_and_save(net, dataset, collator, output: Path, settings, per_device_ba
         ddp_backend=("nccl" if on_gpu else "gloo") if world > 1 else None, ddp_find_unused_parameters=False,
         label_names=[], disable_tqdm=False)
     trainer = _trainer_class()(model=net, args=args, train_dataset=dataset, data_collator=collator,
-                               callbacks=[_epoch_callback(dataset)])
+                               callbacks=[_epoch_callback(dataset), *callbacks])
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     result = trainer.train(resume_from_checkpoint=last)
     if trainer.is_world_process_zero():
