@@ -59,15 +59,19 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reproduce", help="run a suite's conditions x datasets, check expected scores",
-                       description="For each cell of a suite YAML: run (unless its run file exists), evaluate, "
-                                   "and print OK/FAIL against the expected scores at the suite's precision.")
+                       description="For each cell of a suite YAML: run (unless a run made from the very same "
+                                   "condition, corpus and model exists: its sidecar records what made it), "
+                                   "evaluate with the suite's measures, and print OK/FAIL against the expected "
+                                   "scores at the suite's precision.")
     p.add_argument("config", help="suite YAML, or the name of a shipped suite: beir, msmarco, local, demo")
     p.add_argument("--datasets", nargs="+", default=None, help="only these datasets (as the suite names them)")
     p.add_argument("--conditions", nargs="+", default=None, help="only these conditions")
     p.add_argument("--data", action="append", default=[], metavar="NAME=FOLDER",
                    help="use a local folder for a dataset name (repeatable)")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="where runs/<suite>/<condition>/ go")
-    p.add_argument("--dry-run", action="store_true", help="list the cells and whether they would run")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and whether each would run, be "
+                                                          "reused, or be redone (and why)")
+    p.add_argument("--force", action="store_true", help="redo the chosen cells even when an identical run exists")
     p.set_defaults(handler=_cmd_reproduce)
 
 
@@ -274,7 +278,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .shipped import suite_path
 
     _map_data(args.data)
-    verdicts = reproduce(suite_path(args.config), args.runs, args.datasets, args.conditions, args.dry_run)
+    verdicts = reproduce(suite_path(args.config), args.runs, args.datasets, args.conditions, args.dry_run,
+                         force=args.force)
     return _summarise(verdicts)
 
 
@@ -309,11 +314,13 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .data import read_trec_run
-    from .evaluate import evaluate, format_lines, per_query_lines
+    from .evaluate import check_coverage, evaluate, format_lines, per_query_lines
 
     qrels, default_measures = _load_qrels(args.qrels, args.split)
     run = read_trec_run(args.run)
     measures = args.measures or list(default_measures)
+    for warning in check_coverage(qrels, run, measures, _other_splits(args.qrels, args.split, run)):
+        print(f"dupmae-eval: warning: {warning}", file=sys.stderr)
     evaluation = evaluate(qrels, run, measures)
     print("\n".join(format_lines(evaluation, measures)))
     if args.per_query:
@@ -330,6 +337,25 @@ def _load_qrels(name_or_path: str, split: Optional[str]):
     if path.is_file():
         return read_qrels(path), BEIR_MEASURES
     return shipped_judgments(name_or_path, split)
+
+
+def _other_splits(name: str, split: Optional[str], run) -> str:
+    """For a registry name: the hint that names the shipped splits, and the one judging the run's
+    queries if there is one (a DL19 run scored against the default dev-subset judgments)."""
+    from .data import read_qrels
+    from .datasets import REGISTRY, SHIPPED_QRELS
+
+    info = REGISTRY.get(name)
+    if info is None or Path(name).is_file():
+        return "; is it a run of this collection?"
+    used = split or info.default_split
+    others = [other for other in info.shipped if other != used]
+    if not others:
+        return f"; is it a run of {name}?"
+    matching = [other for other in others if set(run) & set(read_qrels(SHIPPED_QRELS / info.shipped[other][0]))]
+    if matching:
+        return f"; the run's queries are judged in {name}'s split {matching[0]!r}: add --split {matching[0]}"
+    return f"; {name}'s splits: {', '.join(info.shipped)} (--split), and this is {used!r}"
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:

@@ -65,6 +65,37 @@ def evaluate(qrels: Qrels, run: Run, measure_names: Sequence[str]) -> Evaluation
     return Evaluation(aggregate, per_query, len(qrels), len(set(run) & set(qrels)))
 
 
+def check_coverage(qrels: Qrels, run: Run, measure_names: Sequence[str], hint: str = "") -> List[str]:
+    """Refuse a run that shares no query with the judgments; return warnings for partial cover and depth.
+
+    trec_eval -c scores a judged query the run lacks as 0, which is right for a run that dropped a
+    few queries but turns a run of another collection (or another split) into a table of zeros that
+    looks like a result. No shared query is therefore an error; some shared queries a warning with
+    the coverage; a cutoff beyond the run's deepest ranking a warning, since R@1000 of a 100-deep run
+    is R@100 under another name.
+    """
+    shared = len(set(run) & set(qrels))
+    if not shared:
+        raise DupMAEEvalError(f"no query of the run is judged: the run's {_queries(len(run))} and the "
+                              f"judgments' {_queries(len(qrels))} have none in common{hint}")
+    warnings = []
+    if shared < len(qrels):
+        missing = len(qrels) - shared
+        warnings.append(f"run covers {shared} of {len(qrels)} judged queries; trec_eval -c scores the "
+                        f"{missing} missing as 0")
+    depth = max((len(hits) for hits in run.values()), default=0)
+    deeper = [name for name, measure in zip(measure_names, parse_measures(measure_names))
+              if (measure.params.get("cutoff") or 0) > depth]
+    if deeper:
+        warnings.append(f"{', '.join(deeper)}: cutoff beyond the run's depth ({depth} hit{'' if depth == 1 else 's'} per query at most); "
+                        f"the value is that of the run's depth")
+    return warnings
+
+
+def _queries(count: int) -> str:
+    return f"{count} {'query' if count == 1 else 'queries'}"
+
+
 def _interpolated_precision(qrels: Qrels, run: Mapping[str, Mapping[str, float]], measure) -> Dict[str, float]:
     """IPrec@r as trec_eval 10 computes it (ir-measures' pytrec_eval embeds trec_eval 9).
 

@@ -103,3 +103,58 @@ def test_eval_bad_run_exits_nonzero_with_one_line(tmp_path, capsys):
 def test_read_results_fixture_keeps_every_line():
     run = read_trec_run(TEST_DATA / "trec_eval" / "results.test")
     assert sum(len(hits) for hits in run.values()) == 1500
+
+
+def _run_of(tmp_path, qrels, name="run.trec", depth=None):
+    """A run that ranks each query's judged documents (all, or the first `depth`) in file order."""
+    path = tmp_path / name
+    path.write_text("".join(f"{qid} Q0 {doc} {rank} {100 - rank} x\n" for qid, docs in qrels.items()
+                            for rank, doc in enumerate(list(docs)[:depth], 1)))
+    return path
+
+
+def test_eval_refuses_a_run_that_shares_no_query_with_the_judgments(tmp_path, capsys):
+    # a DL19 run scored against msmarco-passage's default (dev-subset) judgments
+    dl19 = read_qrels(TEST_DATA / "msmarco-passage-sample" / "qrels.dl19-passage.txt")
+    run = _run_of(tmp_path, dl19)
+    assert main(["eval", "msmarco-passage", str(run)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dupmae-eval: error: no query of the run is judged")
+    assert f"run's {len(dl19)} queries" in err[0] and "6980 queries" in err[0] and "--split dl19" in err[0]
+    # the same run with the split it belongs to is scored
+    assert main(["eval", "msmarco-passage", str(run), "--split", "dl19"]) == 0
+    assert "covers" not in capsys.readouterr().err
+
+
+def test_eval_refuses_a_run_of_another_collection_given_a_qrels_file(tmp_path, capsys):
+    vaswani = read_qrels(TEST_DATA / "vaswani" / "qrels" / "test.tsv")
+    run = _run_of(tmp_path, {f"vaswani-{qid}": docs for qid, docs in vaswani.items()})
+    assert main(["eval", str(REPO / "data" / "scifact" / "qrels" / "test.tsv"), str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none in common" in err[0] and "300 queries" in err[0]
+
+
+def test_eval_warns_once_about_partial_coverage_and_still_scores(tmp_path, capsys):
+    scifact = read_qrels(REPO / "data" / "scifact" / "qrels" / "test.tsv")
+    two = dict(list(scifact.items())[:2])
+    run = _run_of(tmp_path, two)
+    assert main(["eval", str(REPO / "data" / "scifact" / "qrels" / "test.tsv"), str(run), "P@1"]) == 0
+    captured = capsys.readouterr()
+    # two perfect queries of 300: 2/300 on average
+    assert captured.out.splitlines() == [f"P@1\t{2 / 300:.4f}"]
+    assert captured.err.splitlines() == ["dupmae-eval: warning: run covers 2 of 300 judged queries; "
+                                         "trec_eval -c scores the 298 missing as 0"]
+
+
+def test_eval_warns_when_a_cutoff_is_beyond_the_run_depth(tmp_path, capsys):
+    qrels = {"q1": {f"d{i}": 1 for i in range(5)}}
+    qrels_path = tmp_path / "qrels.txt"
+    qrels_path.write_text("".join(f"q1 0 d{i} 1\n" for i in range(5)))
+    run = _run_of(tmp_path, qrels, depth=3)
+    assert main(["eval", str(qrels_path), str(run), "R@3", "R@1000"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["R@3\t0.6000", "R@1000\t0.6000"]
+    err = captured.err.splitlines()
+    assert len(err) == 1 and err[0].startswith("dupmae-eval: warning: R@1000: cutoff beyond the run's depth (3 ")
