@@ -174,11 +174,28 @@ def _check_model_condition(path: Path, where: str, spec: dict) -> None:
     from .retrieval import retrieval_mode
 
     try:
+        check_model_reference(str(spec["model"]))
         overrides, _ = translate(spec)
         settings = EncoderSettings.for_kind(spec["encoder"], **overrides)
         retrieval_mode(spec["retrieval"]).check(settings)
     except DupMAEEvalError as exc:
         raise DupMAEEvalError(f"{path}: {where}: {exc}") from None
+
+
+def check_model_reference(name: str) -> None:
+    """What can be checked of a model without loading it or asking the hub: a packaged model's folder
+    exists, and a name that is a path (starts with '.', '/' or '~', or has more than one '/', as
+    `model.resolve_checkpoint` reads it) is a folder. Hub names are checked when the cell runs."""
+    from .model import _package_folder
+
+    if name.startswith("package:"):
+        _package_folder(name)
+        return
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return
+    if folder.exists() or name.count("/") > 1 or name.startswith((".", "/", "~")):
+        raise DupMAEEvalError(f"model {name!r}: no such folder")
 
 
 def _index_stats(path: Path, where: str, raw: Any, known) -> Dict[str, Dict[str, int]]:

@@ -88,8 +88,13 @@ class CorpusEncoding:
 def model_fingerprint(model: LoadedModel) -> str:
     """Hash of the checkpoint's files (weights, config, tokenizer, head): part of encoding cache keys.
     Content only, so the same checkpoint reached by another path or name reuses its encodings."""
+    return folder_fingerprint(model.folder)
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """`model_fingerprint` of a checkpoint folder, without loading the model (reproduce's reuse check)."""
     parts = []
-    for path in sorted(model.folder.iterdir()):
+    for path in sorted(Path(folder).iterdir()):
         if path.is_file() and (path.suffix in (".json", ".txt", ".safetensors", ".bin", ".model")
                                or path.name == HEAD_FILE):
             parts.append(f"{path.name}:{cache.file_digest(path)}")

@@ -63,6 +63,11 @@ def build_table(results: Sequence[MetricsRecord], measure: str = "nDCG@10", base
                                     for qid, v in r.per_query.get(measure, {}).items()}
         if len(expected_members) > 1 and len(records) < len(expected_members):
             partial[(row, column)] = f"{len(records)}/{len(expected_members)} forums"
+    if not values:
+        found = sorted({name for record in results for name in record.aggregate})
+        raise DupMAEEvalError(f"no results for measure {measure!r}" + (
+            f"; the results hold {', '.join(found)} (a suite's `measures:` decides what reproduce records)"
+            if found else ": no metrics files found"))
     conditions = sorted({column for _, column in values})
     if baseline is not None and baseline not in conditions:
         raise DupMAEEvalError(f"--baseline {baseline!r} is not among the conditions found: {', '.join(conditions)}")

@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
+from . import cache
 from .config import Cell, Suite, load_suite
 from .datasets import lookup, resolve, units_of
 from .results import MetricsRecord, write_metrics
@@ -28,25 +29,89 @@ def run_path_for(runs_dir: Path, suite: Suite, cell: Cell) -> Path:
     return runs_dir / suite.name / cell.condition / f"{cell.key.replace('/', '.')}.trec"
 
 
+IDENTITY_KEY = "cell_identity"
+"""The sidecar key holding what made a reproduce cell's run (`cell_identity`); a run is reused only when it
+equals what the cell would be made from now."""
+
+
 def reproduce(suite_path: str | Path, runs_dir: Path, datasets: Optional[List[str]] = None,
-              conditions: Optional[List[str]] = None, dry_run: bool = False, echo=print) -> List[str]:
-    """Run (or reuse) every chosen cell, evaluate it, and return the OK/FAIL verdict lines."""
+              conditions: Optional[List[str]] = None, dry_run: bool = False, echo=print,
+              force: bool = False) -> List[str]:
+    """Run (or reuse) every chosen cell, evaluate it, and return the OK/FAIL verdict lines. A cell's run is
+    reused only when what made it is identical (`reuse_decision`); `force` redoes every chosen cell. When
+    a cell fails, the verdicts of the cells already finished are printed before the error goes up."""
     suite = load_suite(suite_path)
     cells = suite.cells(datasets, conditions)
     if dry_run:
         for cell in cells:
             path = run_path_for(runs_dir, suite, cell)
-            echo(f"{'reuse' if path.is_file() else 'run  '} {cell.condition:<28}{cell.key:<32}{path}")
+            action, why = reuse_decision(path, cell_identity(suite, cell), force)
+            echo(f"{action:<5} {cell.condition:<28}{cell.key:<32}{path}" + (f"  ({why})" if why else ""))
         return []
-    results = [run_cell(suite, cell, runs_dir) for cell in cells]
-    verdicts = check_expected(suite, results)
-    for line in verdicts:
-        echo(line)
+    results: List[CellResult] = []
+    try:
+        for cell in cells:
+            results.append(run_cell(suite, cell, runs_dir, force=force, echo=echo))
+    finally:
+        verdicts = check_expected(suite, results)
+        for line in verdicts:
+            echo(line)
     return verdicts
 
 
-def run_cell(suite: Suite, cell: Cell, runs_dir: Path) -> CellResult:
-    """Compute the cell's run unless it exists; evaluate it; write its metrics (aggregate + per query)."""
+def cell_identity(suite: Suite, cell: Cell) -> dict:
+    """Everything that makes a cell's run file: the condition's parameters as the suite gives them, the
+    dataset, split and corpus (its SHA-256, so `--data NAME=FOLDER` pointing elsewhere is another run), and
+    for a model condition the checkpoint's content (a local or packaged model's files hashed; a hub model by
+    name). The judgments and the measures are not in it: metrics are computed afresh from the run each time."""
+    condition = suite.conditions[cell.condition]
+    data = resolve(cell.dataset)
+    identity = {"kind": condition.kind, "params": json.loads(json.dumps(condition.params, sort_keys=True,
+                                                                        default=str)),
+                "dataset": cell.dataset, "split": cell.split, "corpus_sha256": data.corpus_fingerprint()}
+    if condition.kind == "model":
+        identity["model_content"] = model_content(str(condition.params["model"]))
+    return identity
+
+
+def model_content(name: str) -> str:
+    """A hash of a local or packaged checkpoint's files (`encode.model_fingerprint`'s rule), or
+    'hub:NAME' for a hub model (not downloaded to decide reuse; its revision is in the sidecar)."""
+    from .model import _package_folder
+
+    if name.startswith("package:"):
+        folder = _package_folder(name)
+    else:
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            return f"hub:{name}"
+    from .encode import folder_fingerprint
+
+    return folder_fingerprint(folder)
+
+
+def reuse_decision(run_path: Path, identity: dict, force: bool = False) -> Tuple[str, str]:
+    """('reuse' | 'run' | 'redo', why): reuse only a run whose sidecar records this very identity."""
+    if not run_path.is_file():
+        return "run", ""
+    if force:
+        return "redo", "--force"
+    recorded = _sidecar(run_path).get(IDENTITY_KEY)
+    if recorded is None:
+        return "redo", "no record of what made it (sidecar missing, unreadable or from an older version)"
+    differ = sorted({key for key in set(identity) | set(recorded) if identity.get(key) != recorded.get(key)})
+    if differ:
+        if "params" in differ:
+            old, new = recorded.get("params") or {}, identity["params"]
+            differ.remove("params")
+            differ += [f"{key}" for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+        return "redo", f"{', '.join(differ)} changed since it was made"
+    return "reuse", ""
+
+
+def run_cell(suite: Suite, cell: Cell, runs_dir: Path, force: bool = False, echo=print) -> CellResult:
+    """Compute the cell's run unless an identical one exists; evaluate it; write its metrics (aggregate +
+    per query) with the suite's measures (the dataset's when the suite names none)."""
     from .data import read_trec_run
     from .evaluate import evaluate
     from .options import translate
@@ -55,7 +120,11 @@ def run_cell(suite: Suite, cell: Cell, runs_dir: Path) -> CellResult:
     condition = suite.conditions[cell.condition]
     output = run_path_for(runs_dir, suite, cell)
     data = resolve(cell.dataset)
-    reused = output.is_file()
+    identity = cell_identity(suite, cell)
+    action, why = reuse_decision(output, identity, force)
+    reused = action == "reuse"
+    if action == "redo":
+        echo(f"redo  {cell.condition:<28}{cell.key:<32}({why})")
     if not reused:
         params = dict(condition.params)
         if condition.kind == "bm25":
@@ -64,7 +133,9 @@ def run_cell(suite: Suite, cell: Cell, runs_dir: Path) -> CellResult:
             overrides, runner = translate(params)
             run_model(data, params["model"], params["encoder"], params["retrieval"], output,
                       split=cell.split, tag=cell.condition, **runner, **overrides)
-    evaluation = evaluate(data.qrels(cell.split), read_trec_run(output), data.measures(cell.split))
+        sidecar = Path(f"{output}.meta.json")
+        cache.write_json(sidecar, {**_sidecar(output), IDENTITY_KEY: identity})
+    evaluation = evaluate(data.qrels(cell.split), read_trec_run(output), suite.measures or data.measures(cell.split))
     write_metrics(output, MetricsRecord(
         suite=suite.name, condition=cell.condition, dataset=cell.dataset, split=cell.split, key=cell.key,
         unit=lookup(cell.dataset).unit or cell.dataset, run=output.name, aggregate=evaluation.aggregate,

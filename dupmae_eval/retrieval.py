@@ -134,9 +134,32 @@ def _impact_run(job: SearchJob):
     return run, index, impact_meta(index)
 
 
+LOST_MASS_WARNING = 0.01
+"""Share of the sparse half's score mass an impact index may leave out before `impact` says so."""
+
+
 def _impact(job: SearchJob) -> Tuple[Run, dict]:
     run, index, meta = _impact_run(job)
+    warn_lost_mass(meta)
     return run, {"index": str(index), "impact_index": meta}
+
+
+def warn_lost_mass(meta: dict) -> Optional[str]:
+    """One warning line on stderr when the impact index leaves out a share of the sparse score mass (negative
+    weights cannot enter a Lucene impact index; small ones round to 0): the run then scores something other
+    than the model's sparse half. Hybrid only takes candidates from the index and rescores them exactly, so
+    it records the shares without this warning."""
+    import sys
+
+    negative, rounded = meta.get("negative_mass_fraction", 0.0), meta.get("rounded_away_mass_fraction", 0.0)
+    if negative + rounded <= LOST_MASS_WARNING:
+        return None
+    line = (f"dupmae-eval: warning: the impact index leaves out {negative + rounded:.0%} of the sparse half's score "
+            f"mass ({negative:.0%} negative weights, {rounded:.0%} rounded to 0), so this run does not score "
+            f"with the model's sparse half; --retrieval dupmae scores it exactly (or use a non-negative "
+            f"--activation)")
+    print(line, file=sys.stderr, flush=True)
+    return line
 
 
 def _exact(job: SearchJob) -> Tuple[Run, dict]:

@@ -47,13 +47,14 @@ def test_faiss_searcher_takes_our_query_encoder(small_scifact, tmp_path):
         np.testing.assert_allclose([h.score for h in hits], [s for _, s in run[qid][:10]], atol=1e-4)
 
 
-def test_lucene_impact_searcher_takes_our_query_encoder(small_scifact, tmp_path):
+def test_lucene_impact_searcher_takes_our_query_encoder(small_scifact, tmp_path, capsys):
     run, meta = _run(small_scifact, tmp_path / "impact.trec", "--encoder", "splade", "--retrieval", "impact")
     start_jvm()
     from pyserini.search.lucene import LuceneImpactSearcher
 
     assert meta["impact_index"]["quantization_scale"] == 100.0
     assert meta["impact_index"]["negative_mass_fraction"] == 0.0   # log1p(relu) is never negative
+    assert meta["impact_index"]["rounded_away_mass_fraction"] <= 0.01 and "warning" not in capsys.readouterr().err
     encoder = DupMAEQueryEncoder(str(SPLADE_TINY), EncoderSettings.for_kind("splade"), half="sparse",
                                  quantization_scale=100)
     searcher = LuceneImpactSearcher(meta["index"], encoder)
@@ -69,13 +70,19 @@ def test_exact_dupmae_equals_the_independent_implementation(small_scifact, tmp_p
     assert meta["encoder"]["doc_topk"] == 384 and meta["encoder"]["include_sep"] is True
 
 
-def test_hybrid_reports_agreement(small_scifact, tmp_path):
+def test_hybrid_reports_agreement(small_scifact, tmp_path, capsys):
     _, meta = _run(small_scifact, tmp_path / "hybrid.trec", "--encoder", "dupmae", "--retrieval", "hybrid")
     agreement = meta["hybrid_agreement"]
     assert 0.0 <= agreement["top10_overlap_with_exact"] <= 1.0
     assert set(agreement["difference"]) == {"nDCG@10", "R@100", "R@1000"}
     # raw logits are often negative: the clipped share of the score mass is reported
-    assert meta["impact_index"]["negative_mass_fraction"] > 0
+    lost = meta["impact_index"]["negative_mass_fraction"] + meta["impact_index"]["rounded_away_mass_fraction"]
+    assert meta["impact_index"]["negative_mass_fraction"] > 0.01
+    assert "warning" not in capsys.readouterr().err          # hybrid rescores its candidates exactly
+    # impact search over the same index scores without that mass: said on stderr, not only in the sidecar
+    _run(small_scifact, tmp_path / "impact.trec", "--encoder", "dupmae", "--retrieval", "impact")
+    warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and f"leaves out {lost:.0%} of the sparse half's score mass" in warning[0]
 
 
 def test_two_runs_are_byte_identical(small_scifact, tmp_path, monkeypatch):

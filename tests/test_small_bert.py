@@ -149,6 +149,7 @@ def test_pretrain_small_bert_cpu_mode(abstracts, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["planned_steps"] == 3 and not summary["stopped_by_time"]
     assert summary["shape"] == "bert-tiny" and summary["probe_steps_per_second"] > 0
+    assert summary["settings"]["objective"] == "mlm" and summary["settings"]["encoder_mask_ratio"] == 0.15
     curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
     heldout = {entry["step"]: entry["heldout_nats"] for entry in curve if "heldout_nats" in entry}
     assert sorted(heldout) == [0, 2, 3] and abs(heldout[0] - math.log(30522)) < 0.3

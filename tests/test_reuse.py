@@ -1,0 +1,129 @@
+"""reproduce reuses a cell's run only when what made it is identical: another corpus behind the same dataset
+name, or a changed condition, is redone (and `--dry-run` says why); a suite's `measures:` reach the metrics
+and the table; a model folder that does not exist is refused before any work; when a cell fails, the
+verdicts of the cells finished before it are still printed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from dupmae_eval.cli import main
+
+pytestmark = [pytest.mark.java]
+
+SUITE = """suite: reuse
+measures: [nDCG@10, AP, P@10]
+precision: 4
+datasets: [scifact]
+conditions:
+  bm25-flat:
+    kind: bm25
+    fields: flat
+    k1: {k1}
+"""
+
+
+@pytest.fixture(scope="module")
+def corpora(small_scifact, tmp_path_factory):
+    """Two corpora behind the name `scifact`: the 400-document slice and the same without its last 150."""
+    smaller = tmp_path_factory.mktemp("scifact-250")
+    shutil.copytree(small_scifact, smaller, dirs_exist_ok=True)
+    lines = (small_scifact / "corpus.jsonl").read_text().splitlines(keepends=True)
+    (smaller / "corpus.jsonl").write_text("".join(lines[:250]))
+    return small_scifact, smaller
+
+
+def _suite(tmp_path, k1="0.9"):
+    path = tmp_path / "reuse.yaml"
+    path.write_text(SUITE.format(k1=k1))
+    return path
+
+
+def _metrics(runs):
+    return json.loads((runs / "reuse" / "bm25-flat" / "scifact.metrics.json").read_text())["aggregate"]
+
+
+def test_a_changed_corpus_or_condition_is_redone_not_reused(corpora, tmp_path, capsys):
+    large, small = corpora
+    runs, fresh = tmp_path / "runs", tmp_path / "fresh"
+    suite = _suite(tmp_path)
+    assert main(["reproduce", str(suite), "--data", f"scifact={large}", "--runs", str(runs)]) == 0
+    first = _metrics(runs)
+    assert set(first) == {"nDCG@10", "AP", "P@10"}                  # the suite's measures, not the dataset's
+    capsys.readouterr()
+    assert main(["reproduce", str(suite), "--data", f"scifact={large}", "--runs", str(runs), "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("reuse bm25-flat")
+
+    assert main(["reproduce", str(suite), "--data", f"scifact={small}", "--runs", str(runs), "--dry-run"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("redo  bm25-flat") and line.endswith("(corpus_sha256 changed since it was made)")
+    assert main(["reproduce", str(suite), "--data", f"scifact={small}", "--runs", str(runs)]) == 0
+    assert "redo  bm25-flat" in capsys.readouterr().out
+    # the redone cell equals a run made from scratch on the smaller corpus (not the old run re-scored)
+    assert main(["reproduce", str(suite), "--data", f"scifact={small}", "--runs", str(fresh)]) == 0
+    assert _metrics(runs) == _metrics(fresh) and _metrics(runs) != first
+    ours = runs / "reuse" / "bm25-flat" / "scifact.trec"
+    assert ours.read_bytes() == (fresh / "reuse" / "bm25-flat" / "scifact.trec").read_bytes()
+
+    capsys.readouterr()
+    changed = _suite(tmp_path, k1="1.2")
+    assert main(["reproduce", str(changed), "--data", f"scifact={small}", "--runs", str(runs), "--dry-run"]) == 0
+    assert capsys.readouterr().out.strip().endswith("(k1 changed since it was made)")
+    assert main(["reproduce", str(suite), "--data", f"scifact={small}", "--runs", str(runs), "--dry-run",
+                 "--force"]) == 0
+    assert capsys.readouterr().out.strip().endswith("(--force)")
+    # a run without a record of what made it (an older version's sidecar) is redone, never trusted
+    sidecar = ours.with_name(ours.name + ".meta.json")
+    record = json.loads(sidecar.read_text())
+    del record["cell_identity"]
+    sidecar.write_text(json.dumps(record))
+    assert main(["reproduce", str(suite), "--data", f"scifact={small}", "--runs", str(runs), "--dry-run"]) == 0
+    assert "no record of what made it" in capsys.readouterr().out
+
+
+def test_table_of_a_suite_measure_and_of_a_missing_one(corpora, tmp_path, capsys):
+    large, _ = corpora
+    runs = tmp_path / "runs"
+    assert main(["reproduce", str(_suite(tmp_path)), "--data", f"scifact={large}", "--runs", str(runs)]) == 0
+    run = runs / "reuse" / "bm25-flat" / "scifact.trec"
+    capsys.readouterr()
+    assert main(["eval", str(large / "qrels" / "test.tsv"), str(run), "AP"]) == 0
+    by_eval = float(capsys.readouterr().out.split()[-1])
+    assert main(["table", str(runs), "--measure", "AP", "--baseline", "bm25-flat"]) == 0
+    assert f"{by_eval:.4f}" in capsys.readouterr().out
+    assert main(["table", str(runs), "--measure", "R@100", "--baseline", "bm25-flat"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("dupmae-eval: error: no results for measure 'R@100'; the results hold AP, P@10, nDCG@10 "
+                   "(a suite's `measures:` decides what reproduce records)")
+
+
+def test_a_missing_model_folder_is_refused_before_any_work(tmp_path, capsys):
+    suite = tmp_path / "bad.yaml"
+    suite.write_text(SUITE.format(k1=0.9) + f"""  mine:
+    kind: model
+    model: {tmp_path / 'no-such-model'}
+    encoder: dupmae
+    retrieval: dupmae
+""")
+    assert main(["reproduce", str(suite), "--runs", str(tmp_path / "runs"), "--dry-run"]) == 2
+    assert f"conditions: mine: model '{tmp_path / 'no-such-model'}': no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_finished_cells_are_reported_when_a_later_cell_fails(corpora, tmp_path, capsys):
+    large, _ = corpora
+    suite = tmp_path / "late.yaml"
+    suite.write_text(SUITE.format(k1=0.9) + """    expected: {scifact: {nDCG@10: 0.1}}
+  hub-model:
+    kind: model
+    model: no-such-org/no-such-model
+    encoder: dupmae
+    retrieval: dupmae
+""")
+    assert main(["reproduce", str(suite), "--data", f"scifact={large}", "--runs", str(tmp_path / "runs")]) == 2
+    captured = capsys.readouterr()
+    assert "FAIL  bm25-flat" in captured.out and "expected 0.1000" in captured.out
+    assert "no-such-org/no-such-model" in captured.err
