@@ -151,7 +151,11 @@ def _condition(path: Path, name: str, spec: Any, datasets: Optional[List[str]]) 
         raise DupMAEEvalError(f"{path}: {where}: kind must be one of {', '.join(CONDITION_KEYS)}, not {kind!r}")
     unknown = set(spec) - CONDITION_KEYS[kind]
     if unknown:
-        raise DupMAEEvalError(f"{path}: {where}: unknown key {sorted(unknown)[0]!r} for a {kind} condition")
+        key = sorted(unknown)[0]
+        spelled = str(key).replace("-", "_")
+        hint = f" (suite keys are spelt with underscores: {spelled!r} for --{key})" \
+            if spelled in CONDITION_KEYS[kind] else ""
+        raise DupMAEEvalError(f"{path}: {where}: unknown key {key!r} for a {kind} condition{hint}")
     if kind == "model":
         for key in ("model", "encoder", "retrieval"):
             if not spec.get(key):

@@ -1,4 +1,5 @@
-"""The metrics record: what `reproduce` writes beside every run and what `table` reads.
+"""The metrics record: what `reproduce` writes beside every run and what `table` reads (it also scores runs
+that `bm25` and `run` wrote, from their sidecars).
 
 One record per cell: `<run>.metrics.json` with the suite, condition, dataset, split, the key the
 suite's expectations use, the BEIR unit it averages into, the aggregate values and the per-query
@@ -41,19 +42,81 @@ def write_metrics(run_path: Path, record: MetricsRecord) -> Path:
 
 
 def read_metrics(paths: Iterable[Path]) -> List[MetricsRecord]:
-    """Every *.metrics.json under the given files or folders, as records."""
-    found = []
+    """Every result under the given files or folders, as records: `*.metrics.json` files (what `reproduce`
+    writes), and runs that `bm25` or `run` wrote (a run file with its `.meta.json` sidecar, scored here
+    against its dataset's judgments and measures). Two results for the same condition, dataset and split
+    are refused: a table cell must come from one run."""
+    found: List[MetricsRecord] = []
+    origin: Dict[tuple, Path] = {}
     for path in map(Path, paths):
-        files = [path] if path.is_file() else sorted(path.rglob("*.metrics.json"))
+        if path.is_file():
+            files = [path]
+        elif path.is_dir():
+            files = sorted(path.rglob("*.metrics.json"))
+            files += [run for run in _runs_with_sidecars(path) if not metrics_path_for(run).is_file()]
+        else:
+            raise DupMAEEvalError(f"{path}: no such file or folder")
         if not files:
-            raise DupMAEEvalError(f"{path}: no *.metrics.json results here (run `dupmae-eval reproduce` first)")
+            raise DupMAEEvalError(f"{path}: no results here (*.metrics.json from `dupmae-eval reproduce`, or runs "
+                                  f"with their .meta.json sidecar from `bm25`/`run`)")
         for file in files:
-            try:
-                raw = json.loads(file.read_text())
-            except json.JSONDecodeError as exc:
-                raise DupMAEEvalError(f"{file}: not valid JSON ({exc.msg})") from None
-            try:
-                found.append(MetricsRecord(**raw))
-            except TypeError as exc:
-                raise DupMAEEvalError(f"{file}: not a metrics record ({exc})") from None
+            record = _read_record(file) if file.name.endswith(".metrics.json") else record_from_run(file)
+            key = (record.condition, record.dataset, record.split)
+            if key in origin:
+                raise DupMAEEvalError(f"two results for condition {record.condition!r} on {record.key}: "
+                                      f"{origin[key]} and {file}; give the table one of them")
+            origin[key] = file
+            found.append(record)
     return found
+
+
+def _read_record(file: Path) -> MetricsRecord:
+    try:
+        raw = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise DupMAEEvalError(f"{file}: not valid JSON ({exc.msg})") from None
+    try:
+        return MetricsRecord(**raw)
+    except TypeError as exc:
+        raise DupMAEEvalError(f"{file}: not a metrics record ({exc})") from None
+
+
+def _runs_with_sidecars(folder: Path) -> List[Path]:
+    return [sidecar.with_name(sidecar.name[:-len(SIDECAR_SUFFIX)]) for sidecar in sorted(folder.rglob(f"*{SIDECAR_SUFFIX}"))
+            if sidecar.with_name(sidecar.name[:-len(SIDECAR_SUFFIX)]).is_file()]
+
+
+SIDECAR_SUFFIX = ".meta.json"
+
+
+def record_from_run(run_path: Path) -> MetricsRecord:
+    """A run written by `bm25`, `run` or `reproduce`, scored against the judgments of the dataset and split
+    its sidecar names, with the dataset's measures. Refused when the sidecar is missing (nothing says what
+    judges the run) or when the dataset's corpus is no longer the one the run was made from."""
+    from .data import read_trec_run
+    from .datasets import lookup, resolve
+    from .evaluate import evaluate
+
+    sidecar = Path(f"{run_path}{SIDECAR_SUFFIX}")
+    if not sidecar.is_file():
+        raise DupMAEEvalError(f"{run_path}: not a metrics record, and no {sidecar.name} beside it to say which "
+                              f"dataset judges it; score it with `dupmae-eval eval QRELS {run_path}`")
+    try:
+        meta = json.loads(sidecar.read_text())
+        name, split, condition = meta["dataset"], meta["split"], meta["condition"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DupMAEEvalError(f"{sidecar}: not a run sidecar (needs dataset, split and condition)") from None
+    root = meta.get("dataset_root")
+    data = resolve(root if root and Path(root).is_dir() else name, download=False)
+    if meta.get("corpus_sha256") and meta["corpus_sha256"] != data.corpus_fingerprint():
+        raise DupMAEEvalError(f"{run_path}: made from another corpus than {data.root} holds now (corpus SHA-256 "
+                              f"differs); run it again")
+    evaluation = evaluate(data.qrels(split), read_trec_run(run_path), data.measures(split))
+    try:
+        info = lookup(name)
+        default, unit = info.default_split, info.unit or name
+    except DupMAEEvalError:
+        default, unit = data.default_split, name
+    return MetricsRecord(suite=meta.get("suite", ""), condition=condition, dataset=name, split=split,
+                         key=name if split == default else f"{name}/{split}", unit=unit, run=run_path.name,
+                         aggregate=evaluation.aggregate, per_query=evaluation.per_query)

@@ -127,3 +127,38 @@ def test_finished_cells_are_reported_when_a_later_cell_fails(corpora, tmp_path, 
     captured = capsys.readouterr()
     assert "FAIL  bm25-flat" in captured.out and "expected 0.1000" in captured.out
     assert "no-such-org/no-such-model" in captured.err
+
+
+def test_table_reads_runs_from_bm25_and_refuses_doubles_and_bare_runs(corpora, tmp_path, capsys):
+    """A run written by `bm25` (sidecar, no metrics file) is scored from its dataset's judgments: the table's
+    value equals `eval`'s; the same condition twice is refused, naming both files; a run without its sidecar
+    and a hyphenated suite key get one line each."""
+    large, _ = corpora
+    run = tmp_path / "bm25" / "scifact.trec"
+    assert main(["bm25", "--dataset", str(large), "--output", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(large / "qrels" / "test.tsv"), str(run), "nDCG@10"]) == 0
+    by_eval = capsys.readouterr().out.split()[-1]
+    assert main(["table", str(tmp_path / "bm25")]) == 0
+    assert f"| {by_eval} |" in capsys.readouterr().out
+    copy = tmp_path / "again" / "scifact.trec"
+    copy.parent.mkdir()
+    shutil.copy(run, copy)
+    shutil.copy(f"{run}.meta.json", f"{copy}.meta.json")
+    assert main(["table", str(tmp_path / "bm25"), str(copy)]) == 2
+    assert f"two results for condition 'bm25-flat' on {large.name}: {run} and {copy}" in capsys.readouterr().err
+    bare = tmp_path / "bare.trec"
+    shutil.copy(run, bare)
+    assert main(["table", str(bare)]) == 2
+    assert "no bare.trec.meta.json beside it" in capsys.readouterr().err
+    suite = tmp_path / "hyphen.yaml"
+    suite.write_text(SUITE.format(k1=0.9) + """  m:
+    kind: model
+    model: package:cognition/model
+    encoder: splade
+    retrieval: dupmae
+    shard-size: 100
+""")
+    assert main(["reproduce", str(suite), "--dry-run"]) == 2
+    assert "unknown key 'shard-size' for a model condition (suite keys are spelt with underscores: 'shard_size' " \
+           "for --shard-size)" in capsys.readouterr().err
