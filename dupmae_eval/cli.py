@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .errors import DupMAEEvalError
+from .options import nonnegative_float, positive_int, unit_interval
 
 
 def _add_bm25(sub: argparse._SubParsersAction) -> None:
@@ -23,10 +24,10 @@ def _add_bm25(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=None, help="query split (default: the dataset's, e.g. test, dl19)")
     p.add_argument("--fields", choices=("flat", "multifield"), default="flat",
                    help="flat: title+text in one field; multifield: title and text fields, weights 1.0/1.0")
-    p.add_argument("--k1", type=float, default=0.9)
-    p.add_argument("--b", type=float, default=0.4)
-    p.add_argument("--hits", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=None, help="search/index threads (default: all cores)")
+    p.add_argument("--k1", type=nonnegative_float, default=0.9, help="term saturation, at least 0 (default 0.9)")
+    p.add_argument("--b", type=unit_interval, default=0.4, help="length normalisation, 0 to 1 (default 0.4)")
+    p.add_argument("--hits", type=positive_int, default=1000, help="hits per query (default 1000)")
+    p.add_argument("--threads", type=positive_int, default=None, help="search/index threads (default: all cores)")
     p.add_argument("--keep-query-hit", action="store_true",
                    help="keep the hit whose id equals the query id (BEIR removes it; default: removed for "
                         "BEIR-layout data, kept for MS MARCO)")
@@ -79,7 +80,9 @@ def _add_table(sub: argparse._SubParsersAction) -> None:
     from .report import TABLE_FORMATS
 
     p = sub.add_parser("table", help=f"comparison table from saved results ({', '.join(TABLE_FORMATS)})")
-    p.add_argument("results", nargs="+", type=Path, help="runs folders or *.metrics.json files")
+    p.add_argument("results", nargs="+", type=Path, help="folders, *.metrics.json files (from reproduce), or run "
+                                                          "files with their .meta.json sidecar (from bm25 or run: "
+                                                          "scored against their dataset's judgments)")
     p.add_argument("--suite", default=None, help="suite YAML (or shipped suite name) whose reference columns to add")
     p.add_argument("--measure", default="nDCG@10")
     p.add_argument("--baseline", default=None, help="condition to compare against (deltas, paired t-tests)")
@@ -172,16 +175,6 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_pretrain)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
 def _ratio(text: str) -> float:
     try:
         value = float(text)
@@ -203,15 +196,23 @@ def _add_mlm_loss(sub: argparse._SubParsersAction) -> None:
                                                              "blank lines skipped")
     p.add_argument("--ratio", type=_ratio, default=0.15, help="share of each text's tokens masked (default 0.15)")
     p.add_argument("--seed", type=int, default=0, help="seed of the masks (default 0)")
-    p.add_argument("--max-length", type=_positive_int, default=128,
+    p.add_argument("--max-length", type=positive_int, default=128,
                    help="tokens per text with [CLS] and [SEP] (default 128)")
-    p.add_argument("--limit", type=_positive_int, default=None, help="the first N texts only (default: all)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="texts per forward pass (default 64)")
+    p.add_argument("--limit", type=positive_int, default=None, help="the first N texts only (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="texts per forward pass (default 64)")
     p.set_defaults(handler=_cmd_mlm_loss)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the toolkit's one-line errors: `dupmae-eval: error: argument --hits: 0 must be at
+    least 1`, exit 2, instead of the usage block followed by the message (subcommands inherit it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"dupmae-eval: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dupmae-eval", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="dupmae-eval", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dupmae-eval {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for add in (_add_bm25, _add_run, _add_encode, _add_reproduce, _add_table, _add_eval, _add_datasets, _add_demo,
@@ -224,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_bm25(args: argparse.Namespace) -> int:
+    from .data import check_output_file
+
+    check_output_file(args.output)
     from .pipeline import run_bm25
 
     result = run_bm25(args.dataset, split=args.split, fields=args.fields, output=args.output, k1=args.k1,
@@ -238,7 +242,10 @@ def _cmd_bm25(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .data import check_output_file
     from .options import translate
+
+    check_output_file(args.output)
     from .pipeline import run_model
 
     overrides, runner = translate(vars(args))

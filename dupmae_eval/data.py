@@ -133,6 +133,26 @@ def atomic_output(path: str | Path, mode: str = "w"):
         raise
 
 
+def check_output_file(path: str | Path, flag: str = "--output") -> None:
+    """Refuse, before any long work, an output file that `atomic_output` could not write at the end:
+    an existing folder, a path under a file, or a place where no file can be created (tried with a
+    probe file in the nearest existing folder, which is what a read-only mount or root squash answers
+    truthfully where permission bits would not)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DupMAEEvalError(f"{flag} {path}: is a folder; give the path of a file to write")
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise DupMAEEvalError(f"{flag} {path}: {probe} is a file, not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".dupmae-eval-probe."):
+            pass
+    except OSError as exc:
+        raise DupMAEEvalError(f"{flag} {path}: cannot create a file in {probe} ({exc.strerror})") from None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

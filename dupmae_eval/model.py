@@ -305,15 +305,41 @@ def _read_state_dict(folder: Path) -> Dict[str, "object"]:
 
         state = {}
         for path in safetensors:
-            state.update(load_file(str(path)))
+            state.update(_load_weights(path, load_file))
         return state
     bins = sorted(folder.glob("pytorch_model*.bin"))
     if bins:
         state = {}
         for path in bins:
-            state.update(torch.load(path, map_location="cpu", weights_only=True))
+            state.update(_load_weights(path, lambda name: torch.load(name, map_location="cpu", weights_only=True)))
         return state
     raise DupMAEEvalError(f"{folder}: no model weights (*.safetensors or pytorch_model.bin)")
+
+
+def _load_weights(path: Path, load) -> dict:
+    """One weights file through `load`; a truncated or corrupt file (an interrupted download or copy)
+    becomes one line naming it, not the reader's traceback from deep inside safetensors or pickle."""
+    try:
+        return load(str(path))
+    except Exception as exc:  # safetensors, zipfile and pickle raise many types for one cause
+        raise DupMAEEvalError(f"{path}: cannot read the weights ({exc.__class__.__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); truncated or "
+                              f"corrupt? copy or download it again") from None
+
+
+def read_config(path: Path) -> dict:
+    """A checkpoint's config.json as a dict; malformed JSON is refused with the file and line."""
+    from .errors import InputFormatError
+
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputFormatError(path, exc.lineno, f"not valid JSON ({exc.msg}, column {exc.colno})") from None
+    except UnicodeDecodeError as exc:
+        raise InputFormatError(path, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not isinstance(config, dict):
+        raise InputFormatError(path, 1, f"expected a JSON object, found {type(config).__name__}")
+    return config
 
 
 def _normalise_keys(state: dict) -> dict:
@@ -340,7 +366,7 @@ def read_masked_lm(folder: Path, source: str, need_mlm_head: bool = False):
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise DupMAEEvalError(f"{folder}: no config.json (not a Hugging Face checkpoint folder)")
-    config = json.loads(config_path.read_text())
+    config = read_config(config_path)
     if config.get("model_type") not in (None, "bert"):
         raise DupMAEEvalError(f"{config_path}: model_type {config.get('model_type')!r}; only BERT checkpoints "
                               f"(DupMAE, RetroMAE and their kin) are supported")
@@ -348,7 +374,11 @@ def read_masked_lm(folder: Path, source: str, need_mlm_head: bool = False):
     has_head = any(key.startswith("cls.predictions.transform.") for key in state)
     if need_mlm_head and not has_head:
         raise _no_mlm_head(source)
-    model = BertForMaskedLM(BertConfig.from_dict(config))
+    try:
+        model = BertForMaskedLM(BertConfig.from_dict(config))
+    except (TypeError, ValueError, AttributeError) as exc:   # e.g. "hidden_size": "big"
+        raise DupMAEEvalError(f"{config_path}: not a usable BERT configuration ({exc.__class__.__name__}: "
+                              f"{exc})") from None
     if "cls.predictions.decoder.weight" not in state and has_head:
         state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"]
     if "cls.predictions.bias" in state:
@@ -389,7 +419,7 @@ def load_dupmae_head(folder: Path, hidden_size: int):
     path = folder / HEAD_FILE
     if not path.is_file():
         return None
-    tensors = load_file(str(path))
+    tensors = _load_weights(path, load_file)
     weight = tensors.get("cls_projection.weight")
     if weight is None or weight.dim() != 2:
         raise DupMAEEvalError(f"{path}: expected a 2-D tensor 'cls_projection.weight' (d' x {hidden_size})")

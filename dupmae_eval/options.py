@@ -17,17 +17,93 @@ from .model import ACTIVATIONS
 from .retrieval import HYBRID_AUDIT_CHOICES, HYBRID_AUDIT_MAX_DOCUMENTS
 
 
+import math
+
+# Range validators: argparse `type=` functions (the message argparse prints after the flag's name) that
+# take a YAML value as well (`translate` calls them, naming the key). One per kind of range, so a flag
+# and the suite key that reaches the same setting are refused alike, before any long work.
+
+
+def _whole(value) -> int:
+    if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+
+
+def _real(value) -> float:
+    if isinstance(value, bool):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
+    return number
+
+
+def positive_int(value) -> int:
+    """A whole number of at least 1 (batch sizes, hits, threads, shard sizes, token lengths)."""
+    number = _whole(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} must be at least 1")
+    return number
+
+
+def positive_float(value) -> float:
+    """A number above 0 (the impact quantisation scale: 0 would round every weight to nothing)."""
+    number = _real(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{number:g} must be above 0")
+    return number
+
+
+def nonnegative_float(value) -> float:
+    """A number of at least 0 (BM25's k1)."""
+    number = _real(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{number:g} must be at least 0")
+    return number
+
+
+def unit_interval(value) -> float:
+    """A number in [0, 1] (BM25's b)."""
+    number = _real(value)
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"{number:g} must be between 0 and 1")
+    return number
+
+
+def device_value(value) -> str:
+    """cpu, cuda or cuda:N; a CUDA device only where torch sees one, so the refusal comes before the
+    model is loaded and the corpus read, not at the first batch. torch is imported only for cuda."""
+    text = str(value)
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise argparse.ArgumentTypeError(f"{text!r} is not cpu, cuda or cuda:N")
+    if kind == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine (torch "
+                                             f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'})")
+        if index and int(index) >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA "
+                                             f"device(s)")
+    return text
+
+
 def topk_value(value):
     """A top-k as typed: a positive number or 'all' (every entry)."""
     if value == "all":
         return "all"
     try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number or 'all'") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be positive")
-    return number
+        return positive_int(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number or 'all'") from None
 
 
 @dataclass(frozen=True)
@@ -59,22 +135,24 @@ OPTIONS: Dict[str, Option] = {option.key: option for option in (
            convert=lambda value: False if value else None),
     Option("normalize", "normalize", "L2-normalise the dense half", flag=True,
            convert=lambda value: True if value else None),
-    Option("max_query_length", "max_query_length", "tokens (default 64)", type=int),
-    Option("max_passage_length", "max_passage_length", "tokens (default 256)", type=int),
-    Option("batch_size", "batch_size", "texts per forward (default 32)", encoder=False, type=int, default=32),
-    Option("device", "device", "cpu (default) or cuda", encoder=False, type=str),
+    Option("max_query_length", "max_query_length", "tokens (default 64)", type=positive_int),
+    Option("max_passage_length", "max_passage_length", "tokens (default 256)", type=positive_int),
+    Option("batch_size", "batch_size", "texts per forward (default 32)", encoder=False, type=positive_int,
+           default=32),
+    Option("device", "device", "cpu (default), cuda or cuda:N", encoder=False, type=device_value),
     Option("compile", "compile", "run the BERT encoder under torch.compile (fused kernels: for long GPU encodes; "
            "the first batch waits for the compile)", encoder=False, flag=True, default=False),
-    Option("shard_size", "shard_size", "passages per encoding shard (default 10,000)", encoder=False, type=int,
-           default=10_000),
+    Option("shard_size", "shard_size", "passages per encoding shard (default 10,000)", encoder=False,
+           type=positive_int, default=10_000),
     Option("faiss_shards", "faiss_shards", "dense and hybrid: search one faiss index per shard and merge (a "
            "dense half larger than memory)", encoder=False, flag=True, default=False),
     Option("quantization_scale", "quantization_scale", "impact weights are round(weight * scale) (default 100, "
-           "as Pyserini's SPLADE)", encoder=False, type=float, default=100.0),
+           "as Pyserini's SPLADE)", encoder=False, type=positive_float, default=100.0),
     Option("hybrid_audit", "hybrid_audit", f"hybrid: compare with brute force (auto: only up to "
            f"{HYBRID_AUDIT_MAX_DOCUMENTS:,} documents)", encoder=False, choices=HYBRID_AUDIT_CHOICES, default="auto"),
-    Option("hits", "hits", "hits per query (default 1000)", encoder=False, type=int, default=1000),
-    Option("threads", "threads", "search/index threads (default: all cores)", encoder=False, type=int),
+    Option("hits", "hits", "hits per query (default 1000)", encoder=False, type=positive_int, default=1000),
+    Option("threads", "threads", "search/index threads (default: all cores)", encoder=False,
+           type=positive_int),
     Option("keep_query_hit", "keep_query_hit", "keep the hit whose id equals the query id (BEIR removes it)",
            encoder=False, flag=True, default=False),
 )}
@@ -97,12 +175,15 @@ def add_arguments(parser: argparse.ArgumentParser, runner: Tuple[str, ...] | Non
 
 def translate(values: Mapping[str, Any]) -> Tuple[dict, dict]:
     """Option values (an argparse namespace's vars, or a YAML condition's keys) -> (EncoderSettings
-    overrides, runner keywords). Unknown keys are ignored here; the YAML validation refuses them."""
+    overrides, runner keywords). Unknown keys are ignored here; the YAML validation refuses them. Values
+    go through the option's validator and choices (a YAML value has not met argparse), so `hits: 0`
+    is refused naming the key, as `--hits 0` is naming the flag."""
     encoder, runner = {}, {}
     for key, value in values.items():
         option = OPTIONS.get(key)
         if option is None:
             continue
+        value = _checked(option, value)
         converted = option.convert(value)
         if option.encoder:
             if converted is not None:
@@ -110,3 +191,23 @@ def translate(values: Mapping[str, Any]) -> Tuple[dict, dict]:
         elif converted is not None:
             runner[option.target] = converted
     return encoder, runner
+
+
+def _checked(option: Option, value):
+    """`value` through the option's range and choices; an error names the key (the caller adds the file)."""
+    from .errors import DupMAEEvalError
+
+    if value is None:
+        return None
+    if option.flag:
+        if not isinstance(value, bool):
+            raise DupMAEEvalError(f"{option.key}: {value!r} is not true or false")
+        return value
+    if option.choices is not None and value not in option.choices:
+        raise DupMAEEvalError(f"{option.key}: {value!r} is not one of {', '.join(option.choices)}")
+    if option.type is not None:
+        try:
+            return option.type(value)
+        except argparse.ArgumentTypeError as exc:
+            raise DupMAEEvalError(f"{option.key}: {exc}") from None
+    return value

@@ -1,0 +1,163 @@
+"""Bad inputs to the running verbs: one `dupmae-eval: error:` line, exit 2, before any long work.
+
+Each case is refused at parse time or before the corpus is read, so these tests run in-process and
+take well under a second each; none indexes or encodes anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import SPLADE_TINY, TEST_DATA
+from dupmae_eval.cli import main
+from dupmae_eval.config import load_suite
+from dupmae_eval.errors import DupMAEEvalError
+
+VASWANI = str(TEST_DATA / "vaswani")
+
+
+def _refused(capsys, argv) -> str:
+    """Run the CLI; assert exit 2 with exactly one error line and nothing on stdout; return that line."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:      # argparse refuses through exit()
+        code = exc.code
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dupmae-eval: error: "), captured.err
+    assert captured.out == ""
+    return lines[0]
+
+
+def _run(*extra, output="run.trec"):
+    return ["run", "--dataset", VASWANI, "--model", str(SPLADE_TINY), "--encoder", "cls", "--retrieval", "dense",
+            "--output", str(output), *extra]
+
+
+def _bm25(*extra, output="run.trec"):
+    return ["bm25", "--dataset", VASWANI, "--output", str(output), *extra]
+
+
+def _encode(*extra):
+    return ["encode", "--dataset", VASWANI, "--model", str(SPLADE_TINY), "--encoder", "cls", *extra]
+
+
+@pytest.mark.parametrize("argv, flag, says", [
+    (_bm25("--k1", "-1"), "--k1", "must be at least 0"),
+    (_bm25("--b", "1.5"), "--b", "must be between 0 and 1"),
+    (_bm25("--b", "-0.1"), "--b", "must be between 0 and 1"),
+    (_bm25("--hits", "0"), "--hits", "must be at least 1"),
+    (_bm25("--threads", "0"), "--threads", "must be at least 1"),
+    (_run("--batch-size", "0"), "--batch-size", "must be at least 1"),
+    (_run("--hits", "0"), "--hits", "must be at least 1"),
+    (_run("--threads", "0"), "--threads", "must be at least 1"),
+    (_run("--shard-size", "0"), "--shard-size", "must be at least 1"),
+    (_run("--quantization-scale", "0"), "--quantization-scale", "must be above 0"),
+    (_run("--topk", "0"), "--topk", "not a positive whole number or 'all'"),
+    (_run("--max-query-length", "0"), "--max-query-length", "must be at least 1"),
+    (_run("--max-passage-length", "-3"), "--max-passage-length", "must be at least 1"),
+    (_run("--device", "gpu"), "--device", "not cpu, cuda or cuda:N"),
+    (_encode("--shard-size", "0"), "--shard-size", "must be at least 1"),
+    (_encode("--batch-size", "0"), "--batch-size", "must be at least 1"),
+])
+def test_a_flag_out_of_range_is_one_line_naming_the_flag(capsys, argv, flag, says):
+    line = _refused(capsys, argv)
+    assert f"argument {flag}: " in line and says in line
+
+
+def test_cuda_is_refused_where_there_is_none(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    line = _refused(capsys, _run("--device", "cuda"))
+    assert "argument --device: cuda: CUDA is not available" in line
+
+
+@pytest.mark.parametrize("make_argv", [_bm25, _run])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, make_argv):
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-folder").mkdir()
+    line = _refused(capsys, make_argv(output=tmp_path / "a-folder"))
+    assert f"--output {tmp_path / 'a-folder'}: is a folder" in line
+    line = _refused(capsys, make_argv(output=tmp_path / "a-file" / "sub" / "run.trec"))
+    assert f"{tmp_path / 'a-file'} is a file, not a folder" in line
+    # /sys refuses new files even to root, where permission bits would not
+    line = _refused(capsys, make_argv(output="/sys/dupmae-eval-test/run.trec"))
+    assert "cannot create a file in /sys" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "a-folder"]    # nothing written
+
+
+def _model_copy(tmp_path: Path, config: str | None = None, weights: bytes | None = None) -> Path:
+    """splade-tiny's files linked into a folder, with config.json or model.safetensors replaced."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for source in SPLADE_TINY.iterdir():
+        target = folder / source.name
+        if source.name == "config.json" and config is not None:
+            target.write_text(config)
+        elif source.name == "model.safetensors" and weights is not None:
+            target.write_bytes(weights)
+        else:
+            target.symlink_to(source)
+    return folder
+
+
+def test_a_malformed_config_json_names_the_file_and_line(tmp_path, capsys):
+    lines = (SPLADE_TINY / "config.json").read_text().splitlines()
+    number = next(i for i, line in enumerate(lines, 1) if '"hidden_size":' in line)
+    lines[number - 1] = lines[number - 1].replace(":", "", 1)       # a key without its colon
+    folder = _model_copy(tmp_path, config="\n".join(lines))
+    argv = _run(output=tmp_path / "run.trec")
+    argv[argv.index("--model") + 1] = str(folder)
+    line = _refused(capsys, argv)
+    assert f"{folder / 'config.json'}:{number}: not valid JSON" in line
+    assert not (tmp_path / "run.trec").exists()
+
+
+def test_a_config_json_that_is_not_an_object_is_refused(tmp_path):
+    from dupmae_eval.model import load_model
+
+    folder = _model_copy(tmp_path, config="[1, 2]\n")
+    with pytest.raises(DupMAEEvalError, match=r"config\.json:1: expected a JSON object"):
+        load_model(str(folder))
+
+
+def test_a_truncated_safetensors_file_is_one_line_naming_it(tmp_path, capsys):
+    weights = (SPLADE_TINY / "model.safetensors").read_bytes()
+    folder = _model_copy(tmp_path, weights=weights[: len(weights) // 2])
+    argv = _run(output=tmp_path / "run.trec")
+    argv[argv.index("--model") + 1] = str(folder)
+    line = _refused(capsys, argv)
+    assert f"{folder / 'model.safetensors'}: cannot read the weights" in line and "truncated" in line
+    assert not (tmp_path / "run.trec").exists()
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("hits", 0, "hits: 0 must be at least 1"),
+    ("batch_size", -2, "batch_size: -2 must be at least 1"),
+    ("quantization_scale", 0, "quantization_scale: 0 must be above 0"),
+    ("max_query_length", 1.5, "max_query_length: 1.5 is not a whole number"),
+    ("topk", 0, "topk: 0 is not a positive whole number"),
+    ("threads", "four", "threads: 'four' is not a whole number"),
+])
+def test_a_suite_value_out_of_range_is_refused_at_load_naming_file_and_key(tmp_path, key, value, says):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"""suite: bad
+measures: [nDCG@10]
+datasets: [scifact]
+conditions:
+  tiny:
+    kind: model
+    model: {SPLADE_TINY}
+    encoder: cls
+    retrieval: dense
+    {key}: {value!r}
+""")
+    with pytest.raises(DupMAEEvalError) as refused:
+        load_suite(suite)
+    message = str(refused.value)
+    assert message.startswith(f"{suite}: conditions: tiny: ") and says in message
