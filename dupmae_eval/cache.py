@@ -65,9 +65,11 @@ def building(final_dir: Path) -> Iterator[Path]:
     A crash or an error leaves nothing under the final name, so a half-built index is never
     mistaken for a cached one.
     """
+    created = [parent for parent in reversed(final_dir.parents) if not parent.exists()]
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch = final_dir.parent / f".{final_dir.name}.building-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
+    _remove_abandoned(final_dir)
     scratch.mkdir()
     try:
         yield scratch
@@ -76,3 +78,22 @@ def building(final_dir: Path) -> Iterator[Path]:
         os.replace(scratch, final_dir)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        if not final_dir.exists():           # a failed or interrupted build leaves no empty folder behind
+            for parent in reversed(created):
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
+
+
+def _remove_abandoned(final_dir: Path) -> None:
+    """Scratch folders of builds whose process is gone (killed with SIGKILL, or ended while a Java indexer was
+    still writing): removed by the next build of the same entry."""
+    for scratch in final_dir.parent.glob(f".{final_dir.name}.building-*"):
+        pid = scratch.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(scratch, ignore_errors=True)
+        except PermissionError:          # alive, another user's
+            pass

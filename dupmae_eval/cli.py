@@ -436,17 +436,51 @@ def _cmd_mlm_loss(args: argparse.Namespace) -> int:
     return 0
 
 
+def _raise_terminated(signum, frame):
+    from .errors import Terminated
+
+    raise Terminated()
+
+
+def _exit_now_if_java_is_busy(code: int) -> int:
+    """After an interruption, a Java call may still be running in its worker thread (`_java.call_interruptibly`):
+    the interpreter's normal exit would wait for Lucene's own threads, so the process ends here at once."""
+    import threading
+
+    if any(thread.name == "dupmae-eval-java" and thread.is_alive() for thread in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    import signal
+    import threading
+
+    from .errors import Terminated
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.handler(args)
     except DupMAEEvalError as exc:
         print(f"dupmae-eval: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("dupmae-eval: terminated (SIGTERM); finished work is kept, run the same command again to resume",
+              file=sys.stderr)
+        return _exit_now_if_java_is_busy(143)
     except KeyboardInterrupt:
-        print("dupmae-eval: interrupted", file=sys.stderr)
-        return 130
+        print("dupmae-eval: interrupted; finished work is kept, run the same command again to resume",
+              file=sys.stderr)
+        return _exit_now_if_java_is_busy(130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,3 +17,8 @@ class InputFormatError(DupMAEEvalError):
         self.line = line
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {message}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so the same clean-up runs (scratch
+    folders removed, temporary files unlinked) and the CLI exits 143 with one line."""

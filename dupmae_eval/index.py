@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from . import cache
-from ._java import anserini_version, start_jvm
+from ._java import anserini_version, call_interruptibly, start_jvm
 from .census import indexed_contents, take_census
 from .data import Passage
 from .datasets import Dataset
@@ -105,7 +105,7 @@ def _run_index_collection(collection: Path, index: Path, fields: str, threads: i
                  "-storePositions", "-storeDocvectors", "-quiet"]
     if fields == "multifield":
         arguments += ["-fields", "title"]
-    autoclass("io.anserini.index.IndexCollection").main(arguments)
+    call_interruptibly(autoclass("io.anserini.index.IndexCollection").main, arguments)
 
 
 def lucene_index_stats(index: Path) -> dict:
@@ -229,7 +229,7 @@ def _run_impact_indexer(collection: Path, index: Path, threads: int) -> None:
     start_jvm()
     from jnius import autoclass
 
-    autoclass("io.anserini.index.IndexCollection").main([
+    call_interruptibly(autoclass("io.anserini.index.IndexCollection").main, [
         "-collection", "JsonVectorCollection", "-input", str(collection), "-index", str(index),
         "-generator", "DefaultLuceneDocumentGenerator", "-impact", "-pretokenized",
         "-threads", str(threads), "-quiet"])

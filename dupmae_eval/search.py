@@ -37,8 +37,10 @@ def bm25_search(index: Path, queries: Mapping[str, str], fields: str, k1: float 
     searcher.set_bm25(k1, b)
     qids = list(queries)
     weights = MULTIFIELD_WEIGHTS if fields == "multifield" else {}
-    results = searcher.batch_search([queries[qid] for qid in qids], qids, k=hits,
-                                    threads=threads or os.cpu_count() or 1, fields=weights)
+    from ._java import call_interruptibly
+
+    results = call_interruptibly(lambda: searcher.batch_search([queries[qid] for qid in qids], qids, k=hits,
+                                                               threads=threads or os.cpu_count() or 1, fields=weights))
     run: Run = {}
     for qid in qids:
         kept = [(hit.docid, float(hit.score)) for hit in results.get(qid, [])

@@ -1,0 +1,41 @@
+"""Ctrl-C and SIGTERM while Lucene indexes (a Java call, which used to hold the signal until it returned, or
+let the JVM end the process without a word): one line, exit 130 or 143 within a second, no scratch or empty
+cache folder left, no JVM crash file in the working folder; the same command then finishes normally."""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.java]
+
+
+@pytest.mark.parametrize("sent, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                              (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_a_signal_during_indexing_gives_one_line_and_leaves_nothing(sent, code, word, small_scifact, tmp_path):
+    home = tmp_path / "home"
+    env = dict(os.environ, DUPMAE_EVAL_HOME=str(home))
+    command = [sys.executable, "-m", "dupmae_eval", "bm25", "--dataset", str(small_scifact), "--output",
+               str(tmp_path / "run.trec")]
+    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 300
+    while not glob.glob(f"{home}/indexes/**/.*building*/index/*", recursive=True):   # Lucene is writing
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()
+        time.sleep(0.02)
+    sent_at = time.time()
+    process.send_signal(sent)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == code and time.time() - sent_at < 5
+    lines = [line for line in err.splitlines() if line.startswith("dupmae-eval")]
+    assert len(lines) == 1 and lines[0].startswith(f"dupmae-eval: {word}") and "Traceback" not in err
+    assert not glob.glob(f"{home}/**/*building*", recursive=True) and not (home / "indexes").exists()
+    assert not (tmp_path / "run.trec").exists() and not glob.glob(str(tmp_path / "hs_err*"))
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and (tmp_path / "run.trec").stat().st_size > 0, done.stderr[-2000:]
