@@ -87,7 +87,8 @@ def check_coverage(qrels: Qrels, run: Run, measure_names: Sequence[str], hint: s
     deeper = [name for name, measure in zip(measure_names, parse_measures(measure_names))
               if (measure.params.get("cutoff") or 0) > depth]
     if deeper:
-        warnings.append(f"{', '.join(deeper)}: cutoff beyond the run's depth ({depth} hit{'' if depth == 1 else 's'} per query at most); "
+        hits = f"{depth} hit{'' if depth == 1 else 's'}"
+        warnings.append(f"{', '.join(deeper)}: cutoff beyond the run's depth ({hits} per query at most); "
                         f"the value is that of the run's depth")
     return warnings
 

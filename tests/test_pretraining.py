@@ -475,3 +475,81 @@ def test_pretrain_bench_runs_and_both_routes_agree():
         recomputed = float(re.search(rf"ours-{mode} / full-logits: .*\|loss difference\| to ours ([0-9.e+-]+)",
                                      done.stdout).group(1))
         assert recomputed < 1e-6, mode
+
+
+def test_max_steps_is_minus_one_or_a_count(capsys):
+    from dupmae_eval.cli import main
+    from conftest import SPLADE_TINY
+
+    assert make_pretrain_settings(max_steps="-1").max_steps == -1
+    assert make_pretrain_settings(max_steps="3").max_steps == 3
+    for bad in ("0", "-2"):
+        with pytest.raises(DupMAEEvalError, match=rf"--max-steps \(max_steps\) {bad}: give -1"):
+            make_pretrain_settings(max_steps=bad)
+    # on the command line: one line, before any folder is made
+    assert main(["pretrain", "--model", str(SPLADE_TINY), "--corpus", "x.txt", "--output", "never",
+                 "--max-steps", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--max-steps (max_steps) 0" in err[0]
+
+
+def test_a_failed_start_does_not_lock_the_folder_and_a_finished_run_takes_more_steps(abstracts, tmp_path, capsys):
+    """A command refused for its input leaves no record (bad path, no MLM head) or, when the input fails
+    only once read (a line that is not UTF-8), a record and no partial token files: the corrected command
+    takes the folder over. The finished run then continues to a larger --max-steps from its last
+    checkpoint; any other change, or fewer steps, stays refused. In process: a few seconds."""
+    import json
+
+    from safetensors.torch import load_file
+    from transformers import BertModel
+
+    from conftest import SPLADE_TINY
+    from dupmae_eval.cli import main
+
+    output = tmp_path / "pt"
+
+    def pretrain(corpus, steps, model=SPLADE_TINY, *extra, folder=output):
+        code = main(["pretrain", "--model", str(model), "--corpus", str(corpus), "--output", str(folder),
+                     "--max-steps", str(steps), "--save-steps", "1", "--batch-size", "4", "--max-length", "48",
+                     "--warmup-ratio", "0", "--learning-rate", "1e-3", *extra])
+        captured = capsys.readouterr()
+        return code, captured.out, [line for line in captured.err.splitlines() if line.startswith("dupmae-eval")]
+
+    code, _, err = pretrain(tmp_path / "missing.txt", 1)
+    assert code == 2 and err == [f"dupmae-eval: error: --corpus {tmp_path / 'missing.txt'}: no such file or folder"]
+    bare = tmp_path / "bare"
+    BertModel.from_pretrained(str(SPLADE_TINY)).save_pretrained(bare)
+    code, _, err = pretrain(abstracts, 1, bare)
+    assert code == 2 and len(err) == 1 and "no MLM head" in err[0]
+    assert not output.exists()
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"a first text\nanother one\nthird \xff\xfe text\n")
+    code, _, err = pretrain(bad, 1)
+    assert code == 2 and err == [f"dupmae-eval: error: {bad}:3: not UTF-8 text"]
+    assert [p.name for p in output.rglob("*") if p.is_file()] == ["pretrain.json"]    # no .partial left
+
+    code, out, _ = pretrain(abstracts, 1)
+    assert code == 0 and "takes the folder over" in out
+    record = json.loads((output / "pretrain.json").read_text())
+    assert record["data"] == str(abstracts) and record["finished"] and record["steps"] == 1
+    one_step = load_file(str(output / "model.safetensors"))
+
+    code, out, _ = pretrain(abstracts, 2)
+    assert code == 0 and "continuing the finished pre-training run" in out
+    record = json.loads((output / "pretrain.json").read_text())
+    assert record["finished"] and record["steps"] == 2 and record["settings"]["max_steps"] == 2
+    assert record["extended"] == [{"from_max_steps": 1, "to_max_steps": 2}]
+    state = json.loads((output / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    # warm-up 0, linear decay: the first step's rate is the peak whatever the count, and the second's is the
+    # new count's (the schedule is set from it on resume); so the continued run is an uninterrupted 2-step run
+    assert pretrain(abstracts, 2, folder=tmp_path / "whole")[0] == 0
+    whole, continued = (load_file(str(folder / "model.safetensors")) for folder in (tmp_path / "whole", output))
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(one_step[key], continued[key])
+    assert whole.keys() == continued.keys() and all(torch.equal(whole[k], continued[k]) for k in whole)
+
+    for steps, extra in ((1, ()), (3, ("--seed", "7"))):         # fewer steps; more steps and another seed
+        code, _, err = pretrain(abstracts, steps, SPLADE_TINY, *extra)
+        assert code == 2 and len(err) == 1 and "already holds a different pre-training run" in err[0]

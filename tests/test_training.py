@@ -295,16 +295,55 @@ def test_refusals_before_training(small_beir, random_bert, tmp_path):
     shutil.copy(random_bert / "tokenizer_config.json", bare)
     with pytest.raises(DupMAEEvalError, match="no MLM head"):
         finetune(str(bare), str(small_beir), tmp_path / "out3", settings)
+    assert not (tmp_path / "out3").exists()          # refused before the record: the corrected command runs
+    with pytest.raises(DupMAEEvalError, match=r"--dataset \S+no-such-data: no such file or folder"):
+        finetune(str(random_bert), str(tmp_path / "no-such-data"), tmp_path / "out4", settings)
+    with pytest.raises(DupMAEEvalError, match=r"--dataset no-such-name: unknown dataset"):
+        finetune(str(random_bert), "no-such-name", tmp_path / "out4", settings)
+    assert not (tmp_path / "out4").exists()
     # an output folder holding something else, or another run
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(DupMAEEvalError, match="not a fine-tuning output folder"):
         finetune(str(random_bert), str(small_beir), tmp_path / "busy", settings)
-    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "checkpoints" / "checkpoint-2").mkdir(parents=True)     # a run under way
+    (tmp_path / "other" / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
     (tmp_path / "other" / "finetune.json").write_text(json.dumps(
         {"model": str(random_bert), "data": str(small_beir), "settings": {**settings.as_dict(), "seed": 7}}))
     with pytest.raises(DupMAEEvalError, match=r"already holds a different fine-tuning run \(settings.seed"):
         finetune(str(random_bert), str(small_beir), tmp_path / "other", settings)
+
+
+def test_max_steps_is_minus_one_or_a_count():
+    from dupmae_eval.training.settings import make_settings
+
+    assert make_settings(max_steps="-1").max_steps == -1 and make_settings(max_steps=2).max_steps == 2
+    for bad in ("0", "-5"):             # transformers would train one step, or the whole recipe
+        with pytest.raises(DupMAEEvalError, match=rf"--max-steps \(max_steps\) {bad}: give -1 \(the epochs"):
+            make_settings(max_steps=bad)
+
+
+def test_a_folder_left_by_a_run_that_failed_before_its_first_checkpoint_is_taken_over(tmp_path):
+    """Only a record, unfinished, no checkpoint: another run may take the folder; with anything else in
+    it (a checkpoint, mined negatives), or once finished, it stays refused."""
+    import json
+    from dataclasses import asdict
+
+    from dupmae_eval.training.settings import FinetuneSettings
+    from dupmae_eval.training.trainer import _judge_output
+
+    settings = asdict(FinetuneSettings())
+    record = {"model": "m", "data": "d", "settings": settings}
+    (tmp_path / "finetune.json").write_text(json.dumps({**record, "data": "typo", "finished": False}))
+    (tmp_path / "negatives").mkdir()                                  # made, left empty
+    assert _judge_output(tmp_path, record, "finetune.json", "fine-tuning", settings)[0] == "takeover"
+    (tmp_path / "negatives" / "bm25.trec").write_text("q Q0 d 1 1 x\n")
+    with pytest.raises(DupMAEEvalError, match="already holds a different fine-tuning run"):
+        _judge_output(tmp_path, record, "finetune.json", "fine-tuning", settings)
+    (tmp_path / "negatives" / "bm25.trec").unlink()
+    (tmp_path / "finetune.json").write_text(json.dumps({**record, "data": "typo", "finished": True}))
+    with pytest.raises(DupMAEEvalError, match="already holds a different fine-tuning run"):
+        _judge_output(tmp_path, record, "finetune.json", "fine-tuning", settings)
 
 
 def test_a_run_recorded_before_a_setting_existed_resumes_at_its_default(tmp_path):
@@ -320,6 +359,8 @@ def test_a_run_recorded_before_a_setting_existed_resumes_at_its_default(tmp_path
     settings = asdict(FinetuneSettings())
     older = {k: v for k, v in settings.items() if k != "recompute"}
     (tmp_path / "finetune.json").write_text(json.dumps({"model": "m", "data": "d", "settings": older}))
+    (tmp_path / "checkpoints" / "checkpoint-1").mkdir(parents=True)    # under way: not a failed start
+    (tmp_path / "checkpoints" / "checkpoint-1" / "trainer_state.json").write_text("{}")
     record = {"model": "m", "data": "d", "settings": settings}
     assert _check_output(tmp_path, record, "finetune.json", "fine-tuning", settings) is True
     with pytest.raises(DupMAEEvalError, match=r"settings\.recompute differ"):

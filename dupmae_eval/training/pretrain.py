@@ -22,7 +22,8 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 from .. import __version__
 from ..errors import DupMAEEvalError
-from .settings import COMPILE_HELP, HEAP_HELP, RECOMPUTE_FIRST_HELP, check_compile
+from .settings import (COMPILE_HELP, HEAP_HELP, MAX_STEPS_HELP, RECOMPUTE_FIRST_HELP, check_compile,
+                       check_max_steps)
 
 RECORD = "pretrain.json"
 
@@ -45,7 +46,7 @@ class PretrainSettings:
     gradient_accumulation: int = 1
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
-    max_steps: int = -1                      # > 0 stops after that many optimizer steps
+    max_steps: int = -1                      # ≥ 1 stops after that many optimizer steps; -1: the epochs decide
     seed: int = 42
     bf16: str = "auto"                       # auto: on a GPU that supports it; never on the CPU
     recompute: str = "none"                  # none | elementwise | layers (recompute.RECOMPUTE); released:
@@ -81,6 +82,7 @@ class PretrainSettings:
             raise DupMAEEvalError("batch_size must be ≥ 1")
         if self.bf16 not in ("auto", "on", "off"):
             raise DupMAEEvalError(f"bf16 {self.bf16!r}: auto, on or off")
+        check_max_steps(self.max_steps)
         return self
 
     def as_dict(self) -> dict:
@@ -104,7 +106,7 @@ HELP = {
     "gradient_accumulation": "steps accumulated per optimizer step",
     "warmup_ratio": "linear warm-up, fraction of the steps",
     "weight_decay": "AdamW weight decay",
-    "max_steps": "stop after this many optimizer steps (> 0)",
+    "max_steps": MAX_STEPS_HELP,
     "seed": "seed of the masks, the decoder's initialisation and the trainer",
     "bf16": "auto (on a GPU with bf16), on, off",
     "recompute": "what the encoder recomputes in the backward instead of keeping: none; elementwise (GELU, "
@@ -146,7 +148,7 @@ def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings, 
     `callbacks`: extra transformers TrainerCallbacks (the GPU script's loss curve and exports)."""
     from .pretrain_data import PretrainCollator, PretrainDataset, TokenStore
     from .pretrain_model import OBJECTIVES, DupMAEForPretraining
-    from .trainer import _barrier, _distributed, claim_output, train_and_save
+    from .trainer import _barrier, _distributed, check_data_source, claim_output, train_and_save
 
     from .shapes import shape_source
 
@@ -157,10 +159,11 @@ def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings, 
     shape = shape_source(model)            # refused here, before the output folder is made, when unknown
     if shape is not None:                  # a config file may change between calls: its content is the model
         record["model_config"] = shape.config
-    if claim_output(output, record, RECORD, "pre-training", asdict(PretrainSettings())):
-        return output
+    check_data_source(corpus, "--corpus", text_files=True)
     net = DupMAEForPretraining.from_checkpoint(model, settings.objective, settings.bow_weight,
-                                               settings.bow_normalize, settings.seed)
+                                               settings.bow_normalize, settings.seed)   # loadable, with an MLM
+    if claim_output(output, record, RECORD, "pre-training", asdict(PretrainSettings())):   # head: before the record
+        return output
     net.recompute_encoder(settings.recompute, settings.recompute_first)
     if world > 1 and rank != 0:
         _barrier()                        # rank 0 tokenizes; the others then read its store

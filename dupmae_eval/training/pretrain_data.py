@@ -45,7 +45,7 @@ def read_texts(source: str) -> Iterator[str]:
                 try:
                     line = raw.decode("utf-8").strip()
                 except UnicodeDecodeError:
-                    raise InputFormatError(f"{path}:{number}: not UTF-8 text") from None
+                    raise InputFormatError(path, number, "not UTF-8 text") from None
                 if line:
                     yield line
         return
@@ -77,14 +77,27 @@ class TokenStore:
 
     @classmethod
     def build(cls, source: str, tokenizer, folder: Path, batch: int = 1000) -> "TokenStore":
-        """Tokenize `source` into `folder` (reused when already complete)."""
-        from tqdm import tqdm
-
+        """Tokenize `source` into `folder` (reused when already complete). A failure part way (a line that
+        is not UTF-8, an interrupt) removes the partial files, so the folder holds a complete store or none."""
         folder = Path(folder)
         if (folder / cls.OFFSETS).is_file() and (folder / cls.TOKENS).is_file():
             return cls(folder)
         folder.mkdir(parents=True, exist_ok=True)
         partial = {name: folder / f".{name}.partial" for name in (cls.TOKENS, cls.OFFSETS)}
+        try:
+            cls._write(source, tokenizer, partial, batch)
+        except BaseException:
+            for path in partial.values():
+                path.unlink(missing_ok=True)
+            raise
+        for name, path in partial.items():
+            os.replace(path, folder / name)
+        return cls(folder)
+
+    @classmethod
+    def _write(cls, source: str, tokenizer, partial: Dict[str, Path], batch: int) -> None:
+        from tqdm import tqdm
+
         total = 0
         with open(partial[cls.TOKENS], "wb") as tokens, open(partial[cls.OFFSETS], "wb") as offsets, \
                 tqdm(desc=f"tokenize {source}", unit="text", leave=False) as bar:
@@ -109,9 +122,6 @@ class TokenStore:
                     flush()
             if pending:
                 flush()
-        for name, path in partial.items():
-            os.replace(path, folder / name)
-        return cls(folder)
 
 
 @dataclass(frozen=True)

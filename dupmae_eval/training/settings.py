@@ -52,7 +52,7 @@ class FinetuneSettings:
     gradient_accumulation: int = 1
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
-    max_steps: int = -1                      # > 0 stops after that many optimizer steps (smoke runs)
+    max_steps: int = -1                      # ≥ 1 stops after that many optimizer steps (smoke runs); -1: epochs
     seed: int = 42
     bf16: str = "auto"                       # auto: on a GPU that supports it; never on the CPU
     recompute: str = "none"                  # none | elementwise | layers (recompute.RECOMPUTE); RetroMAE: none
@@ -100,6 +100,7 @@ class FinetuneSettings:
             raise DupMAEEvalError("max lengths must leave room for [CLS] and [SEP]")
         if self.bf16 not in ("auto", "on", "off"):
             raise DupMAEEvalError(f"bf16 {self.bf16!r}: auto, on or off")
+        check_max_steps(self.max_steps)
         if not kind.sparse and not kind.dense:
             raise DupMAEEvalError(f"encoder kind {self.kind!r} has no half to train")
         return self
@@ -135,6 +136,17 @@ RECOMPUTE_FIRST_HELP = ("apply recompute to the encoder's first N layers only; t
 COMPILE_HELP = ("run the BERT encoder under torch.compile: fused kernels for GPU steps, which eager BERT leaves "
                 "launch-bound; the first step waits for the compile; with recompute none only; not part of what "
                 "makes two runs the same")
+
+
+MAX_STEPS_HELP = "stop after this many optimizer steps (at least 1); -1 (default): the epochs decide"
+
+
+def check_max_steps(max_steps: int) -> None:
+    """-1 or a count: transformers reads 0 as "epochs decide" too and then trains a step or the whole
+    recipe, and any negative number as -1, so a typo would silently become a full run."""
+    if max_steps != -1 and max_steps < 1:
+        raise DupMAEEvalError(f"--max-steps (max_steps) {max_steps}: give -1 (the epochs decide) or a count of "
+                              f"at least 1")
 
 
 def check_compile(compile: bool, recompute: str) -> None:
@@ -173,7 +185,7 @@ HELP = {
     "gradient_accumulation": "steps accumulated per optimizer step",
     "warmup_ratio": "linear warm-up, fraction of the steps",
     "weight_decay": "AdamW weight decay",
-    "max_steps": "stop after this many optimizer steps (> 0)",
+    "max_steps": MAX_STEPS_HELP,
     "seed": "seed of the sampling, the new projection and the trainer",
     "bf16": "auto (on a GPU with bf16), on, off",
     "recompute": "what the encoder recomputes in the backward instead of keeping: none; elementwise (GELU, "

@@ -68,17 +68,46 @@ def _epoch_callback(dataset):
     return EpochToDataset()
 
 
+def _schedule_callback():
+    from transformers import TrainerCallback
+
+    class ScheduleForTheNewCount(TrainerCallback):
+        """A finished run continued to a larger max_steps: its checkpoint's optimizer holds the learning rate
+        its own schedule ended on (0, at the end of a linear decay), which the first continued step would
+        use before the scheduler moves. Set each group's rate from the schedule of the new count at the
+        checkpoint's step instead, as a run asked for the new count from the start would have it there."""
+
+        def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+            lambdas = getattr(lr_scheduler, "lr_lambdas", None)
+            if optimizer is None or lambdas is None:
+                return
+            for group, base, factor in zip(optimizer.param_groups, lr_scheduler.base_lrs, lambdas):
+                group["lr"] = base * factor(lr_scheduler.last_epoch)
+
+    return ScheduleForTheNewCount()
+
+
 _ABSENT = object()    # a setting the earlier record does not name (and no default fills)
 PROCESS_SETTINGS = ("heap", "compile")   # how this process runs, not what it trains: may differ on resume
 
 
 def _check_output(output: Path, record: dict, name: str = RECORD, what: str = "fine-tuning",
                   defaults: Optional[Mapping[str, Any]] = None) -> bool:
-    """True when the folder holds this very run (resume); refuse a folder holding anything else. `record`
-    has the keys (model, data, settings) that make two runs the same; `name` is the record's file.
-    `defaults` are the settings' defaults: a setting added since the folder's record was written is taken
-    to have run at its default (the only behaviour there was), so a newer version resumes an older run
-    unless the run asks for something else."""
+    """True when the folder holds this very run (resume, or a finished run continued to a larger
+    max_steps); refuse a folder holding anything else (see `_judge_output`)."""
+    return _judge_output(output, record, name, what, defaults)[0] in ("resume", "extend")
+
+
+def _judge_output(output: Path, record: dict, name: str = RECORD, what: str = "fine-tuning",
+                  defaults: Optional[Mapping[str, Any]] = None) -> tuple:
+    """(verdict, earlier record) for an output folder: "new" (absent or empty), "resume" (this very run),
+    "extend" (this run, finished, asked for more steps: only max_steps raised), "takeover" (another run
+    that failed before its first checkpoint and left nothing but its record: a corrected command must not
+    be locked out by the mistake it corrects); anything else is refused. `record` has the keys (model, data,
+    settings) that make two runs the same; `name` is the record's file. `defaults` are the settings'
+    defaults: a setting added since the folder's record was written is taken to have run at its default
+    (the only behaviour there was), so a newer version resumes an older run unless the run asks for
+    something else."""
     path = output / name
     if path.is_file():
         earlier = json.loads(path.read_text())
@@ -87,14 +116,25 @@ def _check_output(output: Path, record: dict, name: str = RECORD, what: str = "f
         changed += [f"settings.{k}" for k, v in record["settings"].items()
                     if k not in PROCESS_SETTINGS and settings.get(k, _ABSENT) != v]
         changed += [f"settings.{k} (no longer a setting)" for k in settings if k not in record["settings"]]
-        if changed:
-            raise DupMAEEvalError(f"{output}: already holds a different {what} run ({', '.join(changed[:4])} "
-                                  f"differ); choose another --output")
-        return True
+        if not changed:
+            return "resume", earlier
+        old_steps, new_steps = settings.get("max_steps", -1), record["settings"].get("max_steps", -1)
+        if changed == ["settings.max_steps"] and earlier.get("finished") and 0 < old_steps < new_steps:
+            return "extend", earlier
+        if not earlier.get("finished") and _holds_only(output, name):
+            return "takeover", earlier
+        raise DupMAEEvalError(f"{output}: already holds a different {what} run ({', '.join(changed[:4])} "
+                              f"differ); choose another --output")
     if output.exists() and any(output.iterdir()):
         raise DupMAEEvalError(f"{output}: exists and is not a {what} output folder (no {name}); "
                               f"choose an empty or new folder")
-    return False
+    return "new", None
+
+
+def _holds_only(output: Path, name: str) -> bool:
+    """The folder holds the record `name` and otherwise only empty folders: no checkpoint, no tokenized
+    corpus, no mined negatives — nothing a run with other settings could wrongly reuse."""
+    return all(entry == output / name or entry.is_dir() for entry in output.rglob("*"))
 
 
 def _distributed() -> tuple:
@@ -129,7 +169,19 @@ def claim_output(output: Path, record: dict, name: str, what: str,
     rank, world = _distributed()
     _init_processes(world)
     if rank == 0:
-        if not _check_output(output, record, name, what, defaults):
+        verdict, earlier = _judge_output(output, record, name, what, defaults)
+        if verdict == "takeover":
+            print(f"{output}: the {what} run recorded here failed before its first checkpoint; this command "
+                  f"takes the folder over", flush=True)
+        if verdict == "extend":
+            old, new = earlier["settings"]["max_steps"], record["settings"]["max_steps"]
+            print(f"{output}: continuing the finished {what} run from its last checkpoint (step "
+                  f"{earlier.get('steps', old)}) to max_steps {new}", flush=True)
+            with atomic_output(output / name) as handle:
+                json.dump({**earlier, "settings": record["settings"], "finished": False,
+                           "extended": [*earlier.get("extended", []), {"from_max_steps": old, "to_max_steps": new}]},
+                          handle, indent=2)
+        elif verdict != "resume":
             output.mkdir(parents=True, exist_ok=True)
             with atomic_output(output / name) as handle:
                 json.dump({**record, **provenance(), "finished": False}, handle, indent=2)
@@ -173,8 +225,10 @@ def train_and_save(net, dataset, collator, output: Path, settings, per_device_ba
         dataloader_num_workers=settings.dataloader_workers, dataloader_drop_last=world > 1,
         ddp_backend=("nccl" if on_gpu else "gloo") if world > 1 else None, ddp_find_unused_parameters=False,
         label_names=[], disable_tqdm=False)
+    extended = "extended" in json.loads((output / record_name).read_text())
     trainer = _trainer_class()(model=net, args=args, train_dataset=dataset, data_collator=collator,
-                               callbacks=[_epoch_callback(dataset), *callbacks])
+                               callbacks=[_epoch_callback(dataset), *([_schedule_callback()] if extended else []),
+                                          *callbacks])
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     result = trainer.train(resume_from_checkpoint=last)
     if trainer.is_world_process_zero():
@@ -185,6 +239,29 @@ def train_and_save(net, dataset, collator, output: Path, settings, per_device_ba
                         log=[entry for entry in trainer.state.log_history if "loss" in entry])
         with atomic_output(output / record_name) as handle:
             json.dump(finished, handle, indent=2)
+
+
+def check_data_source(source: str, flag: str, text_files: bool) -> None:
+    """What can be checked of a training data source before the output folder is claimed, without
+    downloading: a file (a text file when `text_files`, as `pretrain_data.read_texts` reads it, else a
+    tevatron JSONL file), a dataset folder of a known layout, or a registry or mapped dataset name. A
+    mistyped path then costs one line, and no record that would lock the folder to it."""
+    from ..datasets import REGISTRY, dataset_roots_from_env, resolve
+
+    path = Path(source).expanduser()
+    if path.is_file():
+        if text_files and not path.name.endswith(".txt.gz") and path.suffix in (".jsonl", ".gz", ".tsv"):
+            raise DupMAEEvalError(f"{flag} {source}: a file is read as text, one text per line (.txt or "
+                                  f".txt.gz); give a {path.suffix} corpus as its dataset folder")
+        return
+    if not path.is_dir() and (source in REGISTRY or source in dataset_roots_from_env()):
+        return                              # resolved (downloaded if it must be) when it is read
+    if not path.is_dir() and (path.suffix or "/" in source or source.startswith(("~", "."))):
+        raise DupMAEEvalError(f"{flag} {source}: no such file or folder")
+    try:
+        resolve(source, download=False)
+    except DupMAEEvalError as exc:
+        raise DupMAEEvalError(f"{flag} {source}: {exc}") from None
 
 
 def prepare_data(data_source: str, settings: FinetuneSettings, output: Path):
@@ -237,9 +314,10 @@ def finetune(model: str, data: str, output: Path, settings: FinetuneSettings) ->
     output = Path(output)
     rank, world = _distributed()
     record = {"tool": f"dupmae-eval {__version__}", "model": model, "data": data, "settings": settings.as_dict()}
-    if claim_output(output, record, RECORD, "fine-tuning", asdict(FinetuneSettings())):
+    check_data_source(data, "--dataset", text_files=False)
+    net = DupMAEForTraining.from_checkpoint(model, settings)    # a missing MLM head is refused here, early:
+    if claim_output(output, record, RECORD, "fine-tuning", asdict(FinetuneSettings())):   # before the record
         return output
-    net = DupMAEForTraining.from_checkpoint(model, settings)    # a missing MLM head is refused here, early
     recompute_encoder(net.masked_lm, settings.recompute, settings.recompute_first)
     train, held, store = prepare_data(data, settings, output)
     if held and rank == 0:
