@@ -73,6 +73,7 @@ def building(final_dir: Path) -> Iterator[Path]:
     scratch.mkdir()
     try:
         yield scratch
+        write_contents(scratch)
         if final_dir.exists():
             shutil.rmtree(final_dir)
         os.replace(scratch, final_dir)
@@ -97,3 +98,57 @@ def _remove_abandoned(final_dir: Path) -> None:
             shutil.rmtree(scratch, ignore_errors=True)
         except PermissionError:          # alive, another user's
             pass
+
+
+CONTENTS = ".contents.json"
+"""Every file of a finished cache entry with its size and SHA-256, written last by `building`."""
+
+
+def write_contents(folder: Path) -> None:
+    files = {str(path.relative_to(folder)): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+             for path in sorted(folder.rglob("*")) if path.is_file() and path.name != CONTENTS}
+    write_json(folder / CONTENTS, {"files": files})
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def damage(folder: Path) -> str | None:
+    """Why a finished cache entry cannot be trusted (a file missing, added, of another size or content than
+    its contents manifest records), or None when it is whole. An entry built before the manifest existed
+    counts as damaged: it is rebuilt once."""
+    manifest = folder / CONTENTS
+    try:
+        recorded = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{manifest.name} missing or unreadable"
+    present = {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file() and path.name != CONTENTS}
+    for name in sorted(set(recorded) | present):
+        if name not in present:
+            return f"{name} is missing"
+        if name not in recorded:
+            return f"{name} was not part of it"
+        path = folder / name
+        if path.stat().st_size != recorded[name]["bytes"] or _sha256(path) != recorded[name]["sha256"]:
+            return f"{name} differs from what was built"
+    return None
+
+
+def reuse_or_clear(folder: Path, what: str) -> bool:
+    """True when `folder` is a whole cache entry (its meta.json present and every file as built); a damaged
+    entry is removed, with one line on stderr, so that the caller builds it again."""
+    import sys
+
+    if not (folder / "meta.json").is_file():
+        return False
+    problem = damage(folder)
+    if problem is None:
+        return True
+    print(f"dupmae-eval: {what} {folder} is damaged ({problem}); building it again", file=sys.stderr, flush=True)
+    shutil.rmtree(folder)
+    return False

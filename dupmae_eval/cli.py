@@ -470,6 +470,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DupMAEEvalError as exc:
         print(f"dupmae-eval: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:              # the machine's, not the input's: a full disk, a file-size limit, rights
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"dupmae-eval: error: {where}{exc.strerror or exc} (nothing half-written was kept; free the space "
+              f"or fix the rights, then run the same command again)", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if type(exc).__name__ != "JavaException":       # Lucene failing to write its index
+            raise
+        print(f"dupmae-eval: error: Lucene: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
+              f"(nothing half-built was kept; run the same command again)", file=sys.stderr)
+        return _exit_now_if_java_is_busy(2)
     except Terminated:
         print("dupmae-eval: terminated (SIGTERM); finished work is kept, run the same command again to resume",
               file=sys.stderr)

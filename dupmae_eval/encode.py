@@ -121,7 +121,8 @@ def encode_corpus(dataset: Dataset, encoder: DupMAEDocumentEncoder, batch_size: 
     """
     folder = encoding_folder(dataset, encoder.model, encoder.settings, batch_size, shard_size)
     if (folder / "manifest.json").is_file():
-        return folder
+        if rank != 0 or not _clear_damaged_shards(folder):
+            return folder
     total, shards = _plan(dataset, shard_size)   # refuses duplicate ids before anything is written
     folder.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
@@ -156,7 +157,39 @@ def finish_manifest(folder: Path, dataset: Dataset, encoder: DupMAEDocumentEncod
         "settings": encoder.settings.as_dict(), "dense_dim": encoder.model.dense_dim if
         encoder.settings.has_dense else None, "vocabulary": encoder.model.vocab_size,
         "documents": total, "shards": shards, "shard_size": -(-total // shards), "format": FORMAT_VERSION,
+        "shard_sha256": [cache.file_digest(folder / f"shard-{s:05d}.npz") for s in range(shards)],
         "finished": time.time()})
+
+
+def _clear_damaged_shards(folder: Path) -> bool:
+    """Check a finished encoding's shards against the SHA-256s its manifest records; remove the manifest and
+    every shard that differs (one line on stderr), so that encoding resumes with just those. True when
+    something was removed. A manifest without checksums (an older version's) is checked once: its shards
+    are hashed into it."""
+    import json
+    import sys
+
+    manifest = folder / "manifest.json"
+    try:
+        meta = json.loads(manifest.read_text())
+        shards = int(meta["shards"])
+    except (OSError, ValueError, KeyError, TypeError):
+        manifest.unlink(missing_ok=True)
+        print(f"dupmae-eval: encoding {folder}: manifest.json unreadable; checking its shards again", file=sys.stderr)
+        return True
+    recorded = meta.get("shard_sha256")
+    if not isinstance(recorded, list) or len(recorded) != shards:
+        return False
+    bad = [s for s in range(shards) if not (folder / f"shard-{s:05d}.npz").is_file()
+           or cache.file_digest(folder / f"shard-{s:05d}.npz") != recorded[s]]
+    if not bad:
+        return False
+    print(f"dupmae-eval: encoding {folder}: {len(bad)} shard(s) damaged or missing "
+          f"({', '.join(f'shard-{s:05d}.npz' for s in bad[:3])}); encoding them again", file=sys.stderr, flush=True)
+    manifest.unlink()
+    for shard in bad:
+        (folder / f"shard-{shard:05d}.npz").unlink(missing_ok=True)
+    return True
 
 
 def encode_distributed(dataset: str, model: str, encoder: str, batch_size: int = 32, shard_size: int = 10_000,

@@ -42,7 +42,7 @@ def bm25_index(dataset: Dataset, fields: str, threads: int | None = None) -> Pat
     settings = {"kind": "lucene-bm25", "fields": fields, "corpus_sha256": dataset.corpus_fingerprint(),
                 "anserini": anserini_version(), "layout": 2}
     final = cache.home() / "indexes" / f"bm25-{fields}" / f"{dataset.name}-{cache.settings_key(settings)}"
-    if (final / "meta.json").is_file():
+    if cache.reuse_or_clear(final, "cached index"):
         return final
     census = take_census(dataset)   # duplicate ids are refused here, before any work
     expected = census.expected_documents(fields)
@@ -149,7 +149,7 @@ def faiss_index(encoding) -> Path:
     if not encoding.has_dense:
         raise DupMAEEvalError(f"{encoding.folder}: this encoding has no dense half")
     final = cache.home() / "indexes" / "faiss" / encoding.folder.name
-    if (final / "meta.json").is_file():
+    if cache.reuse_or_clear(final, "cached index"):
         return final
     with cache.building(final) as scratch:
         index = faiss.IndexFlatIP(int(encoding.meta["dense_dim"]))
@@ -173,7 +173,7 @@ def impact_index(encoding, vocabulary: Sequence[str], scale: float, threads: int
         raise DupMAEEvalError(f"{encoding.folder}: this encoding has no sparse half")
     key = cache.settings_key({"scale": scale, "anserini": anserini_version(), "layout": 1})
     final = cache.home() / "indexes" / "impact" / f"{encoding.folder.name}-{key}"
-    if (final / "meta.json").is_file():
+    if cache.reuse_or_clear(final, "cached index"):
         return final
     with cache.building(final) as scratch:
         collection = scratch / "collection"

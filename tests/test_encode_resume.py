@@ -66,6 +66,17 @@ def test_kill_minus_nine_then_resume_is_identical(tmp_path, corpus):
     assert [p.name for p in _shards(folder)] == [p.name for p in _shards(reference)]
     for ours, theirs in zip(_shards(folder), _shards(reference)):
         assert ours.read_bytes() == theirs.read_bytes(), ours.name
+    # a byte flipped in a finished shard is caught by the manifest's checksums: that shard alone is encoded
+    # again (one line), and the encoding is the reference's again
+    damaged = _shards(folder)[5]
+    blob = bytearray(damaged.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(blob))
+    process = _encode(tmp_path / "killed", corpus, wait=False)
+    _, err = process.communicate(timeout=900)
+    assert process.returncode == 0 and f"1 shard(s) damaged or missing ({damaged.name})" in err, err[-2000:]
+    assert damaged.read_bytes() == (reference / damaged.name).read_bytes()
+    assert (folder / "manifest.json").is_file()
 
 
 def test_torchrun_two_cpu_processes_match_one(tmp_path, corpus):

@@ -39,3 +39,17 @@ def test_a_signal_during_indexing_gives_one_line_and_leaves_nothing(sent, code, 
     assert not (tmp_path / "run.trec").exists() and not glob.glob(str(tmp_path / "hs_err*"))
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and (tmp_path / "run.trec").stat().st_size > 0, done.stderr[-2000:]
+
+
+def test_fault_harness_sample():
+    """A sampled subset of scripts/fault_harness.py (its full table is in docs/robustness.md): BM25 under a
+    file-size limit (one line, exit 2, nothing partial, then the reference's run) and with a Lucene file of its
+    cached index damaged (noticed, rebuilt, the reference's run)."""
+    from conftest import REPO
+
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "fault_harness.py"), "--verbs", "bm25",
+                           "--faults", "write,corrupt", "--writes", "1", "--corruptions", "1", "--seed", "3"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "| bm25 | write | 1 |" in done.stdout and "| bm25 | corrupt | 1 |" in done.stdout
+    assert done.stdout.rstrip().endswith("2 held, 0 failed")
