@@ -167,7 +167,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                                                   "bert-mini, bert-small, bert-medium, bert-base (also spelt "
                                                   "shape:NAME), or a BERT config.json")
     p.add_argument("--corpus", required=True, help="dataset name or folder (its passages), or a text file "
-                                                   "(one text per line; .txt.gz read as gzip)")
+                                                   "(one text per line; .txt.gz and .txt.xz read compressed)")
     p.add_argument("--output", required=True, type=Path, help="output folder (new, or this run's to resume)")
     p.add_argument("--recipe", default=None, help="recipe YAML, or a shipped recipe's name (dupmae-wiki-book, "
                                                   "dupmae-msmarco, splade-tiny-scifact, bert-mlm); flags override it")
@@ -192,7 +192,7 @@ def _add_mlm_loss(sub: argparse._SubParsersAction) -> None:
                                    "every model) and prints the mean cross-entropy in nats over the masked "
                                    "tokens. Two models measured with the same flags see the same masks.")
     p.add_argument("--model", required=True, help="Hugging Face hub name or local BertForMaskedLM folder")
-    p.add_argument("--texts", required=True, type=Path, help="text file, one text per line (.txt.gz: gzip); "
+    p.add_argument("--texts", required=True, type=Path, help="text file, one text per line (.txt.gz, .txt.xz: compressed); "
                                                              "blank lines skipped")
     p.add_argument("--ratio", type=_ratio, default=0.15, help="share of each text's tokens masked (default 0.15)")
     p.add_argument("--seed", type=int, default=0, help="seed of the masks (default 0)")

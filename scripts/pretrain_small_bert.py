@@ -4,7 +4,7 @@ The valid start for DupMAE's experiments is an MLM-trained BERT; none ships offl
 one. It runs the toolkit's own `pretrain` code path (`dupmae_eval.training.pretrain.pretrain`, recipe
 `bert-mlm`: objective mlm, 15 % whole-word masking with 80/10/10 replacement, 128-token packed sequences)
 from a shape (`--shape bert-mini`: 4 layers x 256, the bert-base-uncased vocabulary), on the corpus that
-`scripts/build_pretrain_corpus.py` builds (corpus.txt.gz for training, heldout.txt for the held-out loss).
+`scripts/build_pretrain_corpus.py` builds (corpus.txt.xz for training, heldout.txt for the held-out loss).
 
 Steps are sized to the time: a probe times `--probe-steps` optimizer steps of the same model, batch and
 precision outside the Trainer, and the run gets max_steps = rate x the time left x `--fill`, so the learning
@@ -51,10 +51,11 @@ class ScriptError(Exception):
 
 def corpus_files(folder: Path):
     """(training texts, held-out texts) of a corpus folder; refused with one line when either is missing."""
-    train = next((folder / name for name in ("corpus.txt.gz", "corpus.txt") if (folder / name).is_file()), None)
+    train = next((folder / name for name in ("corpus.txt.xz", "corpus.txt.gz", "corpus.txt")
+                  if (folder / name).is_file()), None)
     heldout = folder / "heldout.txt"
     if train is None:
-        raise ScriptError(f"--corpus {folder}: no corpus.txt.gz or corpus.txt (build it with "
+        raise ScriptError(f"--corpus {folder}: no corpus.txt.xz, corpus.txt.gz or corpus.txt (build it with "
                           f"scripts/build_pretrain_corpus.py)")
     if not heldout.is_file():
         raise ScriptError(f"--corpus {folder}: no heldout.txt")
@@ -62,9 +63,12 @@ def corpus_files(folder: Path):
 
 
 def text_sha256(path: Path) -> str:
-    """SHA-256 of the text (of the uncompressed text for a .gz): what the corpus builder's manifest records."""
+    """SHA-256 of the text (uncompressed, for .xz and .gz): what the corpus builder's manifest records."""
+    import lzma
+
     digest = hashlib.sha256()
-    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as handle:
+    opener = {".xz": lzma.open, ".gz": gzip.open}.get(path.suffix, open)
+    with opener(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -76,10 +80,10 @@ def check_manifest(folder: Path, train: Path, heldout: Path) -> dict:
     found = {"corpus": text_sha256(train), "heldout": text_sha256(heldout)}
     manifest = folder / "manifest.json"
     if manifest.is_file():
-        recorded = json.loads(manifest.read_text())
-        for name, key in (("corpus", "corpus_sha256"), ("heldout", "heldout_sha256")):
+        recorded = json.loads(manifest.read_text()).get("sha256", {})
+        for name, key in (("corpus", "corpus.txt"), ("heldout", "heldout.txt")):
             if key in recorded and recorded[key] != found[name]:
-                raise ScriptError(f"{manifest}: {key} {recorded[key][:12]}… but the file's text hashes to "
+                raise ScriptError(f"{manifest}: {key} SHA-256 {recorded[key][:12]}… but the text hashes to "
                                   f"{found[name][:12]}…; rebuild the corpus")
     return found
 
@@ -225,7 +229,8 @@ def probe_rate(args, settings, train: Path) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, required=True, help="folder with corpus.txt.gz and heldout.txt")
+    parser.add_argument("--corpus", type=Path, required=True, help="folder with corpus.txt.xz (or .gz, or plain), "
+                                                                   "heldout.txt and manifest.json")
     parser.add_argument("--out", type=Path, required=True, help="folder for curve.jsonl, model/, summary.json")
     parser.add_argument("--work", type=Path, default=None, help="the Trainer's folder (default: OUT/../work-…"
                                                                 " under the system's temp folder)")

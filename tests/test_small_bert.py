@@ -138,9 +138,14 @@ def test_pretrain_small_bert_cpu_mode(abstracts, tmp_path):
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    with gzip.open(corpus / "corpus.txt.gz", "wt", encoding="utf-8") as handle:
-        handle.write("".join(text + "\n" for text in abstracts[:200]))
+    import hashlib
+    import lzma
+
+    body = "".join(text + "\n" for text in abstracts[:200]).encode()
+    with lzma.open(corpus / "corpus.txt.xz", "wb") as handle:       # as scripts/build_pretrain_corpus.py writes
+        handle.write(body)
     (corpus / "heldout.txt").write_text("".join(text + "\n" for text in abstracts[200:240]))
+    (corpus / "manifest.json").write_text(json.dumps({"sha256": {"corpus.txt": hashlib.sha256(body).hexdigest()}}))
     out, work = tmp_path / "out", tmp_path / "work"
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain_small_bert.py"), "--device", "cpu",
                            "--small", "--max-steps", "3", "--corpus", str(corpus), "--out", str(out), "--work",
@@ -166,4 +171,9 @@ def test_pretrain_small_bert_cpu_mode(abstracts, tmp_path):
                           "--small", "--corpus", str(tmp_path), "--out", str(tmp_path / "o2")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("pretrain_small_bert: error: --corpus")
-    assert "no corpus.txt.gz or corpus.txt" in bad.stderr
+    assert "no corpus.txt.xz, corpus.txt.gz or corpus.txt" in bad.stderr
+    (corpus / "manifest.json").write_text(json.dumps({"sha256": {"corpus.txt": "0" * 64}}))   # a changed corpus
+    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain_small_bert.py"), "--device", "cpu",
+                          "--small", "--corpus", str(corpus), "--out", str(tmp_path / "o3")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "corpus.txt SHA-256 000000000000… but the text hashes to" in bad.stderr

@@ -1,7 +1,8 @@
 """Pre-training data: a corpus tokenized once into a token store, cut into sequences, masked per example.
 
 Corpus sources (`read_texts`): any dataset the registry resolves (its passages, title + " " + text, as
-the encoders read them) or a plain text file, one text per line, gzipped when it ends in `.txt.gz` (blank
+the encoders read them) or a plain text file, one text per line, compressed when it ends in `.txt.gz` or
+`.txt.xz` (blank
 lines skipped; a file that is not UTF-8 is refused with its line number).
 
 `TokenStore` tokenizes the corpus once (no special tokens), streaming it to `tokens.bin` (int32) and
@@ -34,13 +35,14 @@ from . import masking
 
 
 def read_texts(source: str) -> Iterator[str]:
-    """The corpus's texts: a plain text file (one per line; `.txt.gz` gzipped) or a dataset's passages."""
+    """The corpus's texts: a plain text file (one per line; `.txt.gz`/`.txt.xz` compressed) or a dataset's passages."""
     import gzip
+    import lzma
 
     path = Path(source).expanduser()
-    gzipped = path.name.endswith(".txt.gz")
-    if path.is_file() and (gzipped or path.suffix not in (".jsonl", ".gz", ".tsv")):
-        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as handle:
+    compressed = {".txt.gz": gzip.open, ".txt.xz": lzma.open}.get("".join(path.suffixes[-2:]))
+    if path.is_file() and (compressed or path.suffix not in (".jsonl", ".gz", ".tsv", ".xz")):
+        with (compressed or open)(path, "rb") as handle:
             for number, raw in enumerate(handle, 1):
                 try:
                     line = raw.decode("utf-8").strip()
