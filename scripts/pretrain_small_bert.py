@@ -62,22 +62,24 @@ def corpus_files(folder: Path):
     return train, heldout
 
 
-def text_sha256(path: Path) -> str:
-    """SHA-256 of the text (uncompressed, for .xz and .gz): what the corpus builder's manifest records."""
+def text_sha256(path: Path):
+    """(SHA-256, bytes) of the text (uncompressed, for .xz and .gz): what the corpus builder's manifest records."""
     import lzma
 
-    digest = hashlib.sha256()
+    digest, size = hashlib.sha256(), 0
     opener = {".xz": lzma.open, ".gz": gzip.open}.get(path.suffix, open)
     with opener(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+            size += len(block)
+    return digest.hexdigest(), size
 
 
 def check_manifest(folder: Path, train: Path, heldout: Path) -> dict:
     """The corpus's SHA-256s, checked against its manifest.json when there is one (a corpus changed after it
     was built is refused)."""
-    found = {"corpus": text_sha256(train), "heldout": text_sha256(heldout)}
+    (corpus_sha, corpus_bytes), (heldout_sha, _) = text_sha256(train), text_sha256(heldout)
+    found = {"corpus": corpus_sha, "heldout": heldout_sha, "corpus_bytes": corpus_bytes}
     manifest = folder / "manifest.json"
     if manifest.is_file():
         recorded = json.loads(manifest.read_text()).get("sha256", {})
@@ -184,9 +186,10 @@ def callbacks(args, curve: Curve, heldout_texts, started: float, state: dict):
     return [Progress()]
 
 
-def probe_rate(args, settings, train: Path) -> float:
-    """Optimizer steps per second of this model, batch and precision, timed outside the Trainer on the
-    corpus's first texts (the first two steps not counted)."""
+def probe_rate(args, settings, train: Path):
+    """(optimizer steps per second of this model, batch and precision, timed outside the Trainer on the
+    corpus's first texts, the first two steps not counted; tokenizer bytes per second on those texts, to
+    foresee how long `pretrain` will take to tokenize the whole corpus before its first step)."""
     import itertools
 
     import torch
@@ -200,7 +203,9 @@ def probe_rate(args, settings, train: Path) -> float:
     sample.write_text("".join(t + "\n" for t in itertools.islice(read_texts(str(train)), 4 * args.batch_size
                                                                  * (args.probe_steps + 2))), encoding="utf-8")
     shutil.rmtree(args.work / "probe-tokens", ignore_errors=True)
+    begin = time.perf_counter()
     store = TokenStore.build(str(sample), net.tokenizer, args.work / "probe-tokens")
+    tokenize_rate = sample.stat().st_size / max(time.perf_counter() - begin, 1e-6)
     dataset = PretrainDataset(store, net.tokenizer, settings.max_length, settings.sequences,
                               settings.encoder_mask_ratio, None, settings.seed)
     collate = PretrainCollator(net.tokenizer.pad_token_id)
@@ -224,7 +229,7 @@ def probe_rate(args, settings, train: Path) -> float:
     del net, optimizer
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return 1.0 / (sum(times[2:]) / len(times[2:]))
+    return 1.0 / (sum(times[2:]) / len(times[2:])), tokenize_rate
 
 
 def main(argv=None) -> int:
@@ -306,11 +311,12 @@ def run(args) -> int:
             planned = json.loads(earlier.read_text())["settings"]["max_steps"]
             print(f"resuming {output}: {planned} steps planned", flush=True)
         else:
-            rate = probe_rate(args, make_pretrain_settings(recipe, **base), train)
-            left = args.time_budget - (time.time() - started)
+            rate, tokenize_rate = probe_rate(args, make_pretrain_settings(recipe, **base), train)
+            tokenizing = 1.2 * hashes["corpus_bytes"] / tokenize_rate
+            left = args.time_budget - (time.time() - started) - tokenizing
             planned = args.max_steps or max(1, int(rate * left * args.fill))
-            print(f"probe: {rate:.2f} steps/s at {args.batch_size} x {args.max_length}; {left:.0f} s left; "
-                  f"{planned} steps planned", flush=True)
+            print(f"probe: {rate:.2f} steps/s at {args.batch_size} x {args.max_length}; tokenizing the corpus "
+                  f"~{tokenizing:.0f} s; {left:.0f} s left for training; {planned} steps planned", flush=True)
         settings = make_pretrain_settings(recipe, **base, max_steps=planned)
         heldout_texts = list(itertools.islice(read_texts(str(heldout_path)), args.heldout_texts))
         curve = Curve(args.out / "curve.jsonl", started)
