@@ -102,12 +102,14 @@ def folder_fingerprint(folder: Path) -> str:
 
 
 def encoding_folder(dataset: Dataset, model: LoadedModel, settings: EncoderSettings, batch_size: int,
-                    shard_size: int) -> Path:
+                    shard_size: int, precision: str = "fp32") -> Path:
     """The cache folder of an encoding. Shard and batch sizes are in the key: shards are the unit of
-    resumption, and batch composition decides the exact float rounding of each vector."""
+    resumption, and batch composition decides the exact float rounding of each vector. A bf16 encoding
+    (`precision.py`) has its own key; fp32 keys are those of versions that had no precision."""
     key = cache.settings_key({"corpus": dataset.corpus_fingerprint(), "model": model_fingerprint(model),
                               "settings": settings.as_dict(), "format": FORMAT_VERSION,
-                              "batch_size": batch_size, "shard_size": shard_size})
+                              "batch_size": batch_size, "shard_size": shard_size,
+                              **({"precision": precision} if precision != "fp32" else {})})
     return cache.home() / "encodings" / f"{dataset.name}-{settings.kind}-{key}"
 
 
@@ -119,7 +121,7 @@ def encode_corpus(dataset: Dataset, encoder: DupMAEDocumentEncoder, batch_size: 
     With world_size > 1 (torchrun), rank r encodes shards r, r + world, ...; the caller's rank 0
     writes the manifest once every rank is done (see `finish_manifest`).
     """
-    folder = encoding_folder(dataset, encoder.model, encoder.settings, batch_size, shard_size)
+    folder = encoding_folder(dataset, encoder.model, encoder.settings, batch_size, shard_size, encoder.precision)
     if (folder / "manifest.json").is_file():
         if rank != 0 or not _clear_damaged_shards(folder):
             return folder
@@ -130,14 +132,20 @@ def encode_corpus(dataset: Dataset, encoder: DupMAEDocumentEncoder, batch_size: 
     bar = tqdm(total=total, unit="passage", desc=f"encode {dataset.name} [{encoder.settings.kind}]",
                disable=not progress, smoothing=0.05)
     stream = dataset.passages()
-    for shard in range(shards):
-        passages = list(islice(stream, shard_size))
-        path = folder / f"shard-{shard:05d}.npz"
-        if shard % world_size != rank or path.is_file():
-            bar.update(len(passages))
-            continue
-        _write_shard(path, passages, encoder, batch_size, bar)
-        memory.release()  # hand the shard's freed heap pages back (see memory.py)
+    try:
+        for shard in range(shards):
+            passages = list(islice(stream, shard_size))
+            path = folder / f"shard-{shard:05d}.npz"
+            if shard % world_size != rank or path.is_file():
+                bar.update(len(passages))
+                continue
+            _write_shard(path, passages, encoder, batch_size, bar)
+            memory.release()  # hand the shard's freed heap pages back (see memory.py)
+    except BaseException:
+        bar.close()                       # the bar's line ends before the error's line starts
+        if not any(folder.iterdir()):     # nothing finished: no empty cache folder left behind
+            folder.rmdir()
+        raise
     bar.close()
     if world_size == 1:
         finish_manifest(folder, dataset, encoder, shards, total)
@@ -154,7 +162,8 @@ def finish_manifest(folder: Path, dataset: Dataset, encoder: DupMAEDocumentEncod
         "dataset": dataset.name, "corpus": str(dataset.corpus_path),
         "corpus_sha256": dataset.corpus_fingerprint(), "model": encoder.model.source,
         "model_revision": encoder.model.revision, "model_fingerprint": model_fingerprint(encoder.model),
-        "settings": encoder.settings.as_dict(), "dense_dim": encoder.model.dense_dim if
+        "settings": encoder.settings.as_dict(), "precision": encoder.precision,
+        "dense_dim": encoder.model.dense_dim if
         encoder.settings.has_dense else None, "vocabulary": encoder.model.vocab_size,
         "documents": total, "shards": shards, "shard_size": -(-total // shards), "format": FORMAT_VERSION,
         "shard_sha256": [cache.file_digest(folder / f"shard-{s:05d}.npz") for s in range(shards)],
@@ -193,7 +202,8 @@ def _clear_damaged_shards(folder: Path) -> bool:
 
 
 def encode_distributed(dataset: str, model: str, encoder: str, batch_size: int = 32, shard_size: int = 10_000,
-                       device: Optional[str] = None, compile: bool = False, **overrides) -> Path:
+                       device: Optional[str] = None, compile: bool = False, precision: Optional[str] = None,
+                       **overrides) -> Path:
     """Encode a corpus into the cache, split across torchrun's processes when launched by torchrun.
 
     Each rank encodes shards rank, rank + world, ...; after a barrier rank 0 writes the manifest.
@@ -224,7 +234,7 @@ def encode_distributed(dataset: str, model: str, encoder: str, batch_size: int =
     settings = EncoderSettings.for_checkpoint(encoder, loaded.folder, **overrides)   # a fine-tuned model's own
     if compile:
         loaded.compile_encoder()
-    document_encoder = DupMAEDocumentEncoder(loaded, settings, device)
+    document_encoder = DupMAEDocumentEncoder(loaded, settings, device, precision)
     try:
         folder = encode_corpus(data, document_encoder, batch_size, shard_size, rank, world, progress=rank == 0)
         if distributed is not None:

@@ -130,7 +130,10 @@ class _Encoder:
     _is_query = False
 
     def __init__(self, model: Union[str, LoadedModel], settings: Optional[EncoderSettings] = None,
-                 device: Optional[str] = None, **overrides):
+                 device: Optional[str] = None, precision: Optional[str] = None, **overrides):
+        from .precision import resolve_precision
+
+        self.precision = resolve_precision(precision, device)   # fp32 | bf16 (precision.py); part of cache keys
         self.settings = settings or EncoderSettings.for_kind(overrides.pop("kind", "dupmae"), **overrides)
         if isinstance(model, str):
             model = load_model(model, need_mlm_head=self.settings.has_sparse)
@@ -167,7 +170,7 @@ class _Encoder:
         truncated = self._count_truncated(texts, batch["attention_mask"].sum(dim=1).tolist())
         device = self.model.device
         input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        with torch.inference_mode(), _autocast(device):
+        with torch.inference_mode(), _autocast(device, self.precision):
             dense, sparse = self.model.forward(input_ids, attention_mask, self.settings.pooling())
         return Encoded(dense.cpu().numpy().astype(np.float32) if dense is not None else None,
                        _to_sparse_rows(sparse, self.topk) if sparse is not None else None, truncated)
@@ -208,15 +211,12 @@ def _pad_to_quantum(batch, pad_id: int, max_length: int):
 _SEQUENCE_QUANTUM = 16
 
 
-def _autocast(device):
-    """bf16 autocast on CUDA; a no-op context on CPU (fp32 there)."""
-    import contextlib
+def _autocast(device, precision: Optional[str] = None):
+    """The forward's arithmetic (`precision.autocast`): bf16 autocast when the precision resolves to bf16
+    (a GPU's default), nothing for fp32 (a CPU's default)."""
+    from .precision import autocast, resolve_precision
 
-    import torch
-
-    if getattr(device, "type", str(device)) == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return autocast(device, resolve_precision(precision, device))
 
 
 def _to_sparse_rows(pooled, topk: Optional[int]) -> SparseRows:
@@ -270,8 +270,8 @@ class DupMAEQueryEncoder(_Encoder):
 
     def __init__(self, model: Union[str, LoadedModel], settings: Optional[EncoderSettings] = None,
                  half: str = "dense", quantization_scale: float = DEFAULT_QUANTIZATION_SCALE,
-                 device: Optional[str] = None, **overrides):
-        super().__init__(model, settings, device, **overrides)
+                 device: Optional[str] = None, precision: Optional[str] = None, **overrides):
+        super().__init__(model, settings, device, precision, **overrides)
         if half not in ("dense", "sparse"):
             raise DupMAEEvalError(f"half must be 'dense' or 'sparse', not {half!r}")
         if half == "dense" and not self.settings.has_dense or half == "sparse" and not self.settings.has_sparse:

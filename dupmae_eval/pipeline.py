@@ -75,13 +75,14 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
               quantization_scale: float = DEFAULT_QUANTIZATION_SCALE, threads: Optional[int] = None,
               keep_query_hit: bool = False, tag: Optional[str] = None, shard_size: int = 10_000,
               faiss_shards: bool = False, hybrid_audit: str = "auto", compile: bool = False,
-              **settings_overrides) -> RunResult:
+              precision: Optional[str] = None, **settings_overrides) -> RunResult:
     """Encode (cached), index (cached) and search with a learned model; write the run and its sidecar.
 
     `encoder` names a registered encoder kind (`kinds.ENCODER_KINDS`), `retrieval` a registered mode
     (`retrieval.RETRIEVAL_MODES`: dense, impact, dupmae, hybrid); `settings_overrides` are
     `EncoderSettings` fields (see `options.translate` for how CLI options and YAML keys become them).
-    `compile` runs the encoder under torch.compile (documents and queries; `compiled.py`).
+    `compile` runs the encoder under torch.compile (documents and queries; `compiled.py`). `precision`:
+    fp32, bf16 or auto for documents and queries alike (`precision.py`; None: the device's default).
     """
     from .encode import encode_corpus, load_encoding
     from .encoders import DupMAEDocumentEncoder, EncoderSettings
@@ -102,13 +103,19 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     if compile:
         loaded.compile_encoder()
     timings: Dict[str, float] = {}
+    document_encoder = DupMAEDocumentEncoder(loaded, settings, device, precision)
+    if precision == "auto":
+        import sys
+
+        from .precision import describe_auto
+
+        print(f"dupmae-eval: {describe_auto(device)}", file=sys.stderr, flush=True)
     started = time.time()
-    encoding = load_encoding(encode_corpus(data, DupMAEDocumentEncoder(loaded, settings, device), batch_size,
-                                           shard_size))
+    encoding = load_encoding(encode_corpus(data, document_encoder, batch_size, shard_size))
     timings["encode"] = time.time() - started
     job = SearchJob(encoding, loaded, settings, queries, hits=hits, threads=threads, remove_query=remove_query,
                     quantization_scale=quantization_scale, faiss_shards=faiss_shards, hybrid_audit=hybrid_audit,
-                    device=device,
+                    device=device, precision=document_encoder.precision,
                     evaluate=lambda found: evaluate(data.qrels(split), found, data.measures(split)).aggregate)
     started = time.time()
     run, extra = mode.search(job)
@@ -122,7 +129,8 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
         "corpus_source": data.source(),
         "model": {"source": loaded.source, "revision": loaded.revision, "folder": str(loaded.folder),
                   "projection": loaded.projection is not None, "dense_dim": loaded.dense_dim},
-        "encoder": settings.as_dict(), "retrieval": {"mode": retrieval, "hits": hits, "remove_query_hit": remove_query,
+        "encoder": settings.as_dict(), "precision": document_encoder.precision,
+        "retrieval": {"mode": retrieval, "hits": hits, "remove_query_hit": remove_query,
                                                      "quantization_scale": quantization_scale},
         "encoding": str(encoding.folder), "documents": len(encoding.docids), "corpus": _corpus_counts(data),
         "queries": len(queries), "queries_truncated": truncated, "seconds": {k: round(v, 2) for k, v in timings.items()},

@@ -45,6 +45,7 @@ class SearchJob:
     hybrid_audit: str = "auto"
     evaluate: Optional[Callable[[Run], Dict[str, float]]] = None   # the dataset's measures, for audits
     device: Optional[str] = None       # where queries are encoded and the exact score runs (None: CPU)
+    precision: Optional[str] = None    # the queries' arithmetic: the documents' (precision.py)
     _encoders: dict = field(default_factory=dict, repr=False)
     _halves: Optional[tuple] = field(default=None, repr=False)
 
@@ -59,7 +60,7 @@ class SearchJob:
         if half not in self._encoders:
             self._encoders[half] = DupMAEQueryEncoder(self.model, self.settings, half=half,
                                                       quantization_scale=self.quantization_scale,
-                                                      device=self.device)
+                                                      device=self.device, precision=self.precision)
         return self._encoders[half]
 
     def query_halves(self):

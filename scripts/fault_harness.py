@@ -30,6 +30,7 @@ import gzip
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -161,7 +162,7 @@ def same_outputs(verb: Verb, case: Path, reference: Path) -> Optional[str]:
 
 
 def one_line(err: str, prefix: str) -> bool:
-    lines = [line for line in err.splitlines() if line.startswith("dupmae-eval:") and "warning" not in line
+    lines = [line for line in re.split(r"[\r\n]", err) if line.startswith("dupmae-eval:") and "warning" not in line
              and "building it again" not in line and "encoding them again" not in line]
     return "Traceback" not in err and len(lines) == 1 and lines[0].startswith(prefix)
 
