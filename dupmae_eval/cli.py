@@ -442,6 +442,13 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+def _exit_terminated(signum, frame):
+    """SIGTERM after the verb returned, while the interpreter shuts down: exit 143 at once, quietly (the
+    default action would end the process with the signal instead, and a raised exception would be printed
+    as ignored)."""
+    os._exit(143)
+
+
 def _exit_now_if_java_is_busy(code: int) -> int:
     """After an interruption, a Java call may still be running in its worker thread (`_java.call_interruptibly`):
     the interpreter's normal exit would wait for Lucene's own threads, so the process ends here at once."""
@@ -460,12 +467,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from .errors import Terminated
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
+        args = build_parser().parse_args(argv)
         return args.handler(args)
     except DupMAEEvalError as exc:
         print(f"dupmae-eval: error: {exc}", file=sys.stderr)
@@ -476,10 +482,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"or fix the rights, then run the same command again)", file=sys.stderr)
         return 2
     except Exception as exc:
-        if type(exc).__name__ != "JavaException":       # Lucene failing to write its index
+        # Lucene failing to write its index; safetensors failing to write weights (a full disk, a size limit)
+        if type(exc).__name__ not in ("JavaException", "SafetensorError"):
             raise
-        print(f"dupmae-eval: error: Lucene: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
-              f"(nothing half-built was kept; run the same command again)", file=sys.stderr)
+        what = "Lucene" if type(exc).__name__ == "JavaException" else "writing weights"
+        print(f"dupmae-eval: error: {what}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
+              f"(nothing half-written was kept; run the same command again)", file=sys.stderr)
         return _exit_now_if_java_is_busy(2)
     except Terminated:
         print("dupmae-eval: terminated (SIGTERM); finished work is kept, run the same command again to resume",
@@ -490,8 +498,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               file=sys.stderr)
         return _exit_now_if_java_is_busy(130)
     finally:
-        if previous is not None:
+        if previous is not None and argv is not None:     # called from Python (tests, notebooks): as it was
             signal.signal(signal.SIGTERM, previous)
+        elif previous is not None:                        # the command line: the work is over, the process is
+            signal.signal(signal.SIGTERM, _exit_terminated)   # shutting down (the JVM, Lucene's threads)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -440,17 +440,30 @@ def load_dupmae_head(folder: Path, hidden_size: int):
 def save_dupmae_head(folder: Path, weight, bias=None, trained_settings: Optional[dict] = None) -> Path:
     """Write a DupMAE head file (the [CLS] projection) in the format `load_dupmae_head` reads; a fine-tuned
     model also records the encoder settings it was trained with (read back by `trained_settings`)."""
-    from safetensors.torch import save_file
-
     tensors = {"cls_projection.weight": weight.detach().contiguous().float()}
     if bias is not None:
         tensors["cls_projection.bias"] = bias.detach().contiguous().float()
+    from safetensors.torch import save
+
+    from .data import atomic_output
+
     path = Path(folder) / HEAD_FILE
     metadata = {"format": "dupmae-head/1"}
     if trained_settings:
         metadata["trained_settings"] = json.dumps(trained_settings, sort_keys=True)
-    save_file(tensors, str(path), metadata=metadata)
+    with atomic_output(path, "wb") as out:
+        out.write(canonical_safetensors(save(tensors, metadata=metadata)))
     return path
+
+
+def canonical_safetensors(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted: safetensors writes the metadata from a
+    hash map whose order changes from process to process, so two identical runs wrote different bytes."""
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)                 # the format aligns the data to 8 bytes
+    return len(text).to_bytes(8, "little") + text + blob[8 + size:]
 
 
 def trained_settings(folder: Path) -> dict:

@@ -312,3 +312,22 @@ def test_compiled_encoder_encodes_the_same_with_one_graph_for_every_padded_lengt
             assert max(abs(want[i] - have[i]) for i in want.keys() & have.keys()) < 1e-4
     assert len(lengths) == 3
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+
+
+def test_head_files_are_byte_identical_and_read_back(tmp_path):
+    """safetensors writes its metadata from a hash map whose order changes from one call to the next: the
+    head file is written with its header sorted, so the same head gives the same bytes every time (two
+    identical fine-tuning runs wrote different files before), and reads back the same."""
+    from dupmae_eval.model import load_dupmae_head, trained_settings
+
+    weight, bias = torch.randn(8, 16, generator=torch.Generator().manual_seed(1)), torch.zeros(8)
+    settings = {"kind": "dupmae", "activation": "none", "doc_topk": 384, "include_sep": True}
+    written = set()
+    for attempt in range(12):
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        written.add(save_dupmae_head(folder, weight, bias, settings).read_bytes())
+    assert len(written) == 1
+    head = load_dupmae_head(tmp_path / "0", 16)
+    assert torch.equal(head.weight, weight) and torch.equal(head.bias, bias)
+    assert trained_settings(tmp_path / "0") == settings
