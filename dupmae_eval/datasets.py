@@ -33,6 +33,8 @@ BUNDLED_DATA = resource_path("data")
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 MSMARCO_URL = "https://msmarco.z22.web.core.windows.net/msmarcoranking/collectionandqueries.tar.gz"
+MSMARCO_ARCHIVE_MD5 = "31644046b18952c1386cd4564ba2ae69"
+"""The MD5 of collectionandqueries.tar.gz as Anserini's MS MARCO passage guide gives it (docs/experiments-msmarco-passage.md)."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ def _build_registry() -> Dict[str, DatasetInfo]:
         shipped={"dev-subset": ("qrels.msmarco-passage.dev-subset.txt.gz", "topics.msmarco-passage.dev-subset.txt.gz"),
                  "dl19": ("qrels.dl19-passage.txt.gz", "topics.dl19-passage.txt.gz"),
                  "dl20": ("qrels.dl20-passage.txt.gz", "topics.dl20.txt.gz")},
-        url=MSMARCO_URL,
+        url=MSMARCO_URL, archive_md5=MSMARCO_ARCHIVE_MD5,
     )
     return registry
 

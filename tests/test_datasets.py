@@ -151,3 +151,48 @@ def test_shipped_files_match_their_checksums():
     for line in lines:
         digest, name = line.split()
         assert hashlib.sha256((SHIPPED_QRELS / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_every_downloadable_dataset_has_a_published_checksum():
+    from dupmae_eval.datasets import REGISTRY
+
+    unchecked = [name for name, info in REGISTRY.items() if info.url and not info.archive_md5]
+    assert unchecked == []
+
+
+def test_crafted_archives_cannot_write_outside_their_folder(tmp_path):
+    """A zip with '../' and absolute member names, a tar with '../', an absolute path and a symlink out:
+    everything lands inside the target folder, or is refused, and nothing appears beside it."""
+    import io
+    import os
+    import tarfile
+    import zipfile
+
+    from dupmae_eval.datasets import _unpack
+
+    target = tmp_path / "box" / "into"
+    target.parent.mkdir()
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("../escaped-zip.txt", "x")
+        zipped.writestr("/tmp/escaped-absolute.txt", "x")
+        zipped.writestr("fine/corpus.jsonl", "{}")
+    _unpack(archive, target)
+    tarred = tmp_path / "evil.tar.gz"
+    with tarfile.open(tarred, "w:gz") as tar:
+        for name in ("../escaped-tar.txt", "/tmp/escaped-tar-absolute.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+        link = tarfile.TarInfo("link-out")
+        link.type, link.linkname = tarfile.SYMTYPE, "../../outside"
+        tar.addfile(link)
+    try:
+        _unpack(tarred, target / "t")
+    except tarfile.TarError:
+        pass                                            # refused outright: as good
+    inside = {p.resolve() for p in target.rglob("*")}
+    assert all(str(p).startswith(str(target.resolve())) for p in inside)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["box", "evil.tar.gz", "evil.zip"]
+    assert [p.name for p in target.parent.iterdir()] == ["into"]
+    assert not os.path.exists("/tmp/escaped-absolute.txt") and not os.path.exists("/tmp/escaped-tar-absolute.txt")
