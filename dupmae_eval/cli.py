@@ -449,6 +449,18 @@ def _exit_terminated(signum, frame):
     os._exit(143)
 
 
+def _end_interrupted(code: int, argv) -> int:
+    """After an interruption, once the unwinding has removed scratch folders and temporary files: the command
+    line ends the process here (os._exit), because the interpreter's normal exit can abort in native code
+    the signal cut short (a library whose import was interrupted, Lucene's threads still running). Called
+    from Python (argv given), it returns the code, unless a Java call is still running."""
+    if argv is None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return _exit_now_if_java_is_busy(code)
+
+
 def _exit_now_if_java_is_busy(code: int) -> int:
     """After an interruption, a Java call may still be running in its worker thread (`_java.call_interruptibly`):
     the interpreter's normal exit would wait for Lucene's own threads, so the process ends here at once."""
@@ -492,11 +504,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Terminated:
         print("dupmae-eval: terminated (SIGTERM); finished work is kept, run the same command again to resume",
               file=sys.stderr)
-        return _exit_now_if_java_is_busy(143)
+        return _end_interrupted(143, argv)
     except KeyboardInterrupt:
         print("dupmae-eval: interrupted; finished work is kept, run the same command again to resume",
               file=sys.stderr)
-        return _exit_now_if_java_is_busy(130)
+        return _end_interrupted(130, argv)
     finally:
         if previous is not None and argv is not None:     # called from Python (tests, notebooks): as it was
             signal.signal(signal.SIGTERM, previous)
