@@ -584,3 +584,28 @@ def test_compiled_finetuning_trains_the_same_weights(random_bert, small_beir, tm
     assert record["finished"] and record["settings"]["compile"] is True
     with pytest.raises(DupMAEEvalError, match="compile runs with recompute none only"):
         make_settings(compile=True, recompute="elementwise", **common).validate()
+
+
+def test_a_checkpoint_cut_short_is_removed_and_the_one_before_resumed(tmp_path, capsys):
+    """A run stopped while the Trainer wrote checkpoint-N (killed, or a full disk) leaves that folder without
+    its trainer_state.json or with cut weights: it is removed, saying so, and the one before is resumed
+    (transformers' get_last_checkpoint would return the broken one, and the resume would fail)."""
+    from safetensors.torch import save_file
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from dupmae_eval.training.trainer import last_complete_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    for step in (2, 4, 6):
+        checkpoint = folder / f"checkpoint-{step}"
+        checkpoint.mkdir(parents=True)
+        save_file({"w": torch.zeros(64)}, str(checkpoint / "model.safetensors"))
+        (checkpoint / "trainer_state.json").write_text('{"global_step": %d}' % step)
+    (folder / "checkpoint-6" / "trainer_state.json").unlink()                 # stopped before its state
+    weights = folder / "checkpoint-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])                            # stopped inside its weights
+    assert get_last_checkpoint(str(folder)).endswith("checkpoint-6")
+    assert last_complete_checkpoint(folder) == str(folder / "checkpoint-2")
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-2"]
+    err = capsys.readouterr().err
+    assert "checkpoint-6 was not finished" in err and "checkpoint-4 was not finished" in err

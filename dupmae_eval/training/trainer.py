@@ -193,6 +193,54 @@ def claim_output(output: Path, record: dict, name: str, what: str,
     return finished
 
 
+def last_complete_checkpoint(folder: Path) -> Optional[str]:
+    """The newest checkpoint the Trainer finished writing, or None. The Trainer writes a checkpoint's files one
+    after another, its trainer_state.json last, straight into checkpoint-N: a run stopped while writing one
+    (killed, or a full disk) leaves a folder that cannot be resumed from. Such folders are removed, saying so,
+    and the run resumes from the one before (transformers' own get_last_checkpoint would pick the broken one).
+    Only rank 0 removes; the others wait for it at a barrier under torchrun."""
+    import shutil
+    import sys
+
+    if not folder.is_dir():
+        return None
+    rank, world = _distributed()
+    found = sorted((path for path in folder.glob("checkpoint-*") if path.is_dir() and path.name[11:].isdigit()),
+                   key=lambda path: int(path.name[11:]), reverse=True)
+    chosen = None
+    for checkpoint in found:
+        if _checkpoint_is_whole(checkpoint):
+            chosen = checkpoint
+            break
+        if rank == 0:
+            print(f"dupmae-eval: {checkpoint} was not finished (the run stopped while writing it); removed",
+                  file=sys.stderr, flush=True)
+            shutil.rmtree(checkpoint)
+    if world > 1:
+        _barrier()
+    return str(chosen) if chosen is not None else None
+
+
+def _checkpoint_is_whole(checkpoint: Path) -> bool:
+    state = checkpoint / "trainer_state.json"
+    try:
+        json.loads(state.read_text())
+    except (OSError, ValueError):
+        return False
+    weights = sorted(checkpoint.glob("*.safetensors"))
+    if not weights:
+        return False
+    try:
+        from safetensors import safe_open
+
+        for path in weights:
+            with safe_open(str(path), "pt") as handle:
+                handle.keys()
+    except Exception:                           # safetensors raises its own types for a cut file
+        return False
+    return True
+
+
 def train_and_save(net, dataset, collator, output: Path, settings, per_device_batch: int, record_name: str,
                    callbacks=(), **summary) -> None:
     """Run transformers' Trainer over `dataset` (resuming from the last checkpoint under output/checkpoints),
@@ -201,7 +249,6 @@ def train_and_save(net, dataset, collator, output: Path, settings, per_device_ba
     share (learning_rate, epochs, warmup_ratio, ..., bf16, dataloader_workers)."""
     import torch
     from transformers import TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     from ..data import atomic_output
     from ..heap import use_heap
@@ -229,7 +276,7 @@ def train_and_save(net, dataset, collator, output: Path, settings, per_device_ba
     trainer = _trainer_class()(model=net, args=args, train_dataset=dataset, data_collator=collator,
                                callbacks=[_epoch_callback(dataset), *([_schedule_callback()] if extended else []),
                                           *callbacks])
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    last = last_complete_checkpoint(Path(args.output_dir))
     result = trainer.train(resume_from_checkpoint=last)
     if trainer.is_world_process_zero():
         net.save(output)
