@@ -42,11 +42,7 @@ def file_digest(path: str | Path) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return _sha256(Path(path))
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -111,6 +107,7 @@ def write_contents(folder: Path) -> None:
 
 
 def _sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read now (the damage check must not trust a memo)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

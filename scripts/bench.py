@@ -105,7 +105,9 @@ def matmul_rates(threads: int) -> dict:
     """This machine's fp32 matrix-multiply rate (GFLOP/s, median of 5, 2048 x 2048 x 2048) through each
     library PyTorch's CPU build carries: MKL (what `torch.mm` and `nn.Linear` use) and oneDNN (what our
     encoders use on the CPU). MKL picks its kernels by processor vendor and runs AVX2 on AMD cores that
-    have AVX-512, so the faster of the two is this machine's peak."""
+    have AVX-512, so the faster of the two is this machine's peak. "bf16" is the same product in bfloat16
+    (oneDNN's kernels; AVX512-BF16 or AMX where the CPU has them): the peak the --precision bf16 sides
+    are measured against."""
     _pin_threads(threads)
     import torch
 
@@ -116,7 +118,22 @@ def matmul_rates(threads: int) -> dict:
     if onednn.available():
         weight = b.t().contiguous()
         rates["oneDNN"] = 2 * 2048 ** 3 / _timed(lambda: onednn.linear(a, weight), 5)[0] / 1e9
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    rates["bf16"] = 2 * 2048 ** 3 / _timed(lambda: a16 @ b16, 5)[0] / 1e9
     return rates
+
+
+def cpu_line() -> str:
+    """The CPU's model name and the instruction-set features that decide the kernels."""
+    from dupmae_eval.precision import cpu_features
+
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU: {model}; features: {', '.join(cpu_features()) or 'none found'}"
 
 
 # --------------------------------------------------------------------------- case sides (children)
@@ -129,7 +146,8 @@ def _side_sparse(side: str, options, out: str) -> dict:
         from dupmae_eval.encoders import DupMAEDocumentEncoder, EncoderSettings
         from dupmae_eval.encode import sorted_batches
 
-        encoder = DupMAEDocumentEncoder(_splade_tiny(), EncoderSettings.for_kind("splade"), device=options.device)
+        encoder = DupMAEDocumentEncoder(_splade_tiny(), EncoderSettings.for_kind("splade"), device=options.device,
+                                        precision="bf16" if side == "ours-bf16" else None)
         flat = [f"{t} {x}" if t else x for t, x in zip(titles, texts)]
 
         def run():
@@ -189,7 +207,7 @@ def _side_dense(side: str, options, out: str) -> dict:
         from dupmae_eval.encode import sorted_batches
 
         encoder = DupMAEDocumentEncoder(_minilm(), EncoderSettings.for_kind("mean", normalize=True),
-                                        device=options.device)
+                                        device=options.device, precision="bf16" if side == "ours-bf16" else None)
 
         def run():
             result = np.zeros((len(flat), 384), dtype=np.float32)
@@ -321,9 +339,14 @@ def case_sparse(options, rate: float, scratch: Path) -> None:
     worst = max((abs(x[t] - y[t]) for x, y in zip(a, b) for t in x if t in y), default=0.0)
     print(f"Case 1 — sparse half (SPLADE pooling), splade-tiny, {ours['passages']} SciFact passages, 256 tokens, batch 32")
     mkl = _child("1", "ours-mkl", options, str(scratch / "1m.json"))
+    bf16 = _child("1", "ours-bf16", options, str(scratch / "1b.json"))
     print(_row("ours", ours, rate))
     print(_row("ours, oneDNN route off (MKL)", mkl, rate))
+    print(_row("ours, --precision bf16", bf16, options.bf16_rate) + " (bf16)")
     print(_row("Pyserini SpladeDocumentEncoder", peer, rate))
+    c = json.loads((scratch / "1b.json").read_text())
+    kept = sum(len(set(sorted(x, key=x.get)[-10:]) & set(sorted(y, key=y.get)[-10:])) for x, y in zip(a, c)) / (10 * len(a))
+    print(f"  bf16: {ours['seconds'] / bf16['seconds']:.2f}x ours in fp32; top-10 terms kept {kept:.1%}")
     print(f"  speed ratio {peer['seconds'] / ours['seconds']:.2f}x, peak memory ratio "
           f"{peer['peak_mb'] / ours['peak_mb']:.2f}x; same non-zero terms: {same_terms}; largest weight difference {worst:.2e}")
     print(f"  ours with the oneDNN route off: {peer['seconds'] / mkl['seconds']:.2f}x the peer")
@@ -333,12 +356,15 @@ def case_dense(options, rate: float, scratch: Path) -> None:
     import numpy as np
 
     results = {side: _child("2", side, options, str(scratch / f"2{side}.npy"))
-               for side in ("ours", "ours-mkl", "pyserini", "sentence-transformers")}
+               for side in ("ours", "ours-mkl", "ours-bf16", "pyserini", "sentence-transformers")}
     vectors = {side: np.load(scratch / f"2{side}.npy") for side in results}
     print(f"Case 2 — dense mean pooling + L2, all-MiniLM-L6-v2, {results['ours']['passages']} SciFact passages, "
           f"256 tokens, batch 32")
     for side, result in results.items():
-        print(_row(side, result, rate))
+        print(_row(side, result, options.bf16_rate) + " (bf16)" if side == "ours-bf16" else _row(side, result, rate))
+    cosine = np.sum(vectors["ours"] * vectors["ours-bf16"], axis=1)
+    print(f"  bf16: {results['ours']['seconds'] / results['ours-bf16']['seconds']:.2f}x ours in fp32; lowest cosine "
+          f"to fp32 {cosine.min():.6f}")
     for peer in ("pyserini", "sentence-transformers"):
         cosine = np.sum(vectors["ours"] * vectors[peer], axis=1) / (
             np.linalg.norm(vectors["ours"], axis=1) * np.linalg.norm(vectors[peer], axis=1))
@@ -473,10 +499,13 @@ def main() -> None:
         print(json.dumps(SIDES[case](side, options, options.out)))
         return
     rates = matmul_rates(options.threads)
+    options.bf16_rate = rates.pop("bf16")
     rate = max(rates.values())
+    print(cpu_line())
     print(f"machine: {os.cpu_count()} cores, {options.threads} threads pinned; measured fp32 matmul rate "
           + ", ".join(f"{name} {value:.0f}" for name, value in rates.items())
-          + f" GFLOP/s (peak: {rate:.0f}); medians of {options.repeats} after a warm-up; device {options.device}")
+          + f" GFLOP/s (peak: {rate:.0f}); bf16 {options.bf16_rate:.0f} GFLOP/s ({options.bf16_rate / rate:.2f}x); "
+          f"medians of {options.repeats} after a warm-up; device {options.device}")
     with tempfile.TemporaryDirectory() as scratch:
         for case in options.cases.split(","):
             CASES[case.strip()](options, rate, Path(scratch))

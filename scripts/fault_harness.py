@@ -121,6 +121,7 @@ def run_cli(arguments: List[str], case: Path, home: Path, limit: Optional[int] =
     env = dict(os.environ, DUPMAE_EVAL_HOME=str(home), PYTHONUNBUFFERED="1")
 
     def limits():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)         # as from a terminal, whatever the parent ignores
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         if limit is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))

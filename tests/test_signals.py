@@ -23,8 +23,10 @@ def test_a_signal_during_indexing_gives_one_line_and_leaves_nothing(sent, code, 
     env = dict(os.environ, DUPMAE_EVAL_HOME=str(home))
     command = [sys.executable, "-m", "dupmae_eval", "bm25", "--dataset", str(small_scifact), "--output",
                str(tmp_path / "run.trec")]
+    # as from a terminal: SIGINT at its default action in the child (an earlier test of this session may have
+    # left it ignored in pytest's process, and children inherit an ignored signal)
     process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not glob.glob(f"{home}/indexes/**/.*building*/index/*", recursive=True):   # Lucene is writing
         assert process.poll() is None and time.time() < deadline, process.stderr.read()
