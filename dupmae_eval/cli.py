@@ -442,13 +442,6 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
-def _exit_terminated(signum, frame):
-    """SIGTERM after the verb returned, while the interpreter shuts down: exit 143 at once, quietly (the
-    default action would end the process with the signal instead, and a raised exception would be printed
-    as ignored)."""
-    os._exit(143)
-
-
 def _end_interrupted(code: int, argv) -> int:
     """After an interruption, once the unwinding has removed scratch folders and temporary files: the command
     line ends the process here (os._exit), because the interpreter's normal exit can abort in native code
@@ -512,8 +505,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         if previous is not None and argv is not None:     # called from Python (tests, notebooks): as it was
             signal.signal(signal.SIGTERM, previous)
-        elif previous is not None:                        # the command line: the work is over, the process is
-            signal.signal(signal.SIGTERM, _exit_terminated)   # shutting down (the JVM, Lucene's threads)
+        elif previous is not None:
+            # the command line: the work is done and written, the process is shutting down (torch, the JVM).
+            # Python hands its own handlers back to the default action while it finalizes, so a signal landing
+            # then would end a finished command by the signal; ignored signals it leaves alone
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # pragma: no cover
