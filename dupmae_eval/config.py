@@ -156,6 +156,8 @@ def _condition(path: Path, name: str, spec: Any, datasets: Optional[List[str]]) 
         hint = f" (suite keys are spelt with underscores: {spelled!r} for --{key})" \
             if spelled in CONDITION_KEYS[kind] else ""
         raise DupMAEEvalError(f"{path}: {where}: unknown key {key!r} for a {kind} condition{hint}")
+    if kind == "bm25":
+        _check_bm25_condition(path, where, spec)
     if kind == "model":
         for key in ("model", "encoder", "retrieval"):
             if not spec.get(key):
@@ -169,6 +171,22 @@ def _condition(path: Path, name: str, spec: Any, datasets: Optional[List[str]]) 
     index_stats = _index_stats(path, where, spec.get("index_stats") or {}, known)
     params = {k: v for k, v in spec.items() if k not in ("kind", "expected", "index_stats", "description")}
     return Condition(name, kind, params, {k: dict(v) for k, v in expected.items()}, index_stats)
+
+
+def _check_bm25_condition(path: Path, where: str, spec: dict) -> None:
+    """k1, b and hits in the ranges the bm25 verb's flags accept (the same validators), and a field layout."""
+    import argparse
+
+    from .options import nonnegative_float, positive_int, unit_interval
+
+    for key, check in (("k1", nonnegative_float), ("b", unit_interval), ("hits", positive_int)):
+        if key in spec:
+            try:
+                check(spec[key])
+            except argparse.ArgumentTypeError as exc:
+                raise DupMAEEvalError(f"{path}: {where}: {key}: {exc}") from None
+    if spec.get("fields", "flat") not in ("flat", "multifield"):
+        raise DupMAEEvalError(f"{path}: {where}: fields: {spec['fields']!r}; choose flat or multifield")
 
 
 def _check_model_condition(path: Path, where: str, spec: dict) -> None:

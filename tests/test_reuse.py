@@ -162,3 +162,12 @@ def test_table_reads_runs_from_bm25_and_refuses_doubles_and_bare_runs(corpora, t
     assert main(["reproduce", str(suite), "--dry-run"]) == 2
     assert "unknown key 'shard-size' for a model condition (suite keys are spelt with underscores: 'shard_size' " \
            "for --shard-size)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key, value, message", [("k1", "-1", "k1: -1 must be"), ("b", "1.5", "b: 1.5 must be between 0 and 1"),
+                                                 ("hits", "0", "hits: 0 must be at least 1")])
+def test_bm25_condition_values_are_range_checked_at_load(key, value, message, tmp_path, capsys):
+    suite = tmp_path / "bad.yaml"
+    suite.write_text(SUITE.format(k1=0.9) + f"    {key}: {value}\n" if key != "k1" else SUITE.format(k1=value))
+    assert main(["reproduce", str(suite), "--runs", str(tmp_path / "runs"), "--dry-run"]) == 2
+    assert f"conditions: bm25-flat: {message}" in capsys.readouterr().err
