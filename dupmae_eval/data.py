@@ -8,19 +8,17 @@ crash or a bad record never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import io
 import json
 import math
-import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 from .errors import DupMAEEvalError, InputFormatError
+from .files import atomic_output
 
 Qrels = Dict[str, Dict[str, int]]
 """query id -> {doc id: relevance grade}"""
@@ -111,52 +109,6 @@ def _first_occurrence(seen: Dict[str, int], path: str | Path, line: int, value: 
     earlier = seen.setdefault(value, line)
     if earlier != line:
         raise InputFormatError(path, line, f"duplicate {what} {value!r} (first at line {earlier})")
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | Path, mode: str = "w"):
-    """Write to a temporary file beside `path`, and rename it into place only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        mode, dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False,
-        **({"encoding": "utf-8"} if "b" not in mode else {}),
-    )
-    try:
-        with handle:
-            yield handle
-        os.chmod(handle.name, 0o666 & ~_umask())  # temp files are private; the result should not be
-        os.replace(handle.name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(handle.name)
-        raise
-
-
-def check_output_file(path: str | Path, flag: str = "--output") -> None:
-    """Refuse, before any long work, an output file that `atomic_output` could not write at the end:
-    an existing folder, a path under a file, or a place where no file can be created (tried with a
-    probe file in the nearest existing folder, which is what a read-only mount or root squash answers
-    truthfully where permission bits would not)."""
-    path = Path(path)
-    if path.is_dir():
-        raise DupMAEEvalError(f"{flag} {path}: is a folder; give the path of a file to write")
-    probe = path.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise DupMAEEvalError(f"{flag} {path}: {probe} is a file, not a folder")
-    try:
-        with tempfile.NamedTemporaryFile(dir=probe, prefix=".dupmae-eval-probe."):
-            pass
-    except OSError as exc:
-        raise DupMAEEvalError(f"{flag} {path}: cannot create a file in {probe} ({exc.strerror})") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # --------------------------------------------------------------------------- BEIR layout
