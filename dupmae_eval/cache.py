@@ -47,7 +47,7 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
 
 def write_json(path: Path, payload: dict) -> None:
     """Write JSON atomically (metadata files are read to decide whether a cache entry is whole)."""
-    from .data import atomic_output
+    from dupmae_eval.files import atomic_output
 
     with atomic_output(path) as out:
         json.dump(payload, out, indent=2, sort_keys=True, default=str)

@@ -22,9 +22,9 @@ from array import array
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Iterable
 
-from . import cache
-from .data import Passage
-from .errors import InputFormatError
+from dupmae_eval import cache
+from dupmae_eval.data import Passage
+from dupmae_eval.errors import InputFormatError
 
 _JAVA_TRIMMED = "".join(chr(code) for code in range(0x21))
 FORMAT_VERSION = 1

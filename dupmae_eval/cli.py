@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import __version__
-from .errors import DupMAEEvalError
-from .options import nonnegative_float, positive_int, unit_interval
+from dupmae_eval import __version__
+from dupmae_eval.errors import DupMAEEvalError
+from dupmae_eval.options import nonnegative_float, positive_int, unit_interval
 
 
 def _add_bm25(sub: argparse._SubParsersAction) -> None:
@@ -38,9 +38,9 @@ def _add_bm25(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    from .kinds import ENCODER_KINDS
-    from .options import add_arguments
-    from .retrieval import RETRIEVAL_MODES
+    from dupmae_eval.kinds import ENCODER_KINDS
+    from dupmae_eval.options import add_arguments
+    from dupmae_eval.retrieval import RETRIEVAL_MODES
 
     p = sub.add_parser("run", help="encode (cached), index (cached) and search with a DupMAE/RetroMAE/baseline model",
                        description="Encode a corpus with a model, index it, search, and write a TREC run.")
@@ -77,7 +77,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_table(sub: argparse._SubParsersAction) -> None:
-    from .report import TABLE_FORMATS
+    from dupmae_eval.report import TABLE_FORMATS
 
     p = sub.add_parser("table", help=f"comparison table from saved results ({', '.join(TABLE_FORMATS)})")
     p.add_argument("results", nargs="+", type=Path, help="folders, *.metrics.json files (from reproduce), or run "
@@ -92,8 +92,8 @@ def _add_table(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_encode(sub: argparse._SubParsersAction) -> None:
-    from .kinds import ENCODER_KINDS
-    from .options import ENCODE_OPTIONS, add_arguments
+    from dupmae_eval.kinds import ENCODER_KINDS
+    from dupmae_eval.options import ENCODE_OPTIONS, add_arguments
 
     p = sub.add_parser("encode", help="encode a corpus into the cache (resumable; torchrun splits it)",
                        description="Encode a corpus in shards (resumes after a kill). Under torchrun each rank "
@@ -133,7 +133,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    from .training.settings import FIELDS, HELP
+    from dupmae_eval.training.settings import FIELDS, HELP
 
     p = sub.add_parser("finetune", help="fine-tune a BertForMaskedLM into a DupMAE (or cls/splade) retriever",
                        description="Contrastive fine-tuning with the paper's score (Eq. 12) on transformers' "
@@ -156,7 +156,7 @@ def _settings_flags(parser: argparse.ArgumentParser, fields, helps) -> None:
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
-    from .training.pretrain import FIELDS, HELP
+    from dupmae_eval.training.pretrain import FIELDS, HELP
 
     p = sub.add_parser("pretrain", help="pre-train a BertForMaskedLM with DupMAE's objective (or an ablation)",
                        description="DupMAE pre-training (MLM + [CLS] decoding + bag of words, paper Eq. 9) on "
@@ -225,43 +225,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_bm25(args: argparse.Namespace) -> int:
-    from .data import check_output_file
+    from dupmae_eval.files import check_output_file
 
     check_output_file(args.output)
-    from .pipeline import run_bm25
+    from dupmae_eval.pipeline import run_bm25
 
     result = run_bm25(args.dataset, split=args.split, fields=args.fields, output=args.output, k1=args.k1,
                       b=args.b, hits=args.hits, threads=args.threads,
                       keep_query_hit=args.keep_query_hit, tag=args.tag)
     print(f"wrote {result.run_path} ({result.queries} queries)", file=sys.stderr)
     if args.eval:
-        from .evaluate import format_lines
+        from dupmae_eval.evaluate import format_lines
 
         print("\n".join(format_lines(result.evaluate())))
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .data import check_output_file
-    from .options import translate
+    from dupmae_eval.files import check_output_file
+    from dupmae_eval.options import translate
 
     check_output_file(args.output)
-    from .pipeline import run_model
+    from dupmae_eval.pipeline import run_model
 
     overrides, runner = translate(vars(args))
     result = run_model(args.dataset, args.model, args.encoder, args.retrieval, args.output, split=args.split,
                        tag=args.tag, **runner, **overrides)
     print(f"wrote {result.run_path} ({result.queries} queries)", file=sys.stderr)
     if args.eval:
-        from .evaluate import format_lines
+        from dupmae_eval.evaluate import format_lines
 
         print("\n".join(format_lines(result.evaluate())))
     return 0
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
-    from .encode import encode_distributed
-    from .options import translate
+    from dupmae_eval.encode import encode_distributed
+    from dupmae_eval.options import translate
 
     overrides, runner = translate(vars(args))
     folder = encode_distributed(args.dataset, args.model, args.encoder, **runner, **overrides)
@@ -271,7 +271,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _map_data(pairs) -> None:
-    from .datasets import map_local_folder
+    from dupmae_eval.datasets import map_local_folder
 
     for pair in pairs:
         name, sep, folder = pair.partition("=")
@@ -281,8 +281,8 @@ def _map_data(pairs) -> None:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import reproduce
-    from .shipped import suite_path
+    from dupmae_eval.reproduce import reproduce
+    from dupmae_eval.shipped import suite_path
 
     _map_data(args.data)
     verdicts = reproduce(suite_path(args.config), args.runs, args.datasets, args.conditions, args.dry_run,
@@ -298,10 +298,10 @@ def _summarise(verdicts) -> int:
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
-    from .config import load_suite
-    from .report import TABLE_FORMATS, build_table, render
-    from .results import read_metrics
-    from .shipped import suite_path
+    from dupmae_eval.config import load_suite
+    from dupmae_eval.report import TABLE_FORMATS, build_table, render
+    from dupmae_eval.results import read_metrics
+    from dupmae_eval.shipped import suite_path
 
     references = load_suite(suite_path(str(args.suite)), check_datasets=False).references if args.suite else None
     table = build_table(read_metrics(args.results), args.measure, args.baseline, references)
@@ -309,7 +309,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
     if TABLE_FORMATS[args.format].binary and args.output is None:
         raise DupMAEEvalError(f"--format {args.format} needs --output FILE")
     if args.output:
-        from .data import atomic_output
+        from dupmae_eval.files import atomic_output
 
         with atomic_output(args.output, "wb" if isinstance(rendered, bytes) else "w") as out:
             out.write(rendered)
@@ -320,8 +320,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .data import read_trec_run
-    from .evaluate import check_coverage, evaluate, format_lines, per_query_lines
+    from dupmae_eval.data import read_trec_run
+    from dupmae_eval.evaluate import check_coverage, evaluate, format_lines, per_query_lines
 
     qrels, default_measures = _load_qrels(args.qrels, args.split)
     run = read_trec_run(args.run)
@@ -337,8 +337,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _load_qrels(name_or_path: str, split: Optional[str]):
     """A qrels file, or a registry name's shipped judgments; with the measures that fit them."""
-    from .data import read_qrels
-    from .datasets import BEIR_MEASURES, shipped_judgments
+    from dupmae_eval.data import read_qrels
+    from dupmae_eval.datasets import BEIR_MEASURES, shipped_judgments
 
     path = Path(name_or_path)
     if path.is_file():
@@ -349,8 +349,8 @@ def _load_qrels(name_or_path: str, split: Optional[str]):
 def _other_splits(name: str, split: Optional[str], run) -> str:
     """For a registry name: the hint that names the shipped splits, and the one judging the run's
     queries if there is one (a DL19 run scored against the default dev-subset judgments)."""
-    from .data import read_qrels
-    from .datasets import REGISTRY, SHIPPED_QRELS
+    from dupmae_eval.data import read_qrels
+    from dupmae_eval.datasets import REGISTRY, SHIPPED_QRELS
 
     info = REGISTRY.get(name)
     if info is None or Path(name).is_file():
@@ -366,7 +366,7 @@ def _other_splits(name: str, split: Optional[str], run) -> str:
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
-    from .datasets import REGISTRY
+    from dupmae_eval.datasets import REGISTRY
 
     print("name\tlayout\tpublic\tdefault split\tmeasures")
     for name, info in REGISTRY.items():
@@ -376,11 +376,11 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .config import load_suite
-    from .report import build_table, render
-    from .reproduce import reproduce
-    from .results import read_metrics
-    from .shipped import suite_path
+    from dupmae_eval.config import load_suite
+    from dupmae_eval.report import build_table, render
+    from dupmae_eval.reproduce import reproduce
+    from dupmae_eval.results import read_metrics
+    from dupmae_eval.shipped import suite_path
 
     suite = load_suite(suite_path("demo"))
     status = _summarise(reproduce(suite.path, args.runs))
@@ -391,8 +391,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from .training.settings import FIELDS, load_recipe, make_settings
-    from .training.trainer import finetune
+    from dupmae_eval.training.settings import FIELDS, load_recipe, make_settings
+    from dupmae_eval.training.trainer import finetune
 
     recipe = load_recipe(args.recipe) if args.recipe else {}
     settings = make_settings(recipe, **{name: getattr(args, name) for name in FIELDS})
@@ -403,7 +403,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from .training.pretrain import FIELDS, load_pretrain_recipe, make_pretrain_settings, pretrain
+    from dupmae_eval.training.pretrain import FIELDS, load_pretrain_recipe, make_pretrain_settings, pretrain
 
     recipe = load_pretrain_recipe(args.recipe) if args.recipe else {}
     settings = make_pretrain_settings(recipe, **{name: getattr(args, name) for name in FIELDS})
@@ -416,10 +416,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 def _cmd_mlm_loss(args: argparse.Namespace) -> int:
     import itertools
 
-    from .model import read_masked_lm, resolve_checkpoint
-    from .training.mlm_loss import masked_lm_loss
-    from .training.model import _tokenizer
-    from .training.pretrain_data import read_texts
+    from dupmae_eval.model import read_masked_lm, resolve_checkpoint
+    from dupmae_eval.training.mlm_loss import masked_lm_loss
+    from dupmae_eval.training.model import _tokenizer
+    from dupmae_eval.training.pretrain_data import read_texts
 
     if args.max_length < 3:
         raise DupMAEEvalError("--max-length must leave room for [CLS], one token and [SEP]")
@@ -437,7 +437,7 @@ def _cmd_mlm_loss(args: argparse.Namespace) -> int:
 
 
 def _raise_terminated(signum, frame):
-    from .errors import Terminated
+    from dupmae_eval.errors import Terminated
 
     raise Terminated()
 
@@ -470,7 +470,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import signal
     import threading
 
-    from .errors import Terminated
+    from dupmae_eval.errors import Terminated
 
     previous = None
     if threading.current_thread() is threading.main_thread():

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .datasets import REGISTRY, lookup, units_of
-from .errors import DupMAEEvalError
-from .options import OPTIONS
+from dupmae_eval.datasets import REGISTRY, lookup, units_of
+from dupmae_eval.errors import DupMAEEvalError
+from dupmae_eval.options import OPTIONS
 
 CONDITION_KEYS = {
     "bm25": {"kind", "fields", "k1", "b", "hits", "expected", "index_stats", "description"},
@@ -120,7 +120,7 @@ def load_suite(path: str | Path, check_datasets: bool = True) -> Suite:
                   for name, spec in (raw["conditions"] or {}).items()}
     measures = tuple(raw.get("measures") or ())
     if measures:
-        from .evaluate import parse_measures
+        from dupmae_eval.evaluate import parse_measures
 
         try:
             parse_measures(measures)
@@ -177,7 +177,7 @@ def _check_bm25_condition(path: Path, where: str, spec: dict) -> None:
     """k1, b and hits in the ranges the bm25 verb's flags accept (the same validators), and a field layout."""
     import argparse
 
-    from .options import nonnegative_float, positive_int, unit_interval
+    from dupmae_eval.options import nonnegative_float, positive_int, unit_interval
 
     for key, check in (("k1", nonnegative_float), ("b", unit_interval), ("hits", positive_int)):
         if key in spec:
@@ -191,9 +191,9 @@ def _check_bm25_condition(path: Path, where: str, spec: dict) -> None:
 
 def _check_model_condition(path: Path, where: str, spec: dict) -> None:
     """The encoder kind and retrieval mode are registered and fit together; the settings are valid."""
-    from .encoders import EncoderSettings
-    from .options import translate
-    from .retrieval import retrieval_mode
+    from dupmae_eval.encoders import EncoderSettings
+    from dupmae_eval.options import translate
+    from dupmae_eval.retrieval import retrieval_mode
 
     try:
         check_model_reference(str(spec["model"]))
@@ -208,7 +208,7 @@ def check_model_reference(name: str) -> None:
     """What can be checked of a model without loading it or asking the hub: a packaged model's folder
     exists, and a name that is a path (starts with '.', '/' or '~', or has more than one '/', as
     `model.resolve_checkpoint` reads it) is a folder. Hub names are checked when the cell runs."""
-    from .model import _package_folder
+    from dupmae_eval.model import _package_folder
 
     if name.startswith("package:"):
         _package_folder(name)

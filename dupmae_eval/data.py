@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Dict, Iterator, List, Mapping, Sequence, Tuple
 
-from .errors import DupMAEEvalError, InputFormatError
-from .files import atomic_output
+from dupmae_eval.errors import DupMAEEvalError, InputFormatError
+from dupmae_eval.files import atomic_output
 
 Qrels = Dict[str, Dict[str, int]]
 """query id -> {doc id: relevance grade}"""

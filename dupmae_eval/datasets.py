@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
-from . import cache
-from .data import Passage, Qrels, read_qrels, read_tsv_queries
-from .errors import DupMAEEvalError
-from .layouts import (BEIR_MEASURES, MSMARCO_DEV_MEASURES, TREC_DL_MEASURES, Layout, detect_layout,  # noqa: F401
-                      layout_of)
-from .shipped import resource_path
+from dupmae_eval import cache
+from dupmae_eval.data import Passage, Qrels, read_qrels, read_tsv_queries
+from dupmae_eval.errors import DupMAEEvalError
+from dupmae_eval.layouts import (
+    BEIR_MEASURES, MSMARCO_DEV_MEASURES, TREC_DL_MEASURES, Layout, detect_layout, layout_of)
+from dupmae_eval.shipped import resource_path
 
 SHIPPED_QRELS = resource_path("qrels")
 """Test judgments and topics of every registry dataset, shipped inside the package."""
@@ -375,7 +375,7 @@ def archive_md5(path: Path) -> str:
 def _fetch(url: str, target: Path) -> None:
     from tqdm import tqdm
 
-    from .data import atomic_output
+    from dupmae_eval.files import atomic_output
 
     try:
         with urllib.request.urlopen(url, timeout=60) as response, atomic_output(target, "wb") as out:

@@ -16,12 +16,14 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import cache, memory
-from .data import Passage, atomic_output
-from .datasets import Dataset
-from .encoders import DupMAEDocumentEncoder, EncoderSettings, SparseRows
-from .errors import DupMAEEvalError
-from .model import HEAD_FILE, LoadedModel
+from dupmae_eval import cache
+from dupmae_eval.runtime import memory
+from dupmae_eval.data import Passage
+from dupmae_eval.files import atomic_output
+from dupmae_eval.datasets import Dataset
+from dupmae_eval.encoders import DupMAEDocumentEncoder, EncoderSettings, SparseRows
+from dupmae_eval.errors import DupMAEEvalError
+from dupmae_eval.model import HEAD_FILE, LoadedModel
 
 FORMAT_VERSION = 1
 
@@ -70,7 +72,7 @@ class CorpusEncoding:
 
     @property
     def has_sparse(self) -> bool:
-        from .kinds import encoder_kind
+        from dupmae_eval.kinds import encoder_kind
 
         return encoder_kind(self.meta["settings"]["kind"]).sparse
 
@@ -211,9 +213,9 @@ def encode_distributed(dataset: str, model: str, encoder: str, batch_size: int =
     """
     import os
 
-    from .datasets import resolve
-    from .encoders import EncoderSettings
-    from .model import load_model
+    from dupmae_eval.datasets import resolve
+    from dupmae_eval.encoders import EncoderSettings
+    from dupmae_eval.model import load_model
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     settings = EncoderSettings.for_kind(encoder, **overrides)
@@ -252,7 +254,7 @@ def encode_distributed(dataset: str, model: str, encoder: str, batch_size: int =
 def _plan(dataset: Dataset, shard_size: int):
     """(passages in the corpus, shards of `shard_size`), from the corpus census, which refuses
     duplicate ids before any shard is encoded. Empty passages are encoded like any other."""
-    from .census import take_census
+    from dupmae_eval.census import take_census
 
     if shard_size < 1:
         raise DupMAEEvalError("--shard-size must be positive")

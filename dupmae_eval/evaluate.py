@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Sequence
 
-from .data import Qrels, Run
-from .errors import DupMAEEvalError
+from dupmae_eval.data import Qrels, Run
+from dupmae_eval.errors import DupMAEEvalError
 
 
 @dataclass(frozen=True)

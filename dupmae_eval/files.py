@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import DupMAEEvalError
+from dupmae_eval.errors import DupMAEEvalError
 
 
 @contextlib.contextmanager

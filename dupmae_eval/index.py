@@ -17,12 +17,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from . import cache
-from ._java import anserini_version, call_interruptibly, start_jvm
-from .census import indexed_contents, take_census
-from .data import Passage
-from .datasets import Dataset
-from .errors import DupMAEEvalError
+from dupmae_eval import cache
+from dupmae_eval._java import anserini_version, call_interruptibly, start_jvm
+from dupmae_eval.census import indexed_contents, take_census
+from dupmae_eval.data import Passage
+from dupmae_eval.datasets import Dataset
+from dupmae_eval.errors import DupMAEEvalError
 
 FIELDS = ("flat", "multifield")
 _DOCS_PER_FILE = 500_000  # Anserini indexes one collection file per thread

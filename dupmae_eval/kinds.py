@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from .registry import Registry
+from dupmae_eval.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from .data import Passage, read_beir_corpus, read_beir_queries, read_tsv_collection, read_tsv_queries
-from .errors import DupMAEEvalError
-from .registry import Registry
+from dupmae_eval.data import Passage, read_beir_corpus, read_beir_queries, read_tsv_collection, read_tsv_queries
+from dupmae_eval.errors import DupMAEEvalError
+from dupmae_eval.registry import Registry
 
 BEIR_MEASURES = ("nDCG@10", "R@100", "R@1000")
 MSMARCO_DEV_MEASURES = ("RR@10", "R@1000")

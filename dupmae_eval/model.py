@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-from .errors import DupMAEEvalError
+from dupmae_eval.errors import DupMAEEvalError
 
 HEAD_FILE = "dupmae_head.safetensors"
 _BLOCK_ROWS = 512     # token rows projected onto the vocabulary at once (see pooled_mlm_logits)
@@ -78,7 +78,7 @@ class LoadedModel:
 
     def compile_encoder(self) -> "LoadedModel":
         """The BERT encoder under torch.compile from here on (`compiled.compile_encoder`; `--compile`)."""
-        from .compiled import compile_encoder
+        from dupmae_eval.runtime.compiled import compile_encoder
 
         compile_encoder(self.encoder)
         return self
@@ -134,7 +134,7 @@ def pooled_mlm_logits(mlm_head, hidden, mask, gathered: Optional[bool] = None):
     """
     import torch
 
-    from . import onednn
+    from dupmae_eval.runtime import onednn
 
     if gathered if gathered is not None else hidden.device.type == "cuda":
         return pooled_mlm_logits_gathered(mlm_head, hidden, mask)
@@ -230,7 +230,7 @@ def _padded_rows(rows: int) -> int:
     (up to 1,024); new shapes every batch churn that cache, and the churn of its ~200 KB entries
     fragments the heap (docs/performance.md, "Memory over long runs"). At most 63 zero rows are added.
     DUPMAE_EVAL_MEMORY_GUARD=0 keeps the exact row count (the old behaviour, for comparisons)."""
-    from . import memory
+    from dupmae_eval.runtime import memory
 
     return -(-rows // _ROW_QUANTUM) * _ROW_QUANTUM if memory.enabled() else rows
 
@@ -329,7 +329,7 @@ def _load_weights(path: Path, load) -> dict:
 
 def read_config(path: Path) -> dict:
     """A checkpoint's config.json as a dict; malformed JSON is refused with the file and line."""
-    from .errors import InputFormatError
+    from dupmae_eval.errors import InputFormatError
 
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
@@ -402,7 +402,7 @@ def load_model(name_or_path: str, need_mlm_head: bool = False) -> LoadedModel:
     except Exception as exc:
         raise DupMAEEvalError(f"{folder}: could not load its tokenizer ({exc.__class__.__name__}: {exc})") from None
     projection = load_dupmae_head(folder, model.config.hidden_size)
-    from . import onednn
+    from dupmae_eval.runtime import onednn
 
     for module in (model, projection):
         if module is not None:
@@ -445,7 +445,7 @@ def save_dupmae_head(folder: Path, weight, bias=None, trained_settings: Optional
         tensors["cls_projection.bias"] = bias.detach().contiguous().float()
     from safetensors.torch import save
 
-    from .data import atomic_output
+    from dupmae_eval.files import atomic_output
 
     path = Path(folder) / HEAD_FILE
     metadata = {"format": "dupmae-head/1"}

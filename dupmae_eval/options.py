@@ -13,8 +13,8 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from .model import ACTIVATIONS
-from .retrieval import HYBRID_AUDIT_CHOICES, HYBRID_AUDIT_MAX_DOCUMENTS
+from dupmae_eval.model import ACTIVATIONS
+from dupmae_eval.retrieval import HYBRID_AUDIT_CHOICES, HYBRID_AUDIT_MAX_DOCUMENTS
 
 
 import math
@@ -198,7 +198,7 @@ def translate(values: Mapping[str, Any]) -> Tuple[dict, dict]:
 
 def _checked(option: Option, value):
     """`value` through the option's range and choices; an error names the key (the caller adds the file)."""
-    from .errors import DupMAEEvalError
+    from dupmae_eval.errors import DupMAEEvalError
 
     if value is None:
         return None

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-from . import __version__, cache
-from .data import Qrels, write_trec_run
-from .datasets import Dataset, resolve
-from .encoders import DEFAULT_QUANTIZATION_SCALE
-from .evaluate import Evaluation, evaluate
-from .provenance import provenance
+from dupmae_eval import __version__, cache
+from dupmae_eval.data import Qrels, write_trec_run
+from dupmae_eval.datasets import Dataset, resolve
+from dupmae_eval.encoders import DEFAULT_QUANTIZATION_SCALE
+from dupmae_eval.evaluate import Evaluation, evaluate
+from dupmae_eval.provenance import provenance
 
 
 @dataclass
@@ -40,8 +40,8 @@ def run_bm25(dataset: str | Dataset, split: Optional[str], fields: str, output: 
              b: float = 0.4, hits: int = 1000, threads: Optional[int] = None,
              keep_query_hit: bool = False, tag: Optional[str] = None) -> RunResult:
     """Index (cached) and search a dataset with BM25; write the TREC run and its metadata sidecar."""
-    from .index import bm25_index, index_meta
-    from .search import bm25_search, check_queries
+    from dupmae_eval.index import bm25_index, index_meta
+    from dupmae_eval.search import bm25_search, check_queries
 
     data = dataset if isinstance(dataset, Dataset) else resolve(dataset)
     split = split or data.default_split
@@ -84,11 +84,11 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     `compile` runs the encoder under torch.compile (documents and queries; `compiled.py`). `precision`:
     fp32, bf16 or auto for documents and queries alike (`precision.py`; None: the device's default).
     """
-    from .encode import encode_corpus, load_encoding
-    from .encoders import DupMAEDocumentEncoder, EncoderSettings
-    from .model import load_model
-    from .retrieval import SearchJob, retrieval_mode
-    from .search import check_queries
+    from dupmae_eval.encode import encode_corpus, load_encoding
+    from dupmae_eval.encoders import DupMAEDocumentEncoder, EncoderSettings
+    from dupmae_eval.model import load_model
+    from dupmae_eval.retrieval import SearchJob, retrieval_mode
+    from dupmae_eval.search import check_queries
 
     mode = retrieval_mode(retrieval)
     settings = EncoderSettings.for_kind(encoder, **settings_overrides)
@@ -107,7 +107,7 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     if precision == "auto":
         import sys
 
-        from .precision import describe_auto
+        from dupmae_eval.precision import describe_auto
 
         print(f"dupmae-eval: {describe_auto(device)}", file=sys.stderr, flush=True)
     started = time.time()
@@ -141,7 +141,7 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
 
 def _corpus_counts(data: Dataset, indexed_as: Optional[str] = None) -> dict:
     """The corpus census for a sidecar: passages, empty ones, and (for a Lucene index) how many it holds."""
-    from .census import take_census
+    from dupmae_eval.census import take_census
 
     census = take_census(data)
     counts = {"passages": census.passages, "empty_passages": census.empty_passages,

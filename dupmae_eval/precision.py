@@ -19,7 +19,7 @@ import contextlib
 from functools import lru_cache
 from typing import Optional, Tuple
 
-from .errors import DupMAEEvalError
+from dupmae_eval.errors import DupMAEEvalError
 
 PRECISIONS = ("fp32", "bf16", "auto")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")

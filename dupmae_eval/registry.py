@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Dict, Generic, TypeVar
 
-from .errors import DupMAEEvalError
+from dupmae_eval.errors import DupMAEEvalError
 
 Entry = TypeVar("Entry")
 

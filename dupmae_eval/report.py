@@ -14,10 +14,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .datasets import coverage_label, lookup, unit_order, units_of
-from .errors import DupMAEEvalError
-from .registry import Registry
-from .results import MetricsRecord
+from dupmae_eval.datasets import coverage_label, lookup, unit_order, units_of
+from dupmae_eval.errors import DupMAEEvalError
+from dupmae_eval.registry import Registry
+from dupmae_eval.results import MetricsRecord
 
 SIGNIFICANCE_LEVEL = 0.05
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from . import cache
-from .config import Cell, Suite, load_suite
-from .datasets import lookup, resolve, units_of
-from .results import MetricsRecord, write_metrics
+from dupmae_eval import cache
+from dupmae_eval.config import Cell, Suite, load_suite
+from dupmae_eval.datasets import lookup, resolve, units_of
+from dupmae_eval.results import MetricsRecord, write_metrics
 
 
 @dataclass
@@ -77,7 +77,7 @@ def cell_identity(suite: Suite, cell: Cell) -> dict:
 def model_content(name: str) -> str:
     """A hash of a local or packaged checkpoint's files (`encode.model_fingerprint`'s rule), or
     'hub:NAME' for a hub model (not downloaded to decide reuse; its revision is in the sidecar)."""
-    from .model import _package_folder
+    from dupmae_eval.model import _package_folder
 
     if name.startswith("package:"):
         folder = _package_folder(name)
@@ -85,7 +85,7 @@ def model_content(name: str) -> str:
         folder = Path(name).expanduser()
         if not folder.is_dir():
             return f"hub:{name}"
-    from .encode import folder_fingerprint
+    from dupmae_eval.encode import folder_fingerprint
 
     return folder_fingerprint(folder)
 
@@ -112,10 +112,10 @@ def reuse_decision(run_path: Path, identity: dict, force: bool = False) -> Tuple
 def run_cell(suite: Suite, cell: Cell, runs_dir: Path, force: bool = False, echo=print) -> CellResult:
     """Compute the cell's run unless an identical one exists; evaluate it; write its metrics (aggregate +
     per query) with the suite's measures (the dataset's when the suite names none)."""
-    from .data import read_trec_run
-    from .evaluate import evaluate
-    from .options import translate
-    from .pipeline import run_bm25, run_model
+    from dupmae_eval.data import read_trec_run
+    from dupmae_eval.evaluate import evaluate
+    from dupmae_eval.options import translate
+    from dupmae_eval.pipeline import run_bm25, run_model
 
     condition = suite.conditions[cell.condition]
     output = run_path_for(runs_dir, suite, cell)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List
 
-from .errors import DupMAEEvalError
+from dupmae_eval.errors import DupMAEEvalError
 
 
 @dataclass
@@ -34,7 +34,7 @@ def metrics_path_for(run_path: Path) -> Path:
 
 
 def write_metrics(run_path: Path, record: MetricsRecord) -> Path:
-    from . import cache
+    from dupmae_eval import cache
 
     path = metrics_path_for(run_path)
     cache.write_json(path, asdict(record))
@@ -93,9 +93,9 @@ def record_from_run(run_path: Path) -> MetricsRecord:
     """A run written by `bm25`, `run` or `reproduce`, scored against the judgments of the dataset and split
     its sidecar names, with the dataset's measures. Refused when the sidecar is missing (nothing says what
     judges the run) or when the dataset's corpus is no longer the one the run was made from."""
-    from .data import read_trec_run
-    from .datasets import lookup, resolve
-    from .evaluate import evaluate
+    from dupmae_eval.data import read_trec_run
+    from dupmae_eval.datasets import lookup, resolve
+    from dupmae_eval.evaluate import evaluate
 
     sidecar = Path(f"{run_path}{SIDECAR_SUFFIX}")
     if not sidecar.is_file():

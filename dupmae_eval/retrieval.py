@@ -19,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
-from .data import Run
-from .errors import DupMAEEvalError
-from .kinds import ENCODER_KINDS
-from .registry import Registry
+from dupmae_eval.data import Run
+from dupmae_eval.errors import DupMAEEvalError
+from dupmae_eval.kinds import ENCODER_KINDS
+from dupmae_eval.registry import Registry
 
 HYBRID_AUDIT_MAX_DOCUMENTS = 100_000
 HYBRID_AUDIT_CHOICES = ("auto", "on", "off")
@@ -55,7 +55,7 @@ class SearchJob:
 
     def query_encoder(self, half: str):
         """The Pyserini-facing query encoder for one half (dense: vectors; sparse: {term: weight})."""
-        from .encoders import DupMAEQueryEncoder
+        from dupmae_eval.encoders import DupMAEQueryEncoder
 
         if half not in self._encoders:
             self._encoders[half] = DupMAEQueryEncoder(self.model, self.settings, half=half,
@@ -65,7 +65,7 @@ class SearchJob:
 
     def query_halves(self):
         """(dense Q x d or None, sparse Q x V or None) for every query, in `qids` order."""
-        from .encoders import encode_queries
+        from dupmae_eval.encoders import encode_queries
 
         if self._halves is None:
             half = "dense" if self.settings.has_dense else "sparse"
@@ -74,7 +74,7 @@ class SearchJob:
         return self._halves
 
     def exact(self) -> Run:
-        from .search import exact_search
+        from dupmae_eval.search import exact_search
 
         dense, sparse = self.query_halves()
         on_device = self.device if self.device not in (None, "cpu") else None
@@ -113,8 +113,8 @@ retrieval_mode = RETRIEVAL_MODES.lookup
 
 
 def _dense(job: SearchJob) -> Tuple[Run, dict]:
-    from .index import faiss_index
-    from .search import dense_search, faiss_sharded_search
+    from dupmae_eval.index import faiss_index
+    from dupmae_eval.search import dense_search, faiss_sharded_search
 
     if job.faiss_shards:
         dense, _ = job.query_halves()
@@ -126,8 +126,8 @@ def _dense(job: SearchJob) -> Tuple[Run, dict]:
 
 
 def _impact_run(job: SearchJob):
-    from .index import impact_index, impact_meta
-    from .search import impact_search
+    from dupmae_eval.index import impact_index, impact_meta
+    from dupmae_eval.search import impact_search
 
     encoder = job.query_encoder("sparse")
     index = impact_index(job.encoding, encoder.vocabulary(), job.quantization_scale, job.threads)
@@ -168,7 +168,7 @@ def _exact(job: SearchJob) -> Tuple[Run, dict]:
 
 
 def _hybrid(job: SearchJob) -> Tuple[Run, dict]:
-    from .search import fuse_candidates, rescore
+    from dupmae_eval.search import fuse_candidates, rescore
 
     dense_run, dense_meta = _dense(job)           # --faiss-shards applies here too (a dense half beyond memory)
     impact_run, _, meta = _impact_run(job)

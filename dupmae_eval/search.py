@@ -9,10 +9,10 @@ from typing import Mapping, Optional, Tuple
 
 import numpy as np
 
-from . import memory
-from ._java import start_jvm
-from .data import Run
-from .errors import DupMAEEvalError
+from dupmae_eval.runtime import memory
+from dupmae_eval._java import start_jvm
+from dupmae_eval.data import Run
+from dupmae_eval.errors import DupMAEEvalError
 
 MULTIFIELD_WEIGHTS = {"contents": 1.0, "title": 1.0}
 
@@ -37,7 +37,7 @@ def bm25_search(index: Path, queries: Mapping[str, str], fields: str, k1: float 
     searcher.set_bm25(k1, b)
     qids = list(queries)
     weights = MULTIFIELD_WEIGHTS if fields == "multifield" else {}
-    from ._java import call_interruptibly
+    from dupmae_eval._java import call_interruptibly
 
     results = call_interruptibly(lambda: searcher.batch_search([queries[qid] for qid in qids], qids, k=hits,
                                                                threads=threads or os.cpu_count() or 1, fields=weights))

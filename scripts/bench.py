@@ -113,7 +113,7 @@ def matmul_rates(threads: int) -> dict:
 
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     rates = {"MKL": 2 * 2048 ** 3 / _timed(lambda: a @ b, 5)[0] / 1e9}
-    from dupmae_eval import onednn
+    from dupmae_eval.runtime import onednn
 
     if onednn.available():
         weight = b.t().contiguous()
@@ -256,7 +256,7 @@ def _side_forward(side: str, options, out: str) -> dict:
     attention[batch // 2:, length // 2:] = 0          # half the batch padded to half length, as real batches are
     baseline = _current_rss_mb()
     if side.startswith("ours"):
-        from dupmae_eval import onednn
+        from dupmae_eval.runtime import onednn
         from dupmae_eval.model import PoolingSettings, pooled_mlm_logits, sparse_mask
 
         onednn.route_linears(model)  # as load_model does for every checkpoint

@@ -452,7 +452,7 @@ def training_section(device, sizes, peaks, report) -> None:
 def compiled_step(model, step, device, sizes, flops, tokens, peaks, report, eager_seconds) -> None:
     """The same training step with the encoder under torch.compile, as `finetune`/`pretrain --compile`
     runs it (`compiled.compile_encoder` on the BertModel; dynamic shapes)."""
-    from dupmae_eval.compiled import compile_encoder
+    from dupmae_eval.runtime.compiled import compile_encoder
 
     compile_encoder(model.masked_lm.bert)
     started = time.time()
@@ -593,7 +593,7 @@ def profile_section(device, sizes, peaks, report) -> None:
     report("profile: one bf16 training step")
     report(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
     busy_report(prof, t_step, "eager", report)
-    from dupmae_eval.compiled import compile_encoder
+    from dupmae_eval.runtime.compiled import compile_encoder
 
     compile_encoder(train.masked_lm.bert)                      # finetune --compile
     t_compiled = timed(step, device, sizes.timed)

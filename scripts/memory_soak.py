@@ -237,7 +237,8 @@ def reshard(source: Path, target: Path, size: int) -> Path:
 
 def search_child(folder: str, what: str, queries: int, out: str) -> None:
     """In a child process: run one shard-streamed path over the encoding, reading own RSS after each shard."""
-    from dupmae_eval import memory, search
+    from dupmae_eval.runtime import memory
+    from dupmae_eval import search
     from dupmae_eval.encode import load_encoding
     from dupmae_eval.encoders import DupMAEQueryEncoder, EncoderSettings, encode_queries
     from dupmae_eval.model import load_model

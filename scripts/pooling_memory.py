@@ -42,7 +42,7 @@ def _measure(method: str, batch: int, length: int, save: str) -> dict:
     started = time.perf_counter()
     with torch.inference_mode():
         if method == "chunked":
-            from dupmae_eval import onednn
+            from dupmae_eval.runtime import onednn
 
             onednn.route_linears(head)                             # as load_model does
             pooled = pooled_mlm_logits(head, hidden, mask)

@@ -109,7 +109,7 @@ def child(side: str, quick: bool, steps: int, heap: str, recompute_first: int = 
     import torch
     from transformers import BertForMaskedLM
 
-    from dupmae_eval.heap import use_heap
+    from dupmae_eval.runtime.heap import use_heap
 
     use_heap(heap)
     torch.manual_seed(0)
@@ -162,7 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per side after one warm-up")
-    parser.add_argument("--heap", default="glibc", help="heap policy of every side (dupmae_eval.heap.HEAPS)")
+    parser.add_argument("--heap", default="glibc", help="heap policy of every side (dupmae_eval.runtime.heap.HEAPS)")
     parser.add_argument("--recompute-first", type=int, default=-1,
                         help="the recompute sides' mode on the encoder's first N layers only (-1: all)")
     parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated sides to run (ours and "
@@ -178,7 +178,7 @@ def main() -> None:
 
     import torch
 
-    from dupmae_eval.heap import HEAPS
+    from dupmae_eval.runtime.heap import HEAPS
 
     HEAPS.lookup(args.heap)
     wanted = set(args.sides.split(",")) | set(ROUTES)

@@ -1,4 +1,4 @@
-"""The heap policy (`dupmae_eval.heap`): freed activation-sized tensors go back to the system under
+"""The heap policy (`dupmae_eval.runtime.heap`): freed activation-sized tensors go back to the system under
 `release` and stay resident under glibc's default, the difference `train_and_save` relies on."""
 
 import json
@@ -8,13 +8,13 @@ import sys
 import pytest
 
 from dupmae_eval.errors import DupMAEEvalError
-from dupmae_eval.heap import HEAPS, _glibc, use_heap
+from dupmae_eval.runtime.heap import HEAPS, _glibc, use_heap
 
 # Each case runs in a fresh interpreter: a policy, once applied, lasts for the process.
 _SCENARIO = r"""
 import json, sys
 import torch
-from dupmae_eval.heap import use_heap
+from dupmae_eval.runtime.heap import use_heap
 
 def resident_mb():
     with open("/proc/self/status") as status:

@@ -56,7 +56,7 @@ def test_corpus_is_real_then_shuffled_and_deterministic(tmp_path):
 
 
 def test_memory_release_is_switchable(monkeypatch):
-    from dupmae_eval import memory
+    from dupmae_eval.runtime import memory
 
     monkeypatch.setenv(memory.ENV, "0")
     assert memory.release() is False

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from dupmae_eval import onednn
+from dupmae_eval.runtime import onednn
 
 
 def _random_bert(hidden_act: str = "gelu") -> BertForMaskedLM:

@@ -18,7 +18,7 @@ from typing import Iterable, List, Optional
 
 import numpy as np
 
-from . import masking
+from dupmae_eval.training import masking
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,13 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from ..errors import DupMAEEvalError
-from ..kinds import encoder_kind
-from ..model import (HEAD_FILE, PoolingSettings, apply_activation, load_dupmae_head, read_masked_lm,
-                     save_dupmae_head, sparse_mask)
-from .ot_pool import ot_max_pool
-from .score import distillation, infonce, pair_scores
-from .settings import FinetuneSettings
+from dupmae_eval.errors import DupMAEEvalError
+from dupmae_eval.kinds import encoder_kind
+from dupmae_eval.model import (
+    HEAD_FILE, PoolingSettings, apply_activation, load_dupmae_head, read_masked_lm, save_dupmae_head, sparse_mask)
+from dupmae_eval.training.ot_pool import ot_max_pool
+from dupmae_eval.training.score import distillation, infonce, pair_scores
+from dupmae_eval.training.settings import FinetuneSettings
 
 
 class DupMAEForTraining(torch.nn.Module):
@@ -105,7 +105,7 @@ class DupMAEForTraining(torch.nn.Module):
     def from_checkpoint(cls, source: str, settings: FinetuneSettings) -> "DupMAEForTraining":
         """A BertForMaskedLM checkpoint (hub name or folder) and, if it has one of the right size, its head
         file; otherwise a new projection (seeded by settings.seed)."""
-        from ..model import resolve_checkpoint
+        from dupmae_eval.model import resolve_checkpoint
 
         kind = encoder_kind(settings.kind)
         folder, _ = resolve_checkpoint(source)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
-from ..registry import Registry
+from dupmae_eval.registry import Registry
 
 Ranking = Dict[str, List[Tuple[str, float]]]
 
@@ -33,7 +33,7 @@ register_negative_source = NEGATIVE_SOURCES.register
 
 
 def _needs_dataset(name: str, dataset) -> None:
-    from ..errors import DupMAEEvalError
+    from dupmae_eval.errors import DupMAEEvalError
 
     if dataset is None:
         raise DupMAEEvalError(f"negatives {name!r} search a corpus; a tevatron file brings its own negatives "
@@ -41,8 +41,8 @@ def _needs_dataset(name: str, dataset) -> None:
 
 
 def _bm25(dataset, split, settings, folder: Path) -> Ranking:
-    from ..data import read_trec_run
-    from ..pipeline import run_bm25
+    from dupmae_eval.data import read_trec_run
+    from dupmae_eval.pipeline import run_bm25
 
     _needs_dataset("bm25", dataset)
     path = folder / f"bm25-{split}.trec"
@@ -52,8 +52,8 @@ def _bm25(dataset, split, settings, folder: Path) -> Ranking:
 
 
 def _model(dataset, split, settings, folder: Path) -> Ranking:
-    from ..data import read_trec_run
-    from ..pipeline import run_model
+    from dupmae_eval.data import read_trec_run
+    from dupmae_eval.pipeline import run_model
 
     _needs_dataset("model", dataset)
     path = folder / f"model-{split}.trec"
@@ -64,7 +64,7 @@ def _model(dataset, split, settings, folder: Path) -> Ranking:
 
 
 def _run_file(dataset, split, settings, folder: Path) -> Ranking:
-    from ..data import read_trec_run
+    from dupmae_eval.data import read_trec_run
 
     return read_trec_run(Path(settings.negatives_from))
 

@@ -25,7 +25,7 @@ from typing import Optional
 
 import torch
 
-from ..model import pooled_positions
+from dupmae_eval.model import pooled_positions
 
 _TILE_ELEMENTS = 1 << 24   # logits computed at once: all token rows x as many vocabulary entries as fit (64 MB fp32)
 _TILE_ELEMENTS_GPU = 1 << 27   # on a GPU: fewer, larger launches (512 MB fp32; the full logits of a 256 x 140 batch are 4.4 GB)
@@ -61,7 +61,7 @@ class _ChunkedMaxPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rows, weight, bias, positions, chunk: int, segments=None):
-        from .. import onednn
+        from dupmae_eval.runtime import onednn
 
         vocab = weight.shape[0]
         dtype = torch.promote_types(rows.dtype, torch.float32)   # fp32 at least (bf16 tiles under GPU autocast)

@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
-from .. import __version__
-from ..errors import DupMAEEvalError
-from .settings import (COMPILE_HELP, HEAP_HELP, MAX_STEPS_HELP, RECOMPUTE_FIRST_HELP, check_compile,
-                       check_max_steps)
+from dupmae_eval import __version__
+from dupmae_eval.errors import DupMAEEvalError
+from dupmae_eval.training.settings import (
+    COMPILE_HELP, HEAP_HELP, MAX_STEPS_HELP, RECOMPUTE_FIRST_HELP, check_compile, check_max_steps)
 
 RECORD = "pretrain.json"
 
@@ -60,10 +60,10 @@ class PretrainSettings:
     dataloader_workers: int = 0
 
     def validate(self) -> "PretrainSettings":
-        from ..heap import HEAPS
-        from .pretrain_data import SEQUENCE_LAYOUTS
-        from .pretrain_model import OBJECTIVES
-        from .recompute import RECOMPUTE, check_recompute_first
+        from dupmae_eval.runtime.heap import HEAPS
+        from dupmae_eval.training.pretrain_data import SEQUENCE_LAYOUTS
+        from dupmae_eval.training.pretrain_model import OBJECTIVES
+        from dupmae_eval.training.recompute import RECOMPUTE, check_recompute_first
 
         OBJECTIVES.lookup(self.objective)
         RECOMPUTE.lookup(self.recompute)
@@ -124,14 +124,14 @@ HELP = {
 
 def load_pretrain_recipe(path: Union[str, Path]) -> Dict[str, Any]:
     """A pre-training recipe YAML (a path, or a shipped recipe's name under configs/pretrain/)."""
-    from .settings import load_recipe
+    from dupmae_eval.training.settings import load_recipe
 
     return load_recipe(path, FIELDS, "pretrain", nullable=())
 
 
 def make_pretrain_settings(recipe: Optional[Mapping[str, Any]] = None, **overrides) -> PretrainSettings:
     """Defaults, then the recipe's values, then explicit overrides (None = not given)."""
-    from .settings import _coerce
+    from dupmae_eval.training.settings import _coerce
 
     chosen: Dict[str, Any] = {}
     for source, values in (("recipe", recipe or {}), ("option", overrides)):
@@ -146,11 +146,11 @@ def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings, 
     with random weights from the seed) on `corpus` (dataset name or folder, or a text file) with the
     settings' objective; write the model to `output`. The same call again resumes from the last checkpoint.
     `callbacks`: extra transformers TrainerCallbacks (the GPU script's loss curve and exports)."""
-    from .pretrain_data import PretrainCollator, PretrainDataset, TokenStore
-    from .pretrain_model import OBJECTIVES, DupMAEForPretraining
-    from .trainer import _barrier, _distributed, check_data_source, claim_output, train_and_save
+    from dupmae_eval.training.pretrain_data import PretrainCollator, PretrainDataset, TokenStore
+    from dupmae_eval.training.pretrain_model import OBJECTIVES, DupMAEForPretraining
+    from dupmae_eval.training.trainer import _barrier, _distributed, check_data_source, claim_output, train_and_save
 
-    from .shapes import shape_source
+    from dupmae_eval.training.shapes import shape_source
 
     settings.validate()
     output = Path(output)

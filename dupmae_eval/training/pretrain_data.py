@@ -29,9 +29,9 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
-from ..errors import DupMAEEvalError, InputFormatError
-from ..registry import Registry
-from . import masking
+from dupmae_eval.errors import DupMAEEvalError, InputFormatError
+from dupmae_eval.registry import Registry
+from dupmae_eval.training import masking
 
 
 def read_texts(source: str) -> Iterator[str]:
@@ -51,7 +51,7 @@ def read_texts(source: str) -> Iterator[str]:
                 if line:
                     yield line
         return
-    from ..datasets import resolve
+    from dupmae_eval.datasets import resolve
 
     for passage in resolve(source).passages():
         text = passage.flat_text()

@@ -33,10 +33,10 @@ from typing import Dict, Optional
 
 import torch
 
-from ..errors import DupMAEEvalError
-from ..registry import Registry
-from .ot_pool import ot_max_pool
-from .recompute import recompute_encoder
+from dupmae_eval.errors import DupMAEEvalError
+from dupmae_eval.registry import Registry
+from dupmae_eval.training.ot_pool import ot_max_pool
+from dupmae_eval.training.recompute import recompute_encoder
 
 DECODER_FILE = "dupmae_decoder.safetensors"
 RECORD_FILE = "dupmae_pretraining.json"
@@ -112,7 +112,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, labels, block: int):
-        from .. import onednn
+        from dupmae_eval.runtime import onednn
 
         wide_dtype = torch.promote_types(x.dtype, torch.float32)       # fp32 under autocast; float64 stays
         total = torch.zeros((), dtype=wide_dtype, device=x.device)
@@ -278,9 +278,9 @@ class DupMAEForPretraining(torch.nn.Module):
         """A BertForMaskedLM (hub name or folder; its MLM head is required), or one built with random weights
         from `seed` when `source` names a shape (`shapes.shape_source`), and a new decoder, initialised as
         BERT's layers are, from `seed` (a checkpoint's own weights and decoder are loaded on resume)."""
-        from ..model import read_masked_lm, resolve_checkpoint
-        from .model import _tokenizer
-        from .shapes import random_masked_lm, shape_source, shape_tokenizer
+        from dupmae_eval.model import read_masked_lm, resolve_checkpoint
+        from dupmae_eval.training.model import _tokenizer
+        from dupmae_eval.training.shapes import random_masked_lm, shape_source, shape_tokenizer
 
         shape = shape_source(source)
         if shape is not None:
@@ -299,7 +299,7 @@ class DupMAEForPretraining(torch.nn.Module):
     def save(self, folder: Path) -> None:
         """A BertForMaskedLM checkpoint (with its MLM head) that `finetune` and `run` read as it is, plus the
         decoder (for resuming) and what the run was."""
-        from ..data import atomic_output
+        from dupmae_eval.files import atomic_output
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -317,7 +317,7 @@ class DupMAEForPretraining(torch.nn.Module):
 
     def load_weights(self, folder: Path) -> None:
         """Weights from a checkpoint this class saved (resume)."""
-        from ..model import read_masked_lm
+        from dupmae_eval.model import read_masked_lm
 
         folder = Path(folder)
         masked_lm, _ = read_masked_lm(folder, str(folder), need_mlm_head=True)

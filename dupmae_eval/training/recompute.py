@@ -16,8 +16,8 @@ from typing import Dict, Optional
 
 import torch
 
-from ..errors import DupMAEEvalError
-from ..registry import Registry
+from dupmae_eval.errors import DupMAEEvalError
+from dupmae_eval.registry import Registry
 
 
 @dataclass(frozen=True)

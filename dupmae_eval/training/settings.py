@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
-from ..errors import DupMAEEvalError
-from ..model import ACTIVATIONS
+from dupmae_eval.errors import DupMAEEvalError
+from dupmae_eval.model import ACTIVATIONS
 
 NEGATIVE_SOURCES = ("bm25", "run", "model", "none")
 
@@ -65,9 +65,9 @@ class FinetuneSettings:
     dataloader_workers: int = 0
 
     def validate(self) -> "FinetuneSettings":
-        from ..heap import HEAPS
-        from ..kinds import encoder_kind
-        from .recompute import RECOMPUTE, check_recompute_first
+        from dupmae_eval.runtime.heap import HEAPS
+        from dupmae_eval.kinds import encoder_kind
+        from dupmae_eval.training.recompute import RECOMPUTE, check_recompute_first
 
         kind = encoder_kind(self.kind)
         RECOMPUTE.lookup(self.recompute)
@@ -107,7 +107,7 @@ class FinetuneSettings:
 
     def projection_size(self, hidden: int) -> Optional[int]:
         """The [CLS] projection's output size for an encoder of this hidden size (None: no projection)."""
-        from ..kinds import encoder_kind
+        from dupmae_eval.kinds import encoder_kind
 
         if not encoder_kind(self.kind).dense or self.dense_dim is None:
             return None
@@ -238,7 +238,7 @@ def load_recipe(path: Union[str, Path], table: Optional[Mapping[str, Any]] = Non
 
     path = Path(path)
     if not path.is_file():
-        from ..shipped import resource_path
+        from dupmae_eval.shipped import resource_path
 
         shipped = resource_path("configs", folder, f"{path.name}" if path.suffix else f"{path.name}.yaml")
         if not shipped.is_file():

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..errors import DupMAEEvalError
-from ..registry import Registry
+from dupmae_eval.errors import DupMAEEvalError
+from dupmae_eval.registry import Registry
 
 PREFIX = "shape:"
 TOKENIZER = ("tokenizers", "bert-base-uncased")       # under the package's resources/
@@ -108,7 +108,7 @@ def shape_tokenizer():
     """The shipped bert-base-uncased tokenizer."""
     from transformers import AutoTokenizer
 
-    from ..shipped import resource_path
+    from dupmae_eval.shipped import resource_path
 
     return AutoTokenizer.from_pretrained(str(resource_path(*TOKENIZER)))
 

@@ -29,9 +29,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from .. import __version__
-from ..errors import DupMAEEvalError
-from .settings import FinetuneSettings
+from dupmae_eval import __version__
+from dupmae_eval.errors import DupMAEEvalError
+from dupmae_eval.training.settings import FinetuneSettings
 
 RECORD = "finetune.json"
 
@@ -163,8 +163,8 @@ def claim_output(output: Path, record: dict, name: str, what: str,
     run's record; under torchrun the other ranks wait for it at a barrier. True when this very run has
     already finished there: the caller then returns without training (a zero-step "resume" would
     overwrite the record's loss with 0)."""
-    from ..data import atomic_output
-    from ..provenance import provenance
+    from dupmae_eval.files import atomic_output
+    from dupmae_eval.provenance import provenance
 
     rank, world = _distributed()
     _init_processes(world)
@@ -250,12 +250,12 @@ def train_and_save(net, dataset, collator, output: Path, settings, per_device_ba
     import torch
     from transformers import TrainingArguments
 
-    from ..data import atomic_output
-    from ..heap import use_heap
+    from dupmae_eval.files import atomic_output
+    from dupmae_eval.runtime.heap import use_heap
 
     use_heap(settings.heap)                     # before the model's first step allocates its activations
     if settings.compile:
-        from ..compiled import compile_encoder
+        from dupmae_eval.runtime.compiled import compile_encoder
 
         compile_encoder(net.masked_lm.bert)     # in place: checkpoints keep the eager module's names
     _, world = _distributed()
@@ -293,7 +293,7 @@ def check_data_source(source: str, flag: str, text_files: bool) -> None:
     downloading: a file (a text file when `text_files`, as `pretrain_data.read_texts` reads it, else a
     tevatron JSONL file), a dataset folder of a known layout, or a registry or mapped dataset name. A
     mistyped path then costs one line, and no record that would lock the folder to it."""
-    from ..datasets import REGISTRY, dataset_roots_from_env, resolve
+    from dupmae_eval.datasets import REGISTRY, dataset_roots_from_env, resolve
 
     path = Path(source).expanduser()
     if path.is_file():
@@ -313,15 +313,15 @@ def check_data_source(source: str, flag: str, text_files: bool) -> None:
 
 def prepare_data(data_source: str, settings: FinetuneSettings, output: Path):
     """(train queries, held-out queries, passage store) with negatives attached."""
-    from . import data as training_data
-    from .negatives import NEGATIVE_SOURCES
+    from dupmae_eval.training import data as training_data
+    from dupmae_eval.training.negatives import NEGATIVE_SOURCES
 
     source = Path(data_source).expanduser()
     if source.is_file():
         queries, store = training_data.from_tevatron(source)
         dataset = None
     else:
-        from ..datasets import resolve
+        from dupmae_eval.datasets import resolve
 
         dataset = resolve(data_source)
         queries, store = training_data.from_dataset(dataset, settings.split)
@@ -352,10 +352,10 @@ def prepare_data(data_source: str, settings: FinetuneSettings, output: Path):
 def finetune(model: str, data: str, output: Path, settings: FinetuneSettings) -> Path:
     """Fine-tune `model` (hub name or folder) on `data` (dataset name or folder, or a tevatron JSONL file)
     and write the model to `output`; a second call with the same arguments resumes from the last checkpoint."""
-    from ..data import atomic_output
-    from .data import GroupCollator, GroupDataset
-    from .model import DupMAEForTraining
-    from .recompute import recompute_encoder
+    from dupmae_eval.files import atomic_output
+    from dupmae_eval.training.data import GroupCollator, GroupDataset
+    from dupmae_eval.training.model import DupMAEForTraining
+    from dupmae_eval.training.recompute import recompute_encoder
 
     settings.validate()
     output = Path(output)

@@ -26,7 +26,7 @@ import platform
 from dataclasses import dataclass
 from typing import Optional
 
-from .registry import Registry
+from dupmae_eval.registry import Registry
 
 _M_MMAP_THRESHOLD = -3      # glibc's mallopt parameter (malloc.h); setting it also ends the dynamic threshold
 

@@ -1,0 +1,1 @@
+"""How the process runs on this machine: CPU/GPU kernels, compilation, and memory (allocator) policy."""
