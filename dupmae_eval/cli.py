@@ -271,7 +271,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _map_data(pairs) -> None:
-    from dupmae_eval.datasets import map_local_folder
+    from dupmae_eval.data.datasets import map_local_folder
 
     for pair in pairs:
         name, sep, folder = pair.partition("=")
@@ -320,7 +320,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from dupmae_eval.data import read_trec_run
+    from dupmae_eval.data.formats import read_trec_run
     from dupmae_eval.evaluate import check_coverage, evaluate, format_lines, per_query_lines
 
     qrels, default_measures = _load_qrels(args.qrels, args.split)
@@ -337,8 +337,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _load_qrels(name_or_path: str, split: Optional[str]):
     """A qrels file, or a registry name's shipped judgments; with the measures that fit them."""
-    from dupmae_eval.data import read_qrels
-    from dupmae_eval.datasets import BEIR_MEASURES, shipped_judgments
+    from dupmae_eval.data.formats import read_qrels
+    from dupmae_eval.data.datasets import BEIR_MEASURES, shipped_judgments
 
     path = Path(name_or_path)
     if path.is_file():
@@ -349,8 +349,8 @@ def _load_qrels(name_or_path: str, split: Optional[str]):
 def _other_splits(name: str, split: Optional[str], run) -> str:
     """For a registry name: the hint that names the shipped splits, and the one judging the run's
     queries if there is one (a DL19 run scored against the default dev-subset judgments)."""
-    from dupmae_eval.data import read_qrels
-    from dupmae_eval.datasets import REGISTRY, SHIPPED_QRELS
+    from dupmae_eval.data.formats import read_qrels
+    from dupmae_eval.data.datasets import REGISTRY, SHIPPED_QRELS
 
     info = REGISTRY.get(name)
     if info is None or Path(name).is_file():
@@ -366,7 +366,7 @@ def _other_splits(name: str, split: Optional[str], run) -> str:
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
-    from dupmae_eval.datasets import REGISTRY
+    from dupmae_eval.data.datasets import REGISTRY
 
     print("name\tlayout\tpublic\tdefault split\tmeasures")
     for name, info in REGISTRY.items():

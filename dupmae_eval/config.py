@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from dupmae_eval.datasets import REGISTRY, lookup, units_of
+from dupmae_eval.data.datasets import REGISTRY, lookup, units_of
 from dupmae_eval.errors import DupMAEEvalError
 from dupmae_eval.options import OPTIONS
 

@@ -18,9 +18,9 @@ import numpy as np
 
 from dupmae_eval import cache
 from dupmae_eval.runtime import memory
-from dupmae_eval.data import Passage
+from dupmae_eval.data.formats import Passage
 from dupmae_eval.files import atomic_output
-from dupmae_eval.datasets import Dataset
+from dupmae_eval.data.datasets import Dataset
 from dupmae_eval.encoders import DupMAEDocumentEncoder, EncoderSettings, SparseRows
 from dupmae_eval.errors import DupMAEEvalError
 from dupmae_eval.model import HEAD_FILE, LoadedModel
@@ -213,7 +213,7 @@ def encode_distributed(dataset: str, model: str, encoder: str, batch_size: int =
     """
     import os
 
-    from dupmae_eval.datasets import resolve
+    from dupmae_eval.data.datasets import resolve
     from dupmae_eval.encoders import EncoderSettings
     from dupmae_eval.model import load_model
 
@@ -254,7 +254,7 @@ def encode_distributed(dataset: str, model: str, encoder: str, batch_size: int =
 def _plan(dataset: Dataset, shard_size: int):
     """(passages in the corpus, shards of `shard_size`), from the corpus census, which refuses
     duplicate ids before any shard is encoded. Empty passages are encoded like any other."""
-    from dupmae_eval.census import take_census
+    from dupmae_eval.data.census import take_census
 
     if shard_size < 1:
         raise DupMAEEvalError("--shard-size must be positive")

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Sequence
 
-from dupmae_eval.data import Qrels, Run
+from dupmae_eval.data.formats import Qrels, Run
 from dupmae_eval.errors import DupMAEEvalError
 
 

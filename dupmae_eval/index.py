@@ -19,9 +19,9 @@ import numpy as np
 
 from dupmae_eval import cache
 from dupmae_eval._java import anserini_version, call_interruptibly, start_jvm
-from dupmae_eval.census import indexed_contents, take_census
-from dupmae_eval.data import Passage
-from dupmae_eval.datasets import Dataset
+from dupmae_eval.data.census import indexed_contents, take_census
+from dupmae_eval.data.formats import Passage
+from dupmae_eval.data.datasets import Dataset
 from dupmae_eval.errors import DupMAEEvalError
 
 FIELDS = ("flat", "multifield")

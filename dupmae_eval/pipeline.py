@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 from dupmae_eval import __version__, cache
-from dupmae_eval.data import Qrels, write_trec_run
-from dupmae_eval.datasets import Dataset, resolve
+from dupmae_eval.data.formats import Qrels, write_trec_run
+from dupmae_eval.data.datasets import Dataset, resolve
 from dupmae_eval.encoders import DEFAULT_QUANTIZATION_SCALE
 from dupmae_eval.evaluate import Evaluation, evaluate
 from dupmae_eval.provenance import provenance
@@ -141,7 +141,7 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
 
 def _corpus_counts(data: Dataset, indexed_as: Optional[str] = None) -> dict:
     """The corpus census for a sidecar: passages, empty ones, and (for a Lucene index) how many it holds."""
-    from dupmae_eval.census import take_census
+    from dupmae_eval.data.census import take_census
 
     census = take_census(data)
     counts = {"passages": census.passages, "empty_passages": census.empty_passages,

@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dupmae_eval.datasets import coverage_label, lookup, unit_order, units_of
+from dupmae_eval.data.datasets import coverage_label, lookup, unit_order, units_of
 from dupmae_eval.errors import DupMAEEvalError
 from dupmae_eval.registry import Registry
 from dupmae_eval.results import MetricsRecord

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Tuple
 
 from dupmae_eval import cache
 from dupmae_eval.config import Cell, Suite, load_suite
-from dupmae_eval.datasets import lookup, resolve, units_of
+from dupmae_eval.data.datasets import lookup, resolve, units_of
 from dupmae_eval.results import MetricsRecord, write_metrics
 
 
@@ -112,7 +112,7 @@ def reuse_decision(run_path: Path, identity: dict, force: bool = False) -> Tuple
 def run_cell(suite: Suite, cell: Cell, runs_dir: Path, force: bool = False, echo=print) -> CellResult:
     """Compute the cell's run unless an identical one exists; evaluate it; write its metrics (aggregate +
     per query) with the suite's measures (the dataset's when the suite names none)."""
-    from dupmae_eval.data import read_trec_run
+    from dupmae_eval.data.formats import read_trec_run
     from dupmae_eval.evaluate import evaluate
     from dupmae_eval.options import translate
     from dupmae_eval.pipeline import run_bm25, run_model

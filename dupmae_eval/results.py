@@ -93,8 +93,8 @@ def record_from_run(run_path: Path) -> MetricsRecord:
     """A run written by `bm25`, `run` or `reproduce`, scored against the judgments of the dataset and split
     its sidecar names, with the dataset's measures. Refused when the sidecar is missing (nothing says what
     judges the run) or when the dataset's corpus is no longer the one the run was made from."""
-    from dupmae_eval.data import read_trec_run
-    from dupmae_eval.datasets import lookup, resolve
+    from dupmae_eval.data.formats import read_trec_run
+    from dupmae_eval.data.datasets import lookup, resolve
     from dupmae_eval.evaluate import evaluate
 
     sidecar = Path(f"{run_path}{SIDECAR_SUFFIX}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
-from dupmae_eval.data import Run
+from dupmae_eval.data.formats import Run
 from dupmae_eval.errors import DupMAEEvalError
 from dupmae_eval.kinds import ENCODER_KINDS
 from dupmae_eval.registry import Registry

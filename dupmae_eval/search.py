@@ -11,7 +11,7 @@ import numpy as np
 
 from dupmae_eval.runtime import memory
 from dupmae_eval._java import start_jvm
-from dupmae_eval.data import Run
+from dupmae_eval.data.formats import Run
 from dupmae_eval.errors import DupMAEEvalError
 
 MULTIFIELD_WEIGHTS = {"contents": 1.0, "title": 1.0}

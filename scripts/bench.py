@@ -411,7 +411,7 @@ def case_search(options, rate: float, scratch: Path) -> None:
     import numpy as np
 
     _pin_threads(options.threads)
-    from dupmae_eval.datasets import resolve
+    from dupmae_eval.data.datasets import resolve
     from dupmae_eval.encode import encode_corpus, load_encoding
     from dupmae_eval.encoders import DupMAEDocumentEncoder, DupMAEQueryEncoder, EncoderSettings, encode_queries
     from dupmae_eval.index import faiss_index, impact_index
@@ -467,7 +467,7 @@ def _scifact_slice(folder: Path, documents: int):
     """The first `documents` SciFact passages with all test queries (quick mode of case 4)."""
     import shutil
 
-    from dupmae_eval.datasets import resolve
+    from dupmae_eval.data.datasets import resolve
 
     folder.mkdir(parents=True, exist_ok=True)
     with gzip.open(REPO / "data" / "scifact" / "corpus.jsonl.gz", "rt") as corpus:

@@ -271,7 +271,7 @@ def encoding_section(device, sizes, peaks, report) -> None:
 
 
 def scifact_texts(sizes: Sizes):
-    from dupmae_eval.datasets import resolve
+    from dupmae_eval.data.datasets import resolve
 
     data = resolve(str(ROOT / "data" / "scifact"))
     passages = [f"{p.title} {p.text}" if p.title else p.text for p in data.passages()]

@@ -38,7 +38,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(options.threads)
-    from dupmae_eval.datasets import resolve
+    from dupmae_eval.data.datasets import resolve
     from dupmae_eval.encode import encode_corpus, load_encoding
     from dupmae_eval.encoders import DupMAEDocumentEncoder, DupMAEQueryEncoder, EncoderSettings, encode_queries
     from dupmae_eval.model import load_model

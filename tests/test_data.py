@@ -8,7 +8,7 @@ import json
 import pytest
 
 from dupmae_eval.files import atomic_output
-from dupmae_eval.data import (
+from dupmae_eval.data.formats import (
     read_beir_corpus, read_beir_queries, read_qrels, read_trec_run, read_tsv_collection, write_trec_run)
 from dupmae_eval.errors import DupMAEEvalError, InputFormatError
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TEST_DATA
-from dupmae_eval.data import read_qrels, read_tsv_queries
-from dupmae_eval.datasets import (BEIR_UNITS, CQADUPSTACK_FORUMS, REGISTRY, SHIPPED_QRELS, resolve, units_of)
+from dupmae_eval.data.formats import read_qrels, read_tsv_queries
+from dupmae_eval.data.datasets import BEIR_UNITS, CQADUPSTACK_FORUMS, REGISTRY, SHIPPED_QRELS, resolve, units_of
 from dupmae_eval.errors import DupMAEEvalError
 
 
@@ -126,7 +126,7 @@ def test_a_download_whose_md5_differs_from_the_published_one_is_refused(tmp_path
         zipped.writestr("scifact/corpus.jsonl", json.dumps({"_id": "d1", "title": "", "text": "x"}) + "\n")
     monkeypatch.setenv("DUPMAE_EVAL_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("DUPMAE_EVAL_DATA", raising=False)
-    monkeypatch.setattr("dupmae_eval.datasets.BUNDLED_DATA", tmp_path / "no-bundle")
+    monkeypatch.setattr("dupmae_eval.data.datasets.BUNDLED_DATA", tmp_path / "no-bundle")
     info = REGISTRY["scifact"]
     monkeypatch.setitem(REGISTRY, "scifact", type(info)(**{**info.__dict__, "url": archive.as_uri()}))
     with pytest.raises(DupMAEEvalError, match="MD5 [0-9a-f]{32} differs from the published "
@@ -154,7 +154,7 @@ def test_shipped_files_match_their_checksums():
 
 
 def test_every_downloadable_dataset_has_a_published_checksum():
-    from dupmae_eval.datasets import REGISTRY
+    from dupmae_eval.data.datasets import REGISTRY
 
     unchecked = [name for name, info in REGISTRY.items() if info.url and not info.archive_md5]
     assert unchecked == []
@@ -168,7 +168,7 @@ def test_crafted_archives_cannot_write_outside_their_folder(tmp_path):
     import tarfile
     import zipfile
 
-    from dupmae_eval.datasets import _unpack
+    from dupmae_eval.data.datasets import _unpack
 
     target = tmp_path / "box" / "into"
     target.parent.mkdir()

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
 import dupmae_eval.model as model_module
 from conftest import REPO, SPLADE_TINY
-from dupmae_eval.data import read_beir_corpus
+from dupmae_eval.data.formats import read_beir_corpus
 from dupmae_eval.encoders import DupMAEDocumentEncoder, DupMAEQueryEncoder, EncoderSettings
 from dupmae_eval.errors import DupMAEEvalError
 from dupmae_eval.model import load_model, save_dupmae_head

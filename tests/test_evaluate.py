@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO, TEST_DATA
 from dupmae_eval.cli import main
-from dupmae_eval.data import read_qrels, read_trec_run
+from dupmae_eval.data.formats import read_qrels, read_trec_run
 from dupmae_eval.errors import DupMAEEvalError
 from dupmae_eval.evaluate import evaluate
 

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import SPLADE_TINY, TEST_DATA
 from dupmae_eval.cli import main
-from dupmae_eval.data import read_trec_run, write_trec_run
+from dupmae_eval.data.formats import read_trec_run, write_trec_run
 from dupmae_eval.errors import DupMAEEvalError
 
 pytestmark = [pytest.mark.java]

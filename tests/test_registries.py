@@ -11,7 +11,7 @@ import pytest
 import dupmae_eval
 from conftest import SPLADE_TINY
 from dupmae_eval.cli import main
-from dupmae_eval.data import read_trec_run
+from dupmae_eval.data.formats import read_trec_run
 from dupmae_eval.kinds import ENCODER_KINDS, EncoderKind, register_encoder_kind
 from dupmae_eval.retrieval import RETRIEVAL_MODES, RetrievalMode, register_retrieval_mode
 
@@ -82,7 +82,7 @@ def _small_dataset(tmp_path):
     import gzip
     import json
 
-    from dupmae_eval.datasets import BUNDLED_DATA
+    from dupmae_eval.data.datasets import BUNDLED_DATA
 
     source = BUNDLED_DATA / "scifact"
     qrels = [line.split("\t") for line in (source / "qrels" / "test.tsv").read_text().splitlines()[1:]]

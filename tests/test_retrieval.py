@@ -15,7 +15,7 @@ from conftest import SPLADE_TINY
 from reference import assert_runs_agree, independent_dupmae_run
 from dupmae_eval import start_jvm
 from dupmae_eval.cli import main
-from dupmae_eval.data import read_trec_run
+from dupmae_eval.data.formats import read_trec_run
 from dupmae_eval.encoders import DupMAEQueryEncoder, EncoderSettings
 
 pytestmark = [pytest.mark.java]
@@ -152,7 +152,7 @@ def test_bf16_encoding_agrees_with_fp32_and_has_its_own_cache_entry(small_scifac
     0.002 and at least 98 % of each query's top 10 kept (the SciFact-wide figures are in docs/performance.md);
     its encoding is cached apart from fp32's, and the sidecar and the encoding's manifest say which it is."""
     from dupmae_eval.evaluate import evaluate
-    from dupmae_eval.datasets import resolve
+    from dupmae_eval.data.datasets import resolve
 
     fp32, meta32 = _run(small_scifact, tmp_path / "fp32.trec", "--encoder", "dupmae", "--retrieval", "dupmae")
     bf16, meta16 = _run(small_scifact, tmp_path / "bf16.trec", "--encoder", "dupmae", "--retrieval", "dupmae",

@@ -188,7 +188,7 @@ def small_beir(tmp_path_factory) -> Path:
 
 
 def test_passage_store_reads_by_offset(small_beir, tmp_path):
-    from dupmae_eval.data import read_beir_corpus, read_tsv_collection
+    from dupmae_eval.data.formats import read_beir_corpus, read_tsv_collection
     from dupmae_eval.training.data import PassageStore
 
     store = PassageStore(small_beir / "corpus.jsonl", "beir")
@@ -209,8 +209,8 @@ def test_passage_store_reads_by_offset(small_beir, tmp_path):
 def test_msmarco_layout_training_queries(tmp_path):
     """MS MARCO's own layout and file names for training (collection.tsv, queries.train.tsv, qrels.train.tsv):
     judged positives (grade > 0), passages read by offset from the numeric-id array."""
-    from dupmae_eval.data import read_trec_qrels, read_tsv_collection
-    from dupmae_eval.datasets import resolve
+    from dupmae_eval.data.formats import read_trec_qrels, read_tsv_collection
+    from dupmae_eval.data.datasets import resolve
     from dupmae_eval.training.data import from_dataset
 
     sample = TEST_DATA / "msmarco-passage-sample"
@@ -398,7 +398,7 @@ def test_finetuned_checkpoint_runs_in_every_retrieval_mode_and_a_suite(small_bei
     `run --encoder dupmae` with each retrieval mode and by a suite condition; its trained settings are
     the run's defaults."""
     from dupmae_eval.cli import main
-    from dupmae_eval.data import read_trec_run
+    from dupmae_eval.data.formats import read_trec_run
 
     output = tmp_path / "tuned"
     assert main(["finetune", "--model", str(SPLADE_TINY), "--dataset", str(small_beir), "--output", str(output),
@@ -504,7 +504,7 @@ def test_distillation_from_teacher_scores(random_bert, small_beir, tmp_path):
     from dupmae_eval.pipeline import run_bm25
     from dupmae_eval.training.data import (GroupCollator, GroupDataset, attach_teacher, from_dataset,
                                            read_teacher_scores)
-    from dupmae_eval.datasets import resolve
+    from dupmae_eval.data.datasets import resolve
     from dupmae_eval.training.model import DupMAEForTraining
     from dupmae_eval.training.settings import make_settings
     from dupmae_eval.training.trainer import finetune

@@ -24,7 +24,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dupmae_eval.data import Passage, numbered_lines, open_text
+from dupmae_eval.data.formats import Passage, numbered_lines, open_text
 from dupmae_eval.errors import DupMAEEvalError, InputFormatError
 
 
@@ -49,7 +49,7 @@ class PassageStore:
         self._offsets: Dict[str, int] = {}
         self._order: List[str] = []
         if self.path.suffix == ".gz":
-            from dupmae_eval.layouts import layout_of
+            from dupmae_eval.data.layouts import layout_of
 
             self._texts = {p.docid: p.flat_text() for p in layout_of(layout).read_corpus(self.path)}
             self._order = list(self._texts)
@@ -229,7 +229,7 @@ def attach_teacher(queries: List[TrainingQuery], teacher: Mapping[str, Mapping[s
 
 def read_teacher_scores(path: Path) -> Dict[str, Dict[str, float]]:
     """Teacher scores: a TREC run (qid Q0 docid rank score tag) or JSONL ({"qid", "docid", "score"})."""
-    from dupmae_eval.data import read_trec_run
+    from dupmae_eval.data.formats import read_trec_run
 
     path = Path(path)
     if path.name.endswith((".jsonl", ".jsonl.gz")):

@@ -41,7 +41,7 @@ def _needs_dataset(name: str, dataset) -> None:
 
 
 def _bm25(dataset, split, settings, folder: Path) -> Ranking:
-    from dupmae_eval.data import read_trec_run
+    from dupmae_eval.data.formats import read_trec_run
     from dupmae_eval.pipeline import run_bm25
 
     _needs_dataset("bm25", dataset)
@@ -52,7 +52,7 @@ def _bm25(dataset, split, settings, folder: Path) -> Ranking:
 
 
 def _model(dataset, split, settings, folder: Path) -> Ranking:
-    from dupmae_eval.data import read_trec_run
+    from dupmae_eval.data.formats import read_trec_run
     from dupmae_eval.pipeline import run_model
 
     _needs_dataset("model", dataset)
@@ -64,7 +64,7 @@ def _model(dataset, split, settings, folder: Path) -> Ranking:
 
 
 def _run_file(dataset, split, settings, folder: Path) -> Ranking:
-    from dupmae_eval.data import read_trec_run
+    from dupmae_eval.data.formats import read_trec_run
 
     return read_trec_run(Path(settings.negatives_from))
 

@@ -51,7 +51,7 @@ def read_texts(source: str) -> Iterator[str]:
                 if line:
                     yield line
         return
-    from dupmae_eval.datasets import resolve
+    from dupmae_eval.data.datasets import resolve
 
     for passage in resolve(source).passages():
         text = passage.flat_text()

@@ -293,7 +293,7 @@ def check_data_source(source: str, flag: str, text_files: bool) -> None:
     downloading: a file (a text file when `text_files`, as `pretrain_data.read_texts` reads it, else a
     tevatron JSONL file), a dataset folder of a known layout, or a registry or mapped dataset name. A
     mistyped path then costs one line, and no record that would lock the folder to it."""
-    from dupmae_eval.datasets import REGISTRY, dataset_roots_from_env, resolve
+    from dupmae_eval.data.datasets import REGISTRY, dataset_roots_from_env, resolve
 
     path = Path(source).expanduser()
     if path.is_file():
@@ -321,7 +321,7 @@ def prepare_data(data_source: str, settings: FinetuneSettings, output: Path):
         queries, store = training_data.from_tevatron(source)
         dataset = None
     else:
-        from dupmae_eval.datasets import resolve
+        from dupmae_eval.data.datasets import resolve
 
         dataset = resolve(data_source)
         queries, store = training_data.from_dataset(dataset, settings.split)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from dupmae_eval.data import Passage, read_beir_corpus, read_beir_queries, read_tsv_collection, read_tsv_queries
+from dupmae_eval.data.formats import (
+    Passage, read_beir_corpus, read_beir_queries, read_tsv_collection, read_tsv_queries)
 from dupmae_eval.errors import DupMAEEvalError
 from dupmae_eval.registry import Registry
 

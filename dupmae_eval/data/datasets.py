@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 from dupmae_eval import cache
-from dupmae_eval.data import Passage, Qrels, read_qrels, read_tsv_queries
+from dupmae_eval.data.formats import Passage, Qrels, read_qrels, read_tsv_queries
 from dupmae_eval.errors import DupMAEEvalError
-from dupmae_eval.layouts import (
+from dupmae_eval.data.layouts import (
     BEIR_MEASURES, MSMARCO_DEV_MEASURES, TREC_DL_MEASURES, Layout, detect_layout, layout_of)
 from dupmae_eval.shipped import resource_path
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Iterable
 
 from dupmae_eval import cache
-from dupmae_eval.data import Passage
+from dupmae_eval.data.formats import Passage
 from dupmae_eval.errors import InputFormatError
 
 _JAVA_TRIMMED = "".join(chr(code) for code in range(0x21))
