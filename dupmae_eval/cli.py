@@ -38,7 +38,7 @@ def _add_bm25(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    from dupmae_eval.kinds import ENCODER_KINDS
+    from dupmae_eval.encoding.kinds import ENCODER_KINDS
     from dupmae_eval.options import add_arguments
     from dupmae_eval.retrieval import RETRIEVAL_MODES
 
@@ -92,7 +92,7 @@ def _add_table(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_encode(sub: argparse._SubParsersAction) -> None:
-    from dupmae_eval.kinds import ENCODER_KINDS
+    from dupmae_eval.encoding.kinds import ENCODER_KINDS
     from dupmae_eval.options import ENCODE_OPTIONS, add_arguments
 
     p = sub.add_parser("encode", help="encode a corpus into the cache (resumable; torchrun splits it)",
@@ -260,7 +260,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
-    from dupmae_eval.encode import encode_distributed
+    from dupmae_eval.encoding.corpus import encode_distributed
     from dupmae_eval.options import translate
 
     overrides, runner = translate(vars(args))
@@ -416,7 +416,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 def _cmd_mlm_loss(args: argparse.Namespace) -> int:
     import itertools
 
-    from dupmae_eval.model import read_masked_lm, resolve_checkpoint
+    from dupmae_eval.encoding.checkpoint import read_masked_lm, resolve_checkpoint
     from dupmae_eval.training.mlm_loss import masked_lm_loss
     from dupmae_eval.training.model import _tokenizer
     from dupmae_eval.training.pretrain_data import read_texts

@@ -191,7 +191,7 @@ def _check_bm25_condition(path: Path, where: str, spec: dict) -> None:
 
 def _check_model_condition(path: Path, where: str, spec: dict) -> None:
     """The encoder kind and retrieval mode are registered and fit together; the settings are valid."""
-    from dupmae_eval.encoders import EncoderSettings
+    from dupmae_eval.encoding.encoders import EncoderSettings
     from dupmae_eval.options import translate
     from dupmae_eval.retrieval import retrieval_mode
 
@@ -208,7 +208,7 @@ def check_model_reference(name: str) -> None:
     """What can be checked of a model without loading it or asking the hub: a packaged model's folder
     exists, and a name that is a path (starts with '.', '/' or '~', or has more than one '/', as
     `model.resolve_checkpoint` reads it) is a folder. Hub names are checked when the cell runs."""
-    from dupmae_eval.model import _package_folder
+    from dupmae_eval.encoding.checkpoint import _package_folder
 
     if name.startswith("package:"):
         _package_folder(name)

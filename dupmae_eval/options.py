@@ -13,7 +13,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from dupmae_eval.model import ACTIVATIONS
+from dupmae_eval.encoding.checkpoint import ACTIVATIONS
 from dupmae_eval.retrieval import HYBRID_AUDIT_CHOICES, HYBRID_AUDIT_MAX_DOCUMENTS
 
 

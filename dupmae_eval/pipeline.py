@@ -14,7 +14,7 @@ from typing import Dict, Optional, Tuple
 from dupmae_eval import __version__, cache
 from dupmae_eval.data.formats import Qrels, write_trec_run
 from dupmae_eval.data.datasets import Dataset, resolve
-from dupmae_eval.encoders import DEFAULT_QUANTIZATION_SCALE
+from dupmae_eval.encoding.encoders import DEFAULT_QUANTIZATION_SCALE
 from dupmae_eval.evaluate import Evaluation, evaluate
 from dupmae_eval.provenance import provenance
 
@@ -84,9 +84,9 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     `compile` runs the encoder under torch.compile (documents and queries; `compiled.py`). `precision`:
     fp32, bf16 or auto for documents and queries alike (`precision.py`; None: the device's default).
     """
-    from dupmae_eval.encode import encode_corpus, load_encoding
-    from dupmae_eval.encoders import DupMAEDocumentEncoder, EncoderSettings
-    from dupmae_eval.model import load_model
+    from dupmae_eval.encoding.corpus import encode_corpus, load_encoding
+    from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, EncoderSettings
+    from dupmae_eval.encoding.checkpoint import load_model
     from dupmae_eval.retrieval import SearchJob, retrieval_mode
     from dupmae_eval.search import check_queries
 
@@ -107,7 +107,7 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     if precision == "auto":
         import sys
 
-        from dupmae_eval.precision import describe_auto
+        from dupmae_eval.encoding.precision import describe_auto
 
         print(f"dupmae-eval: {describe_auto(device)}", file=sys.stderr, flush=True)
     started = time.time()

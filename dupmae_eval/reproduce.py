@@ -77,7 +77,7 @@ def cell_identity(suite: Suite, cell: Cell) -> dict:
 def model_content(name: str) -> str:
     """A hash of a local or packaged checkpoint's files (`encode.model_fingerprint`'s rule), or
     'hub:NAME' for a hub model (not downloaded to decide reuse; its revision is in the sidecar)."""
-    from dupmae_eval.model import _package_folder
+    from dupmae_eval.encoding.checkpoint import _package_folder
 
     if name.startswith("package:"):
         folder = _package_folder(name)
@@ -85,7 +85,7 @@ def model_content(name: str) -> str:
         folder = Path(name).expanduser()
         if not folder.is_dir():
             return f"hub:{name}"
-    from dupmae_eval.encode import folder_fingerprint
+    from dupmae_eval.encoding.corpus import folder_fingerprint
 
     return folder_fingerprint(folder)
 

@@ -21,7 +21,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 from dupmae_eval.data.formats import Run
 from dupmae_eval.errors import DupMAEEvalError
-from dupmae_eval.kinds import ENCODER_KINDS
+from dupmae_eval.encoding.kinds import ENCODER_KINDS
 from dupmae_eval.registry import Registry
 
 HYBRID_AUDIT_MAX_DOCUMENTS = 100_000
@@ -55,7 +55,7 @@ class SearchJob:
 
     def query_encoder(self, half: str):
         """The Pyserini-facing query encoder for one half (dense: vectors; sparse: {term: weight})."""
-        from dupmae_eval.encoders import DupMAEQueryEncoder
+        from dupmae_eval.encoding.encoders import DupMAEQueryEncoder
 
         if half not in self._encoders:
             self._encoders[half] = DupMAEQueryEncoder(self.model, self.settings, half=half,
@@ -65,7 +65,7 @@ class SearchJob:
 
     def query_halves(self):
         """(dense Q x d or None, sparse Q x V or None) for every query, in `qids` order."""
-        from dupmae_eval.encoders import encode_queries
+        from dupmae_eval.encoding.encoders import encode_queries
 
         if self._halves is None:
             half = "dense" if self.settings.has_dense else "sparse"

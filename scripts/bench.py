@@ -125,7 +125,7 @@ def matmul_rates(threads: int) -> dict:
 
 def cpu_line() -> str:
     """The CPU's model name and the instruction-set features that decide the kernels."""
-    from dupmae_eval.precision import cpu_features
+    from dupmae_eval.encoding.precision import cpu_features
 
     model = "unknown CPU"
     try:
@@ -143,8 +143,8 @@ def _side_sparse(side: str, options, out: str) -> dict:
     """Case 1: SPLADE pooling of splade-tiny over SciFact passages at 256 tokens, batches of 32."""
     titles, texts = _scifact_texts(options.passages)
     if side.startswith("ours"):
-        from dupmae_eval.encoders import DupMAEDocumentEncoder, EncoderSettings
-        from dupmae_eval.encode import sorted_batches
+        from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, EncoderSettings
+        from dupmae_eval.encoding.corpus import sorted_batches
 
         encoder = DupMAEDocumentEncoder(_splade_tiny(), EncoderSettings.for_kind("splade"), device=options.device,
                                         precision="bf16" if side == "ours-bf16" else None)
@@ -203,8 +203,8 @@ def _side_dense(side: str, options, out: str) -> dict:
     titles, texts = _scifact_texts(options.passages)
     flat = [f"{t} {x}" if t else x for t, x in zip(titles, texts)]
     if side.startswith("ours"):
-        from dupmae_eval.encoders import DupMAEDocumentEncoder, EncoderSettings
-        from dupmae_eval.encode import sorted_batches
+        from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, EncoderSettings
+        from dupmae_eval.encoding.corpus import sorted_batches
 
         encoder = DupMAEDocumentEncoder(_minilm(), EncoderSettings.for_kind("mean", normalize=True),
                                         device=options.device, precision="bf16" if side == "ours-bf16" else None)
@@ -257,7 +257,7 @@ def _side_forward(side: str, options, out: str) -> dict:
     baseline = _current_rss_mb()
     if side.startswith("ours"):
         from dupmae_eval.runtime import onednn
-        from dupmae_eval.model import PoolingSettings, pooled_mlm_logits, sparse_mask
+        from dupmae_eval.encoding.checkpoint import PoolingSettings, pooled_mlm_logits, sparse_mask
 
         onednn.route_linears(model)  # as load_model does for every checkpoint
         settings = PoolingSettings("cls", True, False, True, "none", False)
@@ -412,8 +412,8 @@ def case_search(options, rate: float, scratch: Path) -> None:
 
     _pin_threads(options.threads)
     from dupmae_eval.data.datasets import resolve
-    from dupmae_eval.encode import encode_corpus, load_encoding
-    from dupmae_eval.encoders import DupMAEDocumentEncoder, DupMAEQueryEncoder, EncoderSettings, encode_queries
+    from dupmae_eval.encoding.corpus import encode_corpus, load_encoding
+    from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, DupMAEQueryEncoder, EncoderSettings, encode_queries
     from dupmae_eval.index import faiss_index, impact_index
     from dupmae_eval.search import dense_search, exact_search, impact_search
 

@@ -142,9 +142,9 @@ def random_bert(sizes: Sizes, vocab: int, seed: int = 0):
     (hidden -> hidden/2) projection, as a `LoadedModel`."""
     from transformers import BertConfig, BertForMaskedLM
 
-    from dupmae_eval.model import LoadedModel
+    from dupmae_eval.encoding.checkpoint import LoadedModel
 
-    from dupmae_eval.model import resolve_checkpoint
+    from dupmae_eval.encoding.checkpoint import resolve_checkpoint
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(SPLADE_TINY)[0])   # bert-base-uncased's vocabulary
@@ -167,7 +167,7 @@ def encoder_flops(sizes: Sizes, batch: int, length: int, pooled: int, vocab: int
 
 
 def dupmae_pooling():
-    from dupmae_eval.model import PoolingSettings
+    from dupmae_eval.encoding.checkpoint import PoolingSettings
 
     return PoolingSettings(dense="cls", sparse=True, sparse_include_cls=False, sparse_include_sep=True,
                            activation="none", normalize=False)
@@ -177,7 +177,7 @@ def autocast(device: torch.device, bf16: bool):
     """The encoders' own context on CUDA (`encoders._autocast`); CPU autocast for --device cpu bf16."""
     import contextlib
 
-    from dupmae_eval.encoders import _autocast
+    from dupmae_eval.encoding.encoders import _autocast
 
     if not bf16:
         return contextlib.nullcontext()
@@ -195,7 +195,7 @@ def naive_pool(mlm_head, hidden, mask):
 
 
 def encoding_section(device, sizes, peaks, report) -> None:
-    from dupmae_eval.model import pooled_mlm_logits, sparse_mask
+    from dupmae_eval.encoding.checkpoint import pooled_mlm_logits, sparse_mask
 
     vocab = 30522
     _, model = random_bert(sizes, vocab)
@@ -282,8 +282,8 @@ def scifact_texts(sizes: Sizes):
 def agreement_section(device, sizes, report) -> None:
     """bf16 vs fp32 encodings of SciFact's texts (5,183 passages, 300 queries): dense cosine, sparse top-384
     overlap, and the share of each query's exact-score top 10 that both precisions retrieve."""
-    from dupmae_eval.encoders import EncoderSettings, _to_sparse_rows
-    from dupmae_eval.model import load_model
+    from dupmae_eval.encoding.encoders import EncoderSettings, _to_sparse_rows
+    from dupmae_eval.encoding.checkpoint import load_model
     from dupmae_eval.search import exact_scores_topk
 
     passages, queries = scifact_texts(sizes)

@@ -239,9 +239,9 @@ def search_child(folder: str, what: str, queries: int, out: str) -> None:
     """In a child process: run one shard-streamed path over the encoding, reading own RSS after each shard."""
     from dupmae_eval.runtime import memory
     from dupmae_eval import search
-    from dupmae_eval.encode import load_encoding
-    from dupmae_eval.encoders import DupMAEQueryEncoder, EncoderSettings, encode_queries
-    from dupmae_eval.model import load_model
+    from dupmae_eval.encoding.corpus import load_encoding
+    from dupmae_eval.encoding.encoders import DupMAEQueryEncoder, EncoderSettings, encode_queries
+    from dupmae_eval.encoding.checkpoint import load_model
 
     encoding = load_encoding(Path(folder))
     texts = soak_queries(SAMPLE, queries)

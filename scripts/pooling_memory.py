@@ -29,7 +29,7 @@ def _measure(method: str, batch: int, length: int, save: str) -> dict:
     from transformers import BertConfig
     from transformers.models.bert.modeling_bert import BertLMPredictionHead
 
-    from dupmae_eval.model import pooled_mlm_logits
+    from dupmae_eval.encoding.checkpoint import pooled_mlm_logits
 
     torch.manual_seed(0)
     torch.set_num_threads(2)

@@ -66,7 +66,7 @@ def child(side: str, folder: Path, documents: int, shard_size: int, queries: int
     importlib.import_module("torch")    # loaded on both sides, as in any `run`: the peaks compare the rescoring
 
     from dupmae_eval import search
-    from dupmae_eval.encode import CorpusEncoding
+    from dupmae_eval.encoding.corpus import CorpusEncoding
 
     meta = {"shards": -(-documents // shard_size), "dense_dim": DIM, "settings": {"kind": "dupmae"}}
     encoding = CorpusEncoding(folder, meta, [f"d{i}" for i in range(documents)],

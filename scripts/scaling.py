@@ -39,9 +39,9 @@ def main() -> None:
 
     torch.set_num_threads(options.threads)
     from dupmae_eval.data.datasets import resolve
-    from dupmae_eval.encode import encode_corpus, load_encoding
-    from dupmae_eval.encoders import DupMAEDocumentEncoder, DupMAEQueryEncoder, EncoderSettings, encode_queries
-    from dupmae_eval.model import load_model
+    from dupmae_eval.encoding.corpus import encode_corpus, load_encoding
+    from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, DupMAEQueryEncoder, EncoderSettings, encode_queries
+    from dupmae_eval.encoding.checkpoint import load_model
     from dupmae_eval.search import exact_scores_topk
 
     model = load_model("package:cognition/model", need_mlm_head=True)

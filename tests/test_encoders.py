@@ -11,12 +11,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-import dupmae_eval.model as model_module
+import dupmae_eval.encoding.checkpoint as model_module
 from conftest import REPO, SPLADE_TINY
 from dupmae_eval.data.formats import read_beir_corpus
-from dupmae_eval.encoders import DupMAEDocumentEncoder, DupMAEQueryEncoder, EncoderSettings
+from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, DupMAEQueryEncoder, EncoderSettings
 from dupmae_eval.errors import DupMAEEvalError
-from dupmae_eval.model import load_model, save_dupmae_head
+from dupmae_eval.encoding.checkpoint import load_model, save_dupmae_head
 
 
 def _passages(n=6):
@@ -318,7 +318,7 @@ def test_head_files_are_byte_identical_and_read_back(tmp_path):
     """safetensors writes its metadata from a hash map whose order changes from one call to the next: the
     head file is written with its header sorted, so the same head gives the same bytes every time (two
     identical fine-tuning runs wrote different files before), and reads back the same."""
-    from dupmae_eval.model import load_dupmae_head, trained_settings
+    from dupmae_eval.encoding.checkpoint import load_dupmae_head, trained_settings
 
     weight, bias = torch.randn(8, 16, generator=torch.Generator().manual_seed(1)), torch.zeros(8)
     settings = {"kind": "dupmae", "activation": "none", "doc_topk": 384, "include_sep": True}

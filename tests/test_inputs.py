@@ -119,7 +119,7 @@ def test_a_malformed_config_json_names_the_file_and_line(tmp_path, capsys):
 
 
 def test_a_config_json_that_is_not_an_object_is_refused(tmp_path):
-    from dupmae_eval.model import load_model
+    from dupmae_eval.encoding.checkpoint import load_model
 
     folder = _model_copy(tmp_path, config="[1, 2]\n")
     with pytest.raises(DupMAEEvalError, match=r"config\.json:1: expected a JSON object"):

@@ -95,7 +95,7 @@ def test_switched_off_by_the_environment(monkeypatch):
 
 def test_loaded_checkpoints_are_routed():
     from conftest import SPLADE_TINY
-    from dupmae_eval.model import load_model
+    from dupmae_eval.encoding.checkpoint import load_model
 
     model = load_model(str(SPLADE_TINY), need_mlm_head=True)
     modules = list(model.encoder.modules()) + list(model.mlm_head.modules())

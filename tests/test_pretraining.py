@@ -367,7 +367,7 @@ def test_pretrain_writes_a_masked_lm_that_run_reads(abstracts, tmp_path):
     from safetensors.torch import load_file
 
     from conftest import SPLADE_TINY
-    from dupmae_eval.encoders import DupMAEDocumentEncoder, EncoderSettings
+    from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, EncoderSettings
 
     output = tmp_path / "pt"
     done = subprocess.run(_pretrain_command(abstracts, output, steps=2), capture_output=True, text=True, timeout=600)
@@ -417,7 +417,7 @@ def test_two_processes_equal_one_on_the_same_global_batch(abstracts, tmp_path):
     from pathlib import Path
 
     from conftest import SPLADE_TINY
-    from dupmae_eval.model import load_model
+    from dupmae_eval.encoding.checkpoint import load_model
     from dupmae_eval.training.pretrain_data import TokenStore
 
     store = TokenStore.build(str(abstracts), load_model(str(SPLADE_TINY)).tokenizer, tmp_path / "store")

@@ -129,7 +129,7 @@ def test_an_empty_passage_is_what_bert_makes_of_cls_sep(blanked_slice, tmp_path)
     import torch
     from transformers import AutoTokenizer, BertModel
 
-    from dupmae_eval.encode import load_encoding
+    from dupmae_eval.encoding.corpus import load_encoding
 
     run = tmp_path / "run.trec"
     assert main(["run", "--dataset", str(blanked_slice), "--model", str(SPLADE_TINY), "--encoder", "dupmae",

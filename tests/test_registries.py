@@ -12,7 +12,7 @@ import dupmae_eval
 from conftest import SPLADE_TINY
 from dupmae_eval.cli import main
 from dupmae_eval.data.formats import read_trec_run
-from dupmae_eval.kinds import ENCODER_KINDS, EncoderKind, register_encoder_kind
+from dupmae_eval.encoding.kinds import ENCODER_KINDS, EncoderKind, register_encoder_kind
 from dupmae_eval.retrieval import RETRIEVAL_MODES, RetrievalMode, register_retrieval_mode
 
 pytestmark = [pytest.mark.java]
@@ -74,7 +74,7 @@ def test_a_kind_is_named_in_its_registry_entry_only():
     package = Path(dupmae_eval.__file__).parent
     places = [f"{path.relative_to(package)}:{number}" for path in sorted(package.rglob("*.py"))
               for number, line in enumerate(path.read_text().splitlines(), start=1) if '"splade"' in line]
-    assert len(places) == 1 and places[0].startswith("kinds.py:"), places
+    assert len(places) == 1 and places[0].startswith("encoding/kinds.py:"), places
 
 
 def _small_dataset(tmp_path):

@@ -16,7 +16,7 @@ from reference import assert_runs_agree, independent_dupmae_run
 from dupmae_eval import start_jvm
 from dupmae_eval.cli import main
 from dupmae_eval.data.formats import read_trec_run
-from dupmae_eval.encoders import DupMAEQueryEncoder, EncoderSettings
+from dupmae_eval.encoding.encoders import DupMAEQueryEncoder, EncoderSettings
 
 pytestmark = [pytest.mark.java]
 

@@ -107,7 +107,7 @@ def test_masked_lm_loss_equals_transformers_mlm_loss(abstracts):
     """Our cloze loss over masked rows only, in batches, equals BertForMaskedLM's own loss (mean CE over the
     labels, through the full logits) on the very same masked inputs; the masks are [MASK] only, about 15 % of
     each text's tokens, and do not depend on the batch size."""
-    from dupmae_eval.model import read_masked_lm
+    from dupmae_eval.encoding.checkpoint import read_masked_lm
     from dupmae_eval.training.mlm_loss import cloze_batch, masked_lm_loss
     from dupmae_eval.training.model import _tokenizer
 
@@ -134,7 +134,7 @@ def test_pretrain_small_bert_cpu_mode(abstracts, tmp_path):
     loads as a checkpoint and equals the trained weights rounded to fp16."""
     from safetensors.torch import load_file
 
-    from dupmae_eval.model import read_masked_lm
+    from dupmae_eval.encoding.checkpoint import read_masked_lm
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()

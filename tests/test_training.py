@@ -82,8 +82,8 @@ def random_bert(tmp_path_factory) -> Path:
 def test_training_loss_equals_eq12_and_infonce_from_inference_halves(random_bert):
     """The model's loss for a batch equals InfoNCE over Eq. 12 computed by hand (numpy) from the halves
     that the inference encoder (`LoadedModel.forward`, the encoding path of `run`) gives for the same texts."""
-    from dupmae_eval.encoders import EncoderSettings
-    from dupmae_eval.model import load_model, save_dupmae_head
+    from dupmae_eval.encoding.encoders import EncoderSettings
+    from dupmae_eval.encoding.checkpoint import load_model, save_dupmae_head
     from dupmae_eval.training.data import GroupCollator
     from dupmae_eval.training.model import DupMAEForTraining
     from dupmae_eval.training.settings import make_settings

@@ -1,6 +1,6 @@
 """The model being fine-tuned: a BertForMaskedLM, the [CLS] projection, and the two halves.
 
-The halves are defined as at inference (`dupmae_eval.model`): the same pooled positions
+The halves are defined as at inference (`dupmae_eval.encoding.checkpoint`): the same pooled positions
 (`sparse_mask`: [CLS] and padding out, [SEP] as the settings say; the kind's rule for SPLADE), the
 same activation (`apply_activation`, monotone, after the max), the same [CLS] projection, saved in
 the same head file. Only the max-pool differs in how it is computed: `ot_max_pool`, which keeps
@@ -21,8 +21,8 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from dupmae_eval.errors import DupMAEEvalError
-from dupmae_eval.kinds import encoder_kind
-from dupmae_eval.model import (
+from dupmae_eval.encoding.kinds import encoder_kind
+from dupmae_eval.encoding.checkpoint import (
     HEAD_FILE, PoolingSettings, apply_activation, load_dupmae_head, read_masked_lm, save_dupmae_head, sparse_mask)
 from dupmae_eval.training.ot_pool import ot_max_pool
 from dupmae_eval.training.score import distillation, infonce, pair_scores
@@ -105,7 +105,7 @@ class DupMAEForTraining(torch.nn.Module):
     def from_checkpoint(cls, source: str, settings: FinetuneSettings) -> "DupMAEForTraining":
         """A BertForMaskedLM checkpoint (hub name or folder) and, if it has one of the right size, its head
         file; otherwise a new projection (seeded by settings.seed)."""
-        from dupmae_eval.model import resolve_checkpoint
+        from dupmae_eval.encoding.checkpoint import resolve_checkpoint
 
         kind = encoder_kind(settings.kind)
         folder, _ = resolve_checkpoint(source)

@@ -25,7 +25,7 @@ from typing import Optional
 
 import torch
 
-from dupmae_eval.model import pooled_positions
+from dupmae_eval.encoding.checkpoint import pooled_positions
 
 _TILE_ELEMENTS = 1 << 24   # logits computed at once: all token rows x as many vocabulary entries as fit (64 MB fp32)
 _TILE_ELEMENTS_GPU = 1 << 27   # on a GPU: fewer, larger launches (512 MB fp32; the full logits of a 256 x 140 batch are 4.4 GB)

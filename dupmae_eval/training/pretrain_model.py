@@ -278,7 +278,7 @@ class DupMAEForPretraining(torch.nn.Module):
         """A BertForMaskedLM (hub name or folder; its MLM head is required), or one built with random weights
         from `seed` when `source` names a shape (`shapes.shape_source`), and a new decoder, initialised as
         BERT's layers are, from `seed` (a checkpoint's own weights and decoder are loaded on resume)."""
-        from dupmae_eval.model import read_masked_lm, resolve_checkpoint
+        from dupmae_eval.encoding.checkpoint import read_masked_lm, resolve_checkpoint
         from dupmae_eval.training.model import _tokenizer
         from dupmae_eval.training.shapes import random_masked_lm, shape_source, shape_tokenizer
 
@@ -317,7 +317,7 @@ class DupMAEForPretraining(torch.nn.Module):
 
     def load_weights(self, folder: Path) -> None:
         """Weights from a checkpoint this class saved (resume)."""
-        from dupmae_eval.model import read_masked_lm
+        from dupmae_eval.encoding.checkpoint import read_masked_lm
 
         folder = Path(folder)
         masked_lm, _ = read_masked_lm(folder, str(folder), need_mlm_head=True)

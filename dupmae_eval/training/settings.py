@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from dupmae_eval.errors import DupMAEEvalError
-from dupmae_eval.model import ACTIVATIONS
+from dupmae_eval.encoding.checkpoint import ACTIVATIONS
 
 NEGATIVE_SOURCES = ("bm25", "run", "model", "none")
 
@@ -66,7 +66,7 @@ class FinetuneSettings:
 
     def validate(self) -> "FinetuneSettings":
         from dupmae_eval.runtime.heap import HEAPS
-        from dupmae_eval.kinds import encoder_kind
+        from dupmae_eval.encoding.kinds import encoder_kind
         from dupmae_eval.training.recompute import RECOMPUTE, check_recompute_first
 
         kind = encoder_kind(self.kind)
@@ -107,7 +107,7 @@ class FinetuneSettings:
 
     def projection_size(self, hidden: int) -> Optional[int]:
         """The [CLS] projection's output size for an encoder of this hidden size (None: no projection)."""
-        from dupmae_eval.kinds import encoder_kind
+        from dupmae_eval.encoding.kinds import encoder_kind
 
         if not encoder_kind(self.kind).dense or self.dense_dim is None:
             return None

@@ -21,9 +21,9 @@ from dupmae_eval.runtime import memory
 from dupmae_eval.data.formats import Passage
 from dupmae_eval.files import atomic_output
 from dupmae_eval.data.datasets import Dataset
-from dupmae_eval.encoders import DupMAEDocumentEncoder, EncoderSettings, SparseRows
+from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, EncoderSettings, SparseRows
 from dupmae_eval.errors import DupMAEEvalError
-from dupmae_eval.model import HEAD_FILE, LoadedModel
+from dupmae_eval.encoding.checkpoint import HEAD_FILE, LoadedModel
 
 FORMAT_VERSION = 1
 
@@ -72,7 +72,7 @@ class CorpusEncoding:
 
     @property
     def has_sparse(self) -> bool:
-        from dupmae_eval.kinds import encoder_kind
+        from dupmae_eval.encoding.kinds import encoder_kind
 
         return encoder_kind(self.meta["settings"]["kind"]).sparse
 
@@ -214,8 +214,8 @@ def encode_distributed(dataset: str, model: str, encoder: str, batch_size: int =
     import os
 
     from dupmae_eval.data.datasets import resolve
-    from dupmae_eval.encoders import EncoderSettings
-    from dupmae_eval.model import load_model
+    from dupmae_eval.encoding.encoders import EncoderSettings
+    from dupmae_eval.encoding.checkpoint import load_model
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     settings = EncoderSettings.for_kind(encoder, **overrides)

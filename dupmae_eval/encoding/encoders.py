@@ -16,8 +16,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from dupmae_eval.errors import DupMAEEvalError
-from dupmae_eval.kinds import EncoderKind, encoder_kind
-from dupmae_eval.model import ACTIVATIONS, LoadedModel, PoolingSettings, load_model
+from dupmae_eval.encoding.kinds import EncoderKind, encoder_kind
+from dupmae_eval.encoding.checkpoint import ACTIVATIONS, LoadedModel, PoolingSettings, load_model
 
 DEFAULT_QUANTIZATION_SCALE = 100.0
 
@@ -50,7 +50,7 @@ class EncoderSettings:
         """`for_kind`, where a checkpoint fine-tuned by this toolkit as the same kind supplies the defaults
         it was trained with (activation, [SEP], document top-k; recorded in its head file) and explicit
         overrides still win. Any other checkpoint gets the kind's defaults."""
-        from dupmae_eval.model import trained_settings
+        from dupmae_eval.encoding.checkpoint import trained_settings
 
         trained = trained_settings(folder)
         if trained.get("kind") != kind:
@@ -131,7 +131,7 @@ class _Encoder:
 
     def __init__(self, model: Union[str, LoadedModel], settings: Optional[EncoderSettings] = None,
                  device: Optional[str] = None, precision: Optional[str] = None, **overrides):
-        from dupmae_eval.precision import resolve_precision
+        from dupmae_eval.encoding.precision import resolve_precision
 
         self.precision = resolve_precision(precision, device)   # fp32 | bf16 (precision.py); part of cache keys
         self.settings = settings or EncoderSettings.for_kind(overrides.pop("kind", "dupmae"), **overrides)
@@ -214,7 +214,7 @@ _SEQUENCE_QUANTUM = 16
 def _autocast(device, precision: Optional[str] = None):
     """The forward's arithmetic (`precision.autocast`): bf16 autocast when the precision resolves to bf16
     (a GPU's default), nothing for fp32 (a CPU's default)."""
-    from dupmae_eval.precision import autocast, resolve_precision
+    from dupmae_eval.encoding.precision import autocast, resolve_precision
 
     return autocast(device, resolve_precision(precision, device))
 

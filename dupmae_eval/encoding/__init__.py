@@ -1,0 +1,1 @@
+"""From text to vectors: checkpoint loading, encoder kinds, Pyserini-compatible encoders, corpus encoding."""
