@@ -40,7 +40,7 @@ def _add_bm25(sub: argparse._SubParsersAction) -> None:
 def _add_run(sub: argparse._SubParsersAction) -> None:
     from dupmae_eval.encoding.kinds import ENCODER_KINDS
     from dupmae_eval.options import add_arguments
-    from dupmae_eval.retrieval import RETRIEVAL_MODES
+    from dupmae_eval.retrieval.modes import RETRIEVAL_MODES
 
     p = sub.add_parser("run", help="encode (cached), index (cached) and search with a DupMAE/RetroMAE/baseline model",
                        description="Encode a corpus with a model, index it, search, and write a TREC run.")
@@ -228,7 +228,7 @@ def _cmd_bm25(args: argparse.Namespace) -> int:
     from dupmae_eval.files import check_output_file
 
     check_output_file(args.output)
-    from dupmae_eval.pipeline import run_bm25
+    from dupmae_eval.retrieval.jobs import run_bm25
 
     result = run_bm25(args.dataset, split=args.split, fields=args.fields, output=args.output, k1=args.k1,
                       b=args.b, hits=args.hits, threads=args.threads,
@@ -246,7 +246,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from dupmae_eval.options import translate
 
     check_output_file(args.output)
-    from dupmae_eval.pipeline import run_model
+    from dupmae_eval.retrieval.jobs import run_model
 
     overrides, runner = translate(vars(args))
     result = run_model(args.dataset, args.model, args.encoder, args.retrieval, args.output, split=args.split,

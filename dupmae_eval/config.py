@@ -193,7 +193,7 @@ def _check_model_condition(path: Path, where: str, spec: dict) -> None:
     """The encoder kind and retrieval mode are registered and fit together; the settings are valid."""
     from dupmae_eval.encoding.encoders import EncoderSettings
     from dupmae_eval.options import translate
-    from dupmae_eval.retrieval import retrieval_mode
+    from dupmae_eval.retrieval.modes import retrieval_mode
 
     try:
         check_model_reference(str(spec["model"]))

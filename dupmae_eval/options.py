@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from dupmae_eval.encoding.checkpoint import ACTIVATIONS
-from dupmae_eval.retrieval import HYBRID_AUDIT_CHOICES, HYBRID_AUDIT_MAX_DOCUMENTS
+from dupmae_eval.retrieval.modes import HYBRID_AUDIT_CHOICES, HYBRID_AUDIT_MAX_DOCUMENTS
 
 
 import math

@@ -115,7 +115,7 @@ def run_cell(suite: Suite, cell: Cell, runs_dir: Path, force: bool = False, echo
     from dupmae_eval.data.formats import read_trec_run
     from dupmae_eval.evaluate import evaluate
     from dupmae_eval.options import translate
-    from dupmae_eval.pipeline import run_bm25, run_model
+    from dupmae_eval.retrieval.jobs import run_bm25, run_model
 
     condition = suite.conditions[cell.condition]
     output = run_path_for(runs_dir, suite, cell)

@@ -414,8 +414,8 @@ def case_search(options, rate: float, scratch: Path) -> None:
     from dupmae_eval.data.datasets import resolve
     from dupmae_eval.encoding.corpus import encode_corpus, load_encoding
     from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, DupMAEQueryEncoder, EncoderSettings, encode_queries
-    from dupmae_eval.index import faiss_index, impact_index
-    from dupmae_eval.search import dense_search, exact_search, impact_search
+    from dupmae_eval.retrieval.indexes import faiss_index, impact_index
+    from dupmae_eval.retrieval.searchers import dense_search, exact_search, impact_search
 
     data = resolve("scifact", download=False)
     if options.quick:
@@ -430,7 +430,7 @@ def case_search(options, rate: float, scratch: Path) -> None:
     q_dense, q_sparse, _ = encode_queries(dense_encoder, [queries[q] for q in qids])
     faiss_dir, impact_dir = faiss_index(encoding), impact_index(encoding, dense_encoder.vocabulary(), 100.0)
     doc_sparse_dense = encoding.sparse.toarray()
-    from dupmae_eval.search import exact_scores_topk
+    from dupmae_eval.retrieval.searchers import exact_scores_topk
 
     def numpy_brute_force():
         scores = q_dense @ encoding.dense.T + q_sparse @ doc_sparse_dense.T

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from dupmae_eval.data.datasets import resolve  # noqa: E402
-from dupmae_eval.pipeline import run_bm25, run_model  # noqa: E402
+from dupmae_eval.retrieval.jobs import run_bm25, run_model  # noqa: E402
 from dupmae_eval.training.settings import load_recipe, make_settings  # noqa: E402
 from dupmae_eval.training.trainer import finetune  # noqa: E402
 

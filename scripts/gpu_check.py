@@ -284,7 +284,7 @@ def agreement_section(device, sizes, report) -> None:
     overlap, and the share of each query's exact-score top 10 that both precisions retrieve."""
     from dupmae_eval.encoding.encoders import EncoderSettings, _to_sparse_rows
     from dupmae_eval.encoding.checkpoint import load_model
-    from dupmae_eval.search import exact_scores_topk
+    from dupmae_eval.retrieval.searchers import exact_scores_topk
 
     passages, queries = scifact_texts(sizes)
     splade = load_model(SPLADE_TINY, need_mlm_head=True)
@@ -352,7 +352,7 @@ def random_corpus(device, sizes, generator):
 def search_section(device, sizes, peaks, report) -> None:
     import scipy.sparse
 
-    from dupmae_eval.search import DeviceScorer, exact_scores_topk
+    from dupmae_eval.retrieval.searchers import DeviceScorer, exact_scores_topk
 
     vocab = 30522
     generator = torch.Generator(device=device).manual_seed(2)

@@ -238,7 +238,7 @@ def reshard(source: Path, target: Path, size: int) -> Path:
 def search_child(folder: str, what: str, queries: int, out: str) -> None:
     """In a child process: run one shard-streamed path over the encoding, reading own RSS after each shard."""
     from dupmae_eval.runtime import memory
-    from dupmae_eval import search
+    from dupmae_eval.retrieval import searchers as search
     from dupmae_eval.encoding.corpus import load_encoding
     from dupmae_eval.encoding.encoders import DupMAEQueryEncoder, EncoderSettings, encode_queries
     from dupmae_eval.encoding.checkpoint import load_model
@@ -264,7 +264,7 @@ def search_child(folder: str, what: str, queries: int, out: str) -> None:
     elif what == "faiss-shards":
         search.faiss_sharded_search(encoding, query_dense, qids, hits=1000)
     elif what == "impact-staging":
-        from dupmae_eval.index import _stage_vectors
+        from dupmae_eval.retrieval.indexes import _stage_vectors
 
         with tempfile.TemporaryDirectory() as scratch:
             _stage_vectors(encoding, encoder.vocabulary(), 100.0, Path(scratch) / "collection")

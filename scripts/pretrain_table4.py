@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from dupmae_eval.data.formats import read_trec_run  # noqa: E402
 from dupmae_eval.data.datasets import resolve  # noqa: E402
-from dupmae_eval.pipeline import RunResult, run_model  # noqa: E402
+from dupmae_eval.retrieval.jobs import RunResult, run_model  # noqa: E402
 from dupmae_eval.training.pretrain import load_pretrain_recipe, make_pretrain_settings, pretrain  # noqa: E402
 from dupmae_eval.training.settings import load_recipe, make_settings  # noqa: E402
 from dupmae_eval.training.trainer import finetune  # noqa: E402

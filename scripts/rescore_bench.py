@@ -65,7 +65,7 @@ def child(side: str, folder: Path, documents: int, shard_size: int, queries: int
 
     importlib.import_module("torch")    # loaded on both sides, as in any `run`: the peaks compare the rescoring
 
-    from dupmae_eval import search
+    from dupmae_eval.retrieval import searchers as search
     from dupmae_eval.encoding.corpus import CorpusEncoding
 
     meta = {"shards": -(-documents // shard_size), "dense_dim": DIM, "settings": {"kind": "dupmae"}}

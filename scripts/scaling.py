@@ -42,7 +42,7 @@ def main() -> None:
     from dupmae_eval.encoding.corpus import encode_corpus, load_encoding
     from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, DupMAEQueryEncoder, EncoderSettings, encode_queries
     from dupmae_eval.encoding.checkpoint import load_model
-    from dupmae_eval.search import exact_scores_topk
+    from dupmae_eval.retrieval.searchers import exact_scores_topk
 
     model = load_model("package:cognition/model", need_mlm_head=True)
     settings = EncoderSettings.for_kind("dupmae")

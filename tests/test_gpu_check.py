@@ -12,7 +12,7 @@ import scipy.sparse
 import torch
 
 from conftest import REPO
-from dupmae_eval.search import DeviceScorer, csr_to_device, exact_scores_topk, exact_search
+from dupmae_eval.retrieval.searchers import DeviceScorer, csr_to_device, exact_scores_topk, exact_search
 
 
 def _corpus(seed: int, docs: int = 700, queries: int = 9, vocab: int = 500, dim: int = 16):

@@ -12,7 +12,7 @@ from conftest import REPO, SPLADE_TINY
 from dupmae_eval.cli import main
 from dupmae_eval.data.formats import read_trec_run
 from dupmae_eval.data.datasets import resolve
-from dupmae_eval.pipeline import RunResult
+from dupmae_eval.retrieval.jobs import RunResult
 from reference import assert_runs_agree, independent_dupmae_run
 
 pytestmark = [pytest.mark.java, pytest.mark.slow]

@@ -13,7 +13,7 @@ from conftest import SPLADE_TINY
 from dupmae_eval.cli import main
 from dupmae_eval.data.formats import read_trec_run
 from dupmae_eval.encoding.kinds import ENCODER_KINDS, EncoderKind, register_encoder_kind
-from dupmae_eval.retrieval import RETRIEVAL_MODES, RetrievalMode, register_retrieval_mode
+from dupmae_eval.retrieval.modes import RETRIEVAL_MODES, RetrievalMode, register_retrieval_mode
 
 pytestmark = [pytest.mark.java]
 

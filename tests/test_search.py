@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
-from dupmae_eval.search import fuse_candidates, rescore
+from dupmae_eval.retrieval.searchers import fuse_candidates, rescore
 
 
 class ShardedEncoding:

@@ -501,7 +501,7 @@ def test_a_killed_run_resumes_to_the_same_weights(random_bert, small_beir, tmp_p
 def test_distillation_from_teacher_scores(random_bert, small_beir, tmp_path):
     """Stage 3 (Eq. 15): teacher scores from a run file (here BM25's, a model we have) become each query's
     candidates; the loss adds KL(teacher ‖ student) over the group, equal to the hand computation."""
-    from dupmae_eval.pipeline import run_bm25
+    from dupmae_eval.retrieval.jobs import run_bm25
     from dupmae_eval.training.data import (GroupCollator, GroupDataset, attach_teacher, from_dataset,
                                            read_teacher_scores)
     from dupmae_eval.data.datasets import resolve

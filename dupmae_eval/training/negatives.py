@@ -42,7 +42,7 @@ def _needs_dataset(name: str, dataset) -> None:
 
 def _bm25(dataset, split, settings, folder: Path) -> Ranking:
     from dupmae_eval.data.formats import read_trec_run
-    from dupmae_eval.pipeline import run_bm25
+    from dupmae_eval.retrieval.jobs import run_bm25
 
     _needs_dataset("bm25", dataset)
     path = folder / f"bm25-{split}.trec"
@@ -53,7 +53,7 @@ def _bm25(dataset, split, settings, folder: Path) -> Ranking:
 
 def _model(dataset, split, settings, folder: Path) -> Ranking:
     from dupmae_eval.data.formats import read_trec_run
-    from dupmae_eval.pipeline import run_model
+    from dupmae_eval.retrieval.jobs import run_model
 
     _needs_dataset("model", dataset)
     path = folder / f"model-{split}.trec"

@@ -74,7 +74,7 @@ class SearchJob:
         return self._halves
 
     def exact(self) -> Run:
-        from dupmae_eval.search import exact_search
+        from dupmae_eval.retrieval.searchers import exact_search
 
         dense, sparse = self.query_halves()
         on_device = self.device if self.device not in (None, "cpu") else None
@@ -113,8 +113,8 @@ retrieval_mode = RETRIEVAL_MODES.lookup
 
 
 def _dense(job: SearchJob) -> Tuple[Run, dict]:
-    from dupmae_eval.index import faiss_index
-    from dupmae_eval.search import dense_search, faiss_sharded_search
+    from dupmae_eval.retrieval.indexes import faiss_index
+    from dupmae_eval.retrieval.searchers import dense_search, faiss_sharded_search
 
     if job.faiss_shards:
         dense, _ = job.query_halves()
@@ -126,8 +126,8 @@ def _dense(job: SearchJob) -> Tuple[Run, dict]:
 
 
 def _impact_run(job: SearchJob):
-    from dupmae_eval.index import impact_index, impact_meta
-    from dupmae_eval.search import impact_search
+    from dupmae_eval.retrieval.indexes import impact_index, impact_meta
+    from dupmae_eval.retrieval.searchers import impact_search
 
     encoder = job.query_encoder("sparse")
     index = impact_index(job.encoding, encoder.vocabulary(), job.quantization_scale, job.threads)
@@ -168,7 +168,7 @@ def _exact(job: SearchJob) -> Tuple[Run, dict]:
 
 
 def _hybrid(job: SearchJob) -> Tuple[Run, dict]:
-    from dupmae_eval.search import fuse_candidates, rescore
+    from dupmae_eval.retrieval.searchers import fuse_candidates, rescore
 
     dense_run, dense_meta = _dense(job)           # --faiss-shards applies here too (a dense half beyond memory)
     impact_run, _, meta = _impact_run(job)

@@ -40,8 +40,8 @@ def run_bm25(dataset: str | Dataset, split: Optional[str], fields: str, output: 
              b: float = 0.4, hits: int = 1000, threads: Optional[int] = None,
              keep_query_hit: bool = False, tag: Optional[str] = None) -> RunResult:
     """Index (cached) and search a dataset with BM25; write the TREC run and its metadata sidecar."""
-    from dupmae_eval.index import bm25_index, index_meta
-    from dupmae_eval.search import bm25_search, check_queries
+    from dupmae_eval.retrieval.indexes import bm25_index, index_meta
+    from dupmae_eval.retrieval.searchers import bm25_search, check_queries
 
     data = dataset if isinstance(dataset, Dataset) else resolve(dataset)
     split = split or data.default_split
@@ -87,8 +87,8 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     from dupmae_eval.encoding.corpus import encode_corpus, load_encoding
     from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, EncoderSettings
     from dupmae_eval.encoding.checkpoint import load_model
-    from dupmae_eval.retrieval import SearchJob, retrieval_mode
-    from dupmae_eval.search import check_queries
+    from dupmae_eval.retrieval.modes import SearchJob, retrieval_mode
+    from dupmae_eval.retrieval.searchers import check_queries
 
     mode = retrieval_mode(retrieval)
     settings = EncoderSettings.for_kind(encoder, **settings_overrides)

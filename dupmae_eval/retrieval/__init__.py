@@ -1,0 +1,1 @@
+"""From vectors to runs: indexes, searchers, retrieval modes, and the single-run jobs."""
