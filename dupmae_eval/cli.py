@@ -77,7 +77,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_table(sub: argparse._SubParsersAction) -> None:
-    from dupmae_eval.report import TABLE_FORMATS
+    from dupmae_eval.evaluation.tables import TABLE_FORMATS
 
     p = sub.add_parser("table", help=f"comparison table from saved results ({', '.join(TABLE_FORMATS)})")
     p.add_argument("results", nargs="+", type=Path, help="folders, *.metrics.json files (from reproduce), or run "
@@ -235,7 +235,7 @@ def _cmd_bm25(args: argparse.Namespace) -> int:
                       keep_query_hit=args.keep_query_hit, tag=args.tag)
     print(f"wrote {result.run_path} ({result.queries} queries)", file=sys.stderr)
     if args.eval:
-        from dupmae_eval.evaluate import format_lines
+        from dupmae_eval.evaluation.measures import format_lines
 
         print("\n".join(format_lines(result.evaluate())))
     return 0
@@ -253,7 +253,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                        tag=args.tag, **runner, **overrides)
     print(f"wrote {result.run_path} ({result.queries} queries)", file=sys.stderr)
     if args.eval:
-        from dupmae_eval.evaluate import format_lines
+        from dupmae_eval.evaluation.measures import format_lines
 
         print("\n".join(format_lines(result.evaluate())))
     return 0
@@ -281,7 +281,7 @@ def _map_data(pairs) -> None:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from dupmae_eval.reproduce import reproduce
+    from dupmae_eval.evaluation.runner import reproduce
     from dupmae_eval.shipped import suite_path
 
     _map_data(args.data)
@@ -298,9 +298,9 @@ def _summarise(verdicts) -> int:
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
-    from dupmae_eval.config import load_suite
-    from dupmae_eval.report import TABLE_FORMATS, build_table, render
-    from dupmae_eval.results import read_metrics
+    from dupmae_eval.evaluation.suites import load_suite
+    from dupmae_eval.evaluation.tables import TABLE_FORMATS, build_table, render
+    from dupmae_eval.evaluation.results import read_metrics
     from dupmae_eval.shipped import suite_path
 
     references = load_suite(suite_path(str(args.suite)), check_datasets=False).references if args.suite else None
@@ -321,7 +321,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from dupmae_eval.data.formats import read_trec_run
-    from dupmae_eval.evaluate import check_coverage, evaluate, format_lines, per_query_lines
+    from dupmae_eval.evaluation.measures import check_coverage, evaluate, format_lines, per_query_lines
 
     qrels, default_measures = _load_qrels(args.qrels, args.split)
     run = read_trec_run(args.run)
@@ -376,10 +376,10 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from dupmae_eval.config import load_suite
-    from dupmae_eval.report import build_table, render
-    from dupmae_eval.reproduce import reproduce
-    from dupmae_eval.results import read_metrics
+    from dupmae_eval.evaluation.suites import load_suite
+    from dupmae_eval.evaluation.tables import build_table, render
+    from dupmae_eval.evaluation.runner import reproduce
+    from dupmae_eval.evaluation.results import read_metrics
     from dupmae_eval.shipped import suite_path
 
     suite = load_suite(suite_path("demo"))

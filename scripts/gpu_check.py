@@ -656,7 +656,7 @@ def compile_section(device, sizes, peaks, report) -> None:
 def expected_scifact() -> float:
     """The CPU run's SciFact nDCG@10 for splade-tiny read as SPLADE with the exact score: the shipped beir
     suite's expected figure (README, docs/results)."""
-    from dupmae_eval.config import load_suite
+    from dupmae_eval.evaluation.suites import load_suite
     from dupmae_eval.shipped import suite_path
 
     suite = load_suite(suite_path("beir"), check_datasets=False)

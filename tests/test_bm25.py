@@ -12,7 +12,7 @@ import pytest
 from conftest import TEST_DATA
 from dupmae_eval.cli import main
 from dupmae_eval.data.formats import read_trec_run
-from dupmae_eval.config import load_suite
+from dupmae_eval.evaluation.suites import load_suite
 from dupmae_eval.shipped import suite_path
 
 pytestmark = [pytest.mark.java, pytest.mark.slow]

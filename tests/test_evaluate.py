@@ -10,7 +10,7 @@ from conftest import REPO, TEST_DATA
 from dupmae_eval.cli import main
 from dupmae_eval.data.formats import read_qrels, read_trec_run
 from dupmae_eval.errors import DupMAEEvalError
-from dupmae_eval.evaluate import evaluate
+from dupmae_eval.evaluation.measures import evaluate
 
 # trec_eval's measure names in out.test -> ir-measures' spelling.
 TREC_EVAL_NAMES = {"map": "AP", "Rprec": "Rprec", "bpref": "Bpref", "recip_rank": "RR",

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import SPLADE_TINY, TEST_DATA
 from dupmae_eval.cli import main
-from dupmae_eval.config import load_suite
+from dupmae_eval.evaluation.suites import load_suite
 from dupmae_eval.errors import DupMAEEvalError
 
 VASWANI = str(TEST_DATA / "vaswani")

@@ -93,8 +93,8 @@ def test_table_significance_comes_from_per_query_scores(local_runs):
     import numpy as np
     from scipy.stats import ttest_rel
 
-    from dupmae_eval.report import build_table
-    from dupmae_eval.results import read_metrics as load_metrics
+    from dupmae_eval.evaluation.tables import build_table
+    from dupmae_eval.evaluation.results import read_metrics as load_metrics
 
     table = build_table(load_metrics([local_runs]), "nDCG@10", "bm25-flat")
     base = json.loads((local_runs / "local" / "bm25-flat" / "scifact.metrics.json").read_text())["per_query"]["nDCG@10"]
@@ -109,7 +109,7 @@ def test_table_significance_comes_from_per_query_scores(local_runs):
 
 
 def test_holm_bonferroni_by_hand():
-    from dupmae_eval.report import holm
+    from dupmae_eval.evaluation.tables import holm
 
     adjusted = holm({"a": 0.01, "b": 0.04, "c": 0.03})
     assert adjusted == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
@@ -179,7 +179,7 @@ def test_the_beir_suite_carries_anserini_index_statistics_for_every_dataset():
     import yaml
 
     from dupmae_eval._java import _anserini_jar
-    from dupmae_eval.config import expand_dataset
+    from dupmae_eval.evaluation.suites import expand_dataset
 
     suite = yaml.safe_load(BEIR.read_text())
     names = [name for entry in suite["datasets"] for name, _ in expand_dataset(entry)]

@@ -151,7 +151,7 @@ def test_bf16_encoding_agrees_with_fp32_and_has_its_own_cache_entry(small_scifac
     """--precision bf16 (products in bfloat16, sums and the exact score in fp32): the same measures to within
     0.002 and at least 98 % of each query's top 10 kept (the SciFact-wide figures are in docs/performance.md);
     its encoding is cached apart from fp32's, and the sidecar and the encoding's manifest say which it is."""
-    from dupmae_eval.evaluate import evaluate
+    from dupmae_eval.evaluation.measures import evaluate
     from dupmae_eval.data.datasets import resolve
 
     fp32, meta32 = _run(small_scifact, tmp_path / "fp32.trec", "--encoder", "dupmae", "--retrieval", "dupmae")

@@ -15,7 +15,7 @@ from dupmae_eval import __version__, cache
 from dupmae_eval.data.formats import Qrels, write_trec_run
 from dupmae_eval.data.datasets import Dataset, resolve
 from dupmae_eval.encoding.encoders import DEFAULT_QUANTIZATION_SCALE
-from dupmae_eval.evaluate import Evaluation, evaluate
+from dupmae_eval.evaluation.measures import Evaluation, evaluate
 from dupmae_eval.provenance import provenance
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from dupmae_eval import cache
-from dupmae_eval.config import Cell, Suite, load_suite
+from dupmae_eval.evaluation.suites import Cell, Suite, load_suite
 from dupmae_eval.data.datasets import lookup, resolve, units_of
-from dupmae_eval.results import MetricsRecord, write_metrics
+from dupmae_eval.evaluation.results import MetricsRecord, write_metrics
 
 
 @dataclass
@@ -113,7 +113,7 @@ def run_cell(suite: Suite, cell: Cell, runs_dir: Path, force: bool = False, echo
     """Compute the cell's run unless an identical one exists; evaluate it; write its metrics (aggregate +
     per query) with the suite's measures (the dataset's when the suite names none)."""
     from dupmae_eval.data.formats import read_trec_run
-    from dupmae_eval.evaluate import evaluate
+    from dupmae_eval.evaluation.measures import evaluate
     from dupmae_eval.options import translate
     from dupmae_eval.retrieval.jobs import run_bm25, run_model
 

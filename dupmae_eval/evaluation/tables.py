@@ -17,7 +17,7 @@ import numpy as np
 from dupmae_eval.data.datasets import coverage_label, lookup, unit_order, units_of
 from dupmae_eval.errors import DupMAEEvalError
 from dupmae_eval.registry import Registry
-from dupmae_eval.results import MetricsRecord
+from dupmae_eval.evaluation.results import MetricsRecord
 
 SIGNIFICANCE_LEVEL = 0.05
 

@@ -95,7 +95,7 @@ def record_from_run(run_path: Path) -> MetricsRecord:
     judges the run) or when the dataset's corpus is no longer the one the run was made from."""
     from dupmae_eval.data.formats import read_trec_run
     from dupmae_eval.data.datasets import lookup, resolve
-    from dupmae_eval.evaluate import evaluate
+    from dupmae_eval.evaluation.measures import evaluate
 
     sidecar = Path(f"{run_path}{SIDECAR_SUFFIX}")
     if not sidecar.is_file():

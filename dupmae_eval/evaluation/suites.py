@@ -120,7 +120,7 @@ def load_suite(path: str | Path, check_datasets: bool = True) -> Suite:
                   for name, spec in (raw["conditions"] or {}).items()}
     measures = tuple(raw.get("measures") or ())
     if measures:
-        from dupmae_eval.evaluate import parse_measures
+        from dupmae_eval.evaluation.measures import parse_measures
 
         try:
             parse_measures(measures)
