@@ -392,7 +392,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from dupmae_eval.training.settings import FIELDS, load_recipe, make_settings
-    from dupmae_eval.training.trainer import finetune
+    from dupmae_eval.training.finetune import finetune
 
     recipe = load_recipe(args.recipe) if args.recipe else {}
     settings = make_settings(recipe, **{name: getattr(args, name) for name in FIELDS})
@@ -418,7 +418,7 @@ def _cmd_mlm_loss(args: argparse.Namespace) -> int:
 
     from dupmae_eval.encoding.checkpoint import read_masked_lm, resolve_checkpoint
     from dupmae_eval.training.mlm_loss import masked_lm_loss
-    from dupmae_eval.training.model import _tokenizer
+    from dupmae_eval.training.finetune_model import _tokenizer
     from dupmae_eval.training.pretrain_data import read_texts
 
     if args.max_length < 3:

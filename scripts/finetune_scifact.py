@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from dupmae_eval.data.datasets import resolve  # noqa: E402
 from dupmae_eval.retrieval.jobs import run_bm25, run_model  # noqa: E402
 from dupmae_eval.training.settings import load_recipe, make_settings  # noqa: E402
-from dupmae_eval.training.trainer import finetune  # noqa: E402
+from dupmae_eval.training.finetune import finetune  # noqa: E402
 
 MEASURES = ("nDCG@10", "R@100")
 HOLDOUT = 100

@@ -400,7 +400,7 @@ def search_section(device, sizes, peaks, report) -> None:
 # --------------------------------------------------------------------------- 4: training step
 
 def training_section(device, sizes, peaks, report) -> None:
-    from dupmae_eval.training.model import DupMAEForTraining
+    from dupmae_eval.training.finetune_model import DupMAEForTraining
     from dupmae_eval.training.settings import load_recipe, make_settings
 
     vocab = 30522
@@ -537,7 +537,7 @@ def profile_section(device, sizes, peaks, report) -> None:
     training step split into forward, backward and optimizer."""
     from torch.profiler import ProfilerActivity, profile
 
-    from dupmae_eval.training.model import DupMAEForTraining
+    from dupmae_eval.training.finetune_model import DupMAEForTraining
     from dupmae_eval.training.settings import load_recipe, make_settings
 
     vocab = 30522

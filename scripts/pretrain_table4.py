@@ -33,7 +33,7 @@ from dupmae_eval.data.datasets import resolve  # noqa: E402
 from dupmae_eval.retrieval.jobs import RunResult, run_model  # noqa: E402
 from dupmae_eval.training.pretrain import load_pretrain_recipe, make_pretrain_settings, pretrain  # noqa: E402
 from dupmae_eval.training.settings import load_recipe, make_settings  # noqa: E402
-from dupmae_eval.training.trainer import finetune  # noqa: E402
+from dupmae_eval.training.finetune import finetune  # noqa: E402
 
 ARMS = ("none", "mlm", "retromae", "bow", "dupmae")
 MEASURES = ("nDCG@10", "R@100")

@@ -14,8 +14,8 @@ def main() -> None:
 
     from ddp_common import report_like_ddp
 
-    from dupmae_eval.training.data import GroupCollator
-    from dupmae_eval.training.model import DupMAEForTraining
+    from dupmae_eval.training.finetune_data import GroupCollator
+    from dupmae_eval.training.finetune_model import DupMAEForTraining
     from dupmae_eval.training.settings import make_settings
 
     world = int(os.environ.get("WORLD_SIZE", "1"))

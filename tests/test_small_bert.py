@@ -109,7 +109,7 @@ def test_masked_lm_loss_equals_transformers_mlm_loss(abstracts):
     each text's tokens, and do not depend on the batch size."""
     from dupmae_eval.encoding.checkpoint import read_masked_lm
     from dupmae_eval.training.mlm_loss import cloze_batch, masked_lm_loss
-    from dupmae_eval.training.model import _tokenizer
+    from dupmae_eval.training.finetune_model import _tokenizer
 
     model, _ = read_masked_lm(SPLADE_TINY, str(SPLADE_TINY), need_mlm_head=True)
     tokenizer = _tokenizer(SPLADE_TINY)

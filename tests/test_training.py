@@ -84,8 +84,8 @@ def test_training_loss_equals_eq12_and_infonce_from_inference_halves(random_bert
     that the inference encoder (`LoadedModel.forward`, the encoding path of `run`) gives for the same texts."""
     from dupmae_eval.encoding.encoders import EncoderSettings
     from dupmae_eval.encoding.checkpoint import load_model, save_dupmae_head
-    from dupmae_eval.training.data import GroupCollator
-    from dupmae_eval.training.model import DupMAEForTraining
+    from dupmae_eval.training.finetune_data import GroupCollator
+    from dupmae_eval.training.finetune_model import DupMAEForTraining
     from dupmae_eval.training.settings import make_settings
 
     settings = make_settings(doc_topk=7, temperature=2.0, group_size=3)
@@ -123,8 +123,8 @@ def test_recompute_leaves_the_finetuning_gradients_unchanged(random_bert, mode):
     plain encoder's (float64), and the recomputation is real (more GELUs run than without it)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from dupmae_eval.training.data import GroupCollator
-    from dupmae_eval.training.model import DupMAEForTraining
+    from dupmae_eval.training.finetune_data import GroupCollator
+    from dupmae_eval.training.finetune_model import DupMAEForTraining
     from dupmae_eval.training.recompute import recompute_encoder
     from dupmae_eval.training.settings import make_settings
 
@@ -189,7 +189,7 @@ def small_beir(tmp_path_factory) -> Path:
 
 def test_passage_store_reads_by_offset(small_beir, tmp_path):
     from dupmae_eval.data.formats import read_beir_corpus, read_tsv_collection
-    from dupmae_eval.training.data import PassageStore
+    from dupmae_eval.training.finetune_data import PassageStore
 
     store = PassageStore(small_beir / "corpus.jsonl", "beir")
     expected = {p.docid: p.flat_text() for p in read_beir_corpus(small_beir / "corpus.jsonl")}
@@ -211,7 +211,7 @@ def test_msmarco_layout_training_queries(tmp_path):
     judged positives (grade > 0), passages read by offset from the numeric-id array."""
     from dupmae_eval.data.formats import read_trec_qrels, read_tsv_collection
     from dupmae_eval.data.datasets import resolve
-    from dupmae_eval.training.data import from_dataset
+    from dupmae_eval.training.finetune_data import from_dataset
 
     sample = TEST_DATA / "msmarco-passage-sample"
     passages = {p.docid: p.text for p in read_tsv_collection(sample / "collection.tsv.gz")}
@@ -229,7 +229,7 @@ def test_msmarco_layout_training_queries(tmp_path):
 
 
 def test_negatives_from_a_run_file_skip_positives_and_keep_the_depth(tmp_path):
-    from dupmae_eval.training.data import GroupDataset, TrainingQuery, attach_candidates
+    from dupmae_eval.training.finetune_data import GroupDataset, TrainingQuery, attach_candidates
     from dupmae_eval.training.negatives import NEGATIVE_SOURCES
     from dupmae_eval.training.settings import make_settings
 
@@ -248,7 +248,7 @@ def test_negatives_from_a_run_file_skip_positives_and_keep_the_depth(tmp_path):
 
 
 def test_tevatron_jsonl_is_read(tmp_path):
-    from dupmae_eval.training.data import from_tevatron
+    from dupmae_eval.training.finetune_data import from_tevatron
 
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps({"query_id": "q1", "query": "what", "positive_passages": [
@@ -269,7 +269,7 @@ def _copy_dataset(source: Path, target: Path) -> Path:
 
 def test_refusals_before_training(small_beir, random_bert, tmp_path):
     from dupmae_eval.training.settings import make_settings
-    from dupmae_eval.training.trainer import finetune
+    from dupmae_eval.training.finetune import finetune
 
     settings = make_settings(negatives="none", group_size=1, max_steps=1)
     # judged passage absent from the corpus: the qrels file and line
@@ -330,7 +330,7 @@ def test_a_folder_left_by_a_run_that_failed_before_its_first_checkpoint_is_taken
     from dataclasses import asdict
 
     from dupmae_eval.training.settings import FinetuneSettings
-    from dupmae_eval.training.trainer import _judge_output
+    from dupmae_eval.training.finetune import _judge_output
 
     settings = asdict(FinetuneSettings())
     record = {"model": "m", "data": "d", "settings": settings}
@@ -354,7 +354,7 @@ def test_a_run_recorded_before_a_setting_existed_resumes_at_its_default(tmp_path
     from dataclasses import asdict
 
     from dupmae_eval.training.settings import FinetuneSettings
-    from dupmae_eval.training.trainer import _check_output
+    from dupmae_eval.training.finetune import _check_output
 
     settings = asdict(FinetuneSettings())
     older = {k: v for k, v in settings.items() if k != "recompute"}
@@ -502,12 +502,12 @@ def test_distillation_from_teacher_scores(random_bert, small_beir, tmp_path):
     """Stage 3 (Eq. 15): teacher scores from a run file (here BM25's, a model we have) become each query's
     candidates; the loss adds KL(teacher ‖ student) over the group, equal to the hand computation."""
     from dupmae_eval.retrieval.jobs import run_bm25
-    from dupmae_eval.training.data import (GroupCollator, GroupDataset, attach_teacher, from_dataset,
-                                           read_teacher_scores)
+    from dupmae_eval.training.finetune_data import (
+        GroupCollator, GroupDataset, attach_teacher, from_dataset, read_teacher_scores)
     from dupmae_eval.data.datasets import resolve
-    from dupmae_eval.training.model import DupMAEForTraining
+    from dupmae_eval.training.finetune_model import DupMAEForTraining
     from dupmae_eval.training.settings import make_settings
-    from dupmae_eval.training.trainer import finetune
+    from dupmae_eval.training.finetune import finetune
 
     teacher_run = tmp_path / "teacher.trec"
     run_bm25(str(small_beir), "train", "flat", teacher_run, hits=20)
@@ -562,7 +562,7 @@ def test_compiled_finetuning_trains_the_same_weights(random_bert, small_beir, tm
     from torch._dynamo.utils import counters
 
     from dupmae_eval.training.settings import make_settings
-    from dupmae_eval.training.trainer import finetune
+    from dupmae_eval.training.finetune import finetune
 
     monkeypatch.setattr(inductor_config, "fallback_random", True)
     common = dict(negatives="none", group_size=1, max_steps=2, queries_per_device=4, query_max_length=16,
@@ -593,7 +593,7 @@ def test_a_checkpoint_cut_short_is_removed_and_the_one_before_resumed(tmp_path, 
     from safetensors.torch import save_file
     from transformers.trainer_utils import get_last_checkpoint
 
-    from dupmae_eval.training.trainer import last_complete_checkpoint
+    from dupmae_eval.training.finetune import last_complete_checkpoint
 
     folder = tmp_path / "checkpoints"
     for step in (2, 4, 6):

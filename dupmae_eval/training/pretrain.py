@@ -148,7 +148,7 @@ def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings, 
     `callbacks`: extra transformers TrainerCallbacks (the GPU script's loss curve and exports)."""
     from dupmae_eval.training.pretrain_data import PretrainCollator, PretrainDataset, TokenStore
     from dupmae_eval.training.pretrain_model import OBJECTIVES, DupMAEForPretraining
-    from dupmae_eval.training.trainer import _barrier, _distributed, check_data_source, claim_output, train_and_save
+    from dupmae_eval.training.finetune import _barrier, _distributed, check_data_source, claim_output, train_and_save
 
     from dupmae_eval.training.shapes import shape_source
 

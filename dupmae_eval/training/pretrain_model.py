@@ -279,7 +279,7 @@ class DupMAEForPretraining(torch.nn.Module):
         from `seed` when `source` names a shape (`shapes.shape_source`), and a new decoder, initialised as
         BERT's layers are, from `seed` (a checkpoint's own weights and decoder are loaded on resume)."""
         from dupmae_eval.encoding.checkpoint import read_masked_lm, resolve_checkpoint
-        from dupmae_eval.training.model import _tokenizer
+        from dupmae_eval.training.finetune_model import _tokenizer
         from dupmae_eval.training.shapes import random_masked_lm, shape_source, shape_tokenizer
 
         shape = shape_source(source)

@@ -353,8 +353,8 @@ def finetune(model: str, data: str, output: Path, settings: FinetuneSettings) ->
     """Fine-tune `model` (hub name or folder) on `data` (dataset name or folder, or a tevatron JSONL file)
     and write the model to `output`; a second call with the same arguments resumes from the last checkpoint."""
     from dupmae_eval.files import atomic_output
-    from dupmae_eval.training.data import GroupCollator, GroupDataset
-    from dupmae_eval.training.model import DupMAEForTraining
+    from dupmae_eval.training.finetune_data import GroupCollator, GroupDataset
+    from dupmae_eval.training.finetune_model import DupMAEForTraining
     from dupmae_eval.training.recompute import recompute_encoder
 
     settings.validate()
