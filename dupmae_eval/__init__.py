@@ -1,10 +1,19 @@
 """dupmae-eval: evaluate DupMAE retrieval models beside BM25 and RetroMAE through Pyserini.
 
-Importing the package is cheap on purpose: no JVM, no torch, no Pyserini. Those are loaded
-by the modules that need them, the first time they are used.
+From Python, the verbs are functions (`dupmae_eval.api`, reached from here):
+
+    import dupmae_eval as de
+    run = de.bm25("scifact")
+    run.evaluate()
+
+Importing the package is cheap on purpose: no JVM, no torch, no Pyserini, not even the API module until
+one of its names is first used. Those are loaded by the modules that need them, the first time they are used.
 """
 
 __version__ = "0.1.0"
+
+_API = ("Run", "bm25", "run", "load_run", "evaluate", "table", "encoders", "finetune")
+__all__ = ["__version__", "start_jvm", *_API]
 
 
 def start_jvm() -> None:
@@ -13,3 +22,16 @@ def start_jvm() -> None:
     from dupmae_eval._java import start_jvm as _start
 
     _start()
+
+
+def __getattr__(name: str):
+    """The API's names, imported on first use (PEP 562), so that `import dupmae_eval` stays cheap."""
+    if name in _API:
+        from dupmae_eval import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'dupmae_eval' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API))

@@ -77,6 +77,22 @@ def unit_interval(value) -> float:
     return number
 
 
+def check_bm25_settings(where: str = "", **values) -> None:
+    """k1, b and hits of a BM25 run in the ranges the bm25 verb's flags accept (the same validators), and a
+    field layout: for a suite's bm25 condition and the Python API, which have not met argparse. `where`
+    prefixes the one-line error (a file and condition)."""
+    from dupmae_eval.errors import DupMAEEvalError
+
+    for key, check in (("k1", nonnegative_float), ("b", unit_interval), ("hits", positive_int)):
+        if key in values:
+            try:
+                check(values[key])
+            except argparse.ArgumentTypeError as exc:
+                raise DupMAEEvalError(f"{where}{key}: {exc}") from None
+    if values.get("fields", "flat") not in ("flat", "multifield"):
+        raise DupMAEEvalError(f"{where}fields: {values['fields']!r}; choose flat or multifield")
+
+
 def device_value(value) -> str:
     """cpu, cuda or cuda:N; a CUDA device only where torch sees one, so the refusal comes before the
     model is loaded and the corpus read, not at the first batch. torch is imported only for cuda."""

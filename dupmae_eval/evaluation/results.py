@@ -91,11 +91,18 @@ SIDECAR_SUFFIX = ".meta.json"
 
 def record_from_run(run_path: Path) -> MetricsRecord:
     """A run written by `bm25`, `run` or `reproduce`, scored against the judgments of the dataset and split
-    its sidecar names, with the dataset's measures. Refused when the sidecar is missing (nothing says what
-    judges the run) or when the dataset's corpus is no longer the one the run was made from."""
+    its sidecar names, with the dataset's measures (`run_sidecar` says when it is refused)."""
     from dupmae_eval.data.formats import read_trec_run
-    from dupmae_eval.data.datasets import lookup, resolve
-    from dupmae_eval.evaluation.measures import evaluate
+
+    meta, data = run_sidecar(run_path)
+    return record_of(meta["condition"], data, meta["split"], read_trec_run(run_path), run_path.name,
+                     suite=meta.get("suite", ""), name=meta["dataset"])
+
+
+def run_sidecar(run_path: Path):
+    """A run's sidecar and the dataset it names, resolved. Refused when the sidecar is missing (nothing says
+    what judges the run) or when the dataset's corpus is no longer the one the run was made from."""
+    from dupmae_eval.data.datasets import resolve
 
     sidecar = Path(f"{run_path}{SIDECAR_SUFFIX}")
     if not sidecar.is_file():
@@ -103,20 +110,35 @@ def record_from_run(run_path: Path) -> MetricsRecord:
                               f"dataset judges it; score it with `dupmae-eval eval QRELS {run_path}`")
     try:
         meta = json.loads(sidecar.read_text())
-        name, split, condition = meta["dataset"], meta["split"], meta["condition"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise DupMAEEvalError(f"{sidecar}: not a run sidecar (needs dataset, split and condition)") from None
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(key), str) for key in ("dataset", "split",
+                                                                                         "condition")):
+        raise DupMAEEvalError(f"{sidecar}: not a run sidecar (needs dataset, split and condition)")
+    name = meta["dataset"]
     root = meta.get("dataset_root")
     data = resolve(root if root and Path(root).is_dir() else name, download=False)
     if meta.get("corpus_sha256") and meta["corpus_sha256"] != data.corpus_fingerprint():
         raise DupMAEEvalError(f"{run_path}: made from another corpus than {data.root} holds now (corpus SHA-256 "
                               f"differs); run it again")
-    evaluation = evaluate(data.qrels(split), read_trec_run(run_path), data.measures(split))
+    return meta, data
+
+
+def record_of(condition: str, data, split: str, run, run_name: str, suite: str = "",
+              measures=None, name: str | None = None) -> MetricsRecord:
+    """The metrics record of a run of `data` (a resolved dataset; `name`: the name it was asked by, when not
+    the folder's) on `split`, scored against its judgments with its measures (or `measures`): what a table
+    cell is made from, whether the run is a file or in memory."""
+    from dupmae_eval.data.datasets import lookup
+    from dupmae_eval.evaluation.measures import evaluate
+
+    name = name or data.name
+    evaluation = evaluate(data.qrels(split), run, measures or data.measures(split))
     try:
         info = lookup(name)
         default, unit = info.default_split, info.unit or name
     except DupMAEEvalError:
         default, unit = data.default_split, name
-    return MetricsRecord(suite=meta.get("suite", ""), condition=condition, dataset=name, split=split,
-                         key=name if split == default else f"{name}/{split}", unit=unit, run=run_path.name,
+    return MetricsRecord(suite=suite, condition=condition, dataset=name, split=split,
+                         key=name if split == default else f"{name}/{split}", unit=unit, run=run_name,
                          aggregate=evaluation.aggregate, per_query=evaluation.per_query)

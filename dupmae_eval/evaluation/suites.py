@@ -175,18 +175,10 @@ def _condition(path: Path, name: str, spec: Any, datasets: Optional[List[str]]) 
 
 def _check_bm25_condition(path: Path, where: str, spec: dict) -> None:
     """k1, b and hits in the ranges the bm25 verb's flags accept (the same validators), and a field layout."""
-    import argparse
+    from dupmae_eval.options import check_bm25_settings
 
-    from dupmae_eval.options import nonnegative_float, positive_int, unit_interval
-
-    for key, check in (("k1", nonnegative_float), ("b", unit_interval), ("hits", positive_int)):
-        if key in spec:
-            try:
-                check(spec[key])
-            except argparse.ArgumentTypeError as exc:
-                raise DupMAEEvalError(f"{path}: {where}: {key}: {exc}") from None
-    if spec.get("fields", "flat") not in ("flat", "multifield"):
-        raise DupMAEEvalError(f"{path}: {where}: fields: {spec['fields']!r}; choose flat or multifield")
+    check_bm25_settings(f"{path}: {where}: ", **{key: spec[key] for key in ("k1", "b", "hits", "fields")
+                                                  if key in spec})
 
 
 def _check_model_condition(path: Path, where: str, spec: dict) -> None:

@@ -21,13 +21,19 @@ from dupmae_eval.provenance import provenance
 
 @dataclass
 class RunResult:
-    """A written run and what is needed to score it."""
+    """A run (written to `run_path`, or held in memory only when no output was asked for), its sidecar's
+    metadata, and what is needed to score it."""
 
-    run_path: Path
+    run_path: Optional[Path]
     dataset: Dataset
     split: str
     queries: int
     run: dict = field(repr=False)
+    metadata: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def tag(self) -> str:
+        return self.metadata.get("condition", "")
 
     def qrels(self) -> Qrels:
         return self.dataset.qrels(self.split)
@@ -36,10 +42,11 @@ class RunResult:
         return evaluate(self.qrels(), self.run, measures or self.dataset.measures(self.split))
 
 
-def run_bm25(dataset: str | Dataset, split: Optional[str], fields: str, output: Path, k1: float = 0.9,
+def run_bm25(dataset: str | Dataset, split: Optional[str], fields: str, output: Optional[Path], k1: float = 0.9,
              b: float = 0.4, hits: int = 1000, threads: Optional[int] = None,
              keep_query_hit: bool = False, tag: Optional[str] = None) -> RunResult:
-    """Index (cached) and search a dataset with BM25; write the TREC run and its metadata sidecar."""
+    """Index (cached) and search a dataset with BM25; write the TREC run and its metadata sidecar (only the
+    result in memory when `output` is None)."""
     from dupmae_eval.retrieval.indexes import bm25_index, index_meta
     from dupmae_eval.retrieval.searchers import bm25_search, check_queries
 
@@ -55,8 +62,7 @@ def run_bm25(dataset: str | Dataset, split: Optional[str], fields: str, output: 
     run = bm25_search(index, queries, fields, k1=k1, b=b, hits=hits, threads=threads,
                       remove_query=remove_query)
     tag = tag or f"bm25-{fields}"
-    write_trec_run(output, run, tag)
-    cache.write_json(Path(f"{output}.meta.json"), {
+    metadata = {
         "tool": f"dupmae-eval {__version__}", "condition": tag, "dataset": data.name,
         "dataset_root": str(data.root), "split": split, "corpus_sha256": data.corpus_fingerprint(),
         "corpus_source": data.source(),
@@ -66,17 +72,18 @@ def run_bm25(dataset: str | Dataset, split: Optional[str], fields: str, output: 
         "index": str(index), "index_stats": index_info["index_stats"], "queries": len(queries),
         "seconds": {"index": round(indexed - started, 2), "search": round(time.time() - indexed, 2)},
         **provenance(),
-    })
-    return RunResult(output, data, split, len(queries), run)
+    }
+    return _written(output, RunResult(output, data, split, len(queries), run, metadata))
 
 
-def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, output: Path,
+def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, output: Optional[Path],
               split: Optional[str] = None, hits: int = 1000, batch_size: int = 32, device: Optional[str] = None,
               quantization_scale: float = DEFAULT_QUANTIZATION_SCALE, threads: Optional[int] = None,
               keep_query_hit: bool = False, tag: Optional[str] = None, shard_size: int = 10_000,
               faiss_shards: bool = False, hybrid_audit: str = "auto", compile: bool = False,
               precision: Optional[str] = None, **settings_overrides) -> RunResult:
-    """Encode (cached), index (cached) and search with a learned model; write the run and its sidecar.
+    """Encode (cached), index (cached) and search with a learned model; write the run and its sidecar (only
+    the result in memory when `output` is None).
 
     `encoder` names a registered encoder kind (`kinds.ENCODER_KINDS`), `retrieval` a registered mode
     (`retrieval.RETRIEVAL_MODES`: dense, impact, dupmae, hybrid); `settings_overrides` are
@@ -122,8 +129,7 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     timings["search"] = time.time() - started
     truncated = _count_truncated(loaded, list(queries.values()), settings.max_query_length)
     tag = tag or f"{encoder}-{retrieval}"
-    write_trec_run(output, run, tag)
-    cache.write_json(Path(f"{output}.meta.json"), {
+    metadata = {
         "tool": f"dupmae-eval {__version__}", "condition": tag, "dataset": data.name,
         "dataset_root": str(data.root), "split": split, "corpus_sha256": data.corpus_fingerprint(),
         "corpus_source": data.source(),
@@ -135,8 +141,16 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
         "encoding": str(encoding.folder), "documents": len(encoding.docids), "corpus": _corpus_counts(data),
         "queries": len(queries), "queries_truncated": truncated, "seconds": {k: round(v, 2) for k, v in timings.items()},
         **extra, **provenance(),
-    })
-    return RunResult(output, data, split, len(queries), run)
+    }
+    return _written(output, RunResult(output, data, split, len(queries), run, metadata))
+
+
+def _written(output: Optional[Path], result: RunResult) -> RunResult:
+    """Write the run, then its sidecar (each atomically), when an output was asked for."""
+    if output is not None:
+        write_trec_run(output, result.run, result.tag)
+        cache.write_json(Path(f"{output}.meta.json"), result.metadata)
+    return result
 
 
 def _corpus_counts(data: Dataset, indexed_as: Optional[str] = None) -> dict:

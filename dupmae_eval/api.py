@@ -1,0 +1,255 @@
+"""The toolkit from Python: the command line's verbs as functions with keyword arguments that return objects.
+
+    import dupmae_eval as de
+
+    bm25 = de.bm25("scifact")                       # a Run: the ranking in memory, its metadata
+    bm25.evaluate()                                 # a pandas DataFrame: one row, a column per measure
+    splade = de.run("scifact", "package:cognition/model", encoder="splade", retrieval="impact")
+    de.table([bm25, splade], baseline="bm25-flat")  # datasets x conditions, with p-values in .attrs
+
+Nothing is written unless asked: `output=` (or `Run.save`) writes the TREC run and its `.meta.json` sidecar,
+exactly as the command line does, so `table`, `eval` and `reproduce` read it like any other run. Caches
+(indexes, encodings) are used and filled as on the command line. Importing this module is cheap: torch, the
+JVM and Pyserini are loaded by the first call that needs them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
+
+from dupmae_eval.errors import DupMAEEvalError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas
+
+    from dupmae_eval.data.datasets import Dataset
+
+__all__ = ["Run", "bm25", "run", "load_run", "evaluate", "table", "encoders", "finetune"]
+
+
+@dataclass
+class Run:
+    """A ranking of a dataset's queries: `hits` maps a query id to its (doc id, score) pairs in rank order;
+    `metadata` is what the sidecar holds (dataset, split, corpus SHA-256, model, settings, provenance)."""
+
+    name: str
+    dataset: "Dataset" = field(repr=False)
+    split: str
+    hits: Dict[str, List[Tuple[str, float]]] = field(repr=False)
+    metadata: dict = field(default_factory=dict, repr=False)
+    path: Optional[Path] = None
+
+    def evaluate(self, measures: Optional[Sequence[str]] = None, per_query: bool = False) -> "pandas.DataFrame":
+        """Scores against the dataset's judgments for this split (trec_eval -c: every judged query counts),
+        with the dataset's measures unless `measures` names others (ir-measures' names). One row named after
+        the run, a column per measure; `per_query=True`: a row per judged query instead."""
+        return _frame(self.name, self._evaluation(measures), per_query)
+
+    def to_frame(self) -> "pandas.DataFrame":
+        """The ranking as a DataFrame with PyTerrier's column names: qid, docno, rank (from 0), score."""
+        import pandas
+
+        rows = [(qid, docid, rank, score) for qid, ranked in self.hits.items()
+                for rank, (docid, score) in enumerate(ranked)]
+        return pandas.DataFrame(rows, columns=["qid", "docno", "rank", "score"])
+
+    def save(self, path: Union[str, Path]) -> Path:
+        """Write the TREC run and its sidecar (each atomically); `path` becomes this run's file."""
+        from dupmae_eval import cache
+        from dupmae_eval.data.formats import write_trec_run
+        from dupmae_eval.files import check_output_file
+
+        path = Path(path)
+        check_output_file(path, "path")
+        write_trec_run(path, self.hits, self.name)
+        cache.write_json(Path(f"{path}.meta.json"), self.metadata)
+        self.path = path
+        return path
+
+    def _evaluation(self, measures: Optional[Sequence[str]]):
+        from dupmae_eval.evaluation.measures import check_coverage, evaluate as score
+
+        qrels = self.dataset.qrels(self.split)
+        names = list(measures or self.dataset.measures(self.split))
+        _warn(check_coverage(qrels, self.hits, names, f"; is it a run of {self.dataset.name}/{self.split}?"))
+        return score(qrels, self.hits, names)
+
+    def _record(self, measures: Optional[Sequence[str]] = None):
+        from dupmae_eval.evaluation.results import record_of
+
+        return record_of(self.name, self.dataset, self.split, self.hits, str(self.path or self.name),
+                         measures=list(measures) if measures else None,
+                         name=self.metadata.get("dataset", self.dataset.name))
+
+
+def bm25(dataset: str, *, split: Optional[str] = None, fields: str = "flat", k1: float = 0.9, b: float = 0.4,
+         hits: int = 1000, threads: Optional[int] = None, keep_query_hit: bool = False, name: Optional[str] = None,
+         output: Union[str, Path, None] = None) -> Run:
+    """BM25 over a dataset (registry name, `DUPMAE_EVAL_DATA` name or folder) through Pyserini's Lucene:
+    the same index, settings and run as `dupmae-eval bm25`. `fields`: flat or multifield."""
+    from dupmae_eval.options import check_bm25_settings
+    from dupmae_eval.retrieval.jobs import run_bm25
+
+    check_bm25_settings("bm25(): ", k1=k1, b=b, hits=hits, fields=fields)
+    output = _checked_output(output)
+    return _from_result(run_bm25(dataset, split=split, fields=fields, output=output, k1=k1, b=b, hits=hits,
+                                 threads=threads, keep_query_hit=keep_query_hit, tag=name))
+
+
+def run(dataset: str, model: str, *, encoder: str = "dupmae", retrieval: str = "dupmae",
+        split: Optional[str] = None, hits: int = 1000, batch_size: int = 32, device: Optional[str] = None,
+        precision: Optional[str] = None, name: Optional[str] = None, output: Union[str, Path, None] = None,
+        **settings) -> Run:
+    """Encode (cached), index (cached) and search with a model: the same as `dupmae-eval run`. `encoder` is an
+    encoder kind (dupmae, cls, ot, splade, mean, ...), `retrieval` a mode (dense, impact, dupmae, hybrid);
+    `settings` are the run options by their YAML names (topk=384, max_length=512, quantization_scale=100,
+    shard_size=10000, ...), checked as on the command line."""
+    from dupmae_eval.options import OPTIONS, translate
+    from dupmae_eval.retrieval.jobs import run_model
+
+    unknown = sorted(set(settings) - set(OPTIONS))
+    if unknown:
+        raise DupMAEEvalError(f"run(): unknown setting {unknown[0]!r}; the settings are {', '.join(OPTIONS)}")
+    overrides, runner = translate({"hits": hits, "batch_size": batch_size, "device": device,
+                                   "precision": precision, **settings})
+    output = _checked_output(output)
+    return _from_result(run_model(dataset, model, encoder, retrieval, output, split=split, tag=name,
+                                  **runner, **overrides))
+
+
+def load_run(path: Union[str, Path]) -> Run:
+    """A run that `bm25`, `run` or `reproduce` wrote (its `.meta.json` sidecar says which dataset and split
+    judge it; refused when the corpus has changed since)."""
+    from dupmae_eval.data.formats import read_trec_run
+    from dupmae_eval.evaluation.results import run_sidecar
+
+    path = Path(path)
+    meta, data = run_sidecar(path)
+    return Run(meta["condition"], data, meta["split"], read_trec_run(path), meta, path)
+
+
+def evaluate(run_or_path: Union[Run, str, Path], qrels: Union[str, Path, None] = None, *,
+             split: Optional[str] = None, measures: Optional[Sequence[str]] = None,
+             per_query: bool = False) -> "pandas.DataFrame":
+    """Score a run (a `Run`, or a TREC run file) as `dupmae-eval eval` does. Without `qrels`, the run's own
+    dataset judges it; `qrels` is a judgments file or a registry name (its shipped judgments, `split`)."""
+    from dupmae_eval.data.formats import read_qrels, read_trec_run
+    from dupmae_eval.data.datasets import BEIR_MEASURES, shipped_judgments
+    from dupmae_eval.evaluation.measures import check_coverage, evaluate as score
+
+    if qrels is None:
+        found = run_or_path if isinstance(run_or_path, Run) else load_run(run_or_path)
+        return found.evaluate(measures, per_query)
+    if isinstance(run_or_path, Run):
+        name, hits = run_or_path.name, run_or_path.hits
+    else:
+        name, hits = Path(run_or_path).name, read_trec_run(run_or_path)
+    if Path(qrels).is_file():
+        judgments, default = read_qrels(qrels), BEIR_MEASURES
+    else:
+        judgments, default = shipped_judgments(str(qrels), split)
+    names = list(measures or default)
+    _warn(check_coverage(judgments, hits, names))
+    return _frame(name, score(judgments, hits, names), per_query)
+
+
+def table(runs: Sequence[Union[Run, str, Path]], *, measure: str = "nDCG@10", baseline: Optional[str] = None,
+          suite: Optional[str] = None, format: Optional[str] = None):
+    """A comparison table, datasets x conditions, as `dupmae-eval table` makes it. `runs`: `Run`s, run files
+    with sidecars, `*.metrics.json` files or folders of them. Returns a DataFrame of the values (the paper's
+    reference columns of `suite` included), with the measure, the baseline and the paired tests' adjusted
+    p-values in `.attrs`; or, with `format=` (md, csv, latex), the text the command line prints."""
+    from dupmae_eval.evaluation.results import read_metrics
+    from dupmae_eval.evaluation.tables import TABLE_FORMATS, build_table, render
+
+    records = [item._record([measure]) if isinstance(item, Run) else None for item in runs]
+    paths = [Path(item) for item in runs if not isinstance(item, Run)]
+    records = [r for r in records if r is not None] + (read_metrics(paths) if paths else [])
+    _refuse_duplicates(records)
+    references = None
+    if suite:
+        from dupmae_eval.evaluation.suites import load_suite
+        from dupmae_eval.shipped import suite_path
+
+        references = load_suite(suite_path(suite), check_datasets=False).references
+    built = build_table(records, measure, baseline, references)
+    if format is not None:
+        if TABLE_FORMATS[format].binary:
+            raise DupMAEEvalError(f"format={format!r} is binary; use the command line's --output for it")
+        return render(built, format)
+    import pandas
+
+    frame = pandas.DataFrame({column: [built.values.get((row, column)) for row in built.rows]
+                              for column in built.columns}, index=pandas.Index(built.rows, name="dataset"))
+    frame.attrs.update(measure=built.measure, baseline=built.baseline,
+                       p_values={f"{row}/{column}": p for (row, column), p in built.p_values.items()})
+    return frame
+
+
+def encoders(model: str, *, kind: str = "dupmae", half: str = "dense", device: Optional[str] = None,
+             precision: Optional[str] = None, **settings):
+    """Pyserini-compatible encoders of one model, loaded once: (query encoder, document encoder). The query
+    encoder's `half` (dense or sparse) is what a FaissSearcher or LuceneImpactSearcher wants from it."""
+    from dupmae_eval.encoding.checkpoint import load_model
+    from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, DupMAEQueryEncoder, EncoderSettings
+
+    encoder_settings = EncoderSettings.for_kind(kind, **settings)
+    loaded = load_model(model, need_mlm_head=encoder_settings.has_sparse)
+    encoder_settings = EncoderSettings.for_checkpoint(kind, loaded.folder, **settings)
+    return (DupMAEQueryEncoder(loaded, encoder_settings, half=half, device=device, precision=precision),
+            DupMAEDocumentEncoder(loaded, encoder_settings, device, precision))
+
+
+def finetune(model: str, dataset: str, output: Union[str, Path], *, recipe: Optional[str] = None,
+             **settings) -> Path:
+    """Fine-tune `model` on `dataset` into the folder `output`, as `dupmae-eval finetune` (resumes when called
+    again with the same arguments). `recipe`: a shipped recipe name or a YAML file; `settings`: its fields by
+    name (max_steps=20, encoder="dupmae", ...), which win over the recipe's."""
+    from dupmae_eval.training.finetune import finetune as train
+    from dupmae_eval.training.settings import load_recipe, make_settings
+
+    chosen = make_settings(load_recipe(recipe) if recipe else {}, **settings)
+    return Path(train(model, dataset, Path(output), chosen))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _from_result(result) -> Run:
+    return Run(result.tag, result.dataset, result.split, result.run, result.metadata, result.run_path)
+
+
+def _checked_output(output: Union[str, Path, None]) -> Optional[Path]:
+    if output is None:
+        return None
+    from dupmae_eval.files import check_output_file
+
+    check_output_file(output, "output")
+    return Path(output)
+
+
+def _frame(name: str, evaluation, per_query: bool) -> "pandas.DataFrame":
+    import pandas
+
+    if per_query:
+        return pandas.DataFrame(evaluation.per_query).rename_axis("qid")
+    return pandas.DataFrame([evaluation.aggregate], index=pandas.Index([name], name="run"))
+
+
+def _warn(warnings: Sequence[str]) -> None:
+    import warnings as python_warnings
+
+    for warning in warnings:
+        python_warnings.warn(warning, stacklevel=3)
+
+
+def _refuse_duplicates(records) -> None:
+    seen = {}
+    for record in records:
+        key = (record.condition, record.dataset, record.split)
+        if key in seen:
+            raise DupMAEEvalError(f"two results for condition {record.condition!r} on {record.key}: give the "
+                                  f"table one of them (or name the runs apart with name=)")
+        seen[key] = record
