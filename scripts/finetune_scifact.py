@@ -1,4 +1,4 @@
-"""Issue 12's CPU experiment: splade-tiny fine-tuned on SciFact's train split, a Table 4-style table.
+"""The CPU fine-tuning experiment: splade-tiny fine-tuned on SciFact's train split, a Table 4-style table.
 
 Every arm trains on SciFact train minus a dev slice of 100 queries (held out with the seed; the
 slice's judgments are written to each output's holdout.tsv) and is evaluated on that dev slice and

@@ -1,7 +1,7 @@
 """One DupMAE pre-training step, ours vs the same objective through the full logits (and vs PyPI pretense's
 DupMAE step when it is installed), side by side in one run.
 
-Issue 13, must-show 2: BERT-base size with random weights (12 x 768, 30,522 vocabulary), a batch of 16
+One pre-training step's time and memory: BERT-base size with random weights (12 x 768, 30,522 vocabulary), a batch of 16
 sequences x 256 tokens, objective dupmae (MLM at 30 % whole-word masking + [CLS] decoding with half the
 positions hidden per row + 0.1 x bag of words), one AdamW step. Each side runs in its own subprocess, so
 its peak memory (VmHWM) is its own:

@@ -1,4 +1,4 @@
-"""Issue 13's CPU experiment: the paper's Table 4 (pre-training ablation) in miniature, on SciFact.
+"""The CPU pre-training experiment: the paper's Table 4 (pre-training ablation) in miniature, on SciFact.
 
 splade-tiny is further pre-trained on the SciFact corpus (5,183 abstracts) with each objective — `mlm`,
 `retromae` (+ [CLS] decoding), `bow` (+ bag of words), `dupmae` (both) — for the same number of steps (the

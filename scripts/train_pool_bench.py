@@ -1,6 +1,6 @@
 """A DupMAE fine-tuning step with the memory-bounded OT max-pool vs autograd through the full logits.
 
-Issue 12, must-show 2: BERT-base size with random weights (12 x 768, 30,522 vocabulary), a batch of
+The OT pooling's cost in fine-tuning: BERT-base size with random weights (12 x 768, 30,522 vocabulary), a batch of
 8 queries x (1 + 7) passages at 32 / 140 tokens, the paper's score (Eq. 12: projected [CLS] dot
 product + the sparse dot product over the document's top-384 entries) and InfoNCE over in-batch
 passages. Each side runs in its own subprocess, so its peak memory (VmHWM) is its own:

@@ -2,7 +2,7 @@
 entry per mode, shared by `pretrain` and `finetune`.
 
 At BERT-base size the encoder's saved activations, not the objective's vocabulary products, are most of a
-training step's memory once those products are blockwise (docs/pretraining.md measures it). Every mode
+training step's memory once those products are blockwise (docs/performance.md, "One pre-training step", measures it). Every mode
 goes through transformers' own activation checkpointing, non-reentrant with the RNG state kept, so dropout
 draws the same masks when a layer is recomputed and the gradients do not change; recomputation acts only
 in training mode.
@@ -68,7 +68,7 @@ def recompute_encoder(masked_lm, mode: str, first: int = -1) -> None:
 
     first: apply the mode to the encoder's first `first` layers only and let the others keep everything
     (-1: every layer). The trade is then per layer: at BERT-base size, 16 x 256 tokens, each layer left
-    whole keeps about 180 MB more for the backward and saves its recomputation (docs/pretraining.md), so
+    whole keeps about 180 MB more for the backward and saves its recomputation (docs/performance.md), so
     a run whose memory bound leaves room spends it on speed. The first layers are the ones recomputed (as
     Megatron's `block` method chooses): the backward reaches them last, after the layers kept whole have
     freed their activations, so a recomputed layer's transient never adds to them."""

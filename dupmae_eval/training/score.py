@@ -7,7 +7,7 @@ activation); the document keeps its k largest entries (k = 384 in the paper, "no
 query all of them, exactly as the exact search scores at inference (`search.exact_scores_topk`).
 The paper writes the sum unweighted and InfoNCE with no temperature: `sparse_scale` = 1 and
 `temperature` = 1 are that setting. Both are settings because, measured with raw logits, the
-scores are ~800 in magnitude and the loss starts near 219 (issue 12): the conditioning decides
+scores are ~800 in magnitude and the loss starts near 219 (the SciFact experiment, docs/training.md): the conditioning decides
 whether training moves at all, so it is something to choose on a dev slice and to report.
 
 Gradients pass through the kept entries only (the top-k choice itself is not differentiated);
