@@ -6,9 +6,9 @@ it raises that threshold, up to 32 MiB, each time a mapped block is freed. A BER
 tokens frees activations of 12 MiB (16 x 256 x 768 floats) within its first layers, so from then on such
 tensors come from the heap. Freed heap memory stays resident and fragments: the step's resident high-water
 mark exceeds its live tensors by 0.7 to 1.3 GB and moves by about 200 MB between identical runs
-(docs/performance.md, "One pre-training step", measures it). Fixing the threshold (`release`) gives every tensor of 64 KiB or more a
-mapping of its own, returned on free, so the process's memory follows its live tensors; smaller objects
-(Python's, the tokenizer's) still come from the heap.
+(docs/performance.md, "One pre-training step", measures it). Fixing the threshold (`release`) gives every
+tensor of 64 KiB or more a mapping of its own, returned on free, so the process's memory follows its live
+tensors; smaller objects (Python's, the tokenizer's) still come from the heap.
 
 The price is that every page of a new large tensor is faulted in and zeroed by the kernel again: at
 splade-tiny size (the CPU recipes' model, 32 x 256 tokens) a pre-training step takes 1.08-1.12x the time for
