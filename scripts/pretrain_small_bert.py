@@ -299,7 +299,7 @@ def run(args) -> int:
     from dupmae_eval.training.pretrain_data import read_texts
 
     base = dict(batch_size=args.batch_size, max_length=args.max_length, learning_rate=args.learning_rate,
-                seed=args.seed, bf16="on" if args.device == "cuda" else "off", compile=args.compile,
+                seed=args.seed, precision="bf16" if args.device == "cuda" else "fp32", compile=args.compile,
                 dataloader_workers=args.workers, logging_steps=10 if not args.small else 1,
                 save_steps=args.export_every, save_total_limit=1)
     try:

@@ -388,6 +388,9 @@ def test_recipes_load_and_unknown_keys_are_refused(tmp_path):
     bad.write_text("learning_rate: 1e-5\nlearning_rat: 2\n")
     with pytest.raises(DupMAEEvalError, match=r"bad\.yaml:2: unknown setting 'learning_rat'"):
         load_recipe(bad)
+    bad.write_text("learning_rate: 1e-5\nbf16: auto\n")      # an older recipe's key: told what it is now
+    with pytest.raises(DupMAEEvalError, match=r"bad\.yaml:2: unknown setting 'bf16'; it is `precision` now"):
+        load_recipe(bad)
 
 
 # --------------------------------------------------------------------------- a real run, read by `run`
@@ -584,6 +587,31 @@ def test_compiled_finetuning_trains_the_same_weights(random_bert, small_beir, tm
     assert record["finished"] and record["settings"]["compile"] is True
     with pytest.raises(DupMAEEvalError, match="compile runs with recompute none only"):
         make_settings(compile=True, recompute="elementwise", **common).validate()
+
+
+def test_bf16_finetuning_on_the_cpu_is_autocast_and_agrees_with_fp32(random_bert, small_beir, tmp_path):
+    """`precision: bf16` on a CPU: the Trainer's bf16 autocast (the products round in bfloat16, so the weights
+    after two steps are not fp32's, while the loss agrees), recorded in the run; an unknown precision is
+    refused. (Adam's first steps move each weight by about the learning rate whatever the gradient's size,
+    so the weights themselves are no measure of agreement here; the loss is.)"""
+    from safetensors.torch import load_file
+
+    from dupmae_eval.training.finetune import finetune
+    from dupmae_eval.training.settings import make_settings
+
+    common = dict(negatives="none", group_size=1, max_steps=2, queries_per_device=4, query_max_length=16,
+                  passage_max_length=32, learning_rate=1e-3)
+    for name, precision in (("fp32", None), ("bf16", "bf16")):
+        finetune(str(random_bert), str(small_beir), tmp_path / name, make_settings(precision=precision, **common))
+    fp32, bf16 = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("fp32", "bf16"))
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    assert float((bf16[key] - fp32[key]).abs().max()) > 0      # autocast did change the arithmetic
+    records = {name: json.loads((tmp_path / name / "finetune.json").read_text()) for name in ("fp32", "bf16")}
+    assert records["bf16"]["settings"]["precision"] == "bf16" and records["fp32"]["settings"]["precision"] is None
+    assert abs(records["bf16"]["training_loss"] - records["fp32"]["training_loss"]) < 0.02 * records["fp32"][
+        "training_loss"]
+    with pytest.raises(DupMAEEvalError, match="precision 'fp16'"):
+        make_settings(precision="fp16", **common)
 
 
 def test_a_checkpoint_cut_short_is_removed_and_the_one_before_resumed(tmp_path, capsys):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -193,6 +194,21 @@ def claim_output(output: Path, record: dict, name: str, what: str,
     return finished
 
 
+def _trains_in_bf16(precision, on_gpu: bool) -> bool:
+    """The Trainer's autocast: `encoding/precision.py`'s choice for this device (the device's own when not
+    given: bf16 on a GPU that supports it, fp32 on a CPU); `auto` prints what it chose, once."""
+    import torch
+
+    from dupmae_eval.encoding.precision import describe_auto, resolve_precision
+
+    device = "cuda" if on_gpu else "cpu"
+    if precision == "auto" and os.environ.get("RANK", "0") == "0":
+        print(f"dupmae-eval: {describe_auto(device)}", file=sys.stderr, flush=True)
+    if precision is None and on_gpu:
+        return torch.cuda.is_bf16_supported()
+    return resolve_precision(precision, device) == "bf16"
+
+
 def last_complete_checkpoint(folder: Path) -> Optional[str]:
     """The newest checkpoint the Trainer finished writing, or None. The Trainer writes a checkpoint's files one
     after another, its trainer_state.json last, straight into checkpoint-N: a run stopped while writing one
@@ -246,7 +262,7 @@ def train_and_save(net, dataset, collator, output: Path, settings, per_device_ba
     """Run transformers' Trainer over `dataset` (resuming from the last checkpoint under output/checkpoints),
     then, on rank 0, save the model to `output` and mark the run's record finished, with `summary`, the
     step count, the loss and the log. `settings` has the optimisation fields fine-tuning and pre-training
-    share (learning_rate, epochs, warmup_ratio, ..., bf16, dataloader_workers)."""
+    share (learning_rate, epochs, warmup_ratio, ..., precision, dataloader_workers)."""
     import torch
     from transformers import TrainingArguments
 
@@ -260,7 +276,7 @@ def train_and_save(net, dataset, collator, output: Path, settings, per_device_ba
         compile_encoder(net.masked_lm.bert)     # in place: checkpoints keep the eager module's names
     _, world = _distributed()
     on_gpu = torch.cuda.is_available()
-    bf16 = settings.bf16 == "on" or (settings.bf16 == "auto" and on_gpu and torch.cuda.is_bf16_supported())
+    bf16 = _trains_in_bf16(settings.precision, on_gpu)
     args = TrainingArguments(
         output_dir=str(output / "checkpoints"), per_device_train_batch_size=per_device_batch,
         gradient_accumulation_steps=settings.gradient_accumulation, learning_rate=settings.learning_rate,
@@ -313,7 +329,7 @@ def check_data_source(source: str, flag: str, text_files: bool) -> None:
 
 def prepare_data(data_source: str, settings: FinetuneSettings, output: Path):
     """(train queries, held-out queries, passage store) with negatives attached."""
-    from dupmae_eval.training import data as training_data
+    from dupmae_eval.training import finetune_data as training_data
     from dupmae_eval.training.negatives import NEGATIVE_SOURCES
 
     source = Path(data_source).expanduser()

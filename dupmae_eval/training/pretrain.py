@@ -1,5 +1,5 @@
 """DupMAE pre-training on transformers' `Trainer` (the same trainer as fine-tuning: torchrun/DDP, bf16 on a
-GPU, checkpoints with optimizer and RNG states, resume, progress).
+GPU or a CPU, checkpoints with optimizer and RNG states, resume, progress).
 
 Every setting is one row of `PretrainSettings`, read by the CLI (`dupmae-eval pretrain`), the recipe YAMLs
 (configs/pretrain/) and the trainer; where a default comes from is written beside it ("paper" = DupMAE,
@@ -23,7 +23,8 @@ from typing import Any, Dict, Mapping, Optional, Union
 from dupmae_eval import __version__
 from dupmae_eval.errors import DupMAEEvalError
 from dupmae_eval.training.settings import (
-    COMPILE_HELP, HEAP_HELP, MAX_STEPS_HELP, RECOMPUTE_FIRST_HELP, check_compile, check_max_steps)
+    COMPILE_HELP, HEAP_HELP, MAX_STEPS_HELP, PRECISION_HELP, RECOMPUTE_FIRST_HELP, check_compile,
+    check_max_steps)
 
 RECORD = "pretrain.json"
 
@@ -48,7 +49,8 @@ class PretrainSettings:
     weight_decay: float = 0.01
     max_steps: int = -1                      # ≥ 1 stops after that many optimizer steps; -1: the epochs decide
     seed: int = 42
-    bf16: str = "auto"                       # auto: on a GPU that supports it; never on the CPU
+    precision: Optional[str] = None          # fp32 | bf16 | auto (encoding/precision.py); None: the
+                                             # device's own (bf16 on a GPU, fp32 on a CPU)
     recompute: str = "none"                  # none | elementwise | layers (recompute.RECOMPUTE); released:
                                              # none (elementwise: exact, 0.85x the memory on a CPU)
     recompute_first: int = -1                # the mode on the encoder's first N layers only; -1: all (ours)
@@ -80,8 +82,10 @@ class PretrainSettings:
             raise DupMAEEvalError("max_length must leave room for [CLS], one token and [SEP]")
         if self.batch_size < 1:
             raise DupMAEEvalError("batch_size must be ≥ 1")
-        if self.bf16 not in ("auto", "on", "off"):
-            raise DupMAEEvalError(f"bf16 {self.bf16!r}: auto, on or off")
+        if self.precision is not None:
+            from dupmae_eval.encoding.precision import resolve_precision
+
+            resolve_precision(self.precision)       # refuses an unknown value in one line
         check_max_steps(self.max_steps)
         return self
 
@@ -108,7 +112,7 @@ HELP = {
     "weight_decay": "AdamW weight decay",
     "max_steps": MAX_STEPS_HELP,
     "seed": "seed of the masks, the decoder's initialisation and the trainer",
-    "bf16": "auto (on a GPU with bf16), on, off",
+    "precision": PRECISION_HELP,
     "recompute": "what the encoder recomputes in the backward instead of keeping: none; elementwise (GELU, "
                  "LayerNorm, sums, dropout between the products: less memory, about the same time at BERT-base size); "
                  "layers (whole layers: least memory, about a third more encoder compute)",

@@ -54,7 +54,8 @@ class FinetuneSettings:
     weight_decay: float = 0.01
     max_steps: int = -1                      # ≥ 1 stops after that many optimizer steps (smoke runs); -1: epochs
     seed: int = 42
-    bf16: str = "auto"                       # auto: on a GPU that supports it; never on the CPU
+    precision: Optional[str] = None          # fp32 | bf16 | auto (encoding/precision.py); None: the
+                                             # device's own (bf16 on a GPU, fp32 on a CPU)
     recompute: str = "none"                  # none | elementwise | layers (recompute.RECOMPUTE); RetroMAE: none
     recompute_first: int = -1                # the mode on the encoder's first N layers only; -1: all (ours)
     heap: str = "glibc"                      # glibc | release (heap.HEAPS): how freed tensor memory goes back
@@ -98,8 +99,10 @@ class FinetuneSettings:
             raise DupMAEEvalError("temperatures must be positive")
         if min(self.query_max_length, self.passage_max_length) < 2:
             raise DupMAEEvalError("max lengths must leave room for [CLS] and [SEP]")
-        if self.bf16 not in ("auto", "on", "off"):
-            raise DupMAEEvalError(f"bf16 {self.bf16!r}: auto, on or off")
+        if self.precision is not None:
+            from dupmae_eval.encoding.precision import resolve_precision
+
+            resolve_precision(self.precision)       # refuses an unknown value in one line
         check_max_steps(self.max_steps)
         if not kind.sparse and not kind.dense:
             raise DupMAEEvalError(f"encoder kind {self.kind!r} has no half to train")
@@ -124,6 +127,8 @@ class FinetuneSettings:
 
 
 FIELDS = {f.name: f for f in fields(FinetuneSettings)}
+
+PRECISION_HELP = ("fp32, bf16 (products in bfloat16, sums in fp32: autocast, on a GPU or a CPU) or auto (bf16 where the device has it in hardware: a CUDA GPU, a CPU with AVX512-BF16 or AMX; the choice is printed); default: the device's own, bf16 on a GPU and fp32 on a CPU")
 
 HEAP_HELP = ("glibc (the C library's default: fastest; freed activations stay resident) or release (tensors "
              "of 64 KiB or more go back to the system when freed: on a CPU the process's memory follows its live "
@@ -187,7 +192,7 @@ HELP = {
     "weight_decay": "AdamW weight decay",
     "max_steps": MAX_STEPS_HELP,
     "seed": "seed of the sampling, the new projection and the trainer",
-    "bf16": "auto (on a GPU with bf16), on, off",
+    "precision": PRECISION_HELP,
     "recompute": "what the encoder recomputes in the backward instead of keeping: none; elementwise (GELU, "
                  "LayerNorm, sums, dropout between the products: less memory for little compute); layers "
                  "(whole layers: least memory, about a third more encoder compute)",
@@ -200,6 +205,10 @@ HELP = {
     "dataloader_workers": "data loading processes",
 }
 
+
+RENAMED = {"bf16": "it is `precision` now: fp32, bf16 or auto (bf16 where the hardware has it); leave it out "
+                   "for the device's own (bf16 on a GPU, fp32 on a CPU), which is what `bf16: auto` meant"}
+"""Settings that older recipes name, and what they are now (said in the error)."""
 
 NULLABLE = ("dense_dim", "doc_topk", "negatives_from", "distill_from")
 
@@ -260,7 +269,8 @@ def load_recipe(path: Union[str, Path], table: Optional[Mapping[str, Any]] = Non
             continue
         if key not in table:
             line = next((n for n, row in enumerate(text.splitlines(), 1) if row.split(":")[0].strip() == key), 1)
-            raise DupMAEEvalError(f"{path}:{line}: unknown setting {key!r}")
+            hint = RENAMED.get(key, "")
+            raise DupMAEEvalError(f"{path}:{line}: unknown setting {key!r}" + (f"; {hint}" if hint else ""))
         settings[key] = _coerce(key, value, str(path), table, nullable)
     return settings
 
