@@ -119,7 +119,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_datasets(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("datasets", help="list the dataset registry")
+    p = sub.add_parser("datasets", help="list the datasets: every split, its measures, size and where the data is",
+                       description="One row per dataset and split: the measures the split is scored with, the "
+                                   "corpus size (passages), the judged queries, and where the data comes from "
+                                   "(bundled, cached, mapped, downloadable or restricted). Nothing is downloaded.")
+    p.add_argument("--json", action="store_true", help="print the rows as a JSON list instead of a table")
     p.set_defaults(handler=_cmd_datasets)
 
 
@@ -366,12 +370,33 @@ def _other_splits(name: str, split: Optional[str], run) -> str:
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
-    from dupmae_eval.data.datasets import REGISTRY
+    from dupmae_eval.data.datasets import AVAILABILITY, catalogue
 
-    print("name\tlayout\tpublic\tdefault split\tmeasures")
-    for name, info in REGISTRY.items():
-        measures = " ".join(info.measures[info.default_split])
-        print(f"{name}\t{info.layout}\t{'yes' if info.public else 'restricted'}\t{info.default_split}\t{measures}")
+    rows = catalogue()
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=1))
+        return 0
+    header = ("dataset", "split", "passages", "queries", "data", "measures")
+    table = [header] + [(row["dataset"], (row["split"] or "-") + ("*" if row["default"] else ""),
+                         f"{row['passages']:,}" if row["passages"] else "-",
+                         f"{row['queries']:,}" + ("" if row["judged"] else " (topics only)") if row["queries"]
+                         else "-", row["data"], " ".join(row["measures"]) or "-") for row in rows]
+    widths = [max(len(line[column]) for line in table) for column in range(len(header))]
+    right = (False, False, True, True, False, False)
+    for line in table:
+        cells = [cell.rjust(width) if align else cell.ljust(width) for cell, width, align in zip(line, widths, right)]
+        print("  ".join(cells).rstrip())
+    print()
+    print("*         the default split (used when --split is not given)")
+    print("passages  the corpus's size as its publisher lists it")
+    print("queries   the split's judged queries, in the judgments shipped with the package ('topics only': "
+          "none shipped, its topics counted)")
+    print("data      where the data comes from:")
+    width = max(map(len, AVAILABILITY))
+    for word, meaning in AVAILABILITY.items():
+        print(f"  {word.ljust(width)}  {meaning}")
     return 0
 
 
