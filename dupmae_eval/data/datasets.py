@@ -69,8 +69,9 @@ BEIR_ARCHIVE_MD5 = {
     "climate-fever": "8b66f0a9126c521bae2bde127b4dc99d", "scifact": "5f7d1de60b170fc8027bb7898e2efca1",
 }
 
-# Corpus sizes (passages) as the BEIR paper lists them (Table 1), CQADupStack per forum (its 12 forums sum to
-# the paper's 457,199), and MS MARCO passage's collection.tsv; shown by `datasets`, never downloaded to count.
+# Corpus sizes (passages) as the BEIR paper lists them (Table 1); CQADupStack per forum as Anserini's flat indexes
+# count them (the 12 sum to the paper's 457,199); MS MARCO passage's collection.tsv. Shown by `datasets`, never
+# downloaded to count.
 CORPUS_PASSAGES = {
     "trec-covid": 171_332, "bioasq": 14_914_602, "nfcorpus": 3_633, "nq": 2_681_468, "hotpotqa": 5_233_329,
     "fiqa": 57_638, "signal1m": 2_866_316, "trec-news": 594_977, "robust04": 528_155, "arguana": 8_674,
