@@ -20,19 +20,24 @@ from dupmae_eval.options import nonnegative_float, positive_int, unit_interval
 def _add_bm25(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bm25", help="BM25 through Pyserini's Lucene: index (cached) and search",
                        description="Index a dataset with Anserini (cached) and search it with BM25, writing a TREC run.")
-    p.add_argument("--dataset", required=True, help="registry name (see `datasets`) or a dataset folder")
-    p.add_argument("--split", default=None, help="query split (default: the dataset's, e.g. test, dl19)")
+    p.add_argument("--dataset", required=True, metavar="NAME|FOLDER",
+                   help="registry name (see `datasets`) or a dataset folder")
+    p.add_argument("--split", default=None, metavar="SPLIT", help="query split (default: the dataset's, e.g. test, "
+                                                                   "dev-subset; see `datasets`)")
     p.add_argument("--fields", choices=("flat", "multifield"), default="flat",
                    help="flat: title+text in one field; multifield: title and text fields, weights 1.0/1.0")
-    p.add_argument("--k1", type=nonnegative_float, default=0.9, help="term saturation, at least 0 (default 0.9)")
-    p.add_argument("--b", type=unit_interval, default=0.4, help="length normalisation, 0 to 1 (default 0.4)")
-    p.add_argument("--hits", type=positive_int, default=1000, help="hits per query (default 1000)")
-    p.add_argument("--threads", type=positive_int, default=None, help="search/index threads (default: all cores)")
+    p.add_argument("--k1", type=nonnegative_float, default=0.9, metavar="FLOAT",
+                   help="term saturation, at least 0 (default %(default)s)")
+    p.add_argument("--b", type=unit_interval, default=0.4, metavar="FLOAT",
+                   help="length normalisation, 0 to 1 (default %(default)s)")
+    p.add_argument("--hits", type=positive_int, default=1000, metavar="N", help="hits per query (default %(default)s)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="search/index threads (default: all cores)")
     p.add_argument("--keep-query-hit", action="store_true",
                    help="keep the hit whose id equals the query id (BEIR removes it; default: removed for "
                         "BEIR-layout data, kept for MS MARCO)")
-    p.add_argument("--output", required=True, type=Path, help="TREC run file to write")
-    p.add_argument("--tag", default=None, help="run tag (default: bm25-FIELDS)")
+    p.add_argument("--output", required=True, type=Path, metavar="FILE", help="TREC run file to write")
+    p.add_argument("--tag", default=None, help="run tag, the condition's name in `table` (default: bm25-FIELDS)")
     p.add_argument("--eval", action="store_true", help="evaluate the run with the dataset's measures")
     p.set_defaults(handler=_cmd_bm25)
 
@@ -44,16 +49,18 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("run", help="encode (cached), index (cached) and search with a DupMAE/RetroMAE/baseline model",
                        description="Encode a corpus with a model, index it, search, and write a TREC run.")
-    p.add_argument("--dataset", required=True, help="registry name or dataset folder")
-    p.add_argument("--split", default=None)
-    p.add_argument("--model", required=True, help="Hugging Face hub name or local checkpoint folder")
+    p.add_argument("--dataset", required=True, metavar="NAME|FOLDER", help="registry name or dataset folder")
+    p.add_argument("--split", default=None, metavar="SPLIT", help="query split (default: the dataset's)")
+    p.add_argument("--model", required=True, help="Hugging Face hub name, local checkpoint folder or "
+                                                  "package:MODULE/FOLDER")
     p.add_argument("--encoder", required=True, choices=list(ENCODER_KINDS),
                    help="; ".join(f"{name}: {kind.summary}" for name, kind in ENCODER_KINDS.items()))
     p.add_argument("--retrieval", required=True, choices=list(RETRIEVAL_MODES),
                    help="; ".join(f"{name}: {mode.summary}" for name, mode in RETRIEVAL_MODES.items()))
     add_arguments(p)
-    p.add_argument("--output", required=True, type=Path)
-    p.add_argument("--tag", default=None)
+    p.add_argument("--output", required=True, type=Path, metavar="FILE", help="TREC run file to write")
+    p.add_argument("--tag", default=None, help="run tag, the condition's name in `table` (default: "
+                                               "ENCODER-RETRIEVAL)")
     p.add_argument("--eval", action="store_true", help="evaluate the run with the dataset's measures")
     p.set_defaults(handler=_cmd_run)
 
@@ -65,11 +72,14 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
                                    "evaluate with the suite's measures, and print OK/FAIL against the expected "
                                    "scores at the suite's precision.")
     p.add_argument("config", help="suite YAML, or the name of a shipped suite: beir, msmarco, local, demo")
-    p.add_argument("--datasets", nargs="+", default=None, help="only these datasets (as the suite names them)")
-    p.add_argument("--conditions", nargs="+", default=None, help="only these conditions")
+    p.add_argument("--datasets", nargs="+", default=None, metavar="NAME",
+                   help="only these datasets, as the suite names them (default: all of the suite's)")
+    p.add_argument("--conditions", nargs="+", default=None, metavar="NAME",
+                   help="only these conditions (default: all of the suite's)")
     p.add_argument("--data", action="append", default=[], metavar="NAME=FOLDER",
-                   help="use a local folder for a dataset name (repeatable)")
-    p.add_argument("--runs", type=Path, default=Path("runs"), help="where runs/<suite>/<condition>/ go")
+                   help="use a local folder for a dataset name (repeatable; default: none)")
+    p.add_argument("--runs", type=Path, default=Path("runs"), metavar="FOLDER",
+                   help="where runs/<suite>/<condition>/ go (default: %(default)s)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and whether each would run, be "
                                                           "reused, or be redone (and why)")
     p.add_argument("--force", action="store_true", help="redo the chosen cells even when an identical run exists")
@@ -83,11 +93,15 @@ def _add_table(sub: argparse._SubParsersAction) -> None:
     p.add_argument("results", nargs="+", type=Path, help="folders, *.metrics.json files (from reproduce), or run "
                                                           "files with their .meta.json sidecar (from bm25 or run: "
                                                           "scored against their dataset's judgments)")
-    p.add_argument("--suite", default=None, help="suite YAML (or shipped suite name) whose reference columns to add")
-    p.add_argument("--measure", default="nDCG@10")
-    p.add_argument("--baseline", default=None, help="condition to compare against (deltas, paired t-tests)")
-    p.add_argument("--format", choices=list(TABLE_FORMATS), default="md")
-    p.add_argument("--output", type=Path, default=None, help="file to write (required for pictures)")
+    p.add_argument("--suite", default=None, metavar="SUITE",
+                   help="suite YAML (or shipped suite name) whose reference columns to add (default: none)")
+    p.add_argument("--measure", default="nDCG@10", metavar="MEASURE",
+                   help="the measure tabled, an ir-measures name (default: %(default)s)")
+    p.add_argument("--baseline", default=None, metavar="CONDITION",
+                   help="condition to compare against: deltas, paired t-tests (default: none)")
+    p.add_argument("--format", choices=list(TABLE_FORMATS), default="md", help="output format (default: %(default)s)")
+    p.add_argument("--output", type=Path, default=None, metavar="FILE",
+                   help="file to write, required for pictures (default: standard output)")
     p.set_defaults(handler=_cmd_table)
 
 
@@ -98,9 +112,11 @@ def _add_encode(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="encode a corpus into the cache (resumable; torchrun splits it)",
                        description="Encode a corpus in shards (resumes after a kill). Under torchrun each rank "
                                    "encodes its share of the shards and rank 0 writes the manifest.")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--encoder", required=True, choices=list(ENCODER_KINDS))
+    p.add_argument("--dataset", required=True, metavar="NAME|FOLDER", help="registry name or dataset folder")
+    p.add_argument("--model", required=True, help="Hugging Face hub name, local checkpoint folder or "
+                                                  "package:MODULE/FOLDER")
+    p.add_argument("--encoder", required=True, choices=list(ENCODER_KINDS),
+                   help="how a forward pass becomes a representation (as for `run`)")
     add_arguments(p, runner=ENCODE_OPTIONS)
     p.set_defaults(handler=_cmd_encode)
 
@@ -113,13 +129,18 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", type=Path, help="TREC run file")
     p.add_argument("measures", nargs="*", help="ir-measures names, e.g. nDCG@10 RR@10 R@1000 'AP(rel=2)' "
                                                "(default: the dataset's, or nDCG@10 R@100 R@1000)")
-    p.add_argument("--split", default=None, help="split of a registry dataset's judgments")
+    p.add_argument("--split", default=None, metavar="SPLIT",
+                   help="split of a registry dataset's judgments (default: the dataset's)")
     p.add_argument("--per-query", action="store_true", help="also print MEASURE<TAB>QID<TAB>VALUE lines")
     p.set_defaults(handler=_cmd_eval)
 
 
 def _add_datasets(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("datasets", help="list the dataset registry")
+    p = sub.add_parser("datasets", help="list the datasets: every split, its measures, size and where the data is",
+                       description="One row per dataset and split: the measures the split is scored with, the "
+                                   "corpus size (passages), the judged queries, and where the data comes from "
+                                   "(bundled, cached, mapped, downloadable or restricted). Nothing is downloaded.")
+    p.add_argument("--json", action="store_true", help="print the rows as a JSON list instead of a table")
     p.set_defaults(handler=_cmd_datasets)
 
 
@@ -128,7 +149,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                                     "a DupMAE reading, checked and tabled",
                        description="Runs the shipped `demo` suite (reproduce) and prints its comparison table "
                                    "against BM25 flat, with the paper's reference columns.")
-    p.add_argument("--runs", type=Path, default=Path("runs"), help="where runs/demo/<condition>/ go")
+    p.add_argument("--runs", type=Path, default=Path("runs"), metavar="FOLDER",
+                   help="where runs/demo/<condition>/ go (default: %(default)s)")
     p.set_defaults(handler=_cmd_demo)
 
 
@@ -142,17 +164,55 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="Hugging Face hub name or local checkpoint folder")
     p.add_argument("--dataset", required=True, help="dataset name or folder (BEIR or MS MARCO layout), or a "
                                                     "tevatron training JSONL file")
-    p.add_argument("--output", required=True, type=Path, help="output folder (new, or this run's to resume)")
-    p.add_argument("--recipe", default=None, help="recipe YAML, or a shipped recipe's name (retromae-msmarco, "
-                                                  "splade-tiny-scifact); flags override it")
+    p.add_argument("--output", required=True, type=Path, metavar="FOLDER",
+                   help="output folder (new, or this run's to resume)")
+    p.add_argument("--recipe", default=None, metavar="RECIPE",
+                   help="recipe YAML, or a shipped recipe's name (retromae-msmarco, splade-tiny-scifact); flags "
+                        "override it (default: none, the settings' defaults)")
     _settings_flags(p, FIELDS, HELP)
     p.set_defaults(handler=_cmd_finetune)
 
 
+SETTING_CHOICES = {
+    "activation": ("none", "relu", "log1p_relu"), "negatives": ("bm25", "run", "model", "none"),
+    "bf16": ("auto", "on", "off"), "recompute": ("none", "elementwise", "layers"), "heap": ("glibc", "release"),
+    "objective": ("mlm", "retromae", "bow", "dupmae"), "sequences": ("truncate", "pack"),
+}
+"""The values of the training settings that take one of a few words, shown as their flags' metavars (written
+out here so that `--help` imports no torch; tests/test_help.py checks each against the registry it names)."""
+
+SETTING_METAVARS = {"kind": "KIND", "dense_dim": "{half,N,none}", "doc_topk": "{N,none}", "split": "SPLIT",
+                    "negatives_from": "RUN|MODEL", "distill_from": "FILE"}
+
+
+def shown_default(value) -> str:
+    """A setting's default as --help writes it: on/off, none, 2e-05, 0.1, 384, dupmae."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
 def _settings_flags(parser: argparse.ArgumentParser, fields, helps) -> None:
-    """One --flag per field of a training settings table (None = not given: the recipe or default holds)."""
-    for name in fields:
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar="VALUE", help=helps[name])
+    """One --flag per field of a training settings table (None = not given: the recipe or default holds).
+    A boolean setting is a switch (--NAME / --no-NAME); the others keep the value as typed (the settings
+    convert it, for flags and recipes alike)."""
+    for name, field in fields.items():
+        flag = "--" + name.replace("_", "-")
+        text = f"{helps[name]} (default: from the recipe, else {shown_default(field.default)})"
+        if isinstance(field.default, bool):
+            parser.add_argument(flag, dest=name, default=None, action=_Switch, help=text)
+            continue
+        if name in SETTING_CHOICES:
+            metavar = "{" + ",".join(SETTING_CHOICES[name]) + "}"
+        elif name in SETTING_METAVARS:
+            metavar = SETTING_METAVARS[name]
+        else:
+            metavar = "FLOAT" if isinstance(field.default, float) else "N" if isinstance(field.default, int) else "TEXT"
+        parser.add_argument(flag, dest=name, default=None, metavar=metavar, help=text)
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
@@ -168,9 +228,11 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                                                   "shape:NAME), or a BERT config.json")
     p.add_argument("--corpus", required=True, help="dataset name or folder (its passages), or a text file "
                                                    "(one text per line; .txt.gz and .txt.xz read compressed)")
-    p.add_argument("--output", required=True, type=Path, help="output folder (new, or this run's to resume)")
-    p.add_argument("--recipe", default=None, help="recipe YAML, or a shipped recipe's name (dupmae-wiki-book, "
-                                                  "dupmae-msmarco, splade-tiny-scifact, bert-mlm); flags override it")
+    p.add_argument("--output", required=True, type=Path, metavar="FOLDER",
+                   help="output folder (new, or this run's to resume)")
+    p.add_argument("--recipe", default=None, metavar="RECIPE",
+                   help="recipe YAML, or a shipped recipe's name (dupmae-wiki-book, dupmae-msmarco, "
+                        "splade-tiny-scifact, bert-mlm); flags override it (default: none, the settings' defaults)")
     _settings_flags(p, FIELDS, HELP)
     p.set_defaults(handler=_cmd_pretrain)
 
@@ -192,23 +254,85 @@ def _add_mlm_loss(sub: argparse._SubParsersAction) -> None:
                                    "every model) and prints the mean cross-entropy in nats over the masked "
                                    "tokens. Two models measured with the same flags see the same masks.")
     p.add_argument("--model", required=True, help="Hugging Face hub name or local BertForMaskedLM folder")
-    p.add_argument("--texts", required=True, type=Path, help="text file, one text per line (.txt.gz, .txt.xz: compressed); "
+    p.add_argument("--texts", required=True, type=Path, metavar="FILE", help="text file, one text per line (.txt.gz, .txt.xz: compressed); "
                                                              "blank lines skipped")
-    p.add_argument("--ratio", type=_ratio, default=0.15, help="share of each text's tokens masked (default 0.15)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the masks (default 0)")
-    p.add_argument("--max-length", type=positive_int, default=128,
-                   help="tokens per text with [CLS] and [SEP] (default 128)")
-    p.add_argument("--limit", type=positive_int, default=None, help="the first N texts only (default: all)")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="texts per forward pass (default 64)")
+    p.add_argument("--ratio", type=_ratio, default=0.15, metavar="FLOAT",
+                   help="share of each text's tokens masked, between 0 and 1 (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the masks (default %(default)s)")
+    p.add_argument("--max-length", type=positive_int, default=128, metavar="N",
+                   help="tokens per text with [CLS] and [SEP] (default %(default)s)")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                   help="the first N texts only (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
+                   help="texts per forward pass (default %(default)s)")
     p.set_defaults(handler=_cmd_mlm_loss)
+
+
+class _Switch(argparse.BooleanOptionalAction):
+    """A boolean training setting: --NAME sets it, --no-NAME clears it, neither leaves it to the recipe or the
+    default (None). `--NAME true|false` (and yes/no, 1/0, `--NAME=false`), the form these settings took
+    before they were switches, still works: `_Parser` rewrites it to the switch."""
+
+
+SWITCH_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Every optional flag's help ends with its default: a help that names none gets `(default: off)` (a
+    switch) or `(default: VALUE)` (a flag with a value); helps for flags whose default is decided
+    elsewhere (the dataset's split, all cores) say so themselves."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.required or "default" in text:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        if action.default is not None and action.default is not argparse.SUPPRESS:
+            return f"{text} (default: %(default)s)"
+        return text
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse with the toolkit's one-line errors: `dupmae-eval: error: argument --hits: 0 must be at
-    least 1`, exit 2, instead of the usage block followed by the message (subcommands inherit it)."""
+    least 1`, exit 2, instead of the usage block followed by the message (subcommands inherit it), and
+    help that shows every flag's default (`_Formatter`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"dupmae-eval: error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        if args is None:
+            args = sys.argv[1:]
+        return super().parse_known_args(self._switch_values(list(args)), namespace)
+
+    def _switch_values(self, args: list) -> list:
+        """`--include-sep false` or `--include-sep=false` -> `--no-include-sep`; `--compile true` -> `--compile`
+        (this parser's switches only; the verbs that have switches take no positional arguments)."""
+        switches = {flag for action in self._actions if isinstance(action, _Switch)
+                    for flag in action.option_strings if not flag.startswith("--no-")}
+        if not switches:
+            return args
+        out, i = [], 0
+        while i < len(args):
+            arg = args[i]
+            if arg == "--":
+                out.extend(args[i:])
+                break
+            flag, equals, value = arg.partition("=")
+            if flag in switches and not equals and i + 1 < len(args) and args[i + 1].lower() in SWITCH_WORDS:
+                equals, value, i = "=", args[i + 1], i + 1
+            if flag in switches and equals:
+                if value.lower() not in SWITCH_WORDS:
+                    self.error(f"argument {flag}: {value!r} is not true or false (give {flag} or --no-{flag[2:]})")
+                arg = flag if SWITCH_WORDS[value.lower()] else "--no-" + flag[2:]
+            out.append(arg)
+            i += 1
+        return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -366,12 +490,33 @@ def _other_splits(name: str, split: Optional[str], run) -> str:
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
-    from dupmae_eval.data.datasets import REGISTRY
+    from dupmae_eval.data.datasets import AVAILABILITY, catalogue
 
-    print("name\tlayout\tpublic\tdefault split\tmeasures")
-    for name, info in REGISTRY.items():
-        measures = " ".join(info.measures[info.default_split])
-        print(f"{name}\t{info.layout}\t{'yes' if info.public else 'restricted'}\t{info.default_split}\t{measures}")
+    rows = catalogue()
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=1))
+        return 0
+    header = ("dataset", "split", "passages", "queries", "data", "measures")
+    table = [header] + [(row["dataset"], (row["split"] or "-") + ("*" if row["default"] else ""),
+                         f"{row['passages']:,}" if row["passages"] else "-",
+                         f"{row['queries']:,}" + ("" if row["judged"] else " (topics only)") if row["queries"]
+                         else "-", row["data"], " ".join(row["measures"]) or "-") for row in rows]
+    widths = [max(len(line[column]) for line in table) for column in range(len(header))]
+    right = (False, False, True, True, False, False)
+    for line in table:
+        cells = [cell.rjust(width) if align else cell.ljust(width) for cell, width, align in zip(line, widths, right)]
+        print("  ".join(cells).rstrip())
+    print()
+    print("*         the default split (used when --split is not given)")
+    print("passages  the corpus's size as its publisher lists it")
+    print("queries   the split's judged queries, in the judgments shipped with the package ('topics only': "
+          "none shipped, its topics counted)")
+    print("data      where the data comes from:")
+    width = max(map(len, AVAILABILITY))
+    for word, meaning in AVAILABILITY.items():
+        print(f"  {word.ljust(width)}  {meaning}")
     return 0
 
 

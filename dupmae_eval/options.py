@@ -134,6 +134,7 @@ class Option:
     flag: bool = False                            # a switch (store_true)
     choices: Optional[Tuple[str, ...]] = None
     default: Any = None                           # the runner's default (encoder options: the kind's)
+    metavar: Optional[str] = None                 # what the flag's value is, in --help (N, FLOAT, ...)
     convert: Callable[[Any], Any] = lambda value: value   # value as given -> value for the target
 
     @property
@@ -145,33 +146,38 @@ OPTIONS: Dict[str, Option] = {option.key: option for option in (
     Option("activation", "activation", "on the pooled MLM logits (default: the kind's, none for dupmae, "
            "log1p_relu for splade)", choices=ACTIVATIONS),
     Option("topk", "doc_topk", "document sparse entries kept (default 384 for dupmae, all for splade); "
-           "a number or 'all'", type=topk_value),
-    Option("query_topk", "query_topk", "query sparse entries kept (default all)", type=topk_value),
+           "a number or 'all'", type=topk_value, metavar="{N,all}"),
+    Option("query_topk", "query_topk", "query sparse entries kept (default all)", type=topk_value,
+           metavar="{N,all}"),
     Option("exclude_sep", "include_sep", "leave [SEP] out of the OT pooling", flag=True,
            convert=lambda value: False if value else None),
     Option("normalize", "normalize", "L2-normalise the dense half", flag=True,
            convert=lambda value: True if value else None),
-    Option("max_query_length", "max_query_length", "tokens (default 64)", type=positive_int),
-    Option("max_passage_length", "max_passage_length", "tokens (default 256)", type=positive_int),
-    Option("batch_size", "batch_size", "texts per forward (default 32)", encoder=False, type=positive_int,
-           default=32),
-    Option("device", "device", "cpu (default), cuda or cuda:N", encoder=False, type=device_value),
+    Option("max_query_length", "max_query_length", "query tokens (default 64)",
+           type=positive_int, metavar="N"),
+    Option("max_passage_length", "max_passage_length", "passage tokens (default 256)",
+           type=positive_int, metavar="N"),
+    Option("batch_size", "batch_size", "texts per forward pass (default 32)", encoder=False, type=positive_int,
+           default=32, metavar="N"),
+    Option("device", "device", "where the model runs: cpu, cuda or cuda:N (default: cpu)", encoder=False,
+           type=device_value, metavar="{cpu,cuda,cuda:N}"),
     Option("compile", "compile", "run the BERT encoder under torch.compile (fused kernels: for long GPU encodes; "
            "the first batch waits for the compile)", encoder=False, flag=True, default=False),
     Option("precision", "precision", "fp32, bf16 (matrix products in bfloat16, sums in fp32: several times "
            "faster on CPUs with AVX512-BF16 or AMX) or auto (bf16 where the device has it); default: fp32 on a "
            "CPU, bf16 on a GPU", encoder=False, choices=("fp32", "bf16", "auto")),
     Option("shard_size", "shard_size", "passages per encoding shard (default 10,000)", encoder=False,
-           type=positive_int, default=10_000),
+           type=positive_int, default=10_000, metavar="N"),
     Option("faiss_shards", "faiss_shards", "dense and hybrid: search one faiss index per shard and merge (a "
            "dense half larger than memory)", encoder=False, flag=True, default=False),
     Option("quantization_scale", "quantization_scale", "impact weights are round(weight * scale) (default 100, "
-           "as Pyserini's SPLADE)", encoder=False, type=positive_float, default=100.0),
+           "as Pyserini's SPLADE)", encoder=False, type=positive_float, default=100.0, metavar="FLOAT"),
     Option("hybrid_audit", "hybrid_audit", f"hybrid: compare with brute force (auto: only up to "
            f"{HYBRID_AUDIT_MAX_DOCUMENTS:,} documents)", encoder=False, choices=HYBRID_AUDIT_CHOICES, default="auto"),
-    Option("hits", "hits", "hits per query (default 1000)", encoder=False, type=positive_int, default=1000),
+    Option("hits", "hits", "hits per query (default 1000)", encoder=False, type=positive_int, default=1000,
+           metavar="N"),
     Option("threads", "threads", "search/index threads (default: all cores)", encoder=False,
-           type=positive_int),
+           type=positive_int, metavar="N"),
     Option("keep_query_hit", "keep_query_hit", "keep the hit whose id equals the query id (BEIR removes it)",
            encoder=False, flag=True, default=False),
 )}
@@ -188,7 +194,7 @@ def add_arguments(parser: argparse.ArgumentParser, runner: Tuple[str, ...] | Non
         if option.flag:
             parser.add_argument(option.cli, action="store_true", help=option.help)
         else:
-            parser.add_argument(option.cli, type=option.type, choices=option.choices,
+            parser.add_argument(option.cli, type=option.type, choices=option.choices, metavar=option.metavar,
                                 default=None if option.encoder else option.default, help=option.help)
 
 

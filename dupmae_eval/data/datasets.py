@@ -52,6 +52,7 @@ class DatasetInfo:
     archive_member: Optional[str] = None  # folder inside the downloaded archive, e.g. "cqadupstack/android"
     unit: Optional[str] = None            # the BEIR unit a sub-forum averages into ("cqadupstack")
     archive_md5: Optional[str] = None     # the MD5 its publisher lists for the downloaded archive
+    passages: Optional[int] = None        # corpus size as its publisher lists it (`datasets` shows it)
 
 
 CQADUPSTACK_FORUMS = ("android", "english", "gaming", "gis", "mathematica", "physics", "programmers",
@@ -66,6 +67,21 @@ BEIR_ARCHIVE_MD5 = {
     "quora": "18fb154900ba42a600f84b839c173167", "dbpedia-entity": "c2a39eb420a3164af735795df012ac2c",
     "scidocs": "38121350fc3a4d2f48850f6aff52e4a9", "fever": "5a818580227bfb4b35bb6fa46d9b6c03",
     "climate-fever": "8b66f0a9126c521bae2bde127b4dc99d", "scifact": "5f7d1de60b170fc8027bb7898e2efca1",
+}
+
+# Corpus sizes (passages) as the BEIR paper lists them (Table 1); CQADupStack per forum as Anserini's flat indexes
+# count them (the 12 sum to the paper's 457,199); MS MARCO passage's collection.tsv. Shown by `datasets`, never
+# downloaded to count.
+CORPUS_PASSAGES = {
+    "trec-covid": 171_332, "bioasq": 14_914_602, "nfcorpus": 3_633, "nq": 2_681_468, "hotpotqa": 5_233_329,
+    "fiqa": 57_638, "signal1m": 2_866_316, "trec-news": 594_977, "robust04": 528_155, "arguana": 8_674,
+    "webis-touche2020": 382_545, "quora": 522_931, "dbpedia-entity": 4_635_922, "scidocs": 25_657,
+    "fever": 5_416_568, "climate-fever": 5_416_593, "scifact": 5_183,
+    "cqadupstack-android": 22_998, "cqadupstack-english": 40_221, "cqadupstack-gaming": 45_301,
+    "cqadupstack-gis": 37_637, "cqadupstack-mathematica": 16_705, "cqadupstack-physics": 38_316,
+    "cqadupstack-programmers": 32_176, "cqadupstack-stats": 42_269, "cqadupstack-tex": 68_184,
+    "cqadupstack-unix": 47_382, "cqadupstack-webmasters": 17_405, "cqadupstack-wordpress": 48_605,
+    "msmarco-passage": 8_841_823,
 }
 
 _BEIR = [  # (key, paper title, public)
@@ -90,7 +106,7 @@ def _beir_entry(key: str, title: str, public: bool, archive: Optional[str] = Non
         measures={"test": BEIR_MEASURES},
         shipped={"test": (f"qrels.beir-v1.0.0-{key}.test.txt.gz", f"topics.beir-v1.0.0-{key}.test.tsv.gz")},
         url=BEIR_URL.format(name=archive or key) if public else None, archive_member=member, unit=unit,
-        archive_md5=BEIR_ARCHIVE_MD5.get(archive or key),
+        archive_md5=BEIR_ARCHIVE_MD5.get(archive or key), passages=CORPUS_PASSAGES.get(key),
     )
 
 
@@ -111,7 +127,7 @@ def _build_registry() -> Dict[str, DatasetInfo]:
         shipped={"dev-subset": ("qrels.msmarco-passage.dev-subset.txt.gz", "topics.msmarco-passage.dev-subset.txt.gz"),
                  "dl19": ("qrels.dl19-passage.txt.gz", "topics.dl19-passage.txt.gz"),
                  "dl20": ("qrels.dl20-passage.txt.gz", "topics.dl20.txt.gz")},
-        url=MSMARCO_URL, archive_md5=MSMARCO_ARCHIVE_MD5,
+        url=MSMARCO_URL, archive_md5=MSMARCO_ARCHIVE_MD5, passages=CORPUS_PASSAGES["msmarco-passage"],
     )
     return registry
 
@@ -301,6 +317,17 @@ def lookup(name: str) -> DatasetInfo:
                        default_split=layout_of(layout).default_split, measures={}, shipped={})
 
 
+def local_copy(name: str) -> Optional[Tuple[str, Path]]:
+    """Where a registry name's data is on this machine, in the order `resolve` looks: ("mapped", folder) for
+    a folder mapped to it (DUPMAE_EVAL_DATA, `reproduce --data`), ("bundled", folder) inside the package,
+    ("cached", folder) downloaded before; None when it is nowhere here."""
+    for where, candidate in (("mapped", dataset_roots_from_env().get(name)), ("bundled", BUNDLED_DATA / name),
+                             ("cached", cache.home() / "datasets" / name)):
+        if candidate is not None and candidate.is_dir():
+            return where, candidate
+    return None
+
+
 def resolve(name_or_dir: str, download: bool = True) -> Dataset:
     """Turn a registry name or a folder into a `Dataset` (downloading a public dataset if needed)."""
     folder = Path(name_or_dir).expanduser()
@@ -317,13 +344,74 @@ def resolve(name_or_dir: str, download: bool = True) -> Dataset:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise DupMAEEvalError(f"unknown dataset {name_or_dir!r}: not a folder and not a registry name"
                               f"{hint}; `dupmae-eval datasets` lists the registry")
-    for candidate in (dataset_roots_from_env().get(info.name), BUNDLED_DATA / info.name,
-                      cache.home() / "datasets" / info.name):
-        if candidate is not None and candidate.is_dir():
-            return Dataset(info.name, candidate, info.layout, info)
+    local = local_copy(info.name)
+    if local is not None:
+        return Dataset(info.name, local[1], info.layout, info)
     if not download:
         raise DupMAEEvalError(f"dataset {info.name!r} is not downloaded yet")
     return Dataset(info.name, _download(info), info.layout, info)
+
+
+# --------------------------------------------------------------------------- the catalogue
+
+
+AVAILABILITY = {
+    "bundled": "ships inside the package: runs offline",
+    "cached": "downloaded before, into the cache",
+    "mapped": "a local folder stands for the name (DUPMAE_EVAL_DATA=NAME=FOLDER, or reproduce --data)",
+    "downloadable": "public: downloaded into the cache on first use (and its MD5 checked)",
+    "restricted": "not publicly downloadable (a licence or a manual step): build the folder yourself, then "
+                  "pass it or map the name to it",
+}
+"""Where a dataset's data comes from, as `datasets` says it: each word and what it means."""
+
+
+def availability(info: DatasetInfo) -> Tuple[str, Optional[Path]]:
+    """One `AVAILABILITY` word for a registry entry, with the local folder where there is one."""
+    local = local_copy(info.name)
+    if local is not None:
+        return local
+    return ("downloadable" if info.public and info.url else "restricted"), None
+
+
+def _judged_queries(path: Path) -> int:
+    return len(read_qrels(path))
+
+
+def catalogue() -> list:
+    """One row per dataset and split: every registry entry, then the folders mapped to names the registry
+    does not know. Sizes come from the registry (passages) and the shipped judgments (queries); nothing is
+    downloaded or read from a corpus."""
+    rows = []
+    for info in REGISTRY.values():
+        data, folder = availability(info)
+        for split, measures in info.measures.items():
+            files = info.shipped.get(split)
+            qrels = SHIPPED_QRELS / files[0] if files else None
+            topics = SHIPPED_QRELS / files[1] if files else None
+            if qrels is not None and qrels.is_file():
+                queries, judged = _judged_queries(qrels), True
+            elif topics is not None and topics.is_file():
+                queries, judged = len(read_tsv_queries(topics)), False
+            else:
+                queries, judged = None, False
+            rows.append({"dataset": info.name, "title": info.title, "layout": info.layout, "split": split,
+                         "default": split == info.default_split, "measures": list(measures),
+                         "passages": info.passages, "queries": queries, "judged": judged, "data": data,
+                         "folder": str(folder) if folder else None, "url": info.url})
+    for name, folder in sorted(dataset_roots_from_env().items()):
+        if name in REGISTRY:
+            continue
+        try:
+            layout = detect_layout(folder) if folder.is_dir() else None
+        except DupMAEEvalError:
+            layout = None
+        spec = layout_of(layout) if layout else None
+        split = spec.default_split if spec else None
+        rows.append({"dataset": name, "title": name, "layout": layout, "split": split, "default": True,
+                     "measures": list(spec.measures(split)) if spec else [], "passages": None, "queries": None,
+                     "judged": False, "data": "mapped", "folder": str(folder), "url": None})
+    return rows
 
 
 # --------------------------------------------------------------------------- downloads

@@ -143,7 +143,7 @@ COMPILE_HELP = ("run the BERT encoder under torch.compile: fused kernels for GPU
                 "makes two runs the same")
 
 
-MAX_STEPS_HELP = "stop after this many optimizer steps (at least 1); -1 (default): the epochs decide"
+MAX_STEPS_HELP = "stop after this many optimizer steps (at least 1); -1: the epochs decide"
 
 
 def check_max_steps(max_steps: int) -> None:
