@@ -175,7 +175,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 
 SETTING_CHOICES = {
     "activation": ("none", "relu", "log1p_relu"), "negatives": ("bm25", "run", "model", "none"),
-    "bf16": ("auto", "on", "off"), "recompute": ("none", "elementwise", "layers"), "heap": ("glibc", "release"),
+    "precision": ("fp32", "bf16", "auto"), "recompute": ("none", "elementwise", "layers"), "heap": ("glibc", "release"),
     "objective": ("mlm", "retromae", "bow", "dupmae"), "sequences": ("truncate", "pack"),
 }
 """The values of the training settings that take one of a few words, shown as their flags' metavars (written

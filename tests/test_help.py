@@ -132,7 +132,9 @@ def test_the_settings_choices_shown_are_the_registries():
     for name, values in registries.items():
         assert set(cli.SETTING_CHOICES[name]) == set(values), name
     assert set(NEGATIVES_CHECKED) == set(NEGATIVE_SOURCES)
-    assert cli.SETTING_CHOICES["bf16"] == ("auto", "on", "off")
+    from dupmae_eval.encoding.precision import PRECISIONS
+
+    assert set(cli.SETTING_CHOICES["precision"]) == set(PRECISIONS)
 
 
 # --------------------------------------------------------------------------- datasets
