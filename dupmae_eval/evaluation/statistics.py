@@ -34,7 +34,7 @@ from typing import Dict, Hashable, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
-from ..errors import DupMAEEvalError
+from dupmae_eval.errors import DupMAEEvalError
 
 TESTS = ("t", "randomization", "wilcoxon")
 TEST_NAMES = {"t": "paired t-test", "randomization": "Fisher's randomization test (paired, sign flips)",
