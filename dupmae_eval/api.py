@@ -155,36 +155,45 @@ def evaluate(run_or_path: Union[Run, str, Path], qrels: Union[str, Path, None] =
     return _frame(name, score(judgments, hits, names), per_query)
 
 
-def table(runs: Sequence[Union[Run, str, Path]], *, measure: str = "nDCG@10", baseline: Optional[str] = None,
-          suite: Optional[str] = None, format: Optional[str] = None):
+def table(runs: Sequence[Union[Run, str, Path]], *, measures: Sequence[str] = ("nDCG@10",),
+          baseline: Optional[str] = None, suite: Optional[str] = None, test: str = "t", correction: str = "holm",
+          alpha: float = 0.05, format: Optional[str] = None):
     """A comparison table, datasets x conditions, as `dupmae-eval table` makes it. `runs`: `Run`s, run files
-    with sidecars, `*.metrics.json` files or folders of them. Returns a DataFrame of the values (the paper's
-    reference columns of `suite` included), with the measure, the baseline and the paired tests' adjusted
-    p-values in `.attrs`; or, with `format=` (md, csv, latex), the text the command line prints."""
+    with sidecars, `*.metrics.json` files or folders of them. `suite` adds its reference columns and orders
+    the conditions as it does. Returns a DataFrame of the values (columns: measure, then condition), with the
+    baseline and the paired tests' corrected p-values (`test`, `correction`) in `.attrs`; or, with `format=`
+    (md, csv, latex), the text the command line prints."""
+    from dupmae_eval.evaluation.measures import parse_measures
     from dupmae_eval.evaluation.results import read_metrics
-    from dupmae_eval.evaluation.tables import TABLE_FORMATS, build_table, render
+    from dupmae_eval.evaluation.statistics import check_alpha, check_correction, check_test
+    from dupmae_eval.evaluation.tables import TABLE_FORMATS, build_tables, render
 
-    records = [item._record([measure]) if isinstance(item, Run) else None for item in runs]
+    measures = [measures] if isinstance(measures, str) else list(measures)
+    parse_measures(measures)
+    options = dict(test=check_test(test), correction=check_correction(correction), alpha=check_alpha(alpha))
+    if format is not None and TABLE_FORMATS.lookup(format).binary:
+        raise DupMAEEvalError(f"format={format!r} is binary; use the command line's --output for it")
+    records = [item._record(measures) for item in runs if isinstance(item, Run)]
     paths = [Path(item) for item in runs if not isinstance(item, Run)]
-    records = [r for r in records if r is not None] + (read_metrics(paths) if paths else [])
+    records += read_metrics(paths) if paths else []
     _refuse_duplicates(records)
-    references = None
+    chosen = None
     if suite:
         from dupmae_eval.evaluation.suites import load_suite
         from dupmae_eval.shipped import suite_path
 
-        references = load_suite(suite_path(suite), check_datasets=False).references
-    built = build_table(records, measure, baseline, references)
+        chosen = load_suite(suite_path(suite), check_datasets=False)
+    built = build_tables(records, measures, baseline, chosen.references if chosen else None,
+                         order=list(chosen.conditions) if chosen else None, **options)
     if format is not None:
-        if TABLE_FORMATS[format].binary:
-            raise DupMAEEvalError(f"format={format!r} is binary; use the command line's --output for it")
         return render(built, format)
     import pandas
 
-    frame = pandas.DataFrame({column: [built.values.get((row, column)) for row in built.rows]
-                              for column in built.columns}, index=pandas.Index(built.rows, name="dataset"))
-    frame.attrs.update(measure=built.measure, baseline=built.baseline,
-                       p_values={f"{row}/{column}": p for (row, column), p in built.p_values.items()})
+    frame = pandas.concat({one.measure: pandas.DataFrame(
+        {column: [one.values.get((row, column)) for row in one.rows] for column in one.columns},
+        index=pandas.Index(one.rows, name="dataset")) for one in built}, axis=1)
+    frame.attrs.update(baseline=baseline, test=test, correction=correction, p_values={
+        f"{one.measure}/{row}/{column}": p for one in built for (row, column), p in one.p_values.items()})
     return frame
 
 

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from dupmae_eval import __version__
 from dupmae_eval.errors import DupMAEEvalError
@@ -87,6 +87,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_table(sub: argparse._SubParsersAction) -> None:
+    from dupmae_eval.evaluation.statistics import CORRECTIONS, TESTS
     from dupmae_eval.evaluation.tables import TABLE_FORMATS
 
     p = sub.add_parser("table", help=f"comparison table from saved results ({', '.join(TABLE_FORMATS)})")
@@ -94,11 +95,19 @@ def _add_table(sub: argparse._SubParsersAction) -> None:
                                                           "files with their .meta.json sidecar (from bm25 or run: "
                                                           "scored against their dataset's judgments)")
     p.add_argument("--suite", default=None, metavar="SUITE",
-                   help="suite YAML (or shipped suite name) whose reference columns to add (default: none)")
-    p.add_argument("--measure", default="nDCG@10", metavar="MEASURE",
-                   help="the measure tabled, an ir-measures name (default: %(default)s)")
+                   help="suite YAML (or shipped suite name): its reference columns are added and its conditions' "
+                        "order is the columns' order (default: none; conditions by name)")
+    p.add_argument("--measure", action="append", default=None, metavar="MEASURE",
+                   help="measure to tabulate, an ir-measures name; repeat it or give a comma list for several side "
+                        "by side: --measure nDCG@10 --measure R@100, --measure nDCG@10,R@100 (default: nDCG@10)")
     p.add_argument("--baseline", default=None, metavar="CONDITION",
-                   help="condition to compare against: deltas, paired t-tests (default: none)")
+                   help="condition to compare against: deltas, paired tests (default: none)")
+    p.add_argument("--test", default=None, metavar="{" + ",".join(TESTS) + "}",
+                   help="paired test over per-query scores; randomization is Fisher's, 10,000 seeded sign flips "
+                        "(default: t)")
+    p.add_argument("--correction", default=None, metavar="{" + ",".join(CORRECTIONS) + "}",
+                   help="for the comparisons of each measure's table; bh is Benjamini-Hochberg (default: holm)")
+    p.add_argument("--alpha", default=None, metavar="LEVEL", help="significance level of the † mark (default: 0.05)")
     p.add_argument("--format", choices=list(TABLE_FORMATS), default="md", help="output format (default: %(default)s)")
     p.add_argument("--output", type=Path, default=None, metavar="FILE",
                    help="file to write, required for pictures (default: standard output)")
@@ -421,17 +430,44 @@ def _summarise(verdicts) -> int:
     return 1 if failed else 0
 
 
+def _table_measures(given: Sequence[str]) -> List[str]:
+    """--measure values, repeated or comma-separated, in the order given; a measure twice is refused."""
+    measures: List[str] = []
+    for value in given:
+        for name in (part.strip() for part in value.split(",")):
+            if not name:
+                raise DupMAEEvalError(f"--measure {value!r}: an empty measure name")
+            if name in measures:
+                raise DupMAEEvalError(f"--measure {name} is given twice")
+            measures.append(name)
+    return measures
+
+
 def _cmd_table(args: argparse.Namespace) -> int:
-    from dupmae_eval.evaluation.suites import load_suite
-    from dupmae_eval.evaluation.tables import TABLE_FORMATS, build_table, render
+    from dupmae_eval.evaluation.measures import parse_measures
     from dupmae_eval.evaluation.results import read_metrics
+    from dupmae_eval.evaluation.statistics import DEFAULT_ALPHA, check_alpha, check_correction, check_test
+    from dupmae_eval.evaluation.suites import load_suite
+    from dupmae_eval.evaluation.tables import TABLE_FORMATS, build_tables, render
     from dupmae_eval.shipped import suite_path
 
-    references = load_suite(suite_path(str(args.suite)), check_datasets=False).references if args.suite else None
-    table = build_table(read_metrics(args.results), args.measure, args.baseline, references)
-    rendered = render(table, args.format)
+    # every flag checked before any file is read
+    measures = _table_measures(args.measure or ["nDCG@10"])
+    parse_measures(measures)
+    statistics = dict(test=check_test(args.test or "t"), correction=check_correction(args.correction or "holm"),
+                      alpha=check_alpha(DEFAULT_ALPHA if args.alpha is None else args.alpha))
+    if args.baseline is None:
+        given = [f"--{name}" for name in ("test", "correction", "alpha") if getattr(args, name) is not None]
+        if given:
+            raise DupMAEEvalError(f"{', '.join(given)} needs --baseline (the condition the others are compared with)")
+    if not TABLE_FORMATS[args.format].several_measures and len(measures) > 1:
+        raise DupMAEEvalError(f"--format {args.format} draws one measure; give one --measure")
     if TABLE_FORMATS[args.format].binary and args.output is None:
         raise DupMAEEvalError(f"--format {args.format} needs --output FILE")
+    suite = load_suite(suite_path(str(args.suite)), check_datasets=False) if args.suite else None
+    table = build_tables(read_metrics(args.results), measures, args.baseline, suite.references if suite else None,
+                         order=list(suite.conditions) if suite else None, **statistics)
+    rendered = render(table, args.format)
     if args.output:
         from dupmae_eval.files import atomic_output
 
@@ -529,7 +565,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     suite = load_suite(suite_path("demo"))
     status = _summarise(reproduce(suite.path, args.runs))
-    table = build_table(read_metrics([args.runs / suite.name]), "nDCG@10", "bm25-flat", suite.references)
+    table = build_table(read_metrics([args.runs / suite.name]), "nDCG@10", "bm25-flat", suite.references,
+                        order=list(suite.conditions))
     print()
     print(render(table, "md"), end="")
     return status

@@ -16,7 +16,7 @@ print(pd.concat([flat.evaluate(), multifield.evaluate()]).round(4))
 
 # %% The comparison table, with the paired t-test against the baseline (as `dupmae-eval table`)
 print(de.table([flat, multifield], baseline="bm25-flat", format="md"))
-frame = de.table([flat, multifield], baseline="bm25-flat")
+frame = de.table([flat, multifield], measures=["nDCG@10", "R@100"], baseline="bm25-flat")
 print(frame.round(4))
 print({cell: round(p, 4) for cell, p in frame.attrs["p_values"].items()})
 

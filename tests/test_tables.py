@@ -1,0 +1,290 @@
+"""`table` with statistics, several measures, suite order and a numeric CSV, on metrics files written here
+(per-query scores drawn from a seeded generator), each number checked against one computed independently
+from those scores: numpy means, scipy's tests, corrections by hand."""
+
+from __future__ import annotations
+
+import io
+import math
+import zlib
+
+import numpy as np
+import pytest
+
+from dupmae_eval.cli import main
+from dupmae_eval.errors import DupMAEEvalError
+from dupmae_eval.evaluation.results import MetricsRecord, write_metrics
+
+MEASURES = ("nDCG@10", "R@100")
+DATASETS = {"scifact": 80, "nfcorpus": 60, "fiqa": 70}     # queries each; as found, not in the paper's order
+ROW_ORDER = ["nfcorpus", "fiqa", "cqadupstack", "scifact"]     # the paper's Table 3 order (datasets.BEIR_UNITS)
+FORUMS = ("cqadupstack-android", "cqadupstack-gis")         # 2 of CQADupStack's 12 forums, one condition only
+SUITE_ORDER = ["zeta-bm25", "alpha-dense", "mid-sparse"]    # the suite's order: not alphabetical, baseline first
+SHIFT = {"zeta-bm25": 0.0, "alpha-dense": 0.06, "mid-sparse": -0.01}
+SUITE = """suite: order
+datasets: [scifact, nfcorpus, fiqa]
+conditions:
+  zeta-bm25: {kind: bm25, fields: flat}
+  alpha-dense: {kind: bm25, fields: multifield}
+  mid-sparse: {kind: bm25, k1: 1.2, b: 0.75}
+references:
+  Paper:
+    measure: nDCG@10
+    values: {scifact: 0.699, nfcorpus: 0.345}
+"""
+
+
+def _scores(condition, dataset, measure, n):
+    """Per-query scores in [0, 1]: the query's difficulty, the condition's shift, noise; mid-sparse ties the
+    baseline on its first third of the queries."""
+    seed = [zlib.crc32(dataset.encode()), zlib.crc32(measure.encode())]
+    base = np.random.default_rng(seed).random(n)
+    noise = np.random.default_rng(seed + [zlib.crc32(condition.encode())]).normal(0, 0.15, n)
+    scores = np.clip(base + SHIFT[condition] + noise, 0, 1)
+    if condition == "mid-sparse":
+        scores[: n // 3] = _scores("zeta-bm25", dataset, measure, n)[: n // 3]
+    return scores
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """{(condition, dataset, measure): {qid: score}} and the folder holding their metrics files."""
+    folder = tmp_path_factory.mktemp("results")
+    truth = {}
+    cells = [(c, d, n) for c in SUITE_ORDER for d, n in DATASETS.items()]
+    cells += [("alpha-dense", forum, 25) for forum in FORUMS]
+    for condition, dataset, n in cells:
+        per_query = {m: {f"q{i}": float(x) for i, x in enumerate(_scores(condition, dataset, m, n))}
+                     for m in MEASURES}
+        for m in MEASURES:
+            truth[(condition, dataset, m)] = per_query[m]
+        record = MetricsRecord(suite="order", condition=condition, dataset=dataset, split="test", key=dataset,
+                               unit="cqadupstack" if dataset in FORUMS else dataset, run=f"{dataset}.trec",
+                               aggregate={m: float(np.mean(list(v.values()))) for m, v in per_query.items()},
+                               per_query=per_query)
+        write_metrics(folder / condition / f"{dataset}.trec", record)
+    suite = folder / "order.yaml"
+    suite.write_text(SUITE)
+    return truth, folder, suite
+
+
+def _table(capsys, *arguments):
+    assert main(["table", *map(str, arguments)]) == 0, capsys.readouterr().err
+    return capsys.readouterr().out
+
+
+def _csv(capsys, *arguments):
+    import pandas as pd
+
+    return pd.read_csv(io.StringIO(_table(capsys, *arguments, "--format", "csv")))
+
+
+def _paired(truth, condition, dataset, measure, baseline="zeta-bm25"):
+    a, b = truth[(condition, dataset, measure)], truth[(baseline, dataset, measure)]
+    shared = sorted(set(a) & set(b))
+    return np.array([a[q] for q in shared]), np.array([b[q] for q in shared])
+
+
+def _holm_by_hand(p):
+    ordered = sorted(p, key=p.get)
+    adjusted, running = {}, 0.0
+    for rank, key in enumerate(ordered):
+        running = max(running, min(1.0, (len(p) - rank) * p[key]))
+        adjusted[key] = running
+    return adjusted
+
+
+def _bh_by_hand(p):
+    ordered = sorted(p, key=p.get, reverse=True)
+    adjusted, running = {}, 1.0
+    for rank, key in enumerate(ordered):
+        running = min(running, p[key] * len(p) / (len(p) - rank))
+        adjusted[key] = running
+    return adjusted
+
+
+# --------------------------------------------------------------------------- must-show 3
+
+
+def test_csv_reads_as_numbers_with_the_measure_named_and_counts_in_their_own_columns(results, capsys):
+    from scipy.stats import ttest_rel
+
+    truth, folder, suite = results
+    frame = _csv(capsys, folder, "--suite", suite, "--baseline", "zeta-bm25", "--measure", "nDCG@10,R@100")
+    for column in ("value", "delta", "ci_low", "ci_high", "p_value", "p_adjusted", "significant", "queries", "won",
+                   "lost", "tied", "forums", "forums_expected", "datasets_covered", "datasets_total", "alpha"):
+        assert frame[column].dtype.kind in "fi", (column, frame[column].dtype)     # numbers, blanks as NaN
+    assert not frame["value"].isna().any()
+    assert set(frame["measure"]) == set(MEASURES)
+    for measure in MEASURES:
+        for dataset in DATASETS:
+            for condition in SUITE_ORDER:
+                row = frame[(frame.measure == measure) & (frame.dataset == dataset) & (frame.condition == condition)]
+                assert len(row) == 1
+                a, b = _paired(truth, condition, dataset, measure)
+                assert row.value.item() == pytest.approx(a.mean(), abs=1e-12)
+                if condition == "zeta-bm25":
+                    assert math.isnan(row.delta.item()) and math.isnan(row.p_value.item())
+                    continue
+                assert row.delta.item() == pytest.approx(a.mean() - b.mean(), abs=1e-12)
+                assert row.p_value.item() == pytest.approx(ttest_rel(a, b).pvalue, abs=1e-9)
+                assert row.ci_low.item() < row.delta.item() < row.ci_high.item()
+                assert (row.won.item(), row.lost.item(), row.tied.item()) == (
+                    int(np.sum(a > b)), int(np.sum(a < b)), int(np.sum(a == b)))
+                assert row.queries.item() == DATASETS[dataset]
+    # CQADupStack: 2 of 12 forums, counted in their own columns; a partial unit stays out of the average
+    cqa = frame[(frame.dataset == "cqadupstack") & (frame.measure == "nDCG@10")]
+    assert (cqa.condition.item(), cqa.forums.item(), cqa.forums_expected.item()) == ("alpha-dense", 2, 12)
+    averages = frame[(frame.dataset == "average") & (frame.measure == "nDCG@10")].set_index("condition")
+    assert averages.loc["alpha-dense", "datasets_covered"] == 3 and averages.loc["alpha-dense", "datasets_total"] == 18
+    assert averages.loc["alpha-dense", "value"] == pytest.approx(
+        np.mean([np.mean(list(truth[("alpha-dense", d, "nDCG@10")].values())) for d in DATASETS]), abs=1e-12)
+    assert averages.loc["Paper", "reference"] == 1 and averages.loc["Paper", "datasets_covered"] == 2
+    # the reference column is for nDCG@10 only
+    assert set(frame[frame.condition == "Paper"].measure) == {"nDCG@10"}
+
+
+def test_ndcg_and_recall_side_by_side_each_delta_beside_its_value(results, capsys):
+    truth, folder, suite = results
+    text = _table(capsys, folder, "--suite", suite, "--baseline", "zeta-bm25", "--measure", "nDCG@10",
+                  "--measure", "R@100")
+    lines = text.splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header[:10] == ["dataset", "zeta-bm25 nDCG@10", "alpha-dense nDCG@10", "Δ", "95% CI", "p",
+                           "mid-sparse nDCG@10", "Δ", "95% CI", "p"]
+    assert header[10] == "Paper nDCG@10"
+    assert header[11:] == ["zeta-bm25 R@100", "alpha-dense R@100", "Δ", "95% CI", "p",
+                           "mid-sparse R@100", "Δ", "95% CI", "p"]
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:]
+                                          if line.startswith("|"))}
+    for measure, value_at in (("nDCG@10", 2), ("R@100", 12)):
+        a, b = _paired(truth, "alpha-dense", "scifact", measure)
+        assert rows["scifact"][value_at].rstrip("†") == f"{a.mean():.4f}"
+        assert rows["scifact"][value_at + 1] == f"{a.mean() - b.mean():+.4f}"
+    assert rows["scifact"][10] == "0.699" and rows["fiqa"][10] == "–"
+    assert "nDCG@10, R@100;" in text
+
+
+def test_conditions_and_rows_follow_the_suite_and_the_paper_not_the_alphabet(results, capsys):
+    _, folder, suite = results
+    header = _table(capsys, folder, "--suite", suite).splitlines()[0]
+    assert [c.strip() for c in header.strip("|").split("|")] == ["dataset", *SUITE_ORDER, "Paper"]
+    frame = _csv(capsys, folder, "--suite", suite, "--baseline", "zeta-bm25")
+    assert list(dict.fromkeys(frame.condition)) == [*SUITE_ORDER, "Paper"]
+    assert list(dict.fromkeys(frame.dataset)) == [*ROW_ORDER, "average"]
+    # without a suite nothing says the order: by name, as before
+    header = _table(capsys, folder).splitlines()[0]
+    assert [c.strip() for c in header.strip("|").split("|")] == ["dataset", *sorted(SUITE_ORDER)]
+
+
+# --------------------------------------------------------------------------- tests and corrections
+
+
+def _marked(text, column):
+    """{dataset: marked?} for one column of a Markdown table."""
+    lines = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("|")]
+    at = lines[0].index(column)
+    return {cells[0]: cells[at].endswith("†") for cells in lines[2:] if cells[0] in DATASETS}
+
+
+def test_default_is_the_paired_t_test_holm_corrected_at_0_05(results, capsys):
+    from scipy.stats import ttest_rel
+
+    truth, folder, suite = results
+    raw = {(c, d): ttest_rel(*_paired(truth, c, d, "nDCG@10")).pvalue
+           for c in ("alpha-dense", "mid-sparse") for d in DATASETS}
+    holm = _holm_by_hand(raw)
+    default = _table(capsys, folder, "--suite", suite, "--baseline", "zeta-bm25")
+    explicit = _table(capsys, folder, "--suite", suite, "--baseline", "zeta-bm25", "--test", "t",
+                      "--correction", "holm", "--alpha", "0.05")
+    assert default == explicit
+    for condition in ("alpha-dense", "mid-sparse"):
+        assert _marked(default, condition) == {d: holm[(condition, d)] < 0.05 for d in DATASETS}
+    assert any(p < 0.05 for p in holm.values()) and any(p >= 0.05 for p in holm.values())
+    assert "paired t-test over per-query scores, Holm-Bonferroni-corrected across the table; † p < 0.05" in default
+
+
+@pytest.mark.parametrize("correction", ["bonferroni", "bh", "none"])
+def test_corrections_across_the_table(results, capsys, correction):
+    from scipy.stats import ttest_rel
+
+    truth, folder, suite = results
+    frame = _csv(capsys, folder, "--suite", suite, "--baseline", "zeta-bm25", "--correction", correction)
+    compared = frame[frame.p_value.notna()]
+    raw = {(r.condition, r.dataset): ttest_rel(*_paired(truth, r.condition, r.dataset, "nDCG@10")).pvalue
+           for r in compared.itertuples()}
+    assert len(raw) == 6                                     # 2 conditions x 3 datasets; cqadupstack: no baseline
+    expected = {"bonferroni": {k: min(1.0, 6 * p) for k, p in raw.items()}, "bh": _bh_by_hand(raw),
+                "none": raw}[correction]
+    for r in compared.itertuples():
+        assert r.p_adjusted == pytest.approx(expected[(r.condition, r.dataset)], abs=1e-9)
+        assert r.significant == int(expected[(r.condition, r.dataset)] < 0.05)
+
+
+def test_wilcoxon_and_randomization_and_a_chosen_alpha(results, capsys):
+    from scipy.stats import wilcoxon
+
+    truth, folder, suite = results
+    frame = _csv(capsys, folder, "--suite", suite, "--baseline", "zeta-bm25", "--test", "wilcoxon",
+                 "--correction", "none", "--alpha", "0.2")
+    for r in frame[frame.p_value.notna()].itertuples():
+        a, b = _paired(truth, r.condition, r.dataset, "nDCG@10")
+        assert r.p_value == pytest.approx(wilcoxon(a, b).pvalue, abs=1e-9)
+        assert r.significant == int(r.p_value < 0.2)
+        assert (r.test, r.correction, r.alpha) == ("wilcoxon", "none", 0.2)
+    randomized = _csv(capsys, folder, "--suite", suite, "--baseline", "zeta-bm25", "--test", "randomization",
+                      "--correction", "none")
+    t_test = _csv(capsys, folder, "--suite", suite, "--baseline", "zeta-bm25", "--correction", "none")
+    both = randomized.p_value.notna()
+    assert (randomized.p_value[both] >= 2 / 10_001).all()
+    # 60-80 queries: the randomization and t p-values are close, not equal
+    assert np.abs(randomized.p_value[both] - t_test.p_value[both]).max() < 0.03
+    assert not np.allclose(randomized.p_value[both], t_test.p_value[both], atol=1e-9, rtol=0)
+    md = _table(capsys, folder, "--suite", suite, "--baseline", "zeta-bm25", "--test", "randomization")
+    assert "Fisher's randomization test (paired, sign flips) over per-query scores" in md
+
+
+def test_latex_carries_the_same_columns(results, capsys):
+    _, folder, suite = results
+    latex = _table(capsys, folder, "--suite", suite, "--baseline", "zeta-bm25", "--measure", "nDCG@10,R@100",
+                   "--format", "latex")
+    header = latex.splitlines()[2]
+    assert header.startswith("dataset & zeta-bm25 nDCG@10 & alpha-dense nDCG@10 & $\\Delta$ & 95\\% CI & p &")
+    assert "–" not in latex
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--baseline", "b", "--test", "tukey"], "--test 'tukey': choose one of t, randomization, wilcoxon"),
+    (["--baseline", "b", "--correction", "fdr"], "--correction 'fdr': choose one of holm, bonferroni, bh, none"),
+    (["--baseline", "b", "--alpha", "5"], "--alpha '5': must lie strictly between 0 and 1"),
+    (["--baseline", "b", "--alpha", "five"], "--alpha 'five': not a number"),
+    (["--test", "wilcoxon"], "--test needs --baseline (the condition the others are compared with)"),
+    (["--measure", "nDCG@10,,R@100"], "--measure 'nDCG@10,,R@100': an empty measure name"),
+    (["--measure", "nDCG@10", "--measure", "R@100,nDCG@10"], "--measure nDCG@10 is given twice"),
+    (["--measure", "nDCG@10,R@100", "--format", "png", "--output", "x.png"],
+     "--format png draws one measure; give one --measure"),
+])
+def test_bad_flags_are_refused_in_one_line_before_anything_is_read(arguments, message, tmp_path, capsys):
+    missing = tmp_path / "no-such-folder"                    # reading it would fail with another message
+    assert main(["table", str(missing), *arguments]) == 2
+    err = capsys.readouterr().err
+    assert err == f"dupmae-eval: error: {message}\n"
+
+
+def test_an_unknown_measure_is_refused_before_anything_is_read(tmp_path, capsys):
+    assert main(["table", str(tmp_path / "no-such-folder"), "--measure", "nDCG@10,nDCG@ten"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dupmae-eval: error: unknown measure 'nDCG@ten'") and err.count("\n") == 1
+
+
+def test_several_measures_from_python_refuse_the_picture(results):
+    from dupmae_eval.evaluation.results import read_metrics
+    from dupmae_eval.evaluation.tables import build_tables, render
+
+    _, folder, _ = results
+    tables = build_tables(read_metrics([folder]), MEASURES, "zeta-bm25")
+    with pytest.raises(DupMAEEvalError, match="draws one measure"):
+        render(tables, "png")
