@@ -491,7 +491,7 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     options = parser.parse_args()
-    options.repeats = options.repeats or (2 if options.quick else 3)
+    options.repeats = options.repeats or (1 if options.quick else 3)   # quick: a smoke test of the agreement checks
     options.passages = options.passages or (64 if options.quick else 512)
     if options.child:
         _pin_threads(options.threads)
