@@ -312,6 +312,12 @@ def check_data_source(source: str, flag: str, text_files: bool) -> None:
     from dupmae_eval.data.datasets import REGISTRY, dataset_roots_from_env, resolve
 
     path = Path(source).expanduser()
+    if source.startswith("irds:") and not path.exists():
+        try:
+            resolve(source, download=False)   # the id against ir_datasets' catalogue; nothing is downloaded
+        except DupMAEEvalError as exc:
+            raise DupMAEEvalError(f"{flag} {source}: {exc}") from None
+        return
     if path.is_file():
         if text_files and not path.name.endswith(".txt.gz") and path.suffix in (".jsonl", ".gz", ".tsv"):
             raise DupMAEEvalError(f"{flag} {source}: a file is read as text, one text per line (.txt or "
