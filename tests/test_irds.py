@@ -67,7 +67,8 @@ def test_bad_names_are_one_line_before_any_work(tmp_path, capsys):
 
 
 def test_corpus_queries_and_judgments_equal_the_bundled_copy(irds_home):
-    """Read through ir_datasets (no copy of the corpus in the toolkit's cache), they are the bundled files'."""
+    """Read through ir_datasets (no copy of the corpus in the toolkit's cache), they are the bundled files',
+    and fine-tuning reads the same training queries and passage texts from either."""
     printed = _python(irds_home, """
 import json
 from dupmae_eval.data.datasets import resolve
@@ -78,8 +79,13 @@ print(json.dumps({"passages": same(irds.passages()) == same(bundled.passages()),
                   "qrels": irds.qrels("test") == bundled.qrels("test"), "count": len(irds.queries("test")),
                   "split": irds.default_split, "measures": irds.measures("test"),
                   "cache_name": irds.cache_name, "fingerprint": irds.corpus_fingerprint() == irds.corpus_fingerprint()}))
+from dupmae_eval.training.finetune_data import from_dataset
+(irds_queries, irds_store), (queries, store) = from_dataset(irds, "test"), from_dataset(bundled, "test")
+print(json.dumps({"training_queries": [q.__dict__ for q in irds_queries] == [q.__dict__ for q in queries],
+                  "texts": all(irds_store.text(d) == store.text(d) for q in queries for d in q.positives)}))
 """)
-    result = json.loads(printed.splitlines()[-1])
+    assert json.loads(printed.splitlines()[-1]) == {"training_queries": True, "texts": True}   # finetune's reading
+    result = json.loads(printed.splitlines()[-2])
     assert result == {"passages": True, "queries": True, "qrels": True, "count": 300, "split": "test",
                       "measures": ["nDCG@10", "R@100", "R@1000"], "cache_name": "irds-beir-scifact",
                       "fingerprint": True}

@@ -153,6 +153,21 @@ def coverage_label(rows: Sequence[str], covered: Sequence[str]) -> str:
     return f"{len(covered)} of {total}"
 
 
+def hub_dataset_id(name: str) -> Optional[str]:
+    """The Hugging Face hub's name of a registry dataset (BEIR's copies under BeIR/, MS MARCO under
+    microsoft/ms_marco), also for an `irds:` name of one; None for a folder, a mapped local name, a
+    CQADupStack forum or a restricted dataset (a model card's `datasets` lists only names the hub has)."""
+    if name.startswith("irds:"):
+        parts = name[len("irds:"):].split("/")
+        name = parts[1] if parts[0] == "beir" and len(parts) > 1 else parts[0]
+    if Path(name).expanduser().exists() or name in dataset_roots_from_env():
+        return None
+    info = REGISTRY.get(name)
+    if info is None or not info.public or info.unit:
+        return None
+    return "microsoft/ms_marco" if info.layout == "msmarco" else f"BeIR/{info.name}"
+
+
 def units_of(unit: str) -> Tuple[str, ...]:
     """Registry names that make up a BEIR unit: CQADupStack's 12 forums, or the dataset itself."""
     members = tuple(name for name, info in REGISTRY.items() if info.unit == unit)

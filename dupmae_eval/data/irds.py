@@ -77,7 +77,7 @@ def info_for(name: str) -> DatasetInfo:
     match = registry_match(irds_id)
     if match:
         registry, split = REGISTRY[match[0]], match[1]
-        measures, title = registry.measures[split], f"{registry.title} (ir_datasets {irds_id})"
+        measures, title = registry.measures[split], registry.title
     else:
         split, measures, title = irds_id.rsplit("/", 1)[-1], DEFAULT_MEASURES, f"ir_datasets {irds_id}"
     return DatasetInfo(name=name, title=title, layout="irds", public=True, default_split=split,

@@ -18,6 +18,7 @@ Output folder:
     checkpoints/checkpoint-N/  Trainer checkpoints (each also a loadable model folder)
     config.json, model.safetensors, tokenizer files, dupmae_head.safetensors, dupmae_training.json
                                the fine-tuned model (written last)
+    README.md                  its Hugging Face model card (`cards.py`), written when the run finishes
 """
 
 from __future__ import annotations
@@ -371,9 +372,10 @@ def prepare_data(data_source: str, settings: FinetuneSettings, output: Path):
     return train, held, store
 
 
-def finetune(model: str, data: str, output: Path, settings: FinetuneSettings) -> Path:
+def finetune(model: str, data: str, output: Path, settings: FinetuneSettings, command: Optional[str] = None) -> Path:
     """Fine-tune `model` (hub name or folder) on `data` (dataset name or folder, or a tevatron JSONL file)
-    and write the model to `output`; a second call with the same arguments resumes from the last checkpoint."""
+    and write the model to `output`, with its model card (README.md, `cards.py`; `command`: the command
+    line it records); a second call with the same arguments resumes from the last checkpoint."""
     from dupmae_eval.files import atomic_output
     from dupmae_eval.training.finetune_data import GroupCollator, GroupDataset
     from dupmae_eval.training.finetune_model import DupMAEForTraining
@@ -401,4 +403,8 @@ def finetune(model: str, data: str, output: Path, settings: FinetuneSettings) ->
     collator = GroupCollator(net.tokenizer, settings.query_max_length, settings.passage_max_length)
     train_and_save(net, dataset, collator, output, settings, settings.queries_per_device, RECORD,
                    train_queries=len(train), held_out_queries=len(held))
+    if rank == 0:
+        from dupmae_eval.training.cards import write_training_card
+
+        write_training_card(output, "finetune", command)
     return output
