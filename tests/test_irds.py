@@ -99,18 +99,25 @@ def test_bm25_on_irds_scifact_gives_the_published_figures(irds_home, tmp_path):
     BM25 flat figures for SciFact (nDCG@10 0.6789), as the bundled route gives; `eval` with the irds name
     reads the same judgments; the sidecar names ir_datasets as the source."""
     run = tmp_path / "bm25.trec"
+    published = load_suite(suite_path("demo")).conditions["bm25-flat"].expected["scifact"]   # Pyserini's 2CR
+    suite = tmp_path / "suite.yaml"        # a suite names the dataset the same way; its cell reuses the index
+    suite.write_text("suite: irds\nmeasures: [nDCG@10]\nprecision: 4\ndatasets: [irds:beir/scifact/test]\n"
+                     "conditions:\n  bm25-flat:\n    kind: bm25\n    expected:\n      irds:beir/scifact/test: "
+                     f"{{nDCG@10: {published['nDCG@10']}}}\n")
     printed = _python(irds_home, f"""
 import sys
 from dupmae_eval.cli import main
 code = main(["bm25", "--dataset", "irds:beir/scifact/test", "--output", {str(run)!r}, "--eval"])
 code = code or main(["eval", "irds:beir/scifact/test", {str(run)!r}])
+code = code or main(["reproduce", {str(suite)!r}, "--runs", {str(tmp_path / "runs")!r}])
 sys.exit(code)
 """)
-    lines = [line.split("\t") for line in printed.splitlines()]
-    published = load_suite(suite_path("demo")).conditions["bm25-flat"].expected["scifact"]   # Pyserini's 2CR
+    lines = [line.split("\t") for line in printed.splitlines()[:6]]
     expected = [[measure, f"{value:.4f}"] for measure, value in published.items()]
     assert expected[0] == ["nDCG@10", "0.6789"]
     assert lines == expected + expected
+    assert printed.splitlines()[6:] == [f"OK    {'bm25-flat':<26}{'irds:beir/scifact/test':<28}{'nDCG@10':<16}"
+                                        f"0.6789  expected 0.6789", "1 OK, 0 FAIL"]
     sidecar = json.loads((tmp_path / "bm25.trec.meta.json").read_text())
     assert sidecar["dataset"] == "irds:beir/scifact/test" and sidecar["split"] == "test"
     assert sidecar["corpus_source"]["ir_datasets"] == "beir/scifact/test"
