@@ -62,6 +62,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tag", default=None, help="run tag, the condition's name in `table` (default: "
                                                "ENCODER-RETRIEVAL)")
     p.add_argument("--eval", action="store_true", help="evaluate the run with the dataset's measures")
+    p.add_argument("--card", action="store_true", help="with --eval: add the scores to the model folder's "
+                                                       "model card (README.md, the hub's model-index)")
     p.set_defaults(handler=_cmd_run)
 
 
@@ -83,6 +85,8 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the cells and whether each would run, be "
                                                           "reused, or be redone (and why)")
     p.add_argument("--force", action="store_true", help="redo the chosen cells even when an identical run exists")
+    p.add_argument("--card", action="store_true", help="add each model condition's scores to its model folder's "
+                                                       "card (README.md; hub models are left alone)")
     p.set_defaults(handler=_cmd_reproduce)
 
 
@@ -379,6 +383,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from dupmae_eval.options import translate
 
     check_output_file(args.output)
+    if args.card:
+        from dupmae_eval.training.cards import check_card_folder
+
+        if not args.eval:
+            raise DupMAEEvalError("--card needs --eval: the card gets the scores the evaluation measures")
+        check_card_folder(args.model)
     from dupmae_eval.retrieval.jobs import run_model
 
     overrides, runner = translate(vars(args))
@@ -388,7 +398,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.eval:
         from dupmae_eval.evaluation.measures import format_lines
 
-        print("\n".join(format_lines(result.evaluate())))
+        evaluation = result.evaluate()
+        print("\n".join(format_lines(evaluation)))
+        if args.card:
+            from types import SimpleNamespace
+
+            from dupmae_eval.training.cards import update_card_scores
+
+            record = SimpleNamespace(condition=args.tag or f"{args.encoder}-{args.retrieval}",
+                                     dataset=result.dataset.name, split=result.split, aggregate=evaluation.aggregate)
+            print(f"updated {update_card_scores(Path(args.model).expanduser(), [record])}", file=sys.stderr)
     return 0
 
 
@@ -418,9 +437,47 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from dupmae_eval.shipped import suite_path
 
     _map_data(args.data)
+    cards = _card_folders(suite_path(args.config), args.conditions) if args.card and not args.dry_run else {}
     verdicts = reproduce(suite_path(args.config), args.runs, args.datasets, args.conditions, args.dry_run,
                          force=args.force)
+    if cards:
+        _update_cards(suite_path(args.config), args, cards)
     return _summarise(verdicts)
+
+
+def _card_folders(config, conditions) -> dict:
+    """reproduce --card: condition -> the local model folder whose card it updates (checked before any work);
+    a hub model's condition is named on stderr and left out."""
+    from dupmae_eval.evaluation.suites import load_suite
+    from dupmae_eval.training.cards import check_card_folder
+
+    suite = load_suite(config, check_datasets=False)
+    folders = {}
+    for name, condition in suite.conditions.items():
+        if (conditions and name not in conditions) or condition.kind != "model":
+            continue
+        model = str(condition.params.get("model"))
+        if not Path(model).expanduser().is_dir():
+            print(f"dupmae-eval: --card: condition {name}'s model {model} is not a local folder; its card is "
+                  f"left alone", file=sys.stderr)
+            continue
+        folders[name] = check_card_folder(model)
+    return folders
+
+
+def _update_cards(config, args, cards: dict) -> None:
+    """Each condition's metrics records (those this reproduce wrote or reused) into its model's card."""
+    from dupmae_eval.evaluation.results import metrics_path_for, read_metrics
+    from dupmae_eval.evaluation.runner import run_path_for
+    from dupmae_eval.evaluation.suites import load_suite
+    from dupmae_eval.training.cards import update_card_scores
+
+    suite = load_suite(config)
+    for name, folder in cards.items():
+        files = [metrics_path_for(run_path_for(args.runs, suite, cell)) for cell in suite.cells(args.datasets, [name])]
+        records = read_metrics([file for file in files if file.is_file()]) if any(f.is_file() for f in files) else []
+        if records:
+            print(f"updated {update_card_scores(folder, records)}", file=sys.stderr)
 
 
 def _summarise(verdicts) -> int:
@@ -578,7 +635,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe) if args.recipe else {}
     settings = make_settings(recipe, **{name: getattr(args, name) for name in FIELDS})
-    output = finetune(args.model, args.dataset, args.output, settings)
+    output = finetune(args.model, args.dataset, args.output, settings, command=_command(args))
     if os.environ.get("RANK", "0") == "0":
         print(f"fine-tuned model: {output}")
     return 0
@@ -589,10 +646,17 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
     recipe = load_pretrain_recipe(args.recipe) if args.recipe else {}
     settings = make_pretrain_settings(recipe, **{name: getattr(args, name) for name in FIELDS})
-    output = pretrain(args.model, args.corpus, args.output, settings)
+    output = pretrain(args.model, args.corpus, args.output, settings, command=_command(args))
     if os.environ.get("RANK", "0") == "0":
         print(f"pre-trained model: {output}")
     return 0
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line as typed, for a model card."""
+    from dupmae_eval.training.cards import command_line
+
+    return command_line(args.argv)
 
 
 def _cmd_mlm_loss(args: argparse.Namespace) -> int:
@@ -659,6 +723,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         return args.handler(args)
     except DupMAEEvalError as exc:
         print(f"dupmae-eval: error: {exc}", file=sys.stderr)

@@ -534,12 +534,20 @@ def test_a_failed_start_does_not_lock_the_folder_and_a_finished_run_takes_more_s
     record = json.loads((output / "pretrain.json").read_text())
     assert record["data"] == str(abstracts) and record["finished"] and record["steps"] == 1
     one_step = load_file(str(output / "model.safetensors"))
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(output / "README.md")      # the hub's parser: the YAML block is valid card metadata
+    assert card.data.library_name == "transformers" and "dupmae-eval" in card.data.tags
+    assert card.data.base_model is None and card.data.datasets is None   # a local folder, a text file: no hub names
+    assert f"dupmae-eval pretrain --model {SPLADE_TINY} --corpus {abstracts} --output {output} --max-steps 1 " \
+           f"--save-steps 1" in card.text and "- steps: 1," in card.text
 
     code, out, _ = pretrain(abstracts, 2)
     assert code == 0 and "continuing the finished pre-training run" in out
     record = json.loads((output / "pretrain.json").read_text())
     assert record["finished"] and record["steps"] == 2 and record["settings"]["max_steps"] == 2
     assert record["extended"] == [{"from_max_steps": 1, "to_max_steps": 2}]
+    assert "- steps: 2," in ModelCard.load(output / "README.md").text      # the card follows the continued run
     state = json.loads((output / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     # warm-up 0, linear decay: the first step's rate is the peak whatever the count, and the second's is the

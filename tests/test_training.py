@@ -396,21 +396,29 @@ def test_recipes_load_and_unknown_keys_are_refused(tmp_path):
 # --------------------------------------------------------------------------- a real run, read by `run`
 
 
-def test_finetuned_checkpoint_runs_in_every_retrieval_mode_and_a_suite(small_beir, tmp_path):
+def test_finetuned_checkpoint_runs_in_every_retrieval_mode_and_a_suite(small_beir, tmp_path, capsys):
     """splade-tiny fine-tuned for a few steps with BM25 negatives; the output folder is used as it is by
     `run --encoder dupmae` with each retrieval mode and by a suite condition; its trained settings are
-    the run's defaults."""
+    the run's defaults. Its model card passes huggingface_hub's card parser, records the exact command, and
+    gets the scores `run --eval --card` printed and `reproduce --card` recorded, in the hub's model-index."""
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
     from dupmae_eval.cli import main
     from dupmae_eval.data.formats import read_trec_run
 
     output = tmp_path / "tuned"
-    assert main(["finetune", "--model", str(SPLADE_TINY), "--dataset", str(small_beir), "--output", str(output),
-                 "--activation", "log1p_relu", "--group-size", "4", "--queries-per-device", "4",
-                 "--max-steps", "3", "--save-steps", "2", "--passage-max-length", "64",
-                 "--query-max-length", "16"]) == 0
+    command = ["finetune", "--model", str(SPLADE_TINY), "--dataset", str(small_beir), "--output", str(output),
+               "--activation", "log1p_relu", "--group-size", "4", "--queries-per-device", "4",
+               "--max-steps", "3", "--save-steps", "2", "--passage-max-length", "64", "--query-max-length", "16"]
+    assert main(command) == 0
     record = json.loads((output / "finetune.json").read_text())
     assert record["finished"] and record["steps"] == 3
     assert (output / "negatives" / "bm25-train.trec").is_file()
+    card = ModelCard.load(output / "README.md")       # the hub's parser, metadata errors raised
+    assert card.data.library_name == "transformers" and {"dupmae-eval", "dupmae"} <= set(card.data.tags)
+    assert card.data.base_model is None and card.data.eval_results is None     # a local base model; no scores yet
+    assert "dupmae-eval " + " ".join(command) in card.text and '"activation": "log1p_relu"' in card.text
     written = (output / "finetune.json").read_bytes(), (output / "model.safetensors").read_bytes()
     assert main(["finetune", "--model", str(SPLADE_TINY), "--dataset", str(small_beir), "--output", str(output),
                  "--activation", "log1p_relu", "--group-size", "4", "--queries-per-device", "4",
@@ -420,8 +428,12 @@ def test_finetuned_checkpoint_runs_in_every_retrieval_mode_and_a_suite(small_bei
     runs = {}
     for mode in ("dupmae", "hybrid", "dense", "impact"):
         path = tmp_path / f"{mode}.trec"
+        capsys.readouterr()
         assert main(["run", "--dataset", str(small_beir), "--split", "test", "--model", str(output),
-                     "--encoder", "dupmae", "--retrieval", mode, "--output", str(path), "--hits", "100"]) == 0
+                     "--encoder", "dupmae", "--retrieval", mode, "--output", str(path), "--hits", "100",
+                     *(["--eval", "--card"] if mode == "dupmae" else [])]) == 0
+        if mode == "dupmae":
+            printed = dict(line.split("\t") for line in capsys.readouterr().out.splitlines())
         runs[mode] = read_trec_run(path)
         sidecar = json.loads(Path(f"{path}.meta.json").read_text())
         assert sidecar["encoder"]["activation"] == "log1p_relu"      # the trained setting, not dupmae's "none"
@@ -433,7 +445,20 @@ def test_finetuned_checkpoint_runs_in_every_retrieval_mode_and_a_suite(small_bei
     suite.write_text(f"suite: tuned\nmeasures: [nDCG@10]\nprecision: 4\ndatasets: [small]\nconditions:\n  tuned-dupmae:\n"
                      f"    kind: model\n    model: {output}\n    encoder: dupmae\n    retrieval: dupmae\n"
                      f"    hits: 100\n")
-    assert main(["reproduce", str(suite), "--data", f"small={small_beir}", "--runs", str(tmp_path / "runs")]) == 0
+    assert main(["reproduce", str(suite), "--data", f"small={small_beir}", "--runs", str(tmp_path / "runs"),
+                 "--card"]) == 0
+    reproduced = json.loads((tmp_path / "runs" / "tuned" / "tuned-dupmae" / "small.metrics.json").read_text())
+
+    card = ModelCard.load(output / "README.md")
+    scores = {(r.metric_config, r.dataset_name, r.dataset_split, r.metric_name): r.metric_value
+              for r in card.data.eval_results}
+    assert scores == {**{("dupmae-dupmae", small_beir.name, "test", measure): float(value)
+                         for measure, value in printed.items()},
+                      ("tuned-dupmae", "small", "test", "nDCG@10"): round(reproduced["aggregate"]["nDCG@10"], 4)}
+    assert set(printed) == {"nDCG@10", "R@100", "R@1000"}
+    model_index = card.data.to_dict()["model-index"]
+    assert model_index[0]["name"] == "tuned" and len(model_index_to_eval_results(model_index)[1]) == 4
+    assert f"| dupmae-dupmae | {small_beir.name} | test | nDCG@10 | {printed['nDCG@10']} |" in card.text
 
 
 # --------------------------------------------------------------------------- processes and resume

@@ -3,7 +3,7 @@
 A dataset is given either as a folder (BEIR layout: corpus.jsonl, queries.jsonl,
 qrels/SPLIT.tsv; or MS MARCO layout: collection.tsv, queries.SPLIT.tsv, qrels.SPLIT.txt)
 or as a registry name, which is looked up in the package's bundled copies, then the
-cache, then downloaded. Judgments for every registry dataset ship inside the package
+cache, then downloaded; or as `irds:<id>`, a dataset that ir_datasets serves (`irds.py`). Judgments for every registry dataset ship inside the package
 (`dupmae_eval/resources/qrels`), so evaluation never needs the network.
 """
 
@@ -153,6 +153,21 @@ def coverage_label(rows: Sequence[str], covered: Sequence[str]) -> str:
     return f"{len(covered)} of {total}"
 
 
+def hub_dataset_id(name: str) -> Optional[str]:
+    """The Hugging Face hub's name of a registry dataset (BEIR's copies under BeIR/, MS MARCO under
+    microsoft/ms_marco), also for an `irds:` name of one; None for a folder, a mapped local name, a
+    CQADupStack forum or a restricted dataset (a model card's `datasets` lists only names the hub has)."""
+    if name.startswith("irds:"):
+        parts = name[len("irds:"):].split("/")
+        name = parts[1] if parts[0] == "beir" and len(parts) > 1 else parts[0]
+    if Path(name).expanduser().exists() or name in dataset_roots_from_env():
+        return None
+    info = REGISTRY.get(name)
+    if info is None or not info.public or info.unit:
+        return None
+    return "microsoft/ms_marco" if info.layout == "msmarco" else f"BeIR/{info.name}"
+
+
 def units_of(unit: str) -> Tuple[str, ...]:
     """Registry names that make up a BEIR unit: CQADupStack's 12 forums, or the dataset itself."""
     members = tuple(name for name, info in REGISTRY.items() if info.unit == unit)
@@ -186,6 +201,11 @@ class Dataset:
     @property
     def corpus_path(self) -> Path:
         return self._corpus
+
+    @property
+    def cache_name(self) -> str:
+        """What the corpus's indexes and encodings are named after in the cache (with a key of its content)."""
+        return self.name
 
     @property
     def default_split(self) -> str:
@@ -290,7 +310,14 @@ def dataset_roots_from_env() -> Dict[str, Path]:
 
 def shipped_judgments(name: str, split: Optional[str] = None) -> Tuple[Qrels, Tuple[str, ...]]:
     """A registry dataset's shipped judgments for `split` (default: its default split), with the measures
-    the literature reports for them: what `eval` needs when given a name instead of a qrels file."""
+    the literature reports for them: what `eval` needs when given a name instead of a qrels file.
+    An `irds:<id>` name reads its judgments through ir_datasets."""
+    if name.startswith("irds:"):
+        from dupmae_eval.data.irds import resolve_irds
+
+        data = resolve_irds(name)
+        split = split or data.default_split
+        return data.qrels(split), data.measures(split)
     info = REGISTRY.get(name)
     if info is None:
         raise DupMAEEvalError(f"{name}: neither a qrels file nor a registry dataset name")
@@ -303,9 +330,13 @@ def shipped_judgments(name: str, split: Optional[str] = None) -> Tuple[Qrels, Tu
 
 def lookup(name: str) -> DatasetInfo:
     """The registry entry of `name`, or one made from the folder mapped to it in DUPMAE_EVAL_DATA
-    (a local collection such as Vaswani, with the measures its layout implies)."""
+    (a local collection such as Vaswani, with the measures its layout implies), or an `irds:<id>` name's."""
     if name in REGISTRY:
         return REGISTRY[name]
+    if name.startswith("irds:"):
+        from dupmae_eval.data.irds import info_for
+
+        return info_for(name)
     folder = dataset_roots_from_env().get(name)
     if folder is None:
         close = difflib.get_close_matches(name, list(REGISTRY), n=1)
@@ -329,7 +360,12 @@ def local_copy(name: str) -> Optional[Tuple[str, Path]]:
 
 
 def resolve(name_or_dir: str, download: bool = True) -> Dataset:
-    """Turn a registry name or a folder into a `Dataset` (downloading a public dataset if needed)."""
+    """Turn a registry name or a folder into a `Dataset` (downloading a public dataset if needed); an
+    `irds:<id>` name into one that ir_datasets serves (`irds.py`; ir_datasets downloads what it lacks)."""
+    if name_or_dir.startswith("irds:") and name_or_dir not in dataset_roots_from_env():
+        from dupmae_eval.data.irds import resolve_irds
+
+        return resolve_irds(name_or_dir)
     folder = Path(name_or_dir).expanduser()
     if folder.is_dir():
         info = REGISTRY.get(folder.name)

@@ -112,7 +112,7 @@ def encoding_folder(dataset: Dataset, model: LoadedModel, settings: EncoderSetti
                               "settings": settings.as_dict(), "format": FORMAT_VERSION,
                               "batch_size": batch_size, "shard_size": shard_size,
                               **({"precision": precision} if precision != "fp32" else {})})
-    return cache.home() / "encodings" / f"{dataset.name}-{settings.kind}-{key}"
+    return cache.home() / "encodings" / f"{dataset.cache_name}-{settings.kind}-{key}"
 
 
 def encode_corpus(dataset: Dataset, encoder: DupMAEDocumentEncoder, batch_size: int = 32,

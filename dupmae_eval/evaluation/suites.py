@@ -86,7 +86,10 @@ class Suite:
 
 
 def expand_dataset(entry: str) -> List[Tuple[str, str]]:
-    """'cqadupstack' -> its 12 forums; 'msmarco-passage/dl19' -> (msmarco-passage, dl19)."""
+    """'cqadupstack' -> its 12 forums; 'msmarco-passage/dl19' -> (msmarco-passage, dl19); an ir_datasets name
+    ('irds:beir/scifact/test') is its own split."""
+    if entry.startswith("irds:"):
+        return [(entry, lookup(entry).default_split)]
     name, _, split = entry.partition("/")
     members = units_of(name)
     return [(member, split or lookup(member).default_split) for member in members]
@@ -131,6 +134,14 @@ def load_suite(path: str | Path, check_datasets: bool = True) -> Suite:
 
 
 def _check_dataset(path: Path, where: str, entry: str) -> None:
+    if str(entry).startswith("irds:"):
+        from dupmae_eval.data.datasets import resolve
+
+        try:
+            resolve(str(entry), download=False)       # the id against ir_datasets' catalogue; nothing is read
+        except DupMAEEvalError as exc:
+            raise DupMAEEvalError(f"{path}: {where}: {exc}") from None
+        return
     name, _, split = str(entry).partition("/")
     if not any(info.unit == name for info in REGISTRY.values()):
         try:

@@ -41,7 +41,7 @@ def bm25_index(dataset: Dataset, fields: str, threads: int | None = None) -> Pat
         raise DupMAEEvalError(f"unknown --fields {fields!r}; choose one of {', '.join(FIELDS)}")
     settings = {"kind": "lucene-bm25", "fields": fields, "corpus_sha256": dataset.corpus_fingerprint(),
                 "anserini": anserini_version(), "layout": 2}
-    final = cache.home() / "indexes" / f"bm25-{fields}" / f"{dataset.name}-{cache.settings_key(settings)}"
+    final = cache.home() / "indexes" / f"bm25-{fields}" / f"{dataset.cache_name}-{cache.settings_key(settings)}"
     if cache.reuse_or_clear(final, "cached index"):
         return final
     census = take_census(dataset)   # duplicate ids are refused here, before any work

@@ -18,6 +18,7 @@ Output folder:
     checkpoints/checkpoint-N/  Trainer checkpoints (each also a loadable model folder)
     config.json, model.safetensors, tokenizer files, dupmae_head.safetensors, dupmae_training.json
                                the fine-tuned model (written last)
+    README.md                  its Hugging Face model card (`cards.py`), written when the run finishes
 """
 
 from __future__ import annotations
@@ -312,6 +313,12 @@ def check_data_source(source: str, flag: str, text_files: bool) -> None:
     from dupmae_eval.data.datasets import REGISTRY, dataset_roots_from_env, resolve
 
     path = Path(source).expanduser()
+    if source.startswith("irds:") and not path.exists():
+        try:
+            resolve(source, download=False)   # the id against ir_datasets' catalogue; nothing is downloaded
+        except DupMAEEvalError as exc:
+            raise DupMAEEvalError(f"{flag} {source}: {exc}") from None
+        return
     if path.is_file():
         if text_files and not path.name.endswith(".txt.gz") and path.suffix in (".jsonl", ".gz", ".tsv"):
             raise DupMAEEvalError(f"{flag} {source}: a file is read as text, one text per line (.txt or "
@@ -365,9 +372,10 @@ def prepare_data(data_source: str, settings: FinetuneSettings, output: Path):
     return train, held, store
 
 
-def finetune(model: str, data: str, output: Path, settings: FinetuneSettings) -> Path:
+def finetune(model: str, data: str, output: Path, settings: FinetuneSettings, command: Optional[str] = None) -> Path:
     """Fine-tune `model` (hub name or folder) on `data` (dataset name or folder, or a tevatron JSONL file)
-    and write the model to `output`; a second call with the same arguments resumes from the last checkpoint."""
+    and write the model to `output`, with its model card (README.md, `cards.py`; `command`: the command
+    line it records); a second call with the same arguments resumes from the last checkpoint."""
     from dupmae_eval.files import atomic_output
     from dupmae_eval.training.finetune_data import GroupCollator, GroupDataset
     from dupmae_eval.training.finetune_model import DupMAEForTraining
@@ -395,4 +403,8 @@ def finetune(model: str, data: str, output: Path, settings: FinetuneSettings) ->
     collator = GroupCollator(net.tokenizer, settings.query_max_length, settings.passage_max_length)
     train_and_save(net, dataset, collator, output, settings, settings.queries_per_device, RECORD,
                    train_queries=len(train), held_out_queries=len(held))
+    if rank == 0:
+        from dupmae_eval.training.cards import write_training_card
+
+        write_training_card(output, "finetune", command)
     return output

@@ -132,11 +132,19 @@ class EmbeddedStore(PassageStore):
 def from_dataset(dataset, split: str) -> Tuple[List[TrainingQuery], PassageStore]:
     """A registered or local dataset's split: judged positives, refusing qrels that name no positive or a
     passage the corpus lacks (with the judgment file's line)."""
-    qrels_path = dataset.qrels_path(split)
-    qrels = dataset.qrels(split)
-    queries = dataset.queries(split)
-    store = PassageStore(dataset.corpus_path, dataset.layout)
-    _check_judged_passages(qrels_path, store)
+    if dataset.layout == "irds":        # ir_datasets keeps no corpus file to read at an offset: texts in memory
+        qrels_path, qrels, queries = Path(dataset.name), dataset.qrels(split), dataset.queries(split)
+        store = EmbeddedStore({passage.docid: passage.flat_text() for passage in dataset.passages()})
+        store.path = qrels_path
+        missing = next((d for q in qrels for d in qrels[q] if d not in store), None)
+        if missing is not None:
+            raise DupMAEEvalError(f"{dataset.name}: judged passage {missing!r} is not in the corpus")
+    else:
+        qrels_path = dataset.qrels_path(split)
+        qrels = dataset.qrels(split)
+        queries = dataset.queries(split)
+        store = PassageStore(dataset.corpus_path, dataset.layout)
+        _check_judged_passages(qrels_path, store)
     chosen = []
     for qid in sorted(qrels, key=_natural):
         positives = tuple(sorted(d for d, grade in qrels[qid].items() if grade > 0))

@@ -145,11 +145,13 @@ def make_pretrain_settings(recipe: Optional[Mapping[str, Any]] = None, **overrid
     return replace(PretrainSettings(), **chosen).validate()
 
 
-def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings, callbacks=()) -> Path:
+def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings, callbacks=(),
+             command: Optional[str] = None) -> Path:
     """Pre-train `model` (hub name or folder, a BertForMaskedLM; or a shape, `shapes.shape_source`, built
     with random weights from the seed) on `corpus` (dataset name or folder, or a text file) with the
     settings' objective; write the model to `output`. The same call again resumes from the last checkpoint.
-    `callbacks`: extra transformers TrainerCallbacks (the GPU script's loss curve and exports)."""
+    `callbacks`: extra transformers TrainerCallbacks (the GPU script's loss curve and exports). The folder
+    gets its model card (README.md, `cards.py`) when the run finishes; `command`: the command line it records."""
     from dupmae_eval.training.pretrain_data import PretrainCollator, PretrainDataset, TokenStore
     from dupmae_eval.training.pretrain_model import OBJECTIVES, DupMAEForPretraining
     from dupmae_eval.training.finetune import _barrier, _distributed, check_data_source, claim_output, train_and_save
@@ -183,4 +185,8 @@ def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings, 
     train_and_save(net, dataset, PretrainCollator(net.tokenizer.pad_token_id), output, settings,
                    settings.batch_size, RECORD, callbacks=callbacks, sequences=len(dataset),
                    corpus_tokens=int(store.offsets[-1]))
+    if rank == 0:
+        from dupmae_eval.training.cards import write_training_card
+
+        write_training_card(output, "pretrain", command)
     return output
