@@ -121,7 +121,7 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
 
         print(f"dupmae-eval: {describe_auto(device)}", file=sys.stderr, flush=True)
     started = time.time()
-    encoding = load_encoding(encode_corpus(data, document_encoder, batch_size, shard_size))
+    encoding = load_encoding(encode_corpus(data, document_encoder, batch_size, shard_size), settings)
     timings["encode"] = time.time() - started
     job = SearchJob(encoding, loaded, settings, queries, hits=hits, threads=threads, remove_query=remove_query,
                     quantization_scale=quantization_scale, faiss_shards=faiss_shards, hybrid_audit=hybrid_audit,
