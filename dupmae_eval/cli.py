@@ -538,14 +538,12 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from dupmae_eval.data.formats import read_trec_run
-    from dupmae_eval.evaluation.measures import check_coverage, evaluate, format_lines, per_query_lines
+    from dupmae_eval.evaluation.measures import evaluate_checked, format_lines, per_query_lines
 
     qrels, default_measures = _load_qrels(args.qrels, args.split)
     run = read_trec_run(args.run)
     measures = args.measures or list(default_measures)
-    for warning in check_coverage(qrels, run, measures, _other_splits(args.qrels, args.split, run)):
-        print(f"dupmae-eval: warning: {warning}", file=sys.stderr)
-    evaluation = evaluate(qrels, run, measures)
+    evaluation = evaluate_checked(qrels, run, measures, _other_splits(args.qrels, args.split, run))
     print("\n".join(format_lines(evaluation, measures)))
     if args.per_query:
         print("\n".join(per_query_lines(evaluation)))

@@ -171,3 +171,46 @@ def test_bm25_condition_values_are_range_checked_at_load(key, value, message, tm
     suite.write_text(SUITE.format(k1=0.9) + f"    {key}: {value}\n" if key != "k1" else SUITE.format(k1=value))
     assert main(["reproduce", str(suite), "--runs", str(tmp_path / "runs"), "--dry-run"]) == 2
     assert f"conditions: bm25-flat: {message}" in capsys.readouterr().err
+
+
+def test_bm25_eval_and_reproduce_warn_and_refuse_as_eval_does(corpora, tmp_path, capsys):
+    """`bm25 --eval` and `reproduce` score through the same coverage check as `eval`: a judged query the run
+    ranks nothing for, and a cutoff deeper than the run, give one warning each (the same lines `eval` prints
+    for the run file); a run that ranks no judged query is refused with one line."""
+    large, _ = corpora
+    folder = tmp_path / "stopwords"
+    shutil.copytree(large, folder)
+    records = [json.loads(line) for line in (folder / "queries.jsonl").read_text().splitlines()]
+    records[0]["text"] = "the of and"               # Lucene's English analyser leaves nothing to search for
+    (folder / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    judged = len({line.split("\t")[0] for line in (folder / "qrels" / "test.tsv").read_text().splitlines()[1:]})
+    run = tmp_path / "run.trec"
+    assert main(["bm25", "--dataset", str(folder), "--output", str(run), "--hits", "50", "--eval"]) == 0
+    by_bm25 = capsys.readouterr()
+    warnings = [line for line in by_bm25.err.splitlines() if line.startswith("dupmae-eval: warning:")]
+    assert main(["eval", str(folder / "qrels" / "test.tsv"), str(run)]) == 0
+    by_eval = capsys.readouterr()
+    assert by_bm25.out == by_eval.out and warnings == by_eval.err.splitlines()
+    assert warnings == [f"dupmae-eval: warning: run covers {judged - 1} of {judged} judged queries; trec_eval -c "
+                        f"scores the 1 missing as 0",
+                        "dupmae-eval: warning: R@100, R@1000: cutoff beyond the run's depth (50 hits per query at "
+                        "most); the value is that of the run's depth"]
+
+    suite = tmp_path / "shallow.yaml"
+    suite.write_text(SUITE.format(k1=0.9).replace("measures: [nDCG@10, AP, P@10]", "measures: [nDCG@10, R@100]")
+                     + "    hits: 50\n")
+    assert main(["reproduce", str(suite), "--data", f"scifact={folder}", "--runs", str(tmp_path / "runs")]) == 0
+    assert [line for line in capsys.readouterr().err.splitlines() if "warning" in line] == [
+        f"dupmae-eval: warning: bm25-flat scifact: run covers {judged - 1} of {judged} judged queries; trec_eval -c "
+        f"scores the 1 missing as 0",
+        "dupmae-eval: warning: bm25-flat scifact: R@100: cutoff beyond the run's depth (50 hits per query at most); "
+        "the value is that of the run's depth"]
+
+    for record in records:
+        record["text"] = "the of and"
+    (folder / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["bm25", "--dataset", str(folder), "--output", str(run), "--eval"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.splitlines()[-1] == (
+        f"dupmae-eval: error: no query of the run is judged: the run ranks no document for any query; no judged "
+        f"query of {folder} (split test) got a hit")

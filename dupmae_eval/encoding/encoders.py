@@ -122,6 +122,7 @@ class Encoded:
     dense: Optional[np.ndarray]            # B x d float32
     sparse: Optional[SparseRows]           # documents: top-k CSR; queries: every non-zero entry
     truncated: int                         # texts cut at the max length
+    truncated_rows: Tuple[bool, ...] = ()  # which ones
 
 
 class _Encoder:
@@ -167,22 +168,25 @@ class _Encoder:
         tokenizer = self.model.tokenizer
         batch = _pad_to_quantum(tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                                           return_tensors="pt"), tokenizer.pad_token_id, self.max_length)
-        truncated = self._count_truncated(texts, batch["attention_mask"].sum(dim=1).tolist())
+        truncated = self._truncated_rows(texts, batch["attention_mask"].sum(dim=1).tolist())
         device = self.model.device
         input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         with torch.inference_mode(), _autocast(device, self.precision):
             dense, sparse = self.model.forward(input_ids, attention_mask, self.settings.pooling())
         return Encoded(dense.cpu().numpy().astype(np.float32) if dense is not None else None,
-                       _to_sparse_rows(sparse, self.topk) if sparse is not None else None, truncated)
+                       _to_sparse_rows(sparse, self.topk) if sparse is not None else None, sum(truncated),
+                       truncated)
 
-    def _count_truncated(self, texts: Sequence[str], lengths: Sequence[int]) -> int:
-        """How many texts the max length cut: only those that fill it exactly can have been cut, so
+    def _truncated_rows(self, texts: Sequence[str], lengths: Sequence[int]) -> Tuple[bool, ...]:
+        """Which texts the max length cut: only those that fill it exactly can have been cut, so
         only they are tokenized again, untruncated."""
-        at_limit = [text for text, length in zip(texts, lengths) if length >= self.max_length]
-        if not at_limit:
-            return 0
-        full = self.model.tokenizer(at_limit, add_special_tokens=True)["input_ids"]
-        return sum(len(ids) > self.max_length for ids in full)
+        at_limit = [row for row, length in enumerate(lengths) if length >= self.max_length]
+        cut = [False] * len(texts)
+        if at_limit:
+            full = self.model.tokenizer([texts[row] for row in at_limit], add_special_tokens=True)["input_ids"]
+            for row, ids in zip(at_limit, full):
+                cut[row] = len(ids) > self.max_length
+        return tuple(cut)
 
 
 def _pad_to_quantum(batch, pad_id: int, max_length: int):

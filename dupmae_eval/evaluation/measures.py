@@ -65,7 +65,20 @@ def evaluate(qrels: Qrels, run: Run, measure_names: Sequence[str]) -> Evaluation
     return Evaluation(aggregate, per_query, len(qrels), len(set(run) & set(qrels)))
 
 
-def check_coverage(qrels: Qrels, run: Run, measure_names: Sequence[str], hint: str = "") -> List[str]:
+def evaluate_checked(qrels: Qrels, run: Run, measure_names: Sequence[str], hint: str = "",
+                     label: str = "") -> Evaluation:
+    """`evaluate` after `check_coverage`: what every verb that scores a run (eval, bm25 --eval, run --eval,
+    reproduce) calls, so they refuse and warn alike. Each warning is one line on stderr, after `label`
+    (e.g. the reproduce cell it concerns)."""
+    import sys
+
+    for warning in check_coverage(qrels, run, measure_names, hint, label):
+        print(f"dupmae-eval: warning: {label}{warning}", file=sys.stderr, flush=True)
+    return evaluate(qrels, run, measure_names)
+
+
+def check_coverage(qrels: Qrels, run: Run, measure_names: Sequence[str], hint: str = "",
+                   label: str = "") -> List[str]:
     """Refuse a run that shares no query with the judgments; return warnings for partial cover and depth.
 
     trec_eval -c scores a judged query the run lacks as 0, which is right for a run that dropped a
@@ -74,9 +87,13 @@ def check_coverage(qrels: Qrels, run: Run, measure_names: Sequence[str], hint: s
     the coverage; a cutoff beyond the run's deepest ranking a warning, since R@1000 of a 100-deep run
     is R@100 under another name.
     """
-    shared = len(set(run) & set(qrels))
+    ranked = {qid for qid, hits in run.items() if hits}     # a query listed with no hit is not covered
+    shared = len(ranked & set(qrels))
     if not shared:
-        raise DupMAEEvalError(f"no query of the run is judged: the run's {_queries(len(run))} and the "
+        if not ranked:
+            raise DupMAEEvalError(f"{label}no query of the run is judged: the run ranks no document for any "
+                                  f"query{hint}")
+        raise DupMAEEvalError(f"{label}no query of the run is judged: the run's {_queries(len(ranked))} and the "
                               f"judgments' {_queries(len(qrels))} have none in common{hint}")
     warnings = []
     if shared < len(qrels):

@@ -113,7 +113,7 @@ def run_cell(suite: Suite, cell: Cell, runs_dir: Path, force: bool = False, echo
     """Compute the cell's run unless an identical one exists; evaluate it; write its metrics (aggregate +
     per query) with the suite's measures (the dataset's when the suite names none)."""
     from dupmae_eval.data.formats import read_trec_run
-    from dupmae_eval.evaluation.measures import evaluate
+    from dupmae_eval.evaluation.measures import evaluate_checked
     from dupmae_eval.options import translate
     from dupmae_eval.retrieval.jobs import run_bm25, run_model
 
@@ -135,7 +135,9 @@ def run_cell(suite: Suite, cell: Cell, runs_dir: Path, force: bool = False, echo
                       split=cell.split, tag=cell.condition, **runner, **overrides)
         sidecar = Path(f"{output}.meta.json")
         cache.write_json(sidecar, {**_sidecar(output), IDENTITY_KEY: identity})
-    evaluation = evaluate(data.qrels(cell.split), read_trec_run(output), suite.measures or data.measures(cell.split))
+    evaluation = evaluate_checked(data.qrels(cell.split), read_trec_run(output),
+                                  suite.measures or data.measures(cell.split), f"; no judged query of {data.root} (split {cell.split}) got a hit",
+                                  label=f"{cell.condition} {cell.key}: ")
     write_metrics(output, MetricsRecord(
         suite=suite.name, condition=cell.condition, dataset=cell.dataset, split=cell.split, key=cell.key,
         unit=lookup(cell.dataset).unit or cell.dataset, run=output.name, aggregate=evaluation.aggregate,

@@ -15,7 +15,7 @@ from dupmae_eval import __version__, cache
 from dupmae_eval.data.formats import Qrels, write_trec_run
 from dupmae_eval.data.datasets import Dataset, resolve
 from dupmae_eval.encoding.encoders import DEFAULT_QUANTIZATION_SCALE
-from dupmae_eval.evaluation.measures import Evaluation, evaluate
+from dupmae_eval.evaluation.measures import Evaluation, evaluate, evaluate_checked
 from dupmae_eval.provenance import provenance
 
 
@@ -39,7 +39,10 @@ class RunResult:
         return self.dataset.qrels(self.split)
 
     def evaluate(self, measures: Optional[Tuple[str, ...]] = None) -> Evaluation:
-        return evaluate(self.qrels(), self.run, measures or self.dataset.measures(self.split))
+        """The run's scores; a run that covers only some judged queries, or is shallower than a cutoff, is
+        warned about on stderr, and one that shares no query with the judgments is refused (`evaluate_checked`)."""
+        return evaluate_checked(self.qrels(), self.run, measures or self.dataset.measures(self.split),
+                                f"; no judged query of {self.dataset.root} (split {self.split}) got a hit")
 
 
 def run_bm25(dataset: str | Dataset, split: Optional[str], fields: str, output: Optional[Path], k1: float = 0.9,
@@ -118,7 +121,7 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
 
         print(f"dupmae-eval: {describe_auto(device)}", file=sys.stderr, flush=True)
     started = time.time()
-    encoding = load_encoding(encode_corpus(data, document_encoder, batch_size, shard_size))
+    encoding = load_encoding(encode_corpus(data, document_encoder, batch_size, shard_size), settings)
     timings["encode"] = time.time() - started
     job = SearchJob(encoding, loaded, settings, queries, hits=hits, threads=threads, remove_query=remove_query,
                     quantization_scale=quantization_scale, faiss_shards=faiss_shards, hybrid_audit=hybrid_audit,

@@ -119,7 +119,7 @@ def _dense(job: SearchJob) -> Tuple[Run, dict]:
     if job.faiss_shards:
         dense, _ = job.query_halves()
         run = faiss_sharded_search(job.encoding, dense, job.qids, job.hits, job.remove_query)
-        return run, {"index": f"{len(job.encoding.offsets)} faiss shards, top-k merged"}
+        return run, {"index": f"{job.encoding.blocks} faiss shards, top-k merged"}
     index = faiss_index(job.encoding)
     return dense_search(index, job.query_encoder("dense"), job.queries, job.hits, job.threads,
                         job.remove_query), {"index": str(index)}
