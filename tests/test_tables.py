@@ -288,3 +288,25 @@ def test_several_measures_from_python_refuse_the_picture(results):
     tables = build_tables(read_metrics([folder]), MEASURES, "zeta-bm25")
     with pytest.raises(DupMAEEvalError, match="draws one measure"):
         render(tables, "png")
+
+
+def test_a_run_covering_part_of_the_judged_queries_is_tabled_with_a_warning(tmp_path, capsys):
+    """A bm25/run output read by `table` goes through eval's coverage check: 2 of SciFact's 300 judged
+    test queries ranked gives one warning naming the cell and the coverage; a run of no judged query is
+    refused in one line."""
+    import json
+
+    from dupmae_eval.data.datasets import resolve
+
+    qrels = resolve("scifact", download=False).qrels("test")
+    chosen = sorted(qrels)[:2]
+    run = tmp_path / "two.trec"
+    run.write_text("".join(f"{qid} Q0 {doc} 1 1.0 x\n" for qid in chosen for doc in list(qrels[qid])[:1]))
+    (tmp_path / "two.trec.meta.json").write_text(json.dumps({"dataset": "scifact", "split": "test",
+                                                             "condition": "two-queries"}))
+    assert main(["table", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: two-queries scifact/test: run covers 2 of 300 judged queries" in err
+    run.write_text("no-such-query Q0 d 1 1.0 x\n")
+    assert main(["table", str(run)]) == 2
+    assert "no query of the run is judged" in capsys.readouterr().err

@@ -130,10 +130,11 @@ def record_of(condition: str, data, split: str, run, run_name: str, suite: str =
     the folder's) on `split`, scored against its judgments with its measures (or `measures`): what a table
     cell is made from, whether the run is a file or in memory."""
     from dupmae_eval.data.datasets import lookup
-    from dupmae_eval.evaluation.measures import evaluate
+    from dupmae_eval.evaluation.measures import evaluate_checked
 
     name = name or data.name
-    evaluation = evaluate(data.qrels(split), run, measures or data.measures(split))
+    evaluation = evaluate_checked(data.qrels(split), run, measures or data.measures(split),
+                                  label=f"{condition} {name}/{split}: ")
     try:
         info = lookup(name)
         default, unit = info.default_split, info.unit or name
