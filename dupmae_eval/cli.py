@@ -648,7 +648,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         from dupmae_eval.evaluation.measures import named_values
 
-        report = {"qrels": args.qrels, "split": args.split, "measures": measures, "runs": [
+        split = args.split
+        if split is None and not Path(args.qrels).is_file():       # a registry name: the split it was scored on
+            from dupmae_eval.data.datasets import REGISTRY
+
+            split = REGISTRY[args.qrels].default_split
+        report = {"qrels": args.qrels, "split": split, "measures": measures, "runs": [
             {"run": str(path), "queries": evaluation.run_queries, "judged_queries": evaluation.judged_queries,
              "values": named_values(evaluation, measures),
              **({"per_query": named_values(evaluation, measures, per_query=True)} if args.per_query else {})}
