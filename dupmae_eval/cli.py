@@ -652,7 +652,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if split is None and not Path(args.qrels).is_file():       # a registry name: the split it was scored on
             from dupmae_eval.data.datasets import REGISTRY
 
-            split = REGISTRY[args.qrels].default_split
+            info = REGISTRY.get(args.qrels)     # an irds: name keeps its split in the name
+            split = info.default_split if info else None
         report = {"qrels": args.qrels, "split": split, "measures": measures, "runs": [
             {"run": str(path), "queries": evaluation.run_queries, "judged_queries": evaluation.judged_queries,
              "values": named_values(evaluation, measures),
