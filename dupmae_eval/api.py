@@ -122,20 +122,20 @@ def run(dataset: str, model: str, *, encoder: str = "dupmae", retrieval: str = "
 def load_run(path: Union[str, Path]) -> Run:
     """A run that `bm25`, `run` or `reproduce` wrote (its `.meta.json` sidecar says which dataset and split
     judge it; refused when the corpus has changed since)."""
-    from dupmae_eval.data.formats import read_trec_run
+    from dupmae_eval.data.formats import read_run
     from dupmae_eval.evaluation.results import run_sidecar
 
     path = Path(path)
     meta, data = run_sidecar(path)
-    return Run(meta["condition"], data, meta["split"], read_trec_run(path), meta, path)
+    return Run(meta["condition"], data, meta["split"], read_run(path, meta.get("run_format")), meta, path)
 
 
 def evaluate(run_or_path: Union[Run, str, Path], qrels: Union[str, Path, None] = None, *,
              split: Optional[str] = None, measures: Optional[Sequence[str]] = None,
              per_query: bool = False) -> "pandas.DataFrame":
-    """Score a run (a `Run`, or a TREC run file) as `dupmae-eval eval` does. Without `qrels`, the run's own
+    """Score a run (a `Run`, or a run file: TREC, MS MARCO or JSON) as `dupmae-eval eval` does. Without `qrels`, the run's own
     dataset judges it; `qrels` is a judgments file or a registry name (its shipped judgments, `split`)."""
-    from dupmae_eval.data.formats import read_qrels, read_trec_run
+    from dupmae_eval.data.formats import read_qrels, read_run
     from dupmae_eval.data.datasets import BEIR_MEASURES, shipped_judgments
     from dupmae_eval.evaluation.measures import check_coverage, evaluate as score
 
@@ -145,7 +145,7 @@ def evaluate(run_or_path: Union[Run, str, Path], qrels: Union[str, Path, None] =
     if isinstance(run_or_path, Run):
         name, hits = run_or_path.name, run_or_path.hits
     else:
-        name, hits = Path(run_or_path).name, read_trec_run(run_or_path)
+        name, hits = Path(run_or_path).name, read_run(run_or_path)
     if Path(qrels).is_file():
         judgments, default = read_qrels(qrels), BEIR_MEASURES
     else:

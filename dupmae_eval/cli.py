@@ -36,10 +36,23 @@ def _add_bm25(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-query-hit", action="store_true",
                    help="keep the hit whose id equals the query id (BEIR removes it; default: removed for "
                         "BEIR-layout data, kept for MS MARCO)")
-    p.add_argument("--output", required=True, type=Path, metavar="FILE", help="TREC run file to write")
+    p.add_argument("--output", required=True, type=Path, metavar="FILE", help="run file to write (TREC, or --run-format)")
     p.add_argument("--tag", default=None, help="run tag, the condition's name in `table` (default: bm25-FIELDS)")
+    _topics_and_format(p)
     p.add_argument("--eval", action="store_true", help="evaluate the run with the dataset's measures")
     p.set_defaults(handler=_cmd_bm25)
+
+
+def _topics_and_format(p: argparse.ArgumentParser) -> None:
+    from dupmae_eval.data.formats import RUN_FORMATS
+
+    p.add_argument("--topics", type=Path, default=None, metavar="FILE",
+                   help="search for these queries instead of a split's: qid<TAB>text lines, a TREC topic file "
+                        "(<top> <num> <title>) or JSON lines (_id/text or qid/query), gzipped or not; they have "
+                        "no judgments, so --eval is refused")
+    p.add_argument("--run-format", choices=RUN_FORMATS, default="trec",
+                   help="trec (default): qid Q0 docid rank score tag; msmarco: qid<TAB>docid<TAB>rank; "
+                        "json: {qid: {docid: score}} (ranx, Pyserini)")
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -58,9 +71,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retrieval", required=True, choices=list(RETRIEVAL_MODES),
                    help="; ".join(f"{name}: {mode.summary}" for name, mode in RETRIEVAL_MODES.items()))
     add_arguments(p)
-    p.add_argument("--output", required=True, type=Path, metavar="FILE", help="TREC run file to write")
+    p.add_argument("--output", required=True, type=Path, metavar="FILE", help="run file to write (TREC, or --run-format)")
     p.add_argument("--tag", default=None, help="run tag, the condition's name in `table` (default: "
                                                "ENCODER-RETRIEVAL)")
+    _topics_and_format(p)
     p.add_argument("--eval", action="store_true", help="evaluate the run with the dataset's measures")
     p.add_argument("--card", action="store_true", help="with --eval: add the scores to the model folder's "
                                                        "model card (README.md, the hub's model-index)")
@@ -135,17 +149,52 @@ def _add_encode(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="score a TREC run with ir-measures (trec_eval -c semantics)",
-                       description="Print MEASURE<TAB>VALUE per measure. QRELS is a file (TREC or BEIR TSV) "
-                                   "or a registry dataset name (its shipped judgments).")
+    from dupmae_eval.data.formats import RUN_FORMATS
+
+    p = sub.add_parser("eval", help="score runs with ir-measures (trec_eval -c semantics)",
+                       description="Print MEASURE<TAB>VALUE per measure (RUN<TAB>MEASURE<TAB>VALUE for several "
+                                   "runs). QRELS is a file (TREC or BEIR TSV) or a registry dataset name (its "
+                                   "shipped judgments). Runs are TREC, MS MARCO or JSON files (told apart by "
+                                   "their content, or --run-format).")
     p.add_argument("qrels", help="qrels file, or a registry dataset name")
-    p.add_argument("run", type=Path, help="TREC run file")
-    p.add_argument("measures", nargs="*", help="ir-measures names, e.g. nDCG@10 RR@10 R@1000 'AP(rel=2)' "
-                                               "(default: the dataset's, or nDCG@10 R@100 R@1000)")
+    p.add_argument("run", type=Path, help="run file (TREC, MS MARCO or JSON)")
+    p.add_argument("more", nargs="*", metavar="RUN|MEASURE",
+                   help="more run files (existing files), then ir-measures names, e.g. nDCG@10 RR@10 R@1000 "
+                        "'AP(rel=2)' (default: the dataset's, or nDCG@10 R@100 R@1000)")
     p.add_argument("--split", default=None, metavar="SPLIT",
                    help="split of a registry dataset's judgments (default: the dataset's)")
+    p.add_argument("--run-format", choices=("auto",) + RUN_FORMATS, default="auto",
+                   help="format of every run (default auto: told from each file's content)")
     p.add_argument("--per-query", action="store_true", help="also print MEASURE<TAB>QID<TAB>VALUE lines")
+    p.add_argument("--json", action="store_true", help="print one JSON object: every run's values (and "
+                                                       "per-query values with --per-query)")
     p.set_defaults(handler=_cmd_eval)
+
+
+def _add_fuse(sub: argparse._SubParsersAction) -> None:
+    from dupmae_eval.data.formats import RUN_FORMATS
+    from dupmae_eval.retrieval.fusion import FUSION_METHODS, NORMALISATIONS
+
+    p = sub.add_parser("fuse", help="fuse runs: reciprocal rank fusion, CombSUM, CombMNZ, weighted sum",
+                       description="Fuse two or more runs of the same queries into one, with a sidecar naming "
+                                   "the inputs (paths, SHA-256) and the method. Ranks are those the runs are "
+                                   "evaluated with (score descending, ties by document id descending).")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run files (TREC, MS MARCO or JSON), two or more")
+    p.add_argument("--method", required=True, choices=FUSION_METHODS,
+                   help="rrf: sum of 1/(k + rank); combsum: sum of normalised scores; combmnz: combsum times the "
+                        "number of runs that retrieved the document; wsum: weighted sum of normalised scores")
+    p.add_argument("--k", type=nonnegative_float, default=None, help="rrf's constant (default 60)")
+    p.add_argument("--norm", choices=NORMALISATIONS, default=None,
+                   help="per query and run, before combining scores (default minmax; rrf: none)")
+    p.add_argument("--weights", nargs="+", type=float, default=None, metavar="W",
+                   help="wsum: one weight per run, in the order of the runs")
+    p.add_argument("--hits", type=positive_int, default=1000, help="hits per query kept (default 1000)")
+    p.add_argument("--input-format", choices=("auto",) + RUN_FORMATS, default="auto",
+                   help="format of the inputs (default auto: told from each file's content)")
+    p.add_argument("--output", required=True, type=Path, help="run file to write")
+    p.add_argument("--run-format", choices=RUN_FORMATS, default="trec", help="format of the output (default trec)")
+    p.add_argument("--tag", default=None, help="run tag (default: fused-METHOD)")
+    p.set_defaults(handler=_cmd_fuse)
 
 
 def _add_datasets(sub: argparse._SubParsersAction) -> None:
@@ -352,8 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dupmae-eval", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dupmae-eval {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for add in (_add_bm25, _add_run, _add_encode, _add_reproduce, _add_table, _add_eval, _add_datasets, _add_demo,
-                _add_finetune, _add_pretrain, _add_mlm_loss):
+    for add in (_add_bm25, _add_run, _add_encode, _add_reproduce, _add_table, _add_eval, _add_fuse, _add_datasets,
+                _add_demo, _add_finetune, _add_pretrain, _add_mlm_loss):
         add(sub)
     return parser
 
@@ -361,16 +410,39 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- verbs
 
 
+def _check_topics(args: argparse.Namespace) -> None:
+    """--topics: refuse --eval and --split, and a bad topics file (named with its line), before any work."""
+    if args.topics is None:
+        return
+    if args.eval:
+        raise DupMAEEvalError(f"--eval: the queries of --topics {args.topics} have no judgments; score the run "
+                              f"later with `dupmae-eval eval QRELS RUN`")
+    if args.split is not None:
+        raise DupMAEEvalError(f"--split {args.split} and --topics {args.topics}: a split names judged queries, a "
+                              f"topics file replaces them; give one")
+    from dupmae_eval.data.formats import read_topics
+
+    read_topics(args.topics)
+
+
+def _wrote(result, topics: Optional[Path]) -> str:
+    if topics is None:
+        return f"wrote {result.run_path} ({result.queries} queries)"
+    return f"wrote {result.run_path} ({result.queries} queries from {topics}; no judgments, so not evaluated)"
+
+
 def _cmd_bm25(args: argparse.Namespace) -> int:
     from dupmae_eval.files import check_output_file
 
     check_output_file(args.output)
+    _check_topics(args)
     from dupmae_eval.retrieval.jobs import run_bm25
 
     result = run_bm25(args.dataset, split=args.split, fields=args.fields, output=args.output, k1=args.k1,
                       b=args.b, hits=args.hits, threads=args.threads,
-                      keep_query_hit=args.keep_query_hit, tag=args.tag)
-    print(f"wrote {result.run_path} ({result.queries} queries)", file=sys.stderr)
+                      keep_query_hit=args.keep_query_hit, tag=args.tag, topics=args.topics,
+                      run_format=args.run_format)
+    print(_wrote(result, args.topics), file=sys.stderr)
     if args.eval:
         from dupmae_eval.evaluation.measures import format_lines
 
@@ -383,6 +455,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from dupmae_eval.options import translate
 
     check_output_file(args.output)
+    _check_topics(args)
     if args.card:
         from dupmae_eval.training.cards import check_card_folder
 
@@ -393,8 +466,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     overrides, runner = translate(vars(args))
     result = run_model(args.dataset, args.model, args.encoder, args.retrieval, args.output, split=args.split,
-                       tag=args.tag, **runner, **overrides)
-    print(f"wrote {result.run_path} ({result.queries} queries)", file=sys.stderr)
+                       tag=args.tag, topics=args.topics, run_format=args.run_format, **runner, **overrides)
+    print(_wrote(result, args.topics), file=sys.stderr)
     if args.eval:
         from dupmae_eval.evaluation.measures import format_lines
 
@@ -536,17 +609,78 @@ def _cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from dupmae_eval.data.formats import read_trec_run
-    from dupmae_eval.evaluation.measures import evaluate_checked, format_lines, per_query_lines
+def _runs_and_measures(first: Path, more: Sequence[str]) -> tuple:
+    """`eval QRELS RUN [RUN ...] [MEASURE ...]`: the leading existing files are runs, the rest measures."""
+    from dupmae_eval.evaluation.measures import parse_measures
 
+    runs, rest = [first], list(more)
+    while rest and Path(rest[0]).is_file():
+        runs.append(Path(rest.pop(0)))
+    for item in rest:
+        if Path(item).is_file():
+            raise DupMAEEvalError(f"{item}: a run after the measures; give the runs first, then the measures")
+        try:
+            parse_measures([item])
+        except DupMAEEvalError:
+            if "/" in item or "." in item.split("@")[0].split("(")[0]:
+                raise DupMAEEvalError(f"{item}: no such run file, and not an ir-measures measure "
+                                      f"(e.g. nDCG@10 RR@10 R@1000 AP(rel=2))") from None
+            raise
+    return runs, rest
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from dupmae_eval.data.formats import read_run
+    from dupmae_eval.evaluation.measures import check_coverage, evaluate_checked, format_lines, per_query_lines
+
+    paths, measures = _runs_and_measures(args.run, args.more)
     qrels, default_measures = _load_qrels(args.qrels, args.split)
-    run = read_trec_run(args.run)
-    measures = args.measures or list(default_measures)
-    evaluation = evaluate_checked(qrels, run, measures, _other_splits(args.qrels, args.split, run))
-    print("\n".join(format_lines(evaluation, measures)))
-    if args.per_query:
-        print("\n".join(per_query_lines(evaluation)))
+    runs = [read_run(path, args.run_format) for path in paths]     # every run read before any is scored
+    measures = measures or list(default_measures)
+    several = len(paths) > 1
+    hints = [_other_splits(args.qrels, args.split, run) for run in runs]
+    for run, hint in zip(runs, hints):         # a run sharing no query is refused before any is scored
+        check_coverage(qrels, run, measures, hint)
+    evaluations = [evaluate_checked(qrels, run, measures, hint, label=f"{path}: " if several else "")
+                   for path, run, hint in zip(paths, runs, hints)]
+    if args.json:
+        from dupmae_eval.evaluation.measures import named_values
+
+        split = args.split
+        if split is None and not Path(args.qrels).is_file():       # a registry name: the split it was scored on
+            from dupmae_eval.data.datasets import REGISTRY
+
+            info = REGISTRY.get(args.qrels)     # an irds: name keeps its split in the name
+            split = info.default_split if info else None
+        report = {"qrels": args.qrels, "split": split, "measures": measures, "runs": [
+            {"run": str(path), "queries": evaluation.run_queries, "judged_queries": evaluation.judged_queries,
+             "values": named_values(evaluation, measures),
+             **({"per_query": named_values(evaluation, measures, per_query=True)} if args.per_query else {})}
+            for path, evaluation in zip(paths, evaluations)]}
+        print(json.dumps(report, indent=2))
+        return 0
+    for path, evaluation in zip(paths, evaluations):
+        prefix = f"{path}\t" if several else ""
+        print("\n".join(prefix + line for line in format_lines(evaluation, measures)))
+        if args.per_query:
+            print("\n".join(prefix + line for line in per_query_lines(evaluation)))
+    return 0
+
+
+def _cmd_fuse(args: argparse.Namespace) -> int:
+    from dupmae_eval.files import check_output_file
+    from dupmae_eval.retrieval.fusion import fuse_files, fusion_settings
+
+    fusion = fusion_settings(args.method, len(args.runs), k=args.k, norm=args.norm, weights=args.weights)
+    check_output_file(args.output)
+    if any(Path(path).resolve() == args.output.resolve() for path in args.runs):
+        raise DupMAEEvalError(f"--output {args.output} is one of the inputs; write the fused run elsewhere")
+    fused = fuse_files(args.runs, fusion, args.output, tag=args.tag, hits=args.hits, input_format=args.input_format,
+                       run_format=args.run_format,
+                       warn=lambda line: print(f"dupmae-eval: warning: {line}", file=sys.stderr))
+    print(f"wrote {args.output} ({len(fused)} queries, {fusion.method} of {len(args.runs)} runs)", file=sys.stderr)
     return 0
 
 

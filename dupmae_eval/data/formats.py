@@ -12,10 +12,11 @@ import gzip
 import io
 import json
 import math
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Dict, Iterator, List, Mapping, Sequence, Tuple
+from typing import IO, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from dupmae_eval.errors import DupMAEEvalError, InputFormatError
 from dupmae_eval.files import atomic_output
@@ -321,3 +322,325 @@ def _check_hits(path: str | Path, qid: str, hits: Sequence[Tuple[str, float]]) -
 def _natural_key(qid: str) -> Tuple[int, int | str]:
     """Numeric ids in numeric order, then the rest alphabetically."""
     return (0, int(qid)) if qid.isdigit() else (1, qid)
+
+
+# --------------------------------------------------------------------------- topics without judgments
+
+TOPIC_FORMATS = ("tsv", "trec", "jsonl")
+"""What `--topics FILE` reads: `qid<TAB>text` lines, TREC topic files (<top> <num> <title>), JSON lines
+(BEIR's `_id`/`text`, or `qid`/`query`); any of them gzipped."""
+
+
+def detect_topics_format(path: str | Path) -> str:
+    """The topics format told by the first non-blank line: `{` JSON lines, `<top>` a TREC topic file,
+    a tab `qid<TAB>text`; anything else is refused naming the file and the line."""
+    path = Path(path)
+    for number, line in numbered_lines(path):
+        stripped = line.strip()
+        if stripped.startswith("{"):
+            return "jsonl"
+        if stripped.lower().startswith("<top>"):
+            return "trec"
+        if "\t" in line:
+            return "tsv"
+        raise InputFormatError(path, number, "not a topics file: expected `query-id<TAB>text` lines, a TREC topic "
+                                             "file (<top> <num> <title>) or JSON lines ({\"_id\", \"text\"} or "
+                                             "{\"qid\", \"query\"})")
+    raise InputFormatError(path, None, "topics file is empty")
+
+
+def read_topics(path: str | Path) -> Tuple[Dict[str, str], str]:
+    """Read a topics file in any of `TOPIC_FORMATS` into ({query id: text} in file order, format). Ids are
+    unique and without whitespace, texts non-empty; the first bad record is refused naming file and line."""
+    path = Path(path)
+    fmt = detect_topics_format(path)
+    if fmt == "jsonl":
+        queries = _read_jsonl_topics(path)
+    elif fmt == "trec":
+        queries = _read_trec_topics(path)
+    else:
+        queries = _with_text(path, read_tsv_queries(path), numbered_lines(path))
+    return queries, fmt
+
+
+def _with_text(path: Path, queries: Dict[str, str], lines) -> Dict[str, str]:
+    """Refuse a query with empty text at its line (a search for nothing is a mistake, not a result)."""
+    for (number, _), (qid, text) in zip(lines, queries.items()):
+        if not text.strip():
+            raise InputFormatError(path, number, f"query {qid!r} has empty text")
+    return queries
+
+
+def _read_jsonl_topics(path: Path) -> Dict[str, str]:
+    queries: Dict[str, str] = {}
+    lines: Dict[str, int] = {}
+    for number, line in numbered_lines(path):
+        record = _json_object(path, number, line)
+        if "_id" in record:
+            id_key, text_key = "_id", "text"
+        elif "qid" in record:
+            id_key, text_key = "qid", "query"
+        else:
+            raise InputFormatError(path, number, 'expected {"_id", "text"} (BEIR) or {"qid", "query"}')
+        qid = check_id(path, number, _string_field(path, number, record, id_key), "query id")
+        _first_occurrence(lines, path, number, qid, "query id")
+        text = _string_field(path, number, record, text_key)
+        if not text.strip():
+            raise InputFormatError(path, number, f"query {qid!r} has empty text")
+        queries[qid] = text
+    return queries
+
+
+_TREC_TAG = re.compile(r"<\s*(/?)\s*([a-zA-Z]+)\s*>")
+
+
+def _read_trec_topics(path: Path) -> Dict[str, str]:
+    """A TREC topic file: <top> blocks with <num> (`Number:` optional) and <title> (`Topic:` optional),
+    closing tags optional for <num> and <title> as in the classic TREC files; the title is the query, as
+    Anserini's TrecTopicReader takes it."""
+    queries: Dict[str, str] = {}
+    seen: Dict[str, int] = {}
+    block: Optional[List[Tuple[int, str]]] = None
+    start = 0
+    for number, line in numbered_lines(path):
+        tags = [(closing, name.lower()) for closing, name in _TREC_TAG.findall(line)]
+        if ("", "top") in tags:
+            if block is not None:
+                raise InputFormatError(path, number, f"<top> inside the topic opened at line {start} (missing </top>)")
+            block, start = [], number
+            line = line[line.lower().index("<top>") + len("<top>"):]
+        if block is None:
+            if line.strip():
+                raise InputFormatError(path, number, "text outside a <top> ... </top> topic")
+            continue
+        closes = ("/", "top") in tags
+        block.append((number, line.split("</top>")[0] if closes else line))
+        if closes:
+            qid, text = _trec_topic(path, start, block)
+            _first_occurrence(seen, path, start, qid, "query id")
+            queries[qid] = text
+            block = None
+    if block is not None:
+        raise InputFormatError(path, start, "topic is not closed (missing </top>)")
+    return queries
+
+
+def _trec_topic(path: Path, start: int, block: List[Tuple[int, str]]) -> Tuple[str, str]:
+    fields: Dict[str, Tuple[int, List[str]]] = {}
+    current: Optional[str] = None
+    for number, line in block:
+        pieces = _TREC_TAG.split(line)      # text, closing, name, text, closing, name, ...
+        for index, piece in enumerate(pieces):
+            kind = index % 3
+            if kind == 1:
+                closing, name = piece, pieces[index + 1].lower()
+                current = None if closing else name
+                if current is not None:
+                    fields.setdefault(current, (number, []))
+            elif kind == 0 and current is not None:
+                fields[current][1].append(piece)
+    for needed in ("num", "title"):
+        if needed not in fields:
+            raise InputFormatError(path, start, f"topic without <{needed}>")
+    number, parts = fields["num"]
+    qid = " ".join(parts).strip()
+    qid = re.sub(r"^Number:\s*", "", qid, flags=re.IGNORECASE).strip()
+    check_id(path, number, qid, "topic number")
+    number, parts = fields["title"]
+    text = re.sub(r"^Topic:\s*", "", " ".join(" ".join(parts).split()), flags=re.IGNORECASE)
+    if not text:
+        raise InputFormatError(path, number, f"topic {qid!r} has an empty <title>")
+    return qid, text
+
+
+# --------------------------------------------------------------------------- run formats
+
+RUN_FORMATS = ("trec", "msmarco", "json")
+"""trec: `qid Q0 docid rank score tag`; msmarco: `qid<TAB>docid<TAB>rank` (scores 1/rank when read);
+json: `{qid: {docid: score}}` (ranx's and Pyserini's JSON runs)."""
+
+
+def detect_run_format(path: str | Path) -> str:
+    """The run format told by the first non-blank line: `{` JSON, 6 columns TREC, 3 columns MS MARCO."""
+    path = Path(path)
+    for number, line in numbered_lines(path):
+        if line.lstrip().startswith("{"):
+            return "json"
+        columns = len(line.split())
+        if columns == 6:
+            return "trec"
+        if columns == 3:
+            return "msmarco"
+        raise InputFormatError(path, number, f"not a run: expected TREC (6 columns: qid Q0 docid rank score tag), "
+                                             f"MS MARCO (3: qid docid rank) or JSON ({{qid: {{docid: score}}}}); "
+                                             f"found {columns} columns")
+    raise InputFormatError(path, None, "run file is empty")
+
+
+def read_run(path: str | Path, fmt: Optional[str] = None) -> Run:
+    """Read a run in any of `RUN_FORMATS` (`fmt` None or 'auto': told from the content)."""
+    fmt = detect_run_format(path) if fmt in (None, "auto") else fmt
+    if fmt == "trec":
+        return read_trec_run(path)
+    if fmt == "msmarco":
+        return read_msmarco_run(path)
+    if fmt == "json":
+        return read_json_run(path)
+    raise DupMAEEvalError(f"unknown run format {fmt!r} (known: {', '.join(RUN_FORMATS)})")
+
+
+def read_msmarco_run(path: str | Path) -> Run:
+    """Read an MS MARCO run (`qid<TAB>docid<TAB>rank`): hits in rank order, each scored 1/rank (as
+    Pyserini's conversion to TREC does), so every evaluator sees the file's order. A rank that is not a
+    whole number of at least 1, a rank or a document listed twice for a query are refused with file:line."""
+    path = Path(path)
+    hits: Dict[str, Dict[int, Tuple[str, int]]] = {}
+    seen: Dict[Tuple[str, str], int] = {}
+    for number, line in numbered_lines(path):
+        fields = line.split()
+        if len(fields) != 3:
+            raise InputFormatError(path, number, f"not MS MARCO run format: expected 3 columns "
+                                                 f"(qid docid rank), found {len(fields)}")
+        qid, docid, rank_text = fields
+        try:
+            rank = int(rank_text)
+        except ValueError:
+            rank = 0
+        if rank < 1:
+            raise InputFormatError(path, number, f"rank {rank_text!r} is not a whole number of at least 1")
+        earlier = seen.setdefault((qid, docid), number)
+        if earlier != number:
+            raise InputFormatError(path, number, f"document {docid!r} is listed twice for query {qid!r} "
+                                                 f"(first at line {earlier})")
+        ranks = hits.setdefault(qid, {})
+        if rank in ranks:
+            raise InputFormatError(path, number, f"rank {rank} is given twice for query {qid!r} (first at line "
+                                                 f"{ranks[rank][1]})")
+        ranks[rank] = (docid, number)
+    if not hits:
+        raise InputFormatError(path, None, "run file is empty")
+    return {qid: [(ranks[rank][0], 1.0 / rank) for rank in sorted(ranks)] for qid, ranks in hits.items()}
+
+
+def read_json_run(path: str | Path) -> Run:
+    """Read a JSON run `{qid: {docid: score}}` (ranx's and Pyserini's), hits ordered by score (ties by
+    document id, descending: the order trec_eval evaluates). Malformed JSON, a score that is not a finite
+    number and a key given twice are refused naming the file and the line."""
+    path = Path(path)
+    try:
+        with open_text(path) as handle:
+            text = handle.read()
+    except READ_ERRORS as exc:
+        raise read_error(path, 1, exc) from None
+    run: Run = {}
+    for qid, at, value in _members(path, text, _SPACE.match(text).end(), "query id"):
+        check_id(path, _line_at(text, at), qid, "query id")
+        if not isinstance(value, _Pairs):
+            raise InputFormatError(path, _line_at(text, at), f"query {qid!r}: expected an object {{docid: score}}")
+        docs: Dict[str, int] = {}
+        for index, (docid, score) in enumerate(value):
+            if (docid in docs or isinstance(score, bool) or not isinstance(score, (int, float))
+                    or not math.isfinite(score) or not docid or any(char.isspace() for char in docid)):
+                line = _line_at(text, _member_position(text, at, index))
+                check_id(path, line, docid, "document id")
+                if docid in docs:
+                    raise InputFormatError(path, line, f"document {docid!r} is listed twice for query {qid!r} "
+                                                       f"(first at line {_line_at(text, _member_position(text, at, docs[docid]))})")
+                raise InputFormatError(path, line, f"score of document {docid!r} for query {qid!r} is not a "
+                                                   f"finite number")
+            docs[docid] = index
+        run[qid] = sorted(((docid, float(score)) for docid, score in value), key=lambda hit: (hit[1], hit[0]),
+                          reverse=True)
+    if not run:
+        raise InputFormatError(path, None, "run file is empty")
+    return run
+
+
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs, in file order (duplicate keys kept, to be refused)."""
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_Pairs)
+_SPACE = re.compile(r"\s*")
+
+
+def _line_at(text: str, position: int) -> int:
+    return text.count("\n", 0, position) + 1
+
+
+def _members(path: Path, text: str, position: int, what: str):
+    """Walk the JSON object at `position`: yield (key, position of its value, value), refusing a key given
+    twice and malformed JSON with the line where it is."""
+    def fail(at: int, message: str):
+        raise InputFormatError(path, _line_at(text, at), message)
+
+    if not text.startswith("{", position):
+        fail(position, "not a JSON run: expected an object {qid: {docid: score}}")
+    position = _SPACE.match(text, position + 1).end()
+    if text.startswith("}", position):
+        return
+    seen: Dict[str, int] = {}
+    while True:
+        if not text.startswith('"', position):
+            fail(position, "malformed JSON (expected a string key)")
+        try:
+            key, position = _DECODER.raw_decode(text, position)
+            line = _line_at(text, position)
+            if key in seen:
+                fail(position, f"duplicate {what} {key!r} (first at line {seen[key]})")
+            seen[key] = line
+            position = _SPACE.match(text, position).end()
+            if not text.startswith(":", position):
+                fail(position, "malformed JSON (expected ':')")
+            start = _SPACE.match(text, position + 1).end()
+            value, position = _DECODER.raw_decode(text, start)
+        except json.JSONDecodeError as exc:
+            fail(exc.pos, f"malformed JSON ({exc.msg})")
+        yield key, start, value
+        position = _SPACE.match(text, position).end()
+        if text.startswith(",", position):
+            position = _SPACE.match(text, position + 1).end()
+        elif text.startswith("}", position):
+            if text[position + 1:].strip():
+                fail(position + 1, "malformed JSON (text after the run's object)")
+            return
+        else:
+            fail(position, "malformed JSON (expected ',' or '}')")
+
+
+def _member_position(text: str, start: int, index: int) -> int:
+    """Where the `index`-th member of the (well-formed) JSON object at `start` begins."""
+    position = _SPACE.match(text, start + 1).end()
+    for _ in range(index):
+        _, position = _DECODER.raw_decode(text, position)                              # key
+        position = _SPACE.match(text, position).end() + 1                              # ':'
+        _, position = _DECODER.raw_decode(text, _SPACE.match(text, position).end())    # value
+        position = _SPACE.match(text, _SPACE.match(text, position).end() + 1).end()    # ','
+    return position
+
+
+def write_run(path: str | Path, run: Mapping[str, Sequence[Tuple[str, float]]], tag: str, fmt: str = "trec") -> None:
+    """Write a run atomically in one of `RUN_FORMATS`. Every format holds the same run: scores rounded to
+    6 decimals as the TREC file has them; an MS MARCO file ranks each query's hits in the order trec_eval
+    and ir-measures evaluate the TREC file (score descending, ties by document id descending), so the two
+    files score the same; the JSON file lists them in that order too. Refused as `write_trec_run` refuses."""
+    if fmt == "trec":
+        write_trec_run(path, run, tag)
+        return
+    if fmt not in RUN_FORMATS:
+        raise DupMAEEvalError(f"unknown run format {fmt!r} (known: {', '.join(RUN_FORMATS)})")
+    for qid, hits in run.items():
+        _check_hits(path, qid, hits)
+    with atomic_output(path) as out:
+        if fmt == "json":
+            out.write("{")
+        for index, qid in enumerate(sorted(run, key=_natural_key)):
+            hits = sorted(((docid, float(f"{score:.6f}")) for docid, score in run[qid]),
+                          key=lambda hit: (hit[1], hit[0]), reverse=True)
+            if fmt == "msmarco":
+                out.writelines(f"{qid}\t{docid}\t{rank}\n" for rank, (docid, _) in enumerate(hits, start=1))
+            else:
+                scores = ", ".join(f"{json.dumps(docid)}: {score:.6f}" for docid, score in hits)
+                out.write(f"{',' if index else ''}\n{json.dumps(qid)}: {{{scores}}}")
+        if fmt == "json":
+            out.write("\n}\n")

@@ -157,6 +157,12 @@ def format_lines(evaluation: Evaluation, names: Sequence[str] | None = None) -> 
     return [f"{name}\t{keyed[_canonical(name)]:.4f}" for name in names]
 
 
+def named_values(evaluation: Evaluation, names: Sequence[str], per_query: bool = False) -> Dict[str, object]:
+    """{name as asked: aggregate value} (or {name: {qid: value}} with `per_query`), for JSON output."""
+    source = evaluation.per_query if per_query else evaluation.aggregate
+    return {name: source[_canonical(name)] for name in names}
+
+
 def _canonical(name: str) -> str:
     import ir_measures
 

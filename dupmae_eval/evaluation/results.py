@@ -53,7 +53,8 @@ def read_metrics(paths: Iterable[Path]) -> List[MetricsRecord]:
             files = [path]
         elif path.is_dir():
             files = sorted(path.rglob("*.metrics.json"))
-            files += [run for run in _runs_with_sidecars(path) if not metrics_path_for(run).is_file()]
+            files += [run for run in _runs_with_sidecars(path) if not metrics_path_for(run).is_file()
+                      and _judged(run)]        # a run for topics without judgments is no table cell
         else:
             raise DupMAEEvalError(f"{path}: no such file or folder")
         if not files:
@@ -89,13 +90,23 @@ def _runs_with_sidecars(folder: Path) -> List[Path]:
 SIDECAR_SUFFIX = ".meta.json"
 
 
+def _judged(run_path: Path) -> bool:
+    """False for a run whose sidecar says its queries have no judgments (a topics file) or unknown ones."""
+    try:
+        meta = json.loads(Path(f"{run_path}{SIDECAR_SUFFIX}").read_text())
+    except (OSError, json.JSONDecodeError):
+        return True                  # record_from_run says what is wrong with it
+    return not (isinstance(meta, dict) and meta.get("judgments") and meta.get("split") is None)
+
+
 def record_from_run(run_path: Path) -> MetricsRecord:
     """A run written by `bm25`, `run` or `reproduce`, scored against the judgments of the dataset and split
-    its sidecar names, with the dataset's measures (`run_sidecar` says when it is refused)."""
-    from dupmae_eval.data.formats import read_trec_run
+    its sidecar names, with the dataset's measures (`run_sidecar` says when it is refused); in the format the
+    sidecar records, else the one the file's content tells."""
+    from dupmae_eval.data.formats import read_run
 
     meta, data = run_sidecar(run_path)
-    return record_of(meta["condition"], data, meta["split"], read_trec_run(run_path), run_path.name,
+    return record_of(meta["condition"], data, meta["split"], read_run(run_path, meta.get("run_format")), run_path.name,
                      suite=meta.get("suite", ""), name=meta["dataset"])
 
 
@@ -114,6 +125,8 @@ def run_sidecar(run_path: Path):
         meta = None
     if not isinstance(meta, dict) or not all(isinstance(meta.get(key), str) for key in ("dataset", "split",
                                                                                          "condition")):
+        if isinstance(meta, dict) and meta.get("judgments") and meta.get("split") is None:
+            raise DupMAEEvalError(f"{run_path}: no judgments to score it with ({meta['judgments']})")
         raise DupMAEEvalError(f"{sidecar}: not a run sidecar (needs dataset, split and condition)")
     name = meta["dataset"]
     root = meta.get("dataset_root")

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 from dupmae_eval import __version__, cache
-from dupmae_eval.data.formats import Qrels, write_trec_run
+from dupmae_eval.data.formats import Qrels, write_run
 from dupmae_eval.data.datasets import Dataset, resolve
 from dupmae_eval.encoding.encoders import DEFAULT_QUANTIZATION_SCALE
+from dupmae_eval.errors import DupMAEEvalError
 from dupmae_eval.evaluation.measures import Evaluation, evaluate, evaluate_checked
 from dupmae_eval.provenance import provenance
 
@@ -26,7 +27,7 @@ class RunResult:
 
     run_path: Optional[Path]
     dataset: Dataset
-    split: str
+    split: Optional[str]                 # None: the queries came from a topics file without judgments
     queries: int
     run: dict = field(repr=False)
     metadata: dict = field(default_factory=dict, repr=False)
@@ -36,6 +37,9 @@ class RunResult:
         return self.metadata.get("condition", "")
 
     def qrels(self) -> Qrels:
+        if self.split is None:
+            raise DupMAEEvalError(f"{self.run_path}: its queries come from a topics file without judgments; "
+                                  f"score it with `dupmae-eval eval QRELS {self.run_path}` once they are judged")
         return self.dataset.qrels(self.split)
 
     def evaluate(self, measures: Optional[Tuple[str, ...]] = None) -> Evaluation:
@@ -45,18 +49,45 @@ class RunResult:
                                 f"; no judged query of {self.dataset.root} (split {self.split}) got a hit")
 
 
+def read_topics_file(topics: Path) -> Tuple[Dict[str, str], dict]:
+    """The queries of a topics file without judgments, and what the sidecar says of them."""
+    from dupmae_eval.data.formats import read_topics
+
+    queries, fmt = read_topics(topics)
+    return queries, {"path": str(Path(topics).resolve()), "sha256": cache.file_digest(topics), "format": fmt,
+                     "queries": len(queries)}
+
+
+def _choose_queries(data: Dataset, split: Optional[str], topics: Optional[Path]):
+    """(queries, split, sidecar fields): a split's judged queries, or a topics file's (no judgments)."""
+    from dupmae_eval.retrieval.searchers import check_queries
+
+    if topics is None:
+        split = split or data.default_split
+        queries = data.queries(split)
+        check_queries(queries, f"{data.root} (split {split})")
+        return queries, split, {"split": split}
+    if split is not None:
+        raise DupMAEEvalError(f"--split {split} and --topics {topics}: a split names judged queries, a topics "
+                              f"file replaces them; give one")
+    queries, described = read_topics_file(topics)
+    check_queries(queries, str(topics))
+    return queries, None, {"split": None, "topics": described,
+                           "judgments": "none: the queries come from a topics file, so the run is not evaluated"}
+
+
 def run_bm25(dataset: str | Dataset, split: Optional[str], fields: str, output: Optional[Path], k1: float = 0.9,
              b: float = 0.4, hits: int = 1000, threads: Optional[int] = None,
-             keep_query_hit: bool = False, tag: Optional[str] = None) -> RunResult:
-    """Index (cached) and search a dataset with BM25; write the TREC run and its metadata sidecar (only the
-    result in memory when `output` is None)."""
+             keep_query_hit: bool = False, tag: Optional[str] = None, topics: Optional[Path] = None,
+             run_format: str = "trec") -> RunResult:
+    """Index (cached) and search a dataset with BM25; write the run (TREC, or `run_format`) and its metadata
+    sidecar (only the result in memory when `output` is None). `topics`: search for a topics file's queries
+    instead of a split's (no judgments)."""
     from dupmae_eval.retrieval.indexes import bm25_index, index_meta
-    from dupmae_eval.retrieval.searchers import bm25_search, check_queries
+    from dupmae_eval.retrieval.searchers import bm25_search
 
     data = dataset if isinstance(dataset, Dataset) else resolve(dataset)
-    split = split or data.default_split
-    queries = data.queries(split)
-    check_queries(queries, f"{data.root} (split {split})")
+    queries, split, described = _choose_queries(data, split, topics)
     started = time.time()
     index = bm25_index(data, fields, threads=threads)
     index_info = index_meta(index)
@@ -67,7 +98,8 @@ def run_bm25(dataset: str | Dataset, split: Optional[str], fields: str, output: 
     tag = tag or f"bm25-{fields}"
     metadata = {
         "tool": f"dupmae-eval {__version__}", "condition": tag, "dataset": data.name,
-        "dataset_root": str(data.root), "split": split, "corpus_sha256": data.corpus_fingerprint(),
+        "dataset_root": str(data.root), **described, "run_format": run_format,
+        "corpus_sha256": data.corpus_fingerprint(),
         "corpus_source": data.source(),
         "retrieval": {"kind": "bm25", "fields": fields, "k1": k1, "b": b, "hits": hits,
                       "remove_query_hit": remove_query},
@@ -84,7 +116,8 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
               quantization_scale: float = DEFAULT_QUANTIZATION_SCALE, threads: Optional[int] = None,
               keep_query_hit: bool = False, tag: Optional[str] = None, shard_size: int = 10_000,
               faiss_shards: bool = False, hybrid_audit: str = "auto", compile: bool = False,
-              precision: Optional[str] = None, **settings_overrides) -> RunResult:
+              precision: Optional[str] = None, topics: Optional[Path] = None, run_format: str = "trec",
+              **settings_overrides) -> RunResult:
     """Encode (cached), index (cached) and search with a learned model; write the run and its sidecar (only
     the result in memory when `output` is None).
 
@@ -93,20 +126,19 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     `EncoderSettings` fields (see `options.translate` for how CLI options and YAML keys become them).
     `compile` runs the encoder under torch.compile (documents and queries; `compiled.py`). `precision`:
     fp32, bf16 or auto for documents and queries alike (`precision.py`; None: the device's default).
+    `topics`: search for a topics file's queries instead of a split's (no judgments, so no hybrid audit
+    scores); `run_format`: trec, msmarco or json.
     """
     from dupmae_eval.encoding.corpus import encode_corpus, load_encoding
     from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, EncoderSettings
     from dupmae_eval.encoding.checkpoint import load_model
     from dupmae_eval.retrieval.modes import SearchJob, retrieval_mode
-    from dupmae_eval.retrieval.searchers import check_queries
 
     mode = retrieval_mode(retrieval)
     settings = EncoderSettings.for_kind(encoder, **settings_overrides)
     mode.check(settings)
     data = dataset if isinstance(dataset, Dataset) else resolve(dataset)
-    split = split or data.default_split
-    queries = data.queries(split)
-    check_queries(queries, f"{data.root} (split {split})")
+    queries, split, described = _choose_queries(data, split, topics)
     remove_query = data.spec.removes_query_hit and not keep_query_hit
     loaded = load_model(model, need_mlm_head=settings.has_sparse)
     settings = EncoderSettings.for_checkpoint(encoder, loaded.folder, **settings_overrides)  # a fine-tuned model's own
@@ -126,7 +158,8 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     job = SearchJob(encoding, loaded, settings, queries, hits=hits, threads=threads, remove_query=remove_query,
                     quantization_scale=quantization_scale, faiss_shards=faiss_shards, hybrid_audit=hybrid_audit,
                     device=device, precision=document_encoder.precision,
-                    evaluate=lambda found: evaluate(data.qrels(split), found, data.measures(split)).aggregate)
+                    evaluate=None if split is None else
+                    lambda found: evaluate(data.qrels(split), found, data.measures(split)).aggregate)
     started = time.time()
     run, extra = mode.search(job)
     timings["search"] = time.time() - started
@@ -134,7 +167,8 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     tag = tag or f"{encoder}-{retrieval}"
     metadata = {
         "tool": f"dupmae-eval {__version__}", "condition": tag, "dataset": data.name,
-        "dataset_root": str(data.root), "split": split, "corpus_sha256": data.corpus_fingerprint(),
+        "dataset_root": str(data.root), **described, "run_format": run_format,
+        "corpus_sha256": data.corpus_fingerprint(),
         "corpus_source": data.source(),
         "model": {"source": loaded.source, "revision": loaded.revision, "folder": str(loaded.folder),
                   "projection": loaded.projection is not None, "dense_dim": loaded.dense_dim},
@@ -151,7 +185,7 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
 def _written(output: Optional[Path], result: RunResult) -> RunResult:
     """Write the run, then its sidecar (each atomically), when an output was asked for."""
     if output is not None:
-        write_trec_run(output, result.run, result.tag)
+        write_run(output, result.run, result.tag, result.metadata.get("run_format", "trec"))
         cache.write_json(Path(f"{output}.meta.json"), result.metadata)
     return result
 
