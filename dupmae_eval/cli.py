@@ -49,10 +49,10 @@ def _topics_and_format(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topics", type=Path, default=None, metavar="FILE",
                    help="search for these queries instead of a split's: qid<TAB>text lines, a TREC topic file "
                         "(<top> <num> <title>) or JSON lines (_id/text or qid/query), gzipped or not; they have "
-                        "no judgments, so --eval is refused")
+                        "no judgments, so --eval is refused (default: none, the split's queries)")
     p.add_argument("--run-format", choices=RUN_FORMATS, default="trec",
-                   help="trec (default): qid Q0 docid rank score tag; msmarco: qid<TAB>docid<TAB>rank; "
-                        "json: {qid: {docid: score}} (ranx, Pyserini)")
+                   help="trec: qid Q0 docid rank score tag; msmarco: qid<TAB>docid<TAB>rank; "
+                        "json: {qid: {docid: score}} (ranx, Pyserini) (default: %(default)s)")
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -187,7 +187,7 @@ def _add_fuse(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--norm", choices=NORMALISATIONS, default=None,
                    help="per query and run, before combining scores (default minmax; rrf: none)")
     p.add_argument("--weights", nargs="+", type=float, default=None, metavar="W",
-                   help="wsum: one weight per run, in the order of the runs")
+                   help="wsum: one weight per run, in the order of the runs (default: none; wsum needs them)")
     p.add_argument("--hits", type=positive_int, default=1000, help="hits per query kept (default 1000)")
     p.add_argument("--input-format", choices=("auto",) + RUN_FORMATS, default="auto",
                    help="format of the inputs (default auto: told from each file's content)")

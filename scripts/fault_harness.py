@@ -13,7 +13,9 @@ fresh cache gives the outputs to compare with. Then, each case in a fresh folder
   corrupt   after a finished run, one cache artefact is damaged (a file truncated, a byte flipped, a file
             removed, the manifest cut): the next run must notice (one line), rebuild it, and give the
             reference's outputs;
-  together  two identical commands start at once on one cache: both succeed with the reference's outputs.
+  together  two identical commands start at once on one cache: both succeed with the reference's outputs;
+  mixed     the command and a different one that fills the same cache (PARTNERS: an index beside an encoding,
+            two encodings of other kinds) start at once: both succeed, each with its own reference's outputs.
 After every case: no Python traceback, no JVM crash file, no scratch (*building*), partial (*.partial) or
 temporary (.*.tmp) file anywhere, in the case folder or the cache.
 
@@ -44,6 +46,8 @@ from typing import Callable, Dict, List, Optional
 ROOT = Path(__file__).resolve().parent.parent
 SPLADE_TINY = "package:cognition/model"
 SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}
+PARTNERS = {"bm25": "run", "run": "run-dense", "run-dense": "bm25", "reproduce": "run"}
+"""For `mixed`: the different job each verb runs beside on one cache (the training verbs fill no shared cache)."""
 
 
 def make_slice(folder: Path, documents: int = 300, queries: int = 20) -> Path:
@@ -172,7 +176,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/dupmae-fault-harness"))
     parser.add_argument("--verbs", default=None, help="comma-separated (default: all)")
-    parser.add_argument("--faults", default="kill,write,corrupt,together")
+    parser.add_argument("--faults", default="kill,write,corrupt,together,mixed")
     parser.add_argument("--kills", type=int, default=4, help="kills per signal and verb (default 4)")
     parser.add_argument("--writes", type=int, default=3, help="file-size limits per verb (default 3)")
     parser.add_argument("--corruptions", type=int, default=None,
@@ -216,15 +220,43 @@ def main(argv=None) -> int:
             problems.append("traceback on rerun")
         return code, err
 
+    references: Dict[str, tuple] = {}
+
+    def reference_of(verb):
+        """The uninterrupted run of `verb` in a fresh cache (once): (its folder, its cache, seconds)."""
+        if verb.name not in references:
+            reference, home = args.work / f"reference-{verb.name}", args.work / f"reference-home-{verb.name}"
+            reference.mkdir()
+            code, err, seconds = run_cli(verb.arguments(data, reference), reference, home)
+            if code != 0:
+                raise SystemExit(f"reference run of {verb.name} failed (exit {code}):\n{err[-3000:]}")
+            print(f"reference {verb.name}: {seconds:.1f} s", flush=True)
+            references[verb.name] = (reference, home, seconds)
+        return references[verb.name]
+
+    def at_once(jobs, home):
+        """Start every (verb, folder) of `jobs` at once on cache `home`; the problems with their outcomes."""
+        env = dict(os.environ, DUPMAE_EVAL_HOME=str(home))
+        processes = [subprocess.Popen([sys.executable, "-m", "dupmae_eval", *job.arguments(data, folder)],
+                                      cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True) for job, folder in jobs]
+        problems = []
+        for process, (job, folder) in zip(processes, jobs):
+            _, err = process.communicate(timeout=900)
+            if process.returncode != 0:
+                problems.append(f"{job.name} exit {process.returncode}: {err.strip().splitlines()[-1:]}")
+            else:
+                differs = same_outputs(job, folder, reference_of(job)[0])
+                if differs:
+                    problems.append(f"{job.name}: {differs}")
+        stray = leftovers(*(folder for _, folder in jobs), home)
+        if stray:
+            problems.append(f"left {stray[:3]}")
+        return problems
+
     for name in chosen:
         verb = table[name]
-        reference, reference_home = args.work / f"reference-{name}", args.work / f"reference-home-{name}"
-        reference.mkdir()
-        code, err, seconds = run_cli(verb.arguments(data, reference), reference, reference_home)
-        if code != 0:
-            print(f"reference run of {name} failed (exit {code}):\n{err[-3000:]}", file=sys.stderr)
-            return 2
-        print(f"reference {name}: {seconds:.1f} s", flush=True)
+        reference, reference_home, seconds = reference_of(verb)
         if "kill" in faults:
             for signame, sent in SIGNALS.items():
                 for _ in range(args.kills):
@@ -308,23 +340,15 @@ def main(argv=None) -> int:
             case, home = new_case()
             other = args.work / f"case-{number:03d}-twin"
             other.mkdir()
-            env = dict(os.environ, DUPMAE_EVAL_HOME=str(home))
-            processes = [subprocess.Popen([sys.executable, "-m", "dupmae_eval", *verb.arguments(data, c)], cwd=c,
-                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                         for c in (case, other)]
-            problems = []
-            for process, folder in zip(processes, (case, other)):
-                _, err = process.communicate(timeout=900)
-                if process.returncode != 0:
-                    problems.append(f"exit {process.returncode}: {err.strip().splitlines()[-1:]}")
-                else:
-                    differs = same_outputs(verb, folder, reference)
-                    if differs:
-                        problems.append(differs)
-            stray = leftovers(case, other, home)
-            if stray:
-                problems.append(f"left {stray[:3]}")
-            record(verb, "together", "two identical runs on one cache", problems)
+            record(verb, "together", "two identical runs on one cache", at_once([(verb, case), (verb, other)], home))
+        if "mixed" in faults and name in PARTNERS:
+            partner = table[PARTNERS[name]]
+            reference_of(partner)
+            case, home = new_case()
+            other = args.work / f"case-{number:03d}-{partner.name}"
+            other.mkdir()
+            record(verb, "mixed", f"beside {partner.name} on one cache", at_once([(verb, case), (partner, other)],
+                                                                                 home))
 
     print()
     print("| verb | fault | cases | outcomes | held |")
