@@ -55,22 +55,28 @@ class Run:
                 for rank, (docid, score) in enumerate(ranked)]
         return pandas.DataFrame(rows, columns=["qid", "docno", "rank", "score"])
 
-    def save(self, path: Union[str, Path]) -> Path:
-        """Write the TREC run and its sidecar (each atomically); `path` becomes this run's file."""
+    def save(self, path: Union[str, Path], run_format: str = "trec") -> Path:
+        """Write the run (TREC, or `run_format`: msmarco, json) and its sidecar, each atomically; `path`
+        becomes this run's file."""
         from dupmae_eval import cache
-        from dupmae_eval.data.formats import write_trec_run
+        from dupmae_eval.data.formats import RUN_FORMATS, write_run
         from dupmae_eval.files import check_output_file
 
+        if run_format not in RUN_FORMATS:
+            raise DupMAEEvalError(f"run_format {run_format!r}: choose one of {', '.join(RUN_FORMATS)}")
         path = Path(path)
         check_output_file(path, "path")
-        write_trec_run(path, self.hits, self.name)
-        cache.write_json(Path(f"{path}.meta.json"), self.metadata)
+        write_run(path, self.hits, self.name, run_format)
+        cache.write_json(Path(f"{path}.meta.json"), {**self.metadata, "run_format": run_format})
         self.path = path
         return path
 
     def _evaluation(self, measures: Optional[Sequence[str]]):
         from dupmae_eval.evaluation.measures import check_coverage, evaluate as score
 
+        if self.split is None:
+            raise DupMAEEvalError(f"run {self.name!r}: its queries come from a topics file without judgments; "
+                                  f"score it against judgments with evaluate(run, qrels=FILE)")
         qrels = self.dataset.qrels(self.split)
         names = list(measures or self.dataset.measures(self.split))
         _warn(check_coverage(qrels, self.hits, names, f"; is it a run of {self.dataset.name}/{self.split}?"))
@@ -86,26 +92,29 @@ class Run:
 
 def bm25(dataset: str, *, split: Optional[str] = None, fields: str = "flat", k1: float = 0.9, b: float = 0.4,
          hits: int = 1000, threads: Optional[int] = None, keep_query_hit: bool = False, name: Optional[str] = None,
-         output: Union[str, Path, None] = None) -> Run:
-    """BM25 over a dataset (registry name, `DUPMAE_EVAL_DATA` name or folder) through Pyserini's Lucene:
-    the same index, settings and run as `dupmae-eval bm25`. `fields`: flat or multifield."""
+         topics: Union[str, Path, None] = None, output: Union[str, Path, None] = None,
+         run_format: str = "trec") -> Run:
+    """BM25 over a dataset (registry name, `DUPMAE_EVAL_DATA` name, `irds:` id or folder) through Pyserini's
+    Lucene: the same index, settings and run as `dupmae-eval bm25`. `fields`: flat or multifield; `topics`: a
+    topics file's queries instead of a split's (no judgments); `run_format` of the file `output` writes."""
     from dupmae_eval.options import check_bm25_settings
     from dupmae_eval.retrieval.jobs import run_bm25
 
     check_bm25_settings("bm25(): ", k1=k1, b=b, hits=hits, fields=fields)
     output = _checked_output(output)
     return _from_result(run_bm25(dataset, split=split, fields=fields, output=output, k1=k1, b=b, hits=hits,
-                                 threads=threads, keep_query_hit=keep_query_hit, tag=name))
+                                 threads=threads, keep_query_hit=keep_query_hit, tag=name,
+                                 topics=Path(topics) if topics else None, run_format=run_format))
 
 
 def run(dataset: str, model: str, *, encoder: str = "dupmae", retrieval: str = "dupmae",
         split: Optional[str] = None, hits: int = 1000, batch_size: int = 32, device: Optional[str] = None,
-        precision: Optional[str] = None, name: Optional[str] = None, output: Union[str, Path, None] = None,
-        **settings) -> Run:
+        precision: Optional[str] = None, name: Optional[str] = None, topics: Union[str, Path, None] = None,
+        output: Union[str, Path, None] = None, run_format: str = "trec", **settings) -> Run:
     """Encode (cached), index (cached) and search with a model: the same as `dupmae-eval run`. `encoder` is an
     encoder kind (dupmae, cls, ot, splade, mean, ...), `retrieval` a mode (dense, impact, dupmae, hybrid);
     `settings` are the run options by their YAML names (topk=384, max_length=512, quantization_scale=100,
-    shard_size=10000, ...), checked as on the command line."""
+    shard_size=10000, ...), checked as on the command line; `topics` and `run_format` as for `bm25`."""
     from dupmae_eval.options import OPTIONS, translate
     from dupmae_eval.retrieval.jobs import run_model
 
@@ -116,6 +125,7 @@ def run(dataset: str, model: str, *, encoder: str = "dupmae", retrieval: str = "
                                    "precision": precision, **settings})
     output = _checked_output(output)
     return _from_result(run_model(dataset, model, encoder, retrieval, output, split=split, tag=name,
+                                  topics=Path(topics) if topics else None, run_format=run_format,
                                   **runner, **overrides))
 
 

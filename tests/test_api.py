@@ -51,3 +51,25 @@ def test_the_tour_runs_and_prints_pyserinis_figures():
     assert out.count("0.6789") >= 4                    # evaluate, concat, table, and the run read back from disk
     top_term = re.search(r"^\[\('(\w+)', \d+\)", out, re.M).group(1)
     assert top_term == "fever"
+
+
+def test_a_run_saved_in_each_format_loads_back_and_scores_the_same(tmp_path):
+    """Run.save in TREC, MS MARCO and JSON; load_run reads each through its sidecar; the three score alike
+    (MS MARCO keeps ranks only, so the scores are 1/rank, the order and hence the measures the same)."""
+    from dupmae_eval.data.datasets import resolve
+
+    data = resolve("scifact", download=False)
+    qrels = data.qrels("test")
+    hits = {qid: [(doc, 2.0 - rank / 10) for rank, doc in enumerate(list(qrels[qid]) + ["4983", "5836"])]
+            for qid in sorted(qrels)[:5]}
+    run = dupmae_eval.Run("hand-made", data, "test", hits, {"dataset": "scifact", "split": "test",
+                                                             "condition": "hand-made"})
+    with pytest.warns(UserWarning, match="covers 5 of 300"):
+        expected = run.evaluate()
+    for fmt in ("trec", "msmarco", "json"):
+        loaded = dupmae_eval.load_run(run.save(tmp_path / f"run.{fmt}", run_format=fmt))
+        assert [doc for doc, _ in loaded.hits[sorted(qrels)[0]]] == [doc for doc, _ in hits[sorted(qrels)[0]]]
+        with pytest.warns(UserWarning):
+            assert loaded.evaluate().values.tolist() == expected.values.tolist(), fmt
+    with pytest.raises(DupMAEEvalError, match="run_format 'csv'"):
+        run.save(tmp_path / "run.csv", run_format="csv")
