@@ -347,7 +347,7 @@ def main(argv=None) -> int:
             case, home = new_case()
             other = args.work / f"case-{number:03d}-{partner.name}"
             other.mkdir()
-            record(verb, "mixed", f"beside {partner.name} on one cache", at_once([(verb, case), (partner, other)],
+            record(verb, "mixed", f"beside {partner.name}", at_once([(verb, case), (partner, other)],
                                                                                  home))
 
     print()
@@ -360,7 +360,8 @@ def main(argv=None) -> int:
                 continue
             kinds: Dict[str, int] = {}
             for case in cases:
-                key = case.detail.split(": ")[-1] if ": " in case.detail else case.detail.split(" ")[-1]
+                key = (case.detail.split(": ")[-1] if ": " in case.detail else case.detail if case.fault == "mixed"
+                       else case.detail.split(" ")[-1])
                 kinds[key] = kinds.get(key, 0) + 1
             summary = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
             held = sum(case.held for case in cases)
