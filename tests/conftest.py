@@ -58,15 +58,20 @@ def anserini():
 @pytest.fixture(scope="session")
 def small_scifact(tmp_path_factory):
     """The first 40 SciFact test queries, their judged documents, and filler up to 400 documents."""
-    folder = tmp_path_factory.mktemp("scifact-slice")
+    return scifact_slice(tmp_path_factory.mktemp("scifact-slice"))
+
+
+def scifact_slice(folder: Path, first: int = 0, count: int = 40, documents: int = 400) -> Path:
+    """A BEIR folder of SciFact's test queries first..first+count, their judged documents, and filler (the
+    corpus's first unjudged documents) up to `documents`."""
     qrels_lines = (REPO / "data" / "scifact" / "qrels" / "test.tsv").read_text().splitlines()[1:]
     qrels = [line.split("\t") for line in qrels_lines]
-    qids = list(dict.fromkeys(q for q, _, _ in qrels))[:40]
+    qids = list(dict.fromkeys(q for q, _, _ in qrels))[first:first + count]
     judged = {d for q, d, _ in qrels if q in qids}
     with gzip.open(REPO / "data" / "scifact" / "corpus.jsonl.gz", "rt") as corpus:
         records = [json.loads(line) for line in corpus]
     chosen = [r for r in records if r["_id"] in judged]
-    chosen += [r for r in records if r["_id"] not in judged][:400 - len(chosen)]
+    chosen += [r for r in records if r["_id"] not in judged][:documents - len(chosen)]
     (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chosen))
     with gzip.open(REPO / "data" / "scifact" / "queries.jsonl.gz", "rt") as queries:
         kept = [line for line in queries if json.loads(line)["_id"] in qids]

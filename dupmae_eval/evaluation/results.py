@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Tuple
 
 from dupmae_eval.errors import DupMAEEvalError
 
@@ -46,7 +46,13 @@ def read_metrics(paths: Iterable[Path]) -> List[MetricsRecord]:
     writes), and runs that `bm25` or `run` wrote (a run file with its `.meta.json` sidecar, scored here
     against its dataset's judgments and measures). Two results for the same condition, dataset and split
     are refused: a table cell must come from one run."""
-    found: List[MetricsRecord] = []
+    return [record for record, _ in read_metrics_with_runs(paths)]
+
+
+def read_metrics_with_runs(paths: Iterable[Path]) -> List[Tuple[MetricsRecord, Path]]:
+    """`read_metrics`, each record with the path of the run file it scores (beside which its sidecar is, when
+    the run is still there): what a report needs to say where each cell came from."""
+    found: List[Tuple[MetricsRecord, Path]] = []
     origin: Dict[tuple, Path] = {}
     for path in map(Path, paths):
         if path.is_file():
@@ -67,7 +73,7 @@ def read_metrics(paths: Iterable[Path]) -> List[MetricsRecord]:
                 raise DupMAEEvalError(f"two results for condition {record.condition!r} on {record.key}: "
                                       f"{origin[key]} and {file}; give the table one of them")
             origin[key] = file
-            found.append(record)
+            found.append((record, file.parent / record.run if file.name.endswith(".metrics.json") else file))
     return found
 
 

@@ -1,0 +1,434 @@
+"""The HTML report, on real BM25 runs of two small SciFact slices (three conditions each).
+
+Always (no browser needed): the page parsed with lxml, its numbers checked against ir-measures, scipy and
+statsmodels computed here from the run files, against `table --format md`, the sidecars' provenance and the
+reproducing commands (parsed with the CLI's own parser); nothing in it points outside the file.
+
+Where Chromium and Playwright are installed (Debian's `chromium`, `pip install playwright`; no browser
+download): the page opened headless, with no console error, the numbers it shows equal to `table`'s, a cell
+expanded, a column sorted; and the demo's report, when `dupmae-eval demo` has written its runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, scifact_slice
+from dupmae_eval.cli import build_parser, main
+
+pytestmark = pytest.mark.java
+
+MEASURES = ["nDCG@10", "R@100", "R@1000"]
+CONDITIONS = {   # in the suite's order, which is not alphabetical
+    "bm25-tuned": ["--fields", "flat", "--k1", "1.2", "--b", "0.75"],
+    "bm25-flat": ["--fields", "flat"],
+    "bm25-b0.9": ["--fields", "flat", "--b", "0.9"],
+}
+"""All flat: one index per dataset, searched three ways (a multifield index would double the indexing time)."""
+BASELINE = "bm25-flat"
+
+
+@pytest.fixture(scope="module")
+def report_runs(small_scifact, tmp_path_factory):
+    """Runs of every condition on two datasets (`bm25` with sidecars), a suite naming them, and the report."""
+    second = scifact_slice(tmp_path_factory.mktemp("scifact-later"), first=40, count=30, documents=300)
+    datasets = [second, small_scifact]          # the suite lists the later slice first
+    runs = tmp_path_factory.mktemp("report-runs")
+    made = {}
+    for dataset in datasets:
+        for condition, flags in CONDITIONS.items():
+            output = runs / condition / f"{dataset.name}.trec"
+            assert main(["bm25", "--dataset", str(dataset), *flags, "--hits", "100", "--tag", condition,
+                         "--output", str(output)]) == 0
+            made[(dataset.name, condition)] = (output, flags)
+    suite = runs / "suite.yaml"
+    suite.write_text(
+        "suite: slices\nmeasures: [" + ", ".join(MEASURES) + "]\n"
+        f"datasets: [{datasets[0].name}, {datasets[1].name}]\nconditions:\n"
+        "  bm25-tuned: {kind: bm25, fields: flat, k1: 1.2, b: 0.75, description: BM25 with Lucene's defaults}\n"
+        "  bm25-flat: {kind: bm25, fields: flat, description: Pyserini's BEIR BM25}\n"
+        "  bm25-b0.9: {kind: bm25, fields: flat, b: 0.9}\n"
+        "references:\n"
+        f"  Paper: {{measure: nDCG@10, source: a table in a paper, values: {{{small_scifact.name}: 0.5}}}}\n")
+    report = runs / "report.html"
+    assert main(["report", str(runs), "--suite", str(suite), "--baseline", BASELINE, "--output", str(report)]) == 0
+    return {"runs": runs, "made": made, "suite": suite, "report": report, "datasets": datasets,
+            "qrels": {d.name: d / "qrels" / "test.tsv" for d in datasets}}
+
+
+# --------------------------------------------------------------------------- independent expectations
+
+
+def _per_query(qrels_path: Path, run_path: Path, measure: str) -> dict:
+    """Per-query scores straight from ir-measures (the qrels read here, not by the toolkit)."""
+    import ir_measures
+
+    lines = qrels_path.read_text().splitlines()[1:]
+    qrels = [ir_measures.Qrel(q, d, int(r)) for q, d, r in (line.split("\t") for line in lines)]
+    run = list(ir_measures.read_trec_run(str(run_path)))
+    scores = {m.query_id: m.value for m in ir_measures.iter_calc([ir_measures.parse_measure(measure)], qrels, run)}
+    judged = {q.query_id for q in qrels}
+    return {q: scores.get(q, 0.0) for q in judged}
+
+
+@pytest.fixture(scope="module")
+def expected(report_runs):
+    """value, per-query scores, raw and Holm-adjusted p (statsmodels) per measure and cell."""
+    from scipy.stats import ttest_rel
+    from statsmodels.stats.multitest import multipletests
+
+    found = {}
+    for measure in MEASURES:
+        cells = {}
+        for (dataset, condition), (run, _) in report_runs["made"].items():
+            per_query = _per_query(report_runs["qrels"][dataset], run, measure)
+            cells[(dataset, condition)] = {"value": float(np.mean(list(per_query.values()))), "per_query": per_query}
+        raw = {}
+        for (dataset, condition), cell in cells.items():
+            if condition == BASELINE:
+                continue
+            base = cells[(dataset, BASELINE)]["per_query"]
+            shared = sorted(base)
+            a, b = np.array([cell["per_query"][q] for q in shared]), np.array([base[q] for q in shared])
+            cell["deltas"] = a - b
+            raw[(dataset, condition)] = 1.0 if np.allclose(a, b) else float(ttest_rel(a, b).pvalue)
+        keys = sorted(raw)
+        adjusted = multipletests([raw[k] for k in keys], method="holm")[1]
+        for key, p in zip(keys, adjusted):
+            cells[key]["p"], cells[key]["p_adjusted"] = raw[key], float(p)
+        found[measure] = cells
+    return found
+
+
+def _page(report_runs):
+    import lxml.html
+
+    return lxml.html.fromstring(report_runs["report"].read_text())
+
+
+def _section(page, measure):
+    (table,) = page.xpath(f'//table[@class="matrix"][@data-measure="{measure}"]')
+    return table
+
+
+# --------------------------------------------------------------------------- (a) the HTML, parsed
+
+
+def test_every_number_equals_an_independent_computation(report_runs, expected):
+    page = _page(report_runs)
+    for measure in MEASURES:
+        table = _section(page, measure)
+        for (dataset, condition), want in expected[measure].items():
+            (td,) = table.xpath(f'.//td[@data-row="{dataset}"][@data-column="{condition}"]')
+            assert float(td.get("data-value")) == pytest.approx(want["value"], abs=1e-9), (measure, dataset, condition)
+            assert td.xpath('.//span[@class="value"]')[0].text == f"{want['value']:.4f}"
+            if condition == BASELINE:
+                assert td.get("data-delta") is None and td.get("data-p") is None
+                continue
+            delta = want["value"] - expected[measure][(dataset, BASELINE)]["value"]
+            assert float(td.get("data-delta")) == pytest.approx(delta, abs=1e-9)
+            assert float(td.get("data-p")) == pytest.approx(want["p"], abs=1e-9)
+            assert float(td.get("data-p-adjusted")) == pytest.approx(want["p_adjusted"], abs=1e-9)
+            mark = td.xpath('.//span[@class="mark"]')[0].text_content()
+            assert mark == ("†" if want["p_adjusted"] < 0.05 else "")
+            deltas = want["deltas"]
+            counts = td.xpath('.//dd[contains(@class, "won-lost")]')[0].text_content()
+            assert counts == (f"{int(np.sum(deltas > 1e-12))} won, {int(np.sum(deltas < -1e-12))} lost, "
+                              f"{int(np.sum(np.abs(deltas) <= 1e-12))} tied of {len(deltas)}")
+
+
+def test_confidence_intervals_agree_with_scipys_bootstrap(report_runs, expected):
+    """The seeded percentile bootstrap against scipy's (other draws): the same interval within Monte-Carlo error."""
+    from scipy.stats import bootstrap
+
+    page = _page(report_runs)
+    measure = "nDCG@10"
+    for (dataset, condition), want in expected[measure].items():
+        if condition == BASELINE or not np.any(want["deltas"]):
+            continue
+        (td,) = _section(page, measure).xpath(f'.//td[@data-row="{dataset}"][@data-column="{condition}"]')
+        low, high = map(float, re.findall(r"[-+]\d\.\d+", td.xpath('.//dd[contains(@class, "ci")]')[0].text_content()))
+        theirs = bootstrap((want["deltas"],), np.mean, confidence_level=0.95, n_resamples=10_000,
+                           method="percentile", random_state=1).confidence_interval
+        width = theirs.high - theirs.low
+        assert low == pytest.approx(theirs.low, abs=0.1 * width + 1e-4)
+        assert high == pytest.approx(theirs.high, abs=0.1 * width + 1e-4)
+
+
+def test_numbers_equal_table_markdown(report_runs, capsys):
+    page = _page(report_runs)
+    for measure in MEASURES:
+        md = _markdown_table(report_runs, measure, capsys)
+        assert _dom_table(_section(page, measure)) == md, measure
+
+
+def _markdown_table(report_runs, measure, capsys) -> dict:
+    """{(row, column): text} of `table --format md`: values with marks, Δ columns, averages."""
+    assert main(["table", str(report_runs["runs"]), "--suite", str(report_runs["suite"]), "--baseline", BASELINE,
+                 "--measure", measure, "--format", "md"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    cells = {}
+    for line in lines[2:]:
+        values = [cell.strip() for cell in line.strip("|").split("|")]
+        row = "average" if values[0].startswith("average") else values[0]
+        for column, text in zip(header[1:], values[1:]):
+            if text:
+                cells[(row, column)] = text
+    return cells
+
+
+def _dom_table(table) -> dict:
+    """The same cells as the page shows them (text content, as a reader sees it)."""
+    cells = {}
+    for td in table.xpath(".//tbody//td"):
+        row, column = td.get("data-row"), td.get("data-column")
+        value = td.xpath('.//span[@class="value"]')
+        if not value:
+            cells[(row, column)] = "–"
+            continue
+        mark = td.xpath('.//span[@class="mark"]')
+        partial = td.xpath('.//span[@class="partial"]')
+        cells[(row, column)] = (value[0].text_content() + (mark[0].text_content() if mark else "")
+                                + (" " + partial[0].text_content() if partial else ""))
+        delta = td.xpath('.//summary/span[contains(@class, "delta")]')
+        if delta:
+            cells[(row, f"Δ {column}")] = delta[0].text_content()
+    for td in table.xpath(".//tfoot//td"):
+        value = td.xpath('.//span[@class="value"]')
+        coverage = td.xpath('.//span[@class="coverage"]')
+        cells[("average", td.get("data-column"))] = (value[0].text_content() + " " + coverage[0].text_content()
+                                                     if value else "–")
+    return cells
+
+
+def test_suite_order_reference_columns_apart_and_averages(report_runs, expected):
+    page = _page(report_runs)
+    assert [b.text_content() for b in page.xpath('//nav[@class="measures"]/button')] == MEASURES
+    table = _section(page, "nDCG@10")
+    headers = [th.get("data-column") for th in table.xpath(".//thead/tr[2]/th")]
+    assert headers == [*CONDITIONS, "Paper"]
+    (reference,) = table.xpath('.//thead/tr[2]/th[@data-column="Paper"]')
+    assert "ref" in reference.get("class") and reference.get("title") == "a table in a paper"
+    assert [tr.get("data-row") for tr in table.xpath(".//tbody/tr")] == [d.name for d in report_runs["datasets"]]
+    for condition in CONDITIONS:
+        (td,) = table.xpath(f'.//tfoot//td[@data-column="{condition}"]')
+        mean = np.mean([expected["nDCG@10"][(d.name, condition)]["value"] for d in report_runs["datasets"]])
+        assert float(td.get("data-value")) == pytest.approx(mean, abs=1e-9)
+        assert td.get("data-coverage") == "2"        # all of the table's datasets
+    # the reference column has no Δ, no test, and is not in the Δ chart
+    ref_cells = table.xpath('.//td[@data-column="Paper"]')
+    assert not any(td.get("data-delta") or td.xpath(".//details") for td in ref_cells)
+    chart = page.xpath('//section[@data-measure="m-ndcg-10"]//svg[contains(@class, "delta-chart")]')[0]
+    legend = [t.text_content() for t in chart.xpath('.//text[@class="legend"]')]
+    assert legend == ["bm25-tuned", "bm25-b0.9"]
+
+
+def test_the_page_is_self_contained(report_runs):
+    text = report_runs["report"].read_text()
+    page = _page(report_runs)
+    for element in page.iter():
+        for attribute in ("src", "href", "xlink:href", "action", "data"):
+            value = element.get(attribute)
+            assert value is None or not re.match(r"\s*(https?:)?//", value), (element.tag, attribute, value)
+    assert not page.xpath("//script[@src] | //link[@rel='stylesheet'] | //iframe | //img")
+    assert "http://" not in text and "https://" not in text and "@import" not in text
+    assert page.xpath("//style") and page.xpath("//script") and page.xpath("//svg")
+
+
+def test_provenance_comes_from_the_sidecars(report_runs):
+    page = _page(report_runs)
+    for (dataset, condition), (run, _) in report_runs["made"].items():
+        meta = json.loads(Path(f"{run}.meta.json").read_text())
+        (table,) = page.xpath(f'//table[@class="provenance"][@data-condition="{condition}"]')
+        fields = {tr.get("data-field"): tr.xpath("./td")[0].text_content() for tr in table.xpath(".//tr")}
+        assert set(fields) >= {"model", "encoder", "toolkit", "commit", "hardware", "date", "corpus SHA-256"}
+        assert meta["corpus_sha256"] in fields["corpus SHA-256"] and dataset in fields["corpus SHA-256"]
+        assert fields["toolkit"] == meta["tool"]
+        assert fields["commit"] == meta["git_commit"]
+        assert meta["date"] in fields["date"]
+        assert meta["hardware"]["cpu"] in fields["hardware"] and f"{meta['hardware']['cores']} cores" in fields["hardware"]
+        assert fields["model"] == "none (BM25)"
+    descriptions = [p.text_content() for p in page.xpath('//section[@class="conditions"]/p[not(@class)]')]
+    assert "BM25 with Lucene's defaults" in descriptions and "Pyserini's BEIR BM25" in descriptions
+
+
+def test_each_cell_names_the_command_that_makes_its_run(report_runs):
+    """The command in a cell parses with the CLI's parser and asks for the run the fixture made."""
+    page = _page(report_runs)
+    parser = build_parser()
+    table = _section(page, "R@100")
+    for (dataset, condition), (run, flags) in report_runs["made"].items():
+        (td,) = table.xpath(f'.//td[@data-row="{dataset}"][@data-column="{condition}"]')
+        (command,) = [pre.text_content() for pre in td.xpath('.//pre[@class="command"]')]
+        words = shlex.split(command)
+        assert words[0] == "dupmae-eval"
+        args = parser.parse_args(words[1:])
+        made = parser.parse_args(["bm25", "--dataset", str(run.parent.parent.parent / dataset), *flags,
+                                  "--hits", "100", "--tag", condition, "--output", str(run)])
+        assert (args.verb, Path(args.dataset).name, args.fields, args.k1, args.b, args.hits, args.tag,
+                args.output) == ("bm25", dataset, made.fields, made.k1, made.b, 100, condition, run)
+
+
+def test_measures_chosen_and_bad_input_refused_in_one_line(report_runs, tmp_path, capsys):
+    output = tmp_path / "r.html"
+    assert main(["report", str(report_runs["runs"]), "--measures", "R@100", "--output", str(output)]) == 0
+    page = __import__("lxml.html").html.fromstring(output.read_text())
+    assert [b.text_content() for b in page.xpath('//nav[@class="measures"]/button')] == ["R@100"]
+    assert not page.xpath('//td[@data-delta]')             # no baseline: no Δ
+    capsys.readouterr()
+    for argv, message in (
+            ([str(tmp_path / "nothing")], "nothing: no such file or folder"),
+            ([str(report_runs["runs"]), "--measures", "nDCG@"], "nDCG@"),
+            ([str(report_runs["runs"]), "--measures", "P@5"], "--measures: no results for P@5"),
+            ([str(report_runs["runs"]), "--baseline", "bm25-nothing"], "--baseline 'bm25-nothing' is not among"),
+            ([str(report_runs["runs"]), "--suite", str(tmp_path / "none.yaml")], "no such suite file")):
+        bad = tmp_path / "bad.html"
+        assert main(["report", *argv, "--output", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("dupmae-eval: error: ") and message in err, err
+        assert not bad.exists()
+    assert main(["report", str(report_runs["runs"]), "--output", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- (b) in a real browser
+
+
+def _chromium() -> str:
+    """The system Chromium, for Playwright to drive (no browser is downloaded); skip, saying why, without."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("browser test skipped: Playwright is not installed (pip install playwright; no browser "
+                    "download is needed, the system Chromium is used)")
+    found = os.environ.get("DUPMAE_EVAL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        pytest.skip("browser test skipped: no Chromium (apt-get install chromium, or set DUPMAE_EVAL_CHROMIUM)")
+    return found
+
+
+def open_in_browser(report: Path, check):
+    """Open the report headless in the system Chromium; call check(page, errors) with the console errors so far."""
+    from playwright.sync_api import sync_playwright
+
+    executable = _chromium()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            errors = []
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on("request", lambda request: errors.append(f"request {request.url}")
+                    if not request.url.startswith(("file:", "data:")) else None)
+            page.goto(report.resolve().as_uri())
+            page.wait_for_load_state("load")
+            check(page, errors)
+        finally:
+            browser.close()
+
+
+def _shown(page, measure) -> dict:
+    """What the browser shows for a measure's table: {(row, column): text} as `_dom_table` reads the file."""
+    return page.evaluate("""(measure) => {
+        const table = document.querySelector(`table.matrix[data-measure="${measure}"]`);
+        const cells = {};
+        table.querySelectorAll("tbody td").forEach(td => {
+            const row = td.dataset.row, column = td.dataset.column;
+            const value = td.querySelector("span.value");
+            if (!value) { cells[row + "\\t" + column] = "–"; return; }
+            const mark = td.querySelector("span.mark"), partial = td.querySelector("span.partial");
+            cells[row + "\\t" + column] = value.innerText + (mark ? mark.innerText : "")
+                + (partial ? " " + partial.innerText : "");
+            const delta = td.querySelector("summary > span.delta");
+            if (delta) { cells[row + "\\tΔ " + column] = delta.innerText; }
+        });
+        table.querySelectorAll("tfoot td").forEach(td => {
+            const value = td.querySelector("span.value"), coverage = td.querySelector("span.coverage");
+            cells["average\\t" + td.dataset.column] = value ? value.innerText + " " + coverage.innerText : "–";
+        });
+        return cells;
+    }""", measure)
+
+
+def _as_keys(shown: dict) -> dict:
+    return {tuple(key.split("\t")): value for key, value in shown.items()}
+
+
+def test_report_in_chromium(report_runs, capsys):
+    _chromium()
+    markdown = {measure: _markdown_table(report_runs, measure, capsys) for measure in MEASURES}
+
+    def check(page, errors):
+        for measure in MEASURES:
+            page.click(f'nav.measures button:text-is("{measure}")')
+            section = page.locator(f'section.measure table[data-measure="{measure}"]')
+            assert section.is_visible()
+            assert _as_keys(_shown(page, measure)) == markdown[measure], measure
+            others = [m for m in MEASURES if m != measure]
+            assert not any(page.locator(f'table[data-measure="{m}"]').is_visible() for m in others)
+        page.click('nav.measures button:text-is("nDCG@10")')
+        # expanding a cell shows its p-value, CI, won/lost and command
+        dataset = report_runs["datasets"][1].name
+        cell = page.locator(f'table[data-measure="nDCG@10"] td[data-row="{dataset}"][data-column="bm25-b0.9"]')
+        popover = cell.locator(".popover")
+        assert not popover.is_visible()
+        cell.locator("summary").click()
+        assert popover.is_visible()
+        text = popover.inner_text()
+        assert re.search(r"p \(paired t-test\)\s+\d", text) and "95 % CI of Δ" in text and " won, " in text
+        assert "dupmae-eval bm25 --dataset" in popover.locator("pre.command").inner_text()
+        cell.locator("summary").click()
+        # sorting a column reorders the rows
+        rows = lambda: page.eval_on_selector_all(  # noqa: E731
+            'table[data-measure="nDCG@10"] tbody tr', "rows => rows.map(r => r.dataset.row)")
+        values = {d.name: float(page.get_attribute(f'table[data-measure="nDCG@10"] td[data-row="{d.name}"]'
+                                                   f'[data-column="bm25-tuned"]', "data-value"))
+                  for d in report_runs["datasets"]}
+        header = page.locator('table[data-measure="nDCG@10"] th[data-column="bm25-tuned"] button')
+        header.click()
+        assert rows() == sorted(values, key=values.get, reverse=True)
+        header.click()
+        assert rows() == sorted(values, key=values.get)
+        assert errors == [], errors
+
+    open_in_browser(report_runs["report"], check)
+
+
+DEMO = REPO / "runs" / "demo"
+DEMO_CONDITIONS = ("bm25-flat", "bm25-multifield", "minilm", "splade-tiny", "dupmae-reading")
+
+
+def test_demo_report_in_chromium(tmp_path, capsys):
+    """The demo's report (from the runs `dupmae-eval demo` leaves in runs/demo) against `table --format md`."""
+    if not all((DEMO / condition / "scifact.metrics.json").is_file() for condition in DEMO_CONDITIONS):
+        pytest.skip(f"demo report test skipped: no demo runs in {DEMO} (run `make demo` first)")
+    _chromium()
+    report = tmp_path / "report.html"
+    assert main(["report", str(DEMO), "--suite", "demo", "--baseline", "bm25-flat", "--output", str(report)]) == 0
+    markdown = {}
+    for measure in MEASURES:
+        assert main(["table", str(DEMO), "--suite", "demo", "--baseline", "bm25-flat", "--measure", measure]) == 0
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+        header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+        markdown[measure] = {("average" if values[0].startswith("average") else values[0], column): text
+                             for line in lines[2:] for values in [[c.strip() for c in line.strip("|").split("|")]]
+                             for column, text in zip(header[1:], values[1:]) if text}
+
+    def check(page, errors):
+        for measure in MEASURES:
+            page.click(f'nav.measures button:text-is("{measure}")')
+            assert _as_keys(_shown(page, measure)) == markdown[measure], measure
+        assert errors == [], errors
+
+    open_in_browser(report, check)
