@@ -569,7 +569,7 @@ def query_charts(section: Section, baseline: Optional[str]) -> Dict[str, List[Tu
 
 
 def _query_chart(deltas: Sequence[float], measure: str, caption: str) -> str:
-    width, height, left, right, top, bottom = 600, 170, 52, 10, 10, 26
+    width, height, left, right, top, bottom = 520, 170, 48, 8, 10, 26
     plot_w, plot_h = width - left - right, height - top - bottom
     extent = max((abs(d) for d in deltas), default=0.0) or 1.0
     n = len(deltas)
