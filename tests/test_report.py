@@ -34,6 +34,7 @@ CONDITIONS = {   # in the suite's order, which is not alphabetical
 }
 """All flat: one index per dataset, searched three ways (a multifield index would double the indexing time)."""
 BASELINE = "bm25-flat"
+ONE_DATASET = "bm25-b0.9"        # run on the first slice only: its cell on the other is empty
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,8 @@ def report_runs(small_scifact, tmp_path_factory):
     made = {}
     for dataset in datasets:
         for condition, flags in CONDITIONS.items():
+            if condition == ONE_DATASET and dataset != small_scifact:
+                continue
             output = runs / condition / f"{dataset.name}.trec"
             assert main(["bm25", "--dataset", str(dataset), *flags, "--hits", "100", "--tag", condition,
                          "--output", str(output)]) == 0
@@ -192,6 +195,9 @@ def _dom_table(table) -> dict:
     for td in table.xpath(".//tbody//td"):
         row, column = td.get("data-row"), td.get("data-column")
         value = td.xpath('.//span[@class="value"]')
+        delta = td.xpath('.//summary/span[contains(@class, "delta")]')
+        if not td.get("data-reference") and column != BASELINE:      # `table` has a Δ column for it
+            cells[(row, f"Δ {column}")] = delta[0].text_content() if delta else "–"
         if not value:
             cells[(row, column)] = "–"
             continue
@@ -199,9 +205,6 @@ def _dom_table(table) -> dict:
         partial = td.xpath('.//span[@class="partial"]')
         cells[(row, column)] = (value[0].text_content() + (mark[0].text_content() if mark else "")
                                 + (" " + partial[0].text_content() if partial else ""))
-        delta = td.xpath('.//summary/span[contains(@class, "delta")]')
-        if delta:
-            cells[(row, f"Δ {column}")] = delta[0].text_content()
     for td in table.xpath(".//tfoot//td"):
         value = td.xpath('.//span[@class="value"]')
         coverage = td.xpath('.//span[@class="coverage"]')
@@ -220,10 +223,16 @@ def test_suite_order_reference_columns_apart_and_averages(report_runs, expected)
     assert "ref" in reference.get("class") and reference.get("title") == "a table in a paper"
     assert [tr.get("data-row") for tr in table.xpath(".//tbody/tr")] == [d.name for d in report_runs["datasets"]]
     for condition in CONDITIONS:
+        if condition == ONE_DATASET:
+            continue
         (td,) = table.xpath(f'.//tfoot//td[@data-column="{condition}"]')
         mean = np.mean([expected["nDCG@10"][(d.name, condition)]["value"] for d in report_runs["datasets"]])
         assert float(td.get("data-value")) == pytest.approx(mean, abs=1e-9)
         assert td.get("data-coverage") == "2"        # all of the table's datasets
+    (td,) = table.xpath(f'.//tfoot//td[@data-column="{ONE_DATASET}"]')
+    assert td.get("data-coverage") == "1 of 2" and not td.xpath('.//span[contains(@class, "delta")]')
+    (empty,) = table.xpath(f'.//td[@data-row="{report_runs["datasets"][0].name}"][@data-column="{ONE_DATASET}"]')
+    assert empty.text_content() == "–" and empty.get("data-value") is None
     # the reference column has no Δ, no test, and is not in the Δ chart
     ref_cells = table.xpath('.//td[@data-column="Paper"]')
     assert not any(td.get("data-delta") or td.xpath(".//details") for td in ref_cells)
@@ -340,25 +349,26 @@ def open_in_browser(report: Path, check):
 
 def _shown(page, measure) -> dict:
     """What the browser shows for a measure's table: {(row, column): text} as `_dom_table` reads the file."""
-    return page.evaluate("""(measure) => {
+    return page.evaluate("""([measure, baseline]) => {
         const table = document.querySelector(`table.matrix[data-measure="${measure}"]`);
         const cells = {};
         table.querySelectorAll("tbody td").forEach(td => {
             const row = td.dataset.row, column = td.dataset.column;
-            const value = td.querySelector("span.value");
+            const value = td.querySelector("span.value"), delta = td.querySelector("summary > span.delta");
+            if (!td.dataset.reference && column !== baseline) {
+                cells[row + "\\tΔ " + column] = delta ? delta.innerText : "–";
+            }
             if (!value) { cells[row + "\\t" + column] = "–"; return; }
             const mark = td.querySelector("span.mark"), partial = td.querySelector("span.partial");
             cells[row + "\\t" + column] = value.innerText + (mark ? mark.innerText : "")
                 + (partial ? " " + partial.innerText : "");
-            const delta = td.querySelector("summary > span.delta");
-            if (delta) { cells[row + "\\tΔ " + column] = delta.innerText; }
         });
         table.querySelectorAll("tfoot td").forEach(td => {
             const value = td.querySelector("span.value"), coverage = td.querySelector("span.coverage");
             cells["average\\t" + td.dataset.column] = value ? value.innerText + " " + coverage.innerText : "–";
         });
         return cells;
-    }""", measure)
+    }""", [measure, BASELINE])
 
 
 def _as_keys(shown: dict) -> dict:
@@ -432,3 +442,58 @@ def test_demo_report_in_chromium(tmp_path, capsys):
         assert errors == [], errors
 
     open_in_browser(report, check)
+
+
+def test_a_model_runs_command_carries_every_recorded_setting(tmp_path):
+    """A `run` sidecar (its encoder settings as `EncoderSettings` writes them) back to a command whose parsed
+    flags give the very same settings; a `reproduce` cell also names the suite's cell."""
+    from dupmae_eval.encoding.encoders import EncoderSettings
+    from dupmae_eval.evaluation.report import reproducing_commands
+    from dupmae_eval.evaluation.results import MetricsRecord
+    from dupmae_eval.options import translate
+
+    settings = EncoderSettings.for_kind("dupmae", doc_topk=None, include_sep=False, max_query_length=32,
+                                        activation="relu")
+    meta = {"condition": "dupmae-hybrid", "dataset": "scifact", "dataset_root": "/somewhere/scifact",
+            "split": "test", "model": {"source": "package:cognition/model", "revision": None},
+            "encoder": settings.as_dict(), "precision": "bf16", "cell_identity": {"kind": "model"},
+            "retrieval": {"mode": "hybrid", "hits": 50, "remove_query_hit": False, "quantization_scale": 50.0}}
+    run = tmp_path / "runs" / "beir" / "dupmae-hybrid" / "scifact.trec"
+    record = MetricsRecord(suite="beir", condition="dupmae-hybrid", dataset="scifact", split="test", key="scifact",
+                           unit="scifact", run=run.name, aggregate={})
+    direct, cell = reproducing_commands(record, run, meta)
+    parser = build_parser()
+    args = parser.parse_args(shlex.split(direct)[1:])
+    overrides, runner = translate(vars(args))
+    assert EncoderSettings.for_kind(args.encoder, **overrides) == settings
+    assert (args.verb, args.dataset, args.split, args.model, args.retrieval, args.tag, args.output) == \
+        ("run", "scifact", "test", "package:cognition/model", "hybrid", "dupmae-hybrid", run)
+    assert (runner["hits"], runner["quantization_scale"], runner["precision"], runner["keep_query_hit"]) == \
+        (50, 50.0, "bf16", True)
+    args = parser.parse_args(shlex.split(cell)[1:])
+    assert (args.verb, args.config, args.datasets, args.conditions, args.runs) == \
+        ("reproduce", "beir", ["scifact"], ["dupmae-hybrid"], tmp_path / "runs")
+    assert reproducing_commands(record, run, None) == []          # no sidecar: nothing to rebuild it from
+
+
+def test_demo_reports_commands_parse(tmp_path):
+    """Every command in the demo's report (BM25 and learned conditions) parses with the CLI's parser and asks for
+    the encoder settings its sidecar records."""
+    if not all((DEMO / condition / "scifact.metrics.json").is_file() for condition in DEMO_CONDITIONS):
+        pytest.skip(f"no demo runs in {DEMO} (run `make demo` first)")
+    import lxml.html
+
+    from dupmae_eval.encoding.encoders import EncoderSettings
+    from dupmae_eval.options import translate
+
+    report = tmp_path / "report.html"
+    assert main(["report", str(DEMO), "--suite", "demo", "--baseline", "bm25-flat", "--output", str(report)]) == 0
+    parser = build_parser()
+    commands = [pre.text_content() for pre in lxml.html.fromstring(report.read_text()).xpath('//pre[@class="command"]')]
+    assert len(commands) == 2 * len(DEMO_CONDITIONS) * len(MEASURES)         # the run's command and the suite's cell
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])
+        if args.verb == "run":
+            meta = json.loads(Path(f"{args.output}.meta.json").read_text())
+            overrides, _ = translate(vars(args))
+            assert EncoderSettings.for_kind(args.encoder, **overrides).as_dict() == meta["encoder"]
