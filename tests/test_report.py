@@ -236,7 +236,7 @@ def test_suite_order_reference_columns_apart_and_averages(report_runs, expected)
     # the reference column has no Δ, no test, and is not in the Δ chart
     ref_cells = table.xpath('.//td[@data-column="Paper"]')
     assert not any(td.get("data-delta") or td.xpath(".//details") for td in ref_cells)
-    chart = page.xpath('//section[@data-measure="m-ndcg-10"]//svg[contains(@class, "delta-chart")]')[0]
+    chart = table.xpath('ancestor::section//svg[contains(@class, "delta-chart")]')[0]
     legend = [t.text_content() for t in chart.xpath('.//text[@class="legend"]')]
     assert legend == ["bm25-tuned", "bm25-b0.9"]
 

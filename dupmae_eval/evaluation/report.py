@@ -179,7 +179,8 @@ def build_report(found: Sequence[Tuple[MetricsRecord, Path]], suite=None, suite_
                               f"{', '.join(available)}")
     references = suite.references if suite else {}
     runs = _runs(found, suite, suite_argument)
-    sections = [_section(build_table(records, measure, baseline, references), suite, runs) for measure in chosen]
+    sections = [_section(build_table(records, measure, baseline, references), suite, runs, index)
+                for index, measure in enumerate(chosen)]
     conditions = _conditions(sections, suite, runs)
     for section in sections:
         colours = {c["name"]: c["colour"] for c in conditions}
@@ -233,7 +234,7 @@ def read_sidecar(run_path: Path) -> Optional[dict]:
     return meta if isinstance(meta, dict) else None
 
 
-def _section(table: Table, suite, runs) -> Section:
+def _section(table: Table, suite, runs, index: int) -> Section:
     measured = [c for c in table.columns if c not in table.references]
     conditions = _ordered(measured, list(suite.conditions) if suite else [])
     rows = _ordered(table.rows, _suite_rows(suite))
@@ -282,12 +283,13 @@ def _section(table: Table, suite, runs) -> Section:
                                       and base_value is not None and label == base_label and same else None)
     reference_values = {(row, column): table.values[(row, column)] for row in rows for column in table.references
                         if (row, column) in table.values}
-    return Section(table.measure, _slug(table.measure), rows, conditions, list(table.references), cells,
+    return Section(table.measure, _slug(table.measure, index), rows, conditions, list(table.references), cells,
                    reference_values, averages, average_deltas)
 
 
-def _slug(text: str) -> str:
-    return "m-" + "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")
+def _slug(text: str, index: int) -> str:
+    """An id for a measure's section: its position (unique) and its name in letters and digits (readable)."""
+    return f"m{index}-" + "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")
 
 
 # --------------------------------------------------------------------------- reproducing commands
@@ -504,7 +506,8 @@ def delta_chart(section: Section, colours: Dict[str, str]) -> str:
                  f'p &lt; {SIGNIFICANCE_LEVEL:g}, marked †); pale: not; ◆: no difference</text>')
     for tick in _ticks(low, high):
         parts.append(f'<line x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{top - 6}" y2="{height - 38}" class="grid"/>'
-                     f'<text x="{x(tick):.1f}" y="{height - 24}" class="tick" text-anchor="middle">{tick:+.3g}</text>')
+                     f'<text x="{x(tick):.1f}" y="{height - 24}" class="tick" text-anchor="middle">'
+                     f'{"0" if tick == 0 else f"{tick:+.3g}"}</text>')
     parts.append(f'<text x="{left + plot_width / 2:.1f}" y="{height - 6}" class="axis" text-anchor="middle">'
                  f'Δ {_esc(section.measure)} (condition − baseline)</text>')
     parts.append(f'<text x="{width - right}" y="{top - 10}" class="axis" text-anchor="end">Δ</text>')
