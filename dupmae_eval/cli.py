@@ -133,21 +133,32 @@ def _add_table(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
+    from dupmae_eval.evaluation.statistics import CORRECTIONS, TESTS
+
     p = sub.add_parser("report", help="one self-contained HTML page of saved results: every measure, deltas, "
                                       "significance, charts, provenance",
                        description="Write one HTML file (CSS, script and SVG charts inline; it loads nothing) of "
                                    "the results: datasets x conditions in the suite's order for each measure, each "
                                    "cell with its delta to the baseline and significance, expanding to p-values, "
                                    "a bootstrap CI, queries won/lost and the command that makes its run again; "
-                                   "per-dataset and per-query delta charts; where each condition's runs came from.")
+                                   "per-dataset and per-query delta charts; where each condition's runs came from. "
+                                   "Its numbers and statistics are `table`'s.")
     p.add_argument("results", nargs="+", type=Path, help="folders, *.metrics.json files (from reproduce), or run "
                                                           "files with their .meta.json sidecar (from bm25 or run)")
-    p.add_argument("--suite", default=None, help="suite YAML (or shipped suite name): the order of conditions and "
-                                                 "datasets, their descriptions, and its reference columns")
-    p.add_argument("--baseline", default=None, help="condition to compare against (deltas, paired t-tests, CIs)")
+    p.add_argument("--suite", default=None, metavar="SUITE",
+                   help="suite YAML (or shipped suite name): the order of conditions and datasets, their "
+                        "descriptions, and its reference columns (default: none; conditions by name)")
+    p.add_argument("--baseline", default=None, metavar="CONDITION",
+                   help="condition to compare against: deltas, paired tests, CIs (default: none)")
     p.add_argument("--measures", nargs="+", default=None, metavar="MEASURE",
-                   help="measures to show, switchable in the page (default: every measure the results hold)")
-    p.add_argument("--output", required=True, type=Path, help="HTML file to write")
+                   help="measures to show, switchable in the page; several, or a comma list (default: every "
+                        "measure the results hold, the suite's first)")
+    p.add_argument("--test", default=None, metavar="{" + ",".join(TESTS) + "}",
+                   help="paired test over per-query scores, as table's (default: t)")
+    p.add_argument("--correction", default=None, metavar="{" + ",".join(CORRECTIONS) + "}",
+                   help="for the comparisons of each measure, as table's (default: holm)")
+    p.add_argument("--alpha", default=None, metavar="LEVEL", help="significance level of the † mark (default: 0.05)")
+    p.add_argument("--output", required=True, type=Path, metavar="FILE", help="HTML file to write")
     p.set_defaults(handler=_cmd_report)
 
 
@@ -579,15 +590,15 @@ def _summarise(verdicts) -> int:
     return 1 if failed else 0
 
 
-def _table_measures(given: Sequence[str]) -> List[str]:
+def _table_measures(given: Sequence[str], flag: str = "--measure") -> List[str]:
     """--measure values, repeated or comma-separated, in the order given; a measure twice is refused."""
     measures: List[str] = []
     for value in given:
         for name in (part.strip() for part in value.split(",")):
             if not name:
-                raise DupMAEEvalError(f"--measure {value!r}: an empty measure name")
+                raise DupMAEEvalError(f"{flag} {value!r}: an empty measure name")
             if name in measures:
-                raise DupMAEEvalError(f"--measure {name} is given twice")
+                raise DupMAEEvalError(f"{flag} {name} is given twice")
             measures.append(name)
     return measures
 
@@ -629,20 +640,31 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from dupmae_eval.evaluation.report import build_report, check_measures, write_report
+    from dupmae_eval.evaluation.measures import parse_measures
+    from dupmae_eval.evaluation.report import build_report, write_report
     from dupmae_eval.evaluation.results import read_metrics_with_runs
+    from dupmae_eval.evaluation.statistics import DEFAULT_ALPHA, check_alpha, check_correction, check_test
     from dupmae_eval.evaluation.suites import load_suite
     from dupmae_eval.files import check_output_file
     from dupmae_eval.shipped import suite_path
 
+    # every flag checked before any file is read
     check_output_file(args.output)
-    check_measures(args.measures)
+    measures = _table_measures(args.measures, "--measures") if args.measures else None
+    if measures:
+        parse_measures(measures)
+    statistics = dict(test=check_test(args.test or "t"), correction=check_correction(args.correction or "holm"),
+                      alpha=check_alpha(DEFAULT_ALPHA if args.alpha is None else args.alpha))
+    if args.baseline is None:
+        given = [f"--{name}" for name in ("test", "correction", "alpha") if getattr(args, name) is not None]
+        if given:
+            raise DupMAEEvalError(f"{', '.join(given)} needs --baseline (the condition the others are compared with)")
     suite = load_suite(suite_path(str(args.suite)), check_datasets=False) if args.suite else None
     for path in args.results:
         if not path.exists():
             raise DupMAEEvalError(f"{path}: no such file or folder")
-    report = build_report(read_metrics_with_runs(args.results), suite, args.suite, args.baseline, args.measures,
-                          inputs=[str(path) for path in args.results])
+    report = build_report(read_metrics_with_runs(args.results), suite, args.suite, args.baseline, measures,
+                          inputs=[str(path) for path in args.results], **statistics)
     write_report(report, args.output)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0

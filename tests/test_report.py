@@ -158,7 +158,7 @@ def test_confidence_intervals_agree_with_scipys_bootstrap(report_runs, expected)
         if condition == BASELINE or not np.any(want["deltas"]):
             continue
         (td,) = _section(page, measure).xpath(f'.//td[@data-row="{dataset}"][@data-column="{condition}"]')
-        low, high = map(float, re.findall(r"[-+]\d\.\d+", td.xpath('.//dd[contains(@class, "ci")]')[0].text_content()))
+        low, high = map(float, re.findall(r"[-+]\d\.\d+", td.xpath('.//span[@class="ci-text"]')[0].text_content()))
         theirs = bootstrap((want["deltas"],), np.mean, confidence_level=0.95, n_resamples=10_000,
                            method="percentile", random_state=1).confidence_interval
         width = theirs.high - theirs.low
@@ -173,12 +173,20 @@ def test_numbers_equal_table_markdown(report_runs, capsys):
         assert _dom_table(_section(page, measure)) == md, measure
 
 
-def _markdown_table(report_runs, measure, capsys) -> dict:
-    """{(row, column): text} of `table --format md`: values with marks, Δ columns, averages."""
-    assert main(["table", str(report_runs["runs"]), "--suite", str(report_runs["suite"]), "--baseline", BASELINE,
-                 "--measure", measure, "--format", "md"]) == 0
+STATISTICS = ("Δ", "95% CI", "p")
+"""The columns `table --format md` puts after each compared condition's value."""
+
+
+def _markdown_table(report_runs, measure, capsys, folder=None, suite=None) -> dict:
+    """{(row, column): text} of `table --format md`: values with marks; "Δ C", "95% CI C", "p C" for the
+    columns that follow condition C's value; averages (row "average")."""
+    assert main(["table", str(folder or report_runs["runs"]), "--suite", str(suite or report_runs["suite"]),
+                 "--baseline", BASELINE, "--measure", measure, "--format", "md"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
-    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    header, current = [], None
+    for name in (cell.strip() for cell in lines[0].strip("|").split("|")):
+        current = current if name in STATISTICS else name
+        header.append(f"{name} {current}" if name in STATISTICS else name)
     cells = {}
     for line in lines[2:]:
         values = [cell.strip() for cell in line.strip("|").split("|")]
@@ -191,19 +199,22 @@ def _markdown_table(report_runs, measure, capsys) -> dict:
 
 def _dom_table(table) -> dict:
     """The same cells as the page shows them (text content, as a reader sees it)."""
+    def text(td, path):
+        found = td.xpath(path)
+        return found[0].text_content() if found else "–"
+
     cells = {}
     for td in table.xpath(".//tbody//td"):
         row, column = td.get("data-row"), td.get("data-column")
-        value = td.xpath('.//span[@class="value"]')
-        delta = td.xpath('.//summary/span[contains(@class, "delta")]')
-        if not td.get("data-reference") and column != BASELINE:      # `table` has a Δ column for it
-            cells[(row, f"Δ {column}")] = delta[0].text_content() if delta else "–"
-        if not value:
+        if not td.get("data-reference") and column != BASELINE:      # `table` has Δ, CI and p columns for it
+            cells[(row, f"Δ {column}")] = text(td, './/summary/span[contains(@class, "delta")]')
+            cells[(row, f"95% CI {column}")] = text(td, './/span[@class="ci-text"]')
+            cells[(row, f"p {column}")] = text(td, './/span[@class="p-text"]')
+        if not td.xpath('.//span[@class="value"]'):
             cells[(row, column)] = "–"
             continue
-        mark = td.xpath('.//span[@class="mark"]')
         partial = td.xpath('.//span[@class="partial"]')
-        cells[(row, column)] = (value[0].text_content() + (mark[0].text_content() if mark else "")
+        cells[(row, column)] = (text(td, './/span[@class="value"]') + text(td, './/span[@class="mark"]').strip("–")
                                 + (" " + partial[0].text_content() if partial else ""))
     for td in table.xpath(".//tfoot//td"):
         value = td.xpath('.//span[@class="value"]')
@@ -299,7 +310,9 @@ def test_measures_chosen_and_bad_input_refused_in_one_line(report_runs, tmp_path
             ([str(report_runs["runs"]), "--measures", "nDCG@"], "nDCG@"),
             ([str(report_runs["runs"]), "--measures", "P@5"], "--measures: no results for P@5"),
             ([str(report_runs["runs"]), "--baseline", "bm25-nothing"], "--baseline 'bm25-nothing' is not among"),
-            ([str(report_runs["runs"]), "--suite", str(tmp_path / "none.yaml")], "no such suite file")):
+            ([str(report_runs["runs"]), "--suite", str(tmp_path / "none.yaml")], "no such suite file"),
+            ([str(report_runs["runs"]), "--baseline", BASELINE, "--test", "anova"], "anova"),
+            ([str(report_runs["runs"]), "--alpha", "0.01"], "--alpha needs --baseline")):
         bad = tmp_path / "bad.html"
         assert main(["report", *argv, "--output", str(bad)]) == 2
         err = capsys.readouterr().err
@@ -351,13 +364,17 @@ def _shown(page, measure) -> dict:
     """What the browser shows for a measure's table: {(row, column): text} as `_dom_table` reads the file."""
     return page.evaluate("""([measure, baseline]) => {
         const table = document.querySelector(`table.matrix[data-measure="${measure}"]`);
+        // textContent: the CI and p sit in the cell's closed popover, which renders no text until it is opened
+        const text = (td, selector) => { const found = td.querySelector(selector); return found ? found.textContent : "–"; };
         const cells = {};
         table.querySelectorAll("tbody td").forEach(td => {
             const row = td.dataset.row, column = td.dataset.column;
-            const value = td.querySelector("span.value"), delta = td.querySelector("summary > span.delta");
             if (!td.dataset.reference && column !== baseline) {
-                cells[row + "\\tΔ " + column] = delta ? delta.innerText : "–";
+                cells[row + "\\tΔ " + column] = text(td, "summary > span.delta");
+                cells[row + "\\t95% CI " + column] = text(td, "span.ci-text");
+                cells[row + "\\tp " + column] = text(td, "span.p-text");
             }
+            const value = td.querySelector("span.value");
             if (!value) { cells[row + "\\t" + column] = "–"; return; }
             const mark = td.querySelector("span.mark"), partial = td.querySelector("span.partial");
             cells[row + "\\t" + column] = value.innerText + (mark ? mark.innerText : "")
@@ -426,14 +443,7 @@ def test_demo_report_in_chromium(tmp_path, capsys):
     _chromium()
     report = tmp_path / "report.html"
     assert main(["report", str(DEMO), "--suite", "demo", "--baseline", "bm25-flat", "--output", str(report)]) == 0
-    markdown = {}
-    for measure in MEASURES:
-        assert main(["table", str(DEMO), "--suite", "demo", "--baseline", "bm25-flat", "--measure", measure]) == 0
-        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
-        header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-        markdown[measure] = {("average" if values[0].startswith("average") else values[0], column): text
-                             for line in lines[2:] for values in [[c.strip() for c in line.strip("|").split("|")]]
-                             for column, text in zip(header[1:], values[1:]) if text}
+    markdown = {measure: _markdown_table(None, measure, capsys, folder=DEMO, suite="demo") for measure in MEASURES}
 
     def check(page, errors):
         for measure in MEASURES:

@@ -11,14 +11,15 @@ from (model and revision, encoder settings, toolkit version and commit, hardware
 The numbers are `tables.build_table`'s, so the report and `table --format md` cannot disagree. CSS,
 script and charts (SVG) are inline; the page loads nothing.
 
-The statistics sit behind three small functions (`paired_p_value`, `correct`, `bootstrap_ci`) so that
-the choice of test, correction and interval can change in one place.
+The statistics are the table's (`statistics.py` through `tables.build_table`): the same test, correction,
+alpha, bootstrap interval and won/lost counts as `table` prints, so the page and `table` agree to the digit.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
 import shlex
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,52 +31,12 @@ import numpy as np
 from dupmae_eval import __version__
 from dupmae_eval.errors import DupMAEEvalError
 from dupmae_eval.evaluation.results import MetricsRecord, SIDECAR_SUFFIX
-from dupmae_eval.evaluation.tables import SIGNIFICANCE_LEVEL, Table, build_table, holm
+from dupmae_eval.evaluation.statistics import CORRECTION_NAMES, DEFAULT_ALPHA, TEST_NAMES
+from dupmae_eval.evaluation.tables import Table, build_table, format_p
 
-CI_LEVEL = 0.95
-BOOTSTRAP_SAMPLES = 10_000
-BOOTSTRAP_SEED = 0
-TEST_NAME = "paired t-test"
-CORRECTION_NAME = "Holm-Bonferroni"
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#8C6D1F", "#000000")
 """Okabe-Ito colours (told apart with the common colour-vision deficiencies), one per condition."""
 WON, LOST, TIED = "#0072B2", "#D55E00", "#6e7781"
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def paired_p_value(candidate: np.ndarray, baseline: np.ndarray) -> float:
-    """Two-sided p-value of a paired test over per-query scores (the same queries, in the same order).
-    Fewer than two queries, or identical scores, give 1.0 (as `tables.paired_tests`)."""
-    from scipy.stats import ttest_rel
-
-    if len(candidate) < 2 or np.allclose(candidate, baseline):
-        return 1.0
-    return float(ttest_rel(candidate, baseline).pvalue)
-
-
-def correct(p_values: Dict[tuple, float]) -> Dict[tuple, float]:
-    """Adjust raw p-values for the multiple comparisons of one table (Holm-Bonferroni, as `table`'s mark)."""
-    return holm(p_values)
-
-
-def bootstrap_ci(deltas: np.ndarray, level: float = CI_LEVEL, samples: int = BOOTSTRAP_SAMPLES,
-                 seed: int = BOOTSTRAP_SEED) -> Tuple[float, float]:
-    """Percentile bootstrap interval of the mean per-query delta: queries resampled with replacement,
-    `samples` times, from a seeded generator (the same report twice gives the same interval)."""
-    deltas = np.asarray(deltas, dtype=np.float64)
-    if len(deltas) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = np.empty(samples)
-    chunk = max(1, 2_000_000 // len(deltas))         # bounded memory for collections of many queries
-    for start in range(0, samples, chunk):
-        stop = min(samples, start + chunk)
-        means[start:stop] = deltas[rng.integers(0, len(deltas), size=(stop - start, len(deltas)))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
 
 
 # --------------------------------------------------------------------------- the report's data
@@ -93,8 +54,10 @@ class Cell:
     delta_text: str = ""
     p_value: Optional[float] = None              # raw
     p_adjusted: Optional[float] = None           # after the correction: what the mark means
+    p_text: str = "–"                            # the corrected p as `table` prints it
     significant: bool = False
     ci: Optional[Tuple[float, float]] = None
+    ci_text: str = "–"                           # as `table` prints it
     won: int = 0
     lost: int = 0
     tied: int = 0
@@ -145,26 +108,19 @@ class Report:
     references: Dict[str, dict]
     generated: str
     tool: str = f"dupmae-eval {__version__}"
-    alpha: float = SIGNIFICANCE_LEVEL
-    ci_level: float = CI_LEVEL
-    test: str = TEST_NAME
-    correction: str = CORRECTION_NAME
-
-
-def check_measures(measures: Optional[Sequence[str]]) -> None:
-    """Refuse a measure ir-measures cannot parse before anything is read."""
-    if measures:
-        from dupmae_eval.evaluation.measures import parse_measures
-
-        parse_measures(list(measures))
+    alpha: float = DEFAULT_ALPHA
+    ci_level: float = 0.95
+    test: str = TEST_NAMES["t"]
+    correction: str = CORRECTION_NAMES["holm"]
 
 
 def build_report(found: Sequence[Tuple[MetricsRecord, Path]], suite=None, suite_argument: Optional[str] = None,
                  baseline: Optional[str] = None, measures: Optional[Sequence[str]] = None,
-                 inputs: Sequence[str] = ()) -> Report:
+                 inputs: Sequence[str] = (), test: str = "t", correction: str = "holm",
+                 alpha: float = DEFAULT_ALPHA) -> Report:
     """The report of `found` (`results.read_metrics_with_runs`): `suite` (a loaded `Suite`) gives the order of
     conditions and datasets, their descriptions and the reference columns; `suite_argument` is how the suite was
-    named on the command line (for the reproducing commands)."""
+    named on the command line (for the reproducing commands); `test`, `correction` and `alpha` as `table`'s."""
     records = [record for record, _ in found]
     available: List[str] = []
     for name in [*(suite.measures if suite else ()), *(m for r in records for m in r.aggregate)]:
@@ -179,19 +135,22 @@ def build_report(found: Sequence[Tuple[MetricsRecord, Path]], suite=None, suite_
                               f"{', '.join(available)}")
     references = suite.references if suite else {}
     runs = _runs(found, suite, suite_argument)
-    sections = [_section(build_table(records, measure, baseline, references), suite, runs, index)
+    order = list(suite.conditions) if suite else None
+    sections = [_section(build_table(records, measure, baseline, references, test=test, correction=correction,
+                                     alpha=alpha, order=order), suite, runs, index)
                 for index, measure in enumerate(chosen)]
     conditions = _conditions(sections, suite, runs)
     for section in sections:
         colours = {c["name"]: c["colour"] for c in conditions}
-        section.delta_chart = delta_chart(section, colours)
+        section.delta_chart = delta_chart(section, colours, alpha)
         section.query_charts = query_charts(section, baseline)
     return Report(
         title=f"{suite.name}: comparison" if suite else "Comparison", baseline=baseline,
         suite=suite_argument, inputs=list(inputs), sections=sections, conditions=conditions,
         references={name: reference for name, reference in references.items()
                     if any(name in s.references for s in sections)},
-        generated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        generated=datetime.now(timezone.utc).isoformat(timespec="seconds"), alpha=alpha, test=TEST_NAMES[test],
+        correction=CORRECTION_NAMES[correction])
 
 
 def _suite_rows(suite) -> List[str]:
@@ -239,7 +198,6 @@ def _section(table: Table, suite, runs, index: int) -> Section:
     conditions = _ordered(measured, list(suite.conditions) if suite else [])
     rows = _ordered(table.rows, _suite_rows(suite))
     cells: Dict[Tuple[str, str], Cell] = {}
-    raw: Dict[Tuple[str, str], float] = {}
     for row in rows:
         for column in conditions:
             value = table.values.get((row, column))
@@ -253,25 +211,19 @@ def _section(table: Table, suite, runs, index: int) -> Section:
                 continue
             cell.delta = value - base_value
             cell.delta_text = f"{cell.delta:+.4f}"
-            base, other = table.per_query.get((row, table.baseline), {}), table.per_query.get((row, column), {})
-            if not base or not other:
+            comparison = table.comparisons.get((row, column))
+            if comparison is None:
                 continue
-            shared = sorted(set(base) & set(other))
-            a = np.array([other[q] for q in shared])
-            b = np.array([base[q] for q in shared])
-            deltas = a - b
-            raw[(row, column)] = paired_p_value(a, b)
-            if not shared:
-                continue
-            cell.ci = bootstrap_ci(deltas)
-            cell.won = int(np.sum(deltas > 1e-12))
-            cell.lost = int(np.sum(deltas < -1e-12))
-            cell.tied = len(deltas) - cell.won - cell.lost
-            cell.queries = len(deltas)
-            cell.deltas = sorted(deltas.tolist(), reverse=True)
-    for key, p in correct(raw).items():
-        cells[key].p_value, cells[key].p_adjusted = raw[key], p
-        cells[key].significant = p < SIGNIFICANCE_LEVEL
+            cell.p_value, cell.p_adjusted = table.raw_p_values[(row, column)], table.p_values[(row, column)]
+            cell.p_text = format_p(cell.p_adjusted)
+            cell.significant = table.significant(row, column)
+            if not math.isnan(comparison.ci_low):
+                cell.ci = (comparison.ci_low, comparison.ci_high)
+                cell.ci_text = f"[{comparison.ci_low:+.4f}, {comparison.ci_high:+.4f}]"
+            cell.won, cell.lost, cell.tied, cell.queries = (comparison.won, comparison.lost, comparison.tied,
+                                                            comparison.queries)
+            base, other = table.per_query[(row, table.baseline)], table.per_query[(row, column)]
+            cell.deltas = sorted((other[q] - base[q] for q in set(base) & set(other)), reverse=True)
     averages = {column: table.average(column) for column in conditions + table.references}
     average_deltas: Dict[str, Optional[float]] = {}
     if table.baseline:
@@ -471,7 +423,7 @@ def _ticks(low: float, high: float, count: int = 5) -> List[float]:
     return [round(float(v), 10) for v in np.arange(first, high + step / 2, step) if low - 1e-12 <= v <= high + 1e-12]
 
 
-def delta_chart(section: Section, colours: Dict[str, str]) -> str:
+def delta_chart(section: Section, colours: Dict[str, str], alpha: float = DEFAULT_ALPHA) -> str:
     """Horizontal bars: each compared condition's delta to the baseline, per dataset. The values are written in
     a column of their own at the right (no label over a bar), a zero delta is a visible diamond on the zero
     line, negative bars go left; solid bars are significant, pale ones are not. The legend sits above the
@@ -502,8 +454,8 @@ def delta_chart(section: Section, colours: Dict[str, str]) -> str:
             parts.append(f'<rect x="{10 + offset}" y="{y - 10}" width="12" height="12" fill="{colours[name]}"/>'
                          f'<text x="{10 + offset + 17}" y="{y}" class="legend">{_esc(name)}</text>')
     key_y = 16 + 22 * len(legend_lines)
-    parts.append(f'<text x="10" y="{key_y}" class="note">solid: significant ({_esc(CORRECTION_NAME)}-adjusted '
-                 f'p &lt; {SIGNIFICANCE_LEVEL:g}, marked †); pale: not; ◆: no difference</text>')
+    parts.append(f'<text x="10" y="{key_y}" class="note">solid: significant (corrected p &lt; {alpha:g}, marked †); '
+                 f'pale: not; ◆: no difference</text>')
     for tick in _ticks(low, high):
         parts.append(f'<line x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{top - 6}" y2="{height - 38}" class="grid"/>'
                      f'<text x="{x(tick):.1f}" y="{height - 24}" class="tick" text-anchor="middle">'
@@ -620,7 +572,7 @@ def render_html(report: Report) -> str:
     environment = Environment(loader=FileSystemLoader(str(resource_path("templates"))),
                               autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined,
                               trim_blocks=True, lstrip_blocks=True)
-    environment.filters["p"] = lambda p: "–" if p is None else (f"{p:.2e}" if p < 1e-4 else f"{p:.4f}")
+    environment.filters["p"] = format_p
     environment.filters["signed"] = lambda v: "–" if v is None else f"{v:+.4f}"
     return environment.get_template("report.html.j2").render(report=report)
 
