@@ -316,7 +316,8 @@ def test_measures_chosen_and_bad_input_refused_in_one_line(report_runs, tmp_path
         bad = tmp_path / "bad.html"
         assert main(["report", *argv, "--output", str(bad)]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith("dupmae-eval: error: ") and message in err, err
+        errors = [line for line in err.splitlines() if not line.startswith("dupmae-eval: warning: ")]
+        assert len(errors) == 1 and errors[0].startswith("dupmae-eval: error: ") and message in errors[0], err
         assert not bad.exists()
     assert main(["report", str(report_runs["runs"]), "--output", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
