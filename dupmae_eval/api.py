@@ -176,6 +176,7 @@ def table(runs: Sequence[Union[Run, str, Path]], *, measures: Sequence[str] = ("
     from dupmae_eval.evaluation.measures import parse_measures
     from dupmae_eval.evaluation.results import read_metrics
     from dupmae_eval.evaluation.statistics import check_alpha, check_correction, check_test
+    from dupmae_eval.evaluation.suites import describe_conditions, load_suite
     from dupmae_eval.evaluation.tables import TABLE_FORMATS, build_tables, render
 
     measures = [measures] if isinstance(measures, str) else list(measures)
@@ -189,12 +190,12 @@ def table(runs: Sequence[Union[Run, str, Path]], *, measures: Sequence[str] = ("
     _refuse_duplicates(records)
     chosen = None
     if suite:
-        from dupmae_eval.evaluation.suites import load_suite
         from dupmae_eval.shipped import suite_path
 
         chosen = load_suite(suite_path(suite), check_datasets=False)
     built = build_tables(records, measures, baseline, chosen.references if chosen else None,
-                         order=list(chosen.conditions) if chosen else None, **options)
+                         order=list(chosen.conditions) if chosen else None,
+                         described=describe_conditions(chosen) if chosen else None, **options)
     if format is not None:
         return render(built, format)
     import pandas

@@ -607,7 +607,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
     from dupmae_eval.evaluation.measures import parse_measures
     from dupmae_eval.evaluation.results import read_metrics
     from dupmae_eval.evaluation.statistics import DEFAULT_ALPHA, check_alpha, check_correction, check_test
-    from dupmae_eval.evaluation.suites import load_suite
+    from dupmae_eval.evaluation.suites import describe_conditions, load_suite
     from dupmae_eval.evaluation.tables import TABLE_FORMATS, build_tables, render
     from dupmae_eval.shipped import suite_path
 
@@ -626,7 +626,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
         raise DupMAEEvalError(f"--format {args.format} needs --output FILE")
     suite = load_suite(suite_path(str(args.suite)), check_datasets=False) if args.suite else None
     table = build_tables(read_metrics(args.results), measures, args.baseline, suite.references if suite else None,
-                         order=list(suite.conditions) if suite else None, **statistics)
+                         order=list(suite.conditions) if suite else None,
+                         described=describe_conditions(suite) if suite else None, **statistics)
     rendered = render(table, args.format)
     if args.output:
         from dupmae_eval.files import atomic_output
@@ -807,7 +808,7 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from dupmae_eval.evaluation.suites import load_suite
+    from dupmae_eval.evaluation.suites import describe_conditions, load_suite
     from dupmae_eval.evaluation.tables import build_table, render
     from dupmae_eval.evaluation.runner import reproduce
     from dupmae_eval.evaluation.report import build_report, write_report
@@ -818,7 +819,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     status = _summarise(reproduce(suite.path, args.runs))
     found = read_metrics_with_runs([args.runs / suite.name])
     table = build_table([record for record, _ in found], "nDCG@10", "bm25-flat", suite.references,
-                        order=list(suite.conditions))
+                        order=list(suite.conditions), described=describe_conditions(suite))
     print()
     print(render(table, "md"), end="")
     report_path = args.runs / suite.name / "report.html"

@@ -59,6 +59,23 @@ class Condition:
     index_stats: Dict[str, Dict[str, int]] = field(default_factory=dict)  # dataset key -> statistic -> count
 
 
+def describe_conditions(suite: "Suite") -> Dict[str, str]:
+    """What each condition of a suite is, in a few words, for a table's legend: BM25 with its field layout
+    and parameters, or the model with its encoder kind and retrieval mode (and any other setting given)."""
+    described = {}
+    for name, condition in suite.conditions.items():
+        params = dict(condition.params)
+        if condition.kind == "bm25":
+            text = (f"BM25 {params.pop('fields', 'flat')} (k1 {params.pop('k1', 0.9)}, b {params.pop('b', 0.4)}"
+                    + (f", {params.pop('hits')} hits" if "hits" in params else "") + ")")
+        else:
+            text = (f"{params.pop('model')}, encoder {params.pop('encoder', 'dupmae')}, "
+                    f"retrieval {params.pop('retrieval', 'dupmae')}")
+            text += "".join(f", {key} {value}" for key, value in params.items())
+        described[name] = text
+    return described
+
+
 @dataclass
 class Suite:
     path: Path

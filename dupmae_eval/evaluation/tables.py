@@ -46,6 +46,7 @@ class Table:
     test: str = "t"
     correction: str = "holm"
     alpha: float = DEFAULT_ALPHA
+    described: Dict[str, str] = field(default_factory=dict)  # condition -> what it is (from the suite)
 
     def average(self, column: str) -> Tuple[Optional[float], str]:
         """Mean over the rows this column covers, and a label saying which: '18', '14 public', 'n of 18'."""
@@ -72,9 +73,11 @@ class Table:
 
 def build_table(results: Sequence[MetricsRecord], measure: str = "nDCG@10", baseline: Optional[str] = None,
                 references: Optional[Dict[str, dict]] = None, *, test: str = "t", correction: str = "holm",
-                alpha: float = DEFAULT_ALPHA, order: Optional[Sequence[str]] = None) -> Table:
+                alpha: float = DEFAULT_ALPHA, order: Optional[Sequence[str]] = None,
+                described: Optional[Dict[str, str]] = None) -> Table:
     """Assemble a table from metrics records (`results.read_metrics`) plus reference columns. `order` is the
-    suite's condition order; conditions it does not name follow, by name."""
+    suite's condition order; conditions it does not name follow, by name. `described`: what each condition
+    is (`suites.describe_conditions`), for the legend."""
     check_test(test)
     check_correction(correction)
     alpha = check_alpha(alpha)
@@ -123,7 +126,8 @@ def build_table(results: Sequence[MetricsRecord], measure: str = "nDCG@10", base
                     rows.append(row)
     rows.sort(key=unit_order)
     table = Table(measure, rows, conditions + reference_columns, values, per_query, baseline, reference_columns,
-                  partial_units=partial, members=counts, test=test, correction=correction, alpha=alpha)
+                  partial_units=partial, members=counts, test=test, correction=correction, alpha=alpha,
+                  described={name: text for name, text in (described or {}).items() if name in conditions})
     if baseline:
         paired_tests(table)
     return table
@@ -343,6 +347,8 @@ def _legend(tables: Tables) -> str:
                  f" p: {TEST_NAMES[first.test]} over per-query scores, {corrected}; † p < {first.alpha:g}.")
     if any(t.references for t in tables):
         text += " Reference columns are published figures (3 decimals as printed)."
+    if first.described:
+        text += " Conditions: " + "; ".join(f"{name}: {what}" for name, what in first.described.items()) + "."
     return text
 
 
