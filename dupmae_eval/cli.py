@@ -118,6 +118,10 @@ def _add_table(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--measure", action="append", default=None, metavar="MEASURE",
                    help="measure to tabulate, an ir-measures name; repeat it or give a comma list for several side "
                         "by side: --measure nDCG@10 --measure R@100, --measure nDCG@10,R@100 (default: nDCG@10)")
+    p.add_argument("--qrels", type=Path, default=None, metavar="FILE",
+                   help="judgments for run files given without a .meta.json sidecar (another tool's TREC, MS MARCO "
+                        "or JSON runs): each is scored against them, its file name the condition (default: none; "
+                        "runs need their sidecar)")
     p.add_argument("--baseline", default=None, metavar="CONDITION",
                    help="condition to compare against: deltas, paired tests (default: none)")
     p.add_argument("--test", default=None, metavar="{" + ",".join(TESTS) + "}",
@@ -158,6 +162,10 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--correction", default=None, metavar="{" + ",".join(CORRECTIONS) + "}",
                    help="for the comparisons of each measure, as table's (default: holm)")
     p.add_argument("--alpha", default=None, metavar="LEVEL", help="significance level of the † mark (default: 0.05)")
+    p.add_argument("--qrels", type=Path, default=None, metavar="FILE",
+                   help="judgments for run files given without a .meta.json sidecar (another tool's TREC, MS MARCO "
+                        "or JSON runs): each is scored against them, its file name the condition (default: none; "
+                        "runs need their sidecar)")
     p.add_argument("--output", required=True, type=Path, metavar="FILE", help="HTML file to write")
     p.set_defaults(handler=_cmd_report)
 
@@ -624,8 +632,9 @@ def _cmd_table(args: argparse.Namespace) -> int:
         raise DupMAEEvalError(f"--format {args.format} draws one measure; give one --measure")
     if TABLE_FORMATS[args.format].binary and args.output is None:
         raise DupMAEEvalError(f"--format {args.format} needs --output FILE")
+    _check_qrels_file(args.qrels)
     suite = load_suite(suite_path(str(args.suite)), check_datasets=False) if args.suite else None
-    table = build_tables(read_metrics(args.results), measures, args.baseline, suite.references if suite else None,
+    table = build_tables(read_metrics(args.results, args.qrels, measures), measures, args.baseline, suite.references if suite else None,
                          order=list(suite.conditions) if suite else None,
                          described=describe_conditions(suite) if suite else None, **statistics)
     rendered = render(table, args.format)
@@ -638,6 +647,11 @@ def _cmd_table(args: argparse.Namespace) -> int:
     else:
         print(rendered, end="")
     return 0
+
+
+def _check_qrels_file(path: Optional[Path]) -> None:
+    if path is not None and not path.is_file():
+        raise DupMAEEvalError(f"--qrels {path}: no such file")
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -664,7 +678,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for path in args.results:
         if not path.exists():
             raise DupMAEEvalError(f"{path}: no such file or folder")
-    report = build_report(read_metrics_with_runs(args.results), suite, args.suite, args.baseline, measures,
+    _check_qrels_file(args.qrels)
+    report = build_report(read_metrics_with_runs(args.results, args.qrels, measures or ()), suite, args.suite, args.baseline, measures,
                           inputs=[str(path) for path in args.results], **statistics)
     write_report(report, args.output)
     print(f"wrote {args.output}", file=sys.stderr)

@@ -313,3 +313,26 @@ def test_a_run_covering_part_of_the_judged_queries_is_tabled_with_a_warning(tmp_
     run.write_text("no-such-query Q0 d 1 1.0 x\n")
     assert main(["table", str(run)]) == 2
     assert "no query of the run is judged" in capsys.readouterr().err
+
+
+def test_plain_runs_of_other_tools_are_tabled_and_reported_with_a_judgments_file(tmp_path, capsys):
+    """Runs with no sidecar (a TREC and a JSON run, as other tools write them) and `--qrels`: each run file is a
+    condition scored against the judgments; nDCG@10 worked by hand: a relevant passage at rank 1 scores 1, at
+    rank 2 1/log2(3). Without --qrels such a run is refused in one line naming the flag."""
+    import json
+
+    qrels = tmp_path / "mine.qrels"
+    qrels.write_text("q1 0 d1 1\nq2 0 d3 1\n")
+    (tmp_path / "first.trec").write_text("q1 Q0 d1 1 2.0 a\nq1 Q0 d2 2 1.0 a\nq2 Q0 d4 1 2.0 a\nq2 Q0 d3 2 1.0 a\n")
+    (tmp_path / "second.json").write_text(json.dumps({"q1": {"d2": 2.0, "d1": 1.0}, "q2": {"d4": 2.0, "d3": 1.0}}))
+    runs = [str(tmp_path / "first.trec"), str(tmp_path / "second.json")]
+    assert main(["table", *runs, "--qrels", str(qrels), "--baseline", "first"]) == 0
+    out = capsys.readouterr().out
+    second_rank = 1 / math.log2(3)
+    first = (1 + second_rank) / 2
+    assert f"| mine | {first:.4f} | {second_rank:.4f} | {second_rank - first:+.4f} |" in out
+    report = tmp_path / "report.html"
+    assert main(["report", *runs, "--qrels", str(qrels), "--baseline", "first", "--output", str(report)]) == 0
+    assert f"{second_rank:.4f}" in report.read_text()
+    assert main(["table", *runs]) == 2
+    assert "give the judgments with --qrels FILE" in capsys.readouterr().err

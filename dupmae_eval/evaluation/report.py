@@ -172,7 +172,7 @@ def _row_of(record: MetricsRecord) -> str:
     from dupmae_eval.evaluation.tables import _default_split
 
     unit = record.unit or record.dataset
-    return unit if record.split == _default_split(record.dataset) else f"{unit}/{record.split}"
+    return unit if record.split in ("", _default_split(record.dataset)) else f"{unit}/{record.split}"
 
 
 def _runs(found, suite, suite_argument) -> Dict[Tuple[str, str], List[RunInfo]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from dupmae_eval.errors import DupMAEEvalError
 
@@ -41,15 +41,18 @@ def write_metrics(run_path: Path, record: MetricsRecord) -> Path:
     return path
 
 
-def read_metrics(paths: Iterable[Path]) -> List[MetricsRecord]:
+def read_metrics(paths: Iterable[Path], qrels: Optional[Path] = None,
+                 measures: Sequence[str] = ()) -> List[MetricsRecord]:
     """Every result under the given files or folders, as records: `*.metrics.json` files (what `reproduce`
     writes), and runs that `bm25` or `run` wrote (a run file with its `.meta.json` sidecar, scored here
-    against its dataset's judgments and measures). Two results for the same condition, dataset and split
-    are refused: a table cell must come from one run."""
-    return [record for record, _ in read_metrics_with_runs(paths)]
+    against its dataset's judgments and measures). With `qrels`, a run file given by name without a sidecar
+    (another tool's TREC, MS MARCO or JSON run) is scored against that judgments file (`record_from_plain_run`).
+    Two results for the same condition, dataset and split are refused: a table cell must come from one run."""
+    return [record for record, _ in read_metrics_with_runs(paths, qrels, measures)]
 
 
-def read_metrics_with_runs(paths: Iterable[Path]) -> List[Tuple[MetricsRecord, Path]]:
+def read_metrics_with_runs(paths: Iterable[Path], qrels: Optional[Path] = None,
+                           measures: Sequence[str] = ()) -> List[Tuple[MetricsRecord, Path]]:
     """`read_metrics`, each record with the path of the run file it scores (beside which its sidecar is, when
     the run is still there): what a report needs to say where each cell came from."""
     found: List[Tuple[MetricsRecord, Path]] = []
@@ -67,7 +70,12 @@ def read_metrics_with_runs(paths: Iterable[Path]) -> List[Tuple[MetricsRecord, P
             raise DupMAEEvalError(f"{path}: no results here (*.metrics.json from `dupmae-eval reproduce`, or runs "
                                   f"with their .meta.json sidecar from `bm25`/`run`)")
         for file in files:
-            record = _read_record(file) if file.name.endswith(".metrics.json") else record_from_run(file)
+            if file.name.endswith(".metrics.json"):
+                record = _read_record(file)
+            elif qrels is not None and not Path(f"{file}{SIDECAR_SUFFIX}").is_file():
+                record = record_from_plain_run(file, qrels, measures)
+            else:
+                record = record_from_run(file)
             key = (record.condition, record.dataset, record.split)
             if key in origin:
                 raise DupMAEEvalError(f"two results for condition {record.condition!r} on {record.key}: "
@@ -105,6 +113,22 @@ def _judged(run_path: Path) -> bool:
     return not (isinstance(meta, dict) and meta.get("judgments") and meta.get("split") is None)
 
 
+def record_from_plain_run(run_path: Path, qrels: Path, measures: Sequence[str] = ()) -> MetricsRecord:
+    """A run with no sidecar (another tool's: TREC, MS MARCO or JSON, told from its content) scored against
+    the judgments file `qrels` with `measures` and the BEIR measures. Its condition is the run file's name
+    without its extension, its dataset the judgments file's, its split none."""
+    from dupmae_eval.data.datasets import BEIR_MEASURES
+    from dupmae_eval.data.formats import read_qrels, read_run
+    from dupmae_eval.evaluation.measures import evaluate_checked
+
+    qrels, run_path = Path(qrels), Path(run_path)
+    names = list(dict.fromkeys([*measures, *BEIR_MEASURES]))
+    condition, dataset = run_path.name.split(".")[0], qrels.name.split(".")[0]
+    evaluation = evaluate_checked(read_qrels(qrels), read_run(run_path), names, label=f"{condition} {dataset}: ")
+    return MetricsRecord(suite="", condition=condition, dataset=dataset, split="", key=dataset, unit=dataset,
+                         run=run_path.name, aggregate=evaluation.aggregate, per_query=evaluation.per_query)
+
+
 def record_from_run(run_path: Path) -> MetricsRecord:
     """A run written by `bm25`, `run` or `reproduce`, scored against the judgments of the dataset and split
     its sidecar names, with the dataset's measures (`run_sidecar` says when it is refused); in the format the
@@ -124,7 +148,7 @@ def run_sidecar(run_path: Path):
     sidecar = Path(f"{run_path}{SIDECAR_SUFFIX}")
     if not sidecar.is_file():
         raise DupMAEEvalError(f"{run_path}: not a metrics record, and no {sidecar.name} beside it to say which "
-                              f"dataset judges it; score it with `dupmae-eval eval QRELS {run_path}`")
+                              f"dataset judges it; give the judgments with --qrels FILE")
     try:
         meta = json.loads(sidecar.read_text())
     except json.JSONDecodeError:

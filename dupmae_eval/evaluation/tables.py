@@ -88,7 +88,7 @@ def build_table(results: Sequence[MetricsRecord], measure: str = "nDCG@10", base
         if measure not in record.aggregate:
             continue
         unit = record.unit or record.dataset
-        row = unit if record.split == _default_split(record.dataset) else f"{unit}/{record.split}"
+        row = unit if record.split in ("", _default_split(record.dataset)) else f"{unit}/{record.split}"
         members.setdefault((row, record.condition), []).append(record)
     partial: Dict[Tuple[str, str], str] = {}
     counts: Dict[Tuple[str, str], Tuple[int, int]] = {}
