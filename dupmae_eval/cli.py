@@ -547,12 +547,19 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from dupmae_eval.evaluation.runner import reproduce
     from dupmae_eval.shipped import suite_path
 
-    _map_data(args.data)
-    cards = _card_folders(suite_path(args.config), args.conditions) if args.card and not args.dry_run else {}
-    verdicts = reproduce(suite_path(args.config), args.runs, args.datasets, args.conditions, args.dry_run,
-                         force=args.force)
-    if cards:
-        _update_cards(suite_path(args.config), args, cards)
+    from dupmae_eval.data.datasets import LOCAL_FOLDERS
+
+    before = dict(LOCAL_FOLDERS)
+    try:                                # the mapping holds for this command only, also when main() is called in-process
+        _map_data(args.data)
+        cards = _card_folders(suite_path(args.config), args.conditions) if args.card and not args.dry_run else {}
+        verdicts = reproduce(suite_path(args.config), args.runs, args.datasets, args.conditions, args.dry_run,
+                             force=args.force)
+        if cards:
+            _update_cards(suite_path(args.config), args, cards)
+    finally:
+        LOCAL_FOLDERS.clear()
+        LOCAL_FOLDERS.update(before)
     return _summarise(verdicts)
 
 

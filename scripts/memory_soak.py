@@ -158,20 +158,23 @@ def encode_side(name: str, guard: str, corpus: Path, home: Path, shard_size: int
     seen = 0
     while True:
         running = child.poll() is None
-        rss = tree_rss_mb(child.pid) if running else 0.0
+        rss = (tree_rss_mb(child.pid) if running else 0.0) or (samples[-1][1] if samples else 0.0)
+        # (a child that exits between the poll and the reading reads as 0 MB: the last sample stands in)
         now = time.perf_counter() - started
         if running:
             samples.append((round(now, 1), round(rss, 1)))
             peak = max(peak, rss)
-        if pending is not None and running and now >= pending + 1.0:
-            shard_ends.append((now, rss))      # shortly after the shard was written (and the heap released)
+        if pending is not None and running and now >= pending[0] + 1.0:
+            shard_ends.extend([(now, rss)] * pending[1])   # shortly after the shards were written (heap released)
             pending = None
         count = len(list(home.glob("encodings/*/shard-*.npz")))
         if count > seen:
-            if pending is not None:            # the previous one is still waiting for its sample: take this one
-                shard_ends.append((now, rss))
-            seen, pending = count, now
-            shard_peaks.append(peak)
+            # shards are written as their rows complete, which is in bursts at the end of each sort window
+            # (encoding/corpus.py): every shard of a burst ends at the same moment and gets the same sample
+            if pending is not None:            # the previous burst is still waiting for its sample: take this one
+                shard_ends.extend([(now, rss)] * pending[1])
+            seen, pending = count, (now, count - seen)
+            shard_peaks.extend([peak] * pending[1])
             peak = rss
         if not running:
             break
@@ -186,8 +189,9 @@ def encode_side(name: str, guard: str, corpus: Path, home: Path, shard_size: int
     total, shards = meta["documents"], meta["shards"]
     ends = [min(total, (i + 1) * shard_size) for i in range(shards)]
     rss_ends = [rss for _, rss in shard_ends][:shards]
-    while len(rss_ends) < shards:             # a last shard written as the process exited
-        rss_ends.append(rss_ends[-1] if rss_ends else 0.0)
+    last = samples[-1][1] if samples else 0.0
+    while len(rss_ends) < shards:             # shards written as the process exited (a corpus of one sort window
+        rss_ends.append(rss_ends[-1] if rss_ends else last)   # writes them all then): the last sample taken
     peaks = (shard_peaks + [peak])[:shards]      # highest RSS sampled while each shard was encoded
     times = [t for t, _ in shard_ends][:shards]
     steady = ((ends[-1] - ends[0]) / (times[-1] - times[0])) if len(times) > 1 and times[-1] > times[0] else None
@@ -243,7 +247,13 @@ def search_child(folder: str, what: str, queries: int, out: str) -> None:
     from dupmae_eval.encoding.encoders import DupMAEQueryEncoder, EncoderSettings, encode_queries
     from dupmae_eval.encoding.checkpoint import load_model
 
+    from dupmae_eval.encoding import corpus
+
     encoding = load_encoding(Path(folder))
+    # searches read an encoding in blocks of corpus.SEARCH_BLOCK passages whatever its shards; here the blocks
+    # are the resharded encoding's shards, so that the soak streams through >= 50 of them whatever its size
+    stored = json.loads((Path(folder) / "manifest.json").read_text())
+    corpus.SEARCH_BLOCK = -(-stored["documents"] // stored["shards"])
     texts = soak_queries(SAMPLE, queries)
     qids = list(texts)
     model = load_model(MODEL, need_mlm_head=True)

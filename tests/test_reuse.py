@@ -56,6 +56,9 @@ def test_a_changed_corpus_or_condition_is_redone_not_reused(corpora, tmp_path, c
     capsys.readouterr()
     assert main(["reproduce", str(suite), "--data", f"scifact={large}", "--runs", str(runs), "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith("reuse bm25-flat")
+    from dupmae_eval.data.datasets import dataset_roots_from_env
+
+    assert "scifact" not in dataset_roots_from_env()     # --data held for that command only, not what follows
 
     assert main(["reproduce", str(suite), "--data", f"scifact={small}", "--runs", str(runs), "--dry-run"]) == 0
     line = capsys.readouterr().out.strip()

@@ -299,13 +299,15 @@ def test_a_run_covering_part_of_the_judged_queries_is_tabled_with_a_warning(tmp_
     refused in one line."""
     import json
 
-    from dupmae_eval.data.datasets import resolve
+    from dupmae_eval.data.datasets import BUNDLED_DATA, resolve
 
-    qrels = resolve("scifact", download=False).qrels("test")
+    root = BUNDLED_DATA / "scifact"                      # the bundled copy, whatever else the name maps to
+    qrels = resolve(str(root), download=False).qrels("test")
     chosen = sorted(qrels)[:2]
     run = tmp_path / "two.trec"
     run.write_text("".join(f"{qid} Q0 {doc} 1 1.0 x\n" for qid in chosen for doc in list(qrels[qid])[:1]))
     (tmp_path / "two.trec.meta.json").write_text(json.dumps({"dataset": "scifact", "split": "test",
+                                                             "dataset_root": str(root),
                                                              "condition": "two-queries"}))
     assert main(["table", str(run)]) == 0
     err = capsys.readouterr().err
