@@ -621,7 +621,6 @@ def _table_measures(given: Sequence[str], flag: str = "--measure") -> List[str]:
 def _cmd_table(args: argparse.Namespace) -> int:
     from dupmae_eval.evaluation.measures import parse_measures
     from dupmae_eval.evaluation.results import read_metrics
-    from dupmae_eval.evaluation.statistics import DEFAULT_ALPHA, check_alpha, check_correction, check_test
     from dupmae_eval.evaluation.suites import describe_conditions, load_suite
     from dupmae_eval.evaluation.tables import TABLE_FORMATS, build_tables, render
     from dupmae_eval.shipped import suite_path
@@ -629,12 +628,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
     # every flag checked before any file is read
     measures = _table_measures(args.measure or ["nDCG@10"])
     parse_measures(measures)
-    statistics = dict(test=check_test(args.test or "t"), correction=check_correction(args.correction or "holm"),
-                      alpha=check_alpha(DEFAULT_ALPHA if args.alpha is None else args.alpha))
-    if args.baseline is None:
-        given = [f"--{name}" for name in ("test", "correction", "alpha") if getattr(args, name) is not None]
-        if given:
-            raise DupMAEEvalError(f"{', '.join(given)} needs --baseline (the condition the others are compared with)")
+    statistics = _statistics_flags(args)
     if not TABLE_FORMATS[args.format].several_measures and len(measures) > 1:
         raise DupMAEEvalError(f"--format {args.format} draws one measure; give one --measure")
     if TABLE_FORMATS[args.format].binary and args.output is None:
@@ -656,6 +650,19 @@ def _cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _statistics_flags(args: argparse.Namespace) -> dict:
+    """table's and report's --test, --correction and --alpha, checked (before any file is read), as keywords of
+    `build_tables`; refused without --baseline, which they compare with."""
+    from dupmae_eval.evaluation.statistics import DEFAULT_ALPHA, check_alpha, check_correction, check_test
+
+    if args.baseline is None:
+        given = [f"--{name}" for name in ("test", "correction", "alpha") if getattr(args, name) is not None]
+        if given:
+            raise DupMAEEvalError(f"{', '.join(given)} needs --baseline (the condition the others are compared with)")
+    return dict(test=check_test(args.test or "t"), correction=check_correction(args.correction or "holm"),
+                alpha=check_alpha(DEFAULT_ALPHA if args.alpha is None else args.alpha))
+
+
 def _check_qrels_file(path: Optional[Path]) -> None:
     if path is not None and not path.is_file():
         raise DupMAEEvalError(f"--qrels {path}: no such file")
@@ -665,7 +672,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from dupmae_eval.evaluation.measures import parse_measures
     from dupmae_eval.evaluation.report import build_report, write_report
     from dupmae_eval.evaluation.results import read_metrics_with_runs
-    from dupmae_eval.evaluation.statistics import DEFAULT_ALPHA, check_alpha, check_correction, check_test
     from dupmae_eval.evaluation.suites import load_suite
     from dupmae_eval.files import check_output_file
     from dupmae_eval.shipped import suite_path
@@ -675,12 +681,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     measures = _table_measures(args.measures, "--measures") if args.measures else None
     if measures:
         parse_measures(measures)
-    statistics = dict(test=check_test(args.test or "t"), correction=check_correction(args.correction or "holm"),
-                      alpha=check_alpha(DEFAULT_ALPHA if args.alpha is None else args.alpha))
-    if args.baseline is None:
-        given = [f"--{name}" for name in ("test", "correction", "alpha") if getattr(args, name) is not None]
-        if given:
-            raise DupMAEEvalError(f"{', '.join(given)} needs --baseline (the condition the others are compared with)")
+    statistics = _statistics_flags(args)
     suite = load_suite(suite_path(str(args.suite)), check_datasets=False) if args.suite else None
     for path in args.results:
         if not path.exists():
