@@ -97,10 +97,7 @@ def run_bm25(dataset: str | Dataset, split: Optional[str], fields: str, output: 
                       remove_query=remove_query)
     tag = tag or f"bm25-{fields}"
     metadata = {
-        "tool": f"dupmae-eval {__version__}", "condition": tag, "dataset": data.name,
-        "dataset_root": str(data.root), **described, "run_format": run_format,
-        "corpus_sha256": data.corpus_fingerprint(),
-        "corpus_source": data.source(),
+        **_sidecar_head(tag, data, described, run_format),
         "retrieval": {"kind": "bm25", "fields": fields, "k1": k1, "b": b, "hits": hits,
                       "remove_query_hit": remove_query},
         "corpus": _corpus_counts(data, indexed_as=fields),
@@ -166,10 +163,7 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     truncated = _count_truncated(loaded, list(queries.values()), settings.max_query_length)
     tag = tag or f"{encoder}-{retrieval}"
     metadata = {
-        "tool": f"dupmae-eval {__version__}", "condition": tag, "dataset": data.name,
-        "dataset_root": str(data.root), **described, "run_format": run_format,
-        "corpus_sha256": data.corpus_fingerprint(),
-        "corpus_source": data.source(),
+        **_sidecar_head(tag, data, described, run_format),
         "model": {"source": loaded.source, "revision": loaded.revision, "folder": str(loaded.folder),
                   "projection": loaded.projection is not None, "dense_dim": loaded.dense_dim},
         "encoder": settings.as_dict(), "precision": document_encoder.precision,
@@ -180,6 +174,14 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
         **extra, **provenance(),
     }
     return _written(output, RunResult(output, data, split, len(queries), run, metadata))
+
+
+def _sidecar_head(tag: str, data: Dataset, described: dict, run_format: str) -> dict:
+    """What every run's sidecar begins with: the tool, the condition, the dataset and its corpus, where the
+    queries came from, and the run's format."""
+    return {"tool": f"dupmae-eval {__version__}", "condition": tag, "dataset": data.name,
+            "dataset_root": str(data.root), **described, "run_format": run_format,
+            "corpus_sha256": data.corpus_fingerprint(), "corpus_source": data.source()}
 
 
 def _written(output: Optional[Path], result: RunResult) -> RunResult:
