@@ -82,6 +82,60 @@ def test_routed_layers_still_train_and_follow_the_ordinary_route_with_gradients(
     assert model.bert.encoder.layer[0].intermediate.dense.weight.grad is not None
 
 
+def test_the_probe_answers_the_same_under_autocast_and_fp32_keeps_its_route_after_bf16():
+    """The probe's answer is cached for the process, so it must not depend on the first caller's context:
+    probed under bf16 autocast it would have compared a bf16 product with fp32 and switched the fp32 route
+    off for good, and a later fp32 encoding would differ in its last bits from one in a fresh process."""
+    onednn.available.cache_clear()
+    onednn.available_bf16.cache_clear()
+    try:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert onednn.available() is True
+        generator = torch.Generator().manual_seed(4)
+        x, weight = torch.randn(6, 32, generator=generator), torch.randn(40, 32, generator=generator)
+        with torch.inference_mode():
+            oneDNN = torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+            assert torch.equal(onednn.linear(x, weight), oneDNN)                    # the fp32 route, bit for bit
+    finally:
+        onednn.available.cache_clear()
+        onednn.available_bf16.cache_clear()
+
+
+@pytest.mark.skipif(not onednn.available_bf16(), reason="this PyTorch's oneDNN has no bf16 kernels here")
+def test_under_cpu_bf16_autocast_the_products_are_bf16_with_fp32_sums():
+    """Under CPU bf16 autocast a routed layer computes in bf16 (never the fp32 kernel on fp32 inputs): its
+    output is the product of the bf16-rounded operands, summed in fp32 with the fp32 bias, rounded once;
+    GELU is fused. Written out in float64 here, it agrees to bf16's rounding of the output (2^-8) and is
+    not the fp32 product."""
+    generator = torch.Generator().manual_seed(5)
+    layer = torch.nn.Linear(256, 96)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(96, 256, generator=generator) * 0.1)
+    routed = onednn.OneDNNLinear(layer, gelu=True)
+    x = torch.randn(7, 256, generator=generator)
+    weight, bias = layer.weight.detach(), layer.bias.detach()
+    rounded = x.bfloat16().double() @ weight.bfloat16().double().T + bias.double()
+    expected = torch.nn.functional.gelu(rounded)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = routed(x)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), expected, rtol=2 ** -8, atol=1e-3)
+    fp32 = torch.nn.functional.gelu(x.double() @ weight.double().T + bias.double())
+    assert float((got.double() - fp32).abs().max()) > 1e-3                          # bf16 did change the arithmetic
+
+
+def test_the_bf16_copy_of_a_weight_follows_the_weight():
+    """Made once, and made again when the weight is updated in place (a fine-tuned model reloaded into the
+    same module), so a stale copy is never used; the state dict does not gain it."""
+    layer = onednn.OneDNNLinear(torch.nn.Linear(8, 4))
+    first = layer.bf16_weight()
+    assert first is layer.bf16_weight() and first.dtype == torch.bfloat16
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    assert torch.equal(layer.bf16_weight(), layer.weight.detach().bfloat16())
+    assert set(layer.state_dict()) == {"weight", "bias"}
+
+
 def test_switched_off_by_the_environment(monkeypatch):
     onednn.available.cache_clear()
     monkeypatch.setenv("DUPMAE_EVAL_ONEDNN", "0")

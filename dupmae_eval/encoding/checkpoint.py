@@ -149,6 +149,11 @@ def pooled_mlm_logits(mlm_head, hidden, mask, gathered: Optional[bool] = None):
     if padded != rows:  # zero rows no passage owns: the products keep a few shapes (see _padded_rows)
         gathered = torch.cat([gathered, gathered.new_zeros((padded - rows, gathered.shape[1]))])
     transformed = mlm_head.transform(gathered)
+    low_weight = None                                   # CPU bf16 autocast: the weight's bf16 copy, made once
+    if onednn.bf16_autocast(transformed) and isinstance(mlm_head.decoder, onednn.OneDNNLinear) \
+            and mlm_head.decoder.weight is weight:
+        low_weight = mlm_head.decoder.bf16_weight()
+        transformed = transformed.to(torch.bfloat16)    # rounded once per batch, not once per tile
     ends = mask.sum(dim=1).cumsum(dim=0).tolist()       # passage p owns rows [ends[p-1], ends[p])
     starts = [0] + ends[:-1]
     block_rows, chunk = _tile_shape(hidden.device, vocab)
@@ -167,7 +172,8 @@ def pooled_mlm_logits(mlm_head, hidden, mask, gathered: Optional[bool] = None):
                 owners.append((passage, low, high, starts[passage] >= start))
         for low_v in range(0, vocab, chunk):
             high_v = min(low_v + chunk, vocab)
-            tile = onednn.linear(block, weight[low_v:high_v], bias[low_v:high_v])  # bf16 under GPU autocast
+            tile = onednn.linear(block, weight[low_v:high_v], bias[low_v:high_v],  # bf16 under autocast
+                                 weight_bf16=None if low_weight is None else low_weight[low_v:high_v])
             for passage, low, high, first_seen in owners:
                 target = pooled[passage, low_v:high_v]
                 if tile.dtype != target.dtype:     # max in the tile's own dtype (exact: it selects), then widen

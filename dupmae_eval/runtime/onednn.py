@@ -1,4 +1,4 @@
-"""fp32 matrix products on the CPU through oneDNN instead of MKL.
+"""CPU matrix products through oneDNN instead of MKL: fp32, and bf16 under autocast.
 
 Why: PyTorch's CPU build sends fp32 `nn.Linear` / `addmm` to MKL, and MKL picks its code path by
 processor vendor: on AMD processors it runs AVX2 kernels even where the core has AVX-512. oneDNN,
@@ -7,9 +7,15 @@ EPYC (Zen 5, AVX-512): a 2048^3 fp32 GEMM at 199 GFLOP/s through MKL and 451 thr
 vocabulary projection of splade-tiny (256 x 128 x 30,522) at 125 vs 405. The arithmetic stays fp32;
 only the summation order differs (relative differences ~1e-7, zero in the vocabulary projection).
 
+Under CPU bf16 autocast (`--precision bf16`) the same op runs with bfloat16 inputs and weights, fp32
+accumulation and the bias added before the one rounding to bf16; the weight's bf16 copy is made once per
+layer (`OneDNNLinear.bf16_weight`), not at every call as autocast's own route does, and the bias and
+GELU are fused rather than a broadcast copy and a pass of their own. fp32 inputs are never sent to an
+fp32 kernel under bf16 autocast: the precision asked for is the precision computed.
+
 `linear()` is the function; `OneDNNLinear` is a drop-in `nn.Linear` (same parameters, optional
 fused erf-GELU); `route_linears()` swaps a loaded model's layers in place. Anywhere oneDNN does not
-apply (GPU, bf16 under autocast, gradients, torch.compile, a PyTorch without the op) the ordinary
+apply (GPU, gradients, torch.compile, autocast to another dtype, a PyTorch without the op) the ordinary
 `torch.nn.functional.linear` runs, so results never depend on the route. `DUPMAE_EVAL_ONEDNN=0`
 turns the route off (for comparisons).
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from typing import Optional
 
 import torch
 
@@ -33,7 +40,9 @@ def available() -> bool:
     try:
         generator = torch.Generator().manual_seed(0)
         x, w, b = (torch.randn(shape, generator=generator) for shape in ((5, 3, 16), (24, 16), (24,)))
-        with torch.inference_mode():
+        # the probe compares fp32 with fp32 whatever context the first caller is in (under autocast the
+        # ordinary route would round to bf16, and the answer, cached for the process, would be wrong)
+        with torch.inference_mode(), torch.autocast("cpu", enabled=False):
             fast = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
             slow = torch.nn.functional.gelu(torch.nn.functional.linear(x, w, b))
         return fast.shape == slow.shape and bool(torch.allclose(fast, slow, rtol=1e-5, atol=1e-5))
@@ -41,20 +50,60 @@ def available() -> bool:
         return False
 
 
-def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Under torch.compile (`--compile`) the compiler lowers `F.linear` itself; its lowering of this op
-    requires frozen weights, so traced code takes the ordinary route."""
+@lru_cache(maxsize=None)
+def available_bf16() -> bool:
+    """Whether the op also takes bfloat16 here (oneDNN's bf16 kernels, native with AVX512-BF16 or AMX)
+    and agrees with the product written out in fp32 on a probe to bf16's rounding."""
+    if not available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    try:
+        generator = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(shape, generator=generator) for shape in ((5, 3, 64), (24, 64), (24,)))
+        with torch.inference_mode(), torch.autocast("cpu", enabled=False):
+            fast = torch.ops.mkldnn._linear_pointwise(x.bfloat16(), w.bfloat16(), b, "none", [], "")
+            slow = x.bfloat16().float() @ w.bfloat16().float().T + b
+        return fast.dtype == torch.bfloat16 and bool(torch.allclose(fast.float(), slow, rtol=2e-2, atol=2e-2))
+    except (RuntimeError, AttributeError, TypeError):
+        return False
+
+
+def _plain(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """No gradients wanted, not being traced, on the CPU. Under torch.compile (`--compile`) the compiler
+    lowers `F.linear` itself; its lowering of this op requires frozen weights, so traced code takes the
+    ordinary route."""
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    return (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and not needs_grad and available())
+    return not torch.compiler.is_compiling() and x.device.type == "cpu" and not needs_grad
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias=None, gelu: bool = False) -> torch.Tensor:
-    """x @ weight.T + bias (then erf-GELU if asked), through oneDNN where it applies."""
+def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The fp32 route: fp32 operands and no CPU autocast (which asks for another precision)."""
+    return (_plain(x, weight) and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and available())
+
+
+def bf16_autocast(x: torch.Tensor) -> bool:
+    """Whether a product on `x` should run in bf16 through oneDNN: CPU autocast to bfloat16 is on, no
+    gradients are wanted, and oneDNN's bf16 op is here."""
+    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not torch.compiler.is_compiling()
+            and not (torch.is_grad_enabled() and x.requires_grad) and available_bf16())
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias=None, gelu: bool = False,
+           weight_bf16: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x @ weight.T + bias (then erf-GELU if asked), through oneDNN where it applies: in fp32, or in bf16
+    under CPU bf16 autocast (`weight_bf16`: the weight's bf16 copy where the caller keeps one)."""
     if _eligible(x, weight):
         if gelu:
             return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    if _plain(x, weight) and bf16_autocast(x):
+        low = weight_bf16 if weight_bf16 is not None else weight.detach().to(torch.bfloat16)
+        operand = x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16)
+        bias32 = None if bias is None else bias.detach().float()
+        if gelu:
+            return torch.ops.mkldnn._linear_pointwise(operand, low, bias32, "gelu", [], "none")
+        return torch.ops.mkldnn._linear_pointwise(operand, low, bias32, "none", [], "")
     out = torch.nn.functional.linear(x, weight, bias)
     return torch.nn.functional.gelu(out) if gelu else out
 
@@ -82,7 +131,20 @@ class OneDNNLinear(torch.nn.Linear):
         self.gelu = gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bf16_autocast(x):
+            return linear(x, self.weight, self.bias, gelu=self.gelu, weight_bf16=self.bf16_weight())
         return linear(x, self.weight, self.bias, gelu=self.gelu)
+
+    def bf16_weight(self) -> torch.Tensor:
+        """The weight in bfloat16, made once and made again only when the weight changes (another
+        tensor, an in-place update, another device). Not a parameter or buffer: the state dict is
+        unchanged."""
+        key = (self.weight.data_ptr(), self.weight._version, self.weight.device)
+        if getattr(self, "_bf16_key", None) != key:
+            with torch.no_grad():
+                self._bf16_copy = self.weight.detach().to(torch.bfloat16)
+            self._bf16_key = key
+        return self._bf16_copy
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", gelu=True" if self.gelu else "")
