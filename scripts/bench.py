@@ -13,7 +13,9 @@ Cases: 1 sparse half vs Pyserini's SpladeDocumentEncoder (splade-tiny); 2 dense 
 Pyserini's AutoDocumentEncoder and sentence-transformers (all-MiniLM-L6-v2); 3 the full DupMAE
 forward vs the naive route (full logits, then pooling) on a random BERT-base-sized model; 4 search
 (FaissSearcher, LuceneImpactSearcher, our exact scorer) vs a plain numpy brute force; 5 start-up of
-`dupmae-eval eval` and `--help` vs the ir-measures command line.
+`dupmae-eval eval` and `--help` vs the ir-measures command line. Cases 1-3 also run our side with
+`--precision bf16` (its rate a fraction of the measured bf16 matmul peak) and its agreement with fp32;
+full mode adds case 1's other reading (splade-tiny read as DupMAE) and case 3's bf16 side.
 """
 
 from __future__ import annotations
@@ -146,21 +148,28 @@ def _side_sparse(side: str, options, out: str) -> dict:
         from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, EncoderSettings
         from dupmae_eval.encoding.corpus import sorted_batches
 
-        encoder = DupMAEDocumentEncoder(_splade_tiny(), EncoderSettings.for_kind("splade"), device=options.device,
-                                        precision="bf16" if side == "ours-bf16" else None)
+        # "ours-dupmae*": splade-tiny read as DupMAE ([CLS] dense half and OT top-384), the other reading
+        kind = "dupmae" if side.startswith("ours-dupmae") else "splade"
+        encoder = DupMAEDocumentEncoder(_splade_tiny(), EncoderSettings.for_kind(kind), device=options.device,
+                                        precision="bf16" if side.endswith("bf16") else None)
         flat = [f"{t} {x}" if t else x for t, x in zip(titles, texts)]
 
         def run():
-            return [(batch, encoder.encode_texts([flat[i] for i in batch]).sparse)
+            return [(batch, encoder.encode_texts([flat[i] for i in batch]))
                     for batch in sorted_batches([len(t) for t in flat], 32)]
 
         seconds, batches = _timed(run, options.repeats)
         vectors = [None] * len(flat)
+        dense = [None] * len(flat)
         vocab = encoder.vocabulary()
-        for batch, rows in batches:
+        for batch, encoded in batches:
             for position, index in enumerate(batch):
-                ids, weights = rows.row(position)
+                ids, weights = encoded.sparse.row(position)
                 vectors[index] = {vocab[i]: float(w) for i, w in zip(ids, weights)}
+                if encoded.dense is not None:
+                    dense[index] = encoded.dense[position].tolist()
+        if kind == "dupmae":
+            Path(out + ".dense.json").write_text(json.dumps(dense))
     else:
         from dupmae_eval import start_jvm
 
@@ -262,8 +271,12 @@ def _side_forward(side: str, options, out: str) -> dict:
         onednn.route_linears(model)  # as load_model does for every checkpoint
         settings = PoolingSettings("cls", True, False, True, "none", False)
 
+        from dupmae_eval.encoding.precision import autocast
+
+        precision = "bf16" if side == "ours-bf16" else "fp32"
+
         def run():
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(options.device, precision):
                 hidden = model.bert(input_ids=input_ids, attention_mask=attention).last_hidden_state
                 mask = sparse_mask(input_ids, attention, 102, settings)
                 return hidden[:, 0].float().cpu().numpy(), pooled_mlm_logits(model.cls.predictions, hidden, mask)
@@ -345,11 +358,28 @@ def case_sparse(options, rate: float, scratch: Path) -> None:
     print(_row("ours, --precision bf16", bf16, options.bf16_rate) + " (bf16)")
     print(_row("Pyserini SpladeDocumentEncoder", peer, rate))
     c = json.loads((scratch / "1b.json").read_text())
-    kept = sum(len(set(sorted(x, key=x.get)[-10:]) & set(sorted(y, key=y.get)[-10:])) for x, y in zip(a, c)) / (10 * len(a))
-    print(f"  bf16: {ours['seconds'] / bf16['seconds']:.2f}x ours in fp32; top-10 terms kept {kept:.1%}")
+    print(f"  bf16: {ours['seconds'] / bf16['seconds']:.2f}x ours in fp32; top-10 terms kept {_top10_kept(a, c):.1%}")
+    if not options.quick:      # the other reading of the same model: [CLS] dense half and OT top-384
+        import numpy as np
+
+        reading = {side: _child("1", side, options, str(scratch / f"1{side}.json"))
+                   for side in ("ours-dupmae", "ours-dupmae-bf16")}
+        print(_row("ours, read as DupMAE", reading["ours-dupmae"], rate))
+        print(_row("ours, read as DupMAE, bf16", reading["ours-dupmae-bf16"], options.bf16_rate) + " (bf16)")
+        d32, d16 = (np.array(json.loads((scratch / f"1{side}.json.dense.json").read_text()))
+                    for side in ("ours-dupmae", "ours-dupmae-bf16"))
+        cosine = np.sum(d32 * d16, axis=1) / (np.linalg.norm(d32, axis=1) * np.linalg.norm(d16, axis=1))
+        s32, s16 = (json.loads((scratch / f"1{side}.json").read_text()) for side in ("ours-dupmae", "ours-dupmae-bf16"))
+        print(f"  read as DupMAE, bf16: {reading['ours-dupmae']['seconds'] / reading['ours-dupmae-bf16']['seconds']:.2f}x "
+              f"fp32; OT top-10 terms kept {_top10_kept(s32, s16):.1%}; lowest [CLS] cosine to fp32 {cosine.min():.6f}")
     print(f"  speed ratio {peer['seconds'] / ours['seconds']:.2f}x, peak memory ratio "
           f"{peer['peak_mb'] / ours['peak_mb']:.2f}x; same non-zero terms: {same_terms}; largest weight difference {worst:.2e}")
     print(f"  ours with the oneDNN route off: {peer['seconds'] / mkl['seconds']:.2f}x the peer")
+
+
+def _top10_kept(a: list, b: list) -> float:
+    """Share of each passage's ten highest-weighted terms in `a` that are among its ten in `b`."""
+    return sum(len(set(sorted(x, key=x.get)[-10:]) & set(sorted(y, key=y.get)[-10:])) for x, y in zip(a, b)) / (10 * len(a))
 
 
 def case_dense(options, rate: float, scratch: Path) -> None:
@@ -394,6 +424,16 @@ def case_forward(options, rate: float, scratch: Path) -> None:
           f"{np.abs(a['dense'] - b['dense']).max():.1e}, sparse {np.abs(a['sparse'] - b['sparse']).max():.1e}")
     print(f"  ours with the oneDNN route off: {naive['seconds'] / mkl['seconds']:.2f}x the naive route, forward memory "
           f"{mkl['forward_mb']:,.0f} MB")
+    if not options.quick:
+        bf16 = _child("3", "ours-bf16", options, str(scratch / "3b.npz"))
+        c = np.load(scratch / "3b.npz")
+        print(_row("ours, --precision bf16", bf16, options.bf16_rate) + " (bf16)")
+        cosine = np.sum(a["dense"] * c["dense"], axis=1) / (np.linalg.norm(a["dense"], axis=1)
+                                                            * np.linalg.norm(c["dense"], axis=1))
+        top = lambda m: np.argsort(-m, axis=1)[:, :10]          # noqa: E731
+        kept = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(top(a["sparse"]), top(c["sparse"]))])
+        print(f"  bf16: {ours['seconds'] / bf16['seconds']:.2f}x ours in fp32; lowest [CLS] cosine {cosine.min():.6f}; "
+              f"top-10 pooled terms kept {kept:.1%} (random weights: close logits reorder under rounding)")
 
 
 def case_start(options, rate: float, scratch: Path) -> None:

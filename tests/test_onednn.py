@@ -122,6 +122,9 @@ def test_under_cpu_bf16_autocast_the_products_are_bf16_with_fp32_sums():
     torch.testing.assert_close(got.double(), expected, rtol=2 ** -8, atol=1e-3)
     fp32 = torch.nn.functional.gelu(x.double() @ weight.double().T + bias.double())
     assert float((got.double() - fp32).abs().max()) > 1e-3                          # bf16 did change the arithmetic
+    with torch.autocast("cpu", dtype=torch.bfloat16):                            # training: autograd's route
+        routed(x).float().sum().backward()                                         # x needs no gradient, the weight does
+    assert layer.weight.grad is not None and float(layer.weight.grad.abs().sum()) > 0
 
 
 def test_the_bf16_copy_of_a_weight_follows_the_weight():

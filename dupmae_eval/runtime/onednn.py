@@ -97,7 +97,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias=None, gelu: bool = False,
         if gelu:
             return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    if _plain(x, weight) and bf16_autocast(x):
+    if _plain(x, weight) and bf16_autocast(x):   # gradients wanted (training under autocast): F.linear below
         low = weight_bf16 if weight_bf16 is not None else weight.detach().to(torch.bfloat16)
         operand = x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16)
         bias32 = None if bias is None else bias.detach().float()
@@ -131,7 +131,7 @@ class OneDNNLinear(torch.nn.Linear):
         self.gelu = gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if bf16_autocast(x):
+        if _plain(x, self.weight) and bf16_autocast(x):
             return linear(x, self.weight, self.bias, gelu=self.gelu, weight_bf16=self.bf16_weight())
         return linear(x, self.weight, self.bias, gelu=self.gelu)
 
