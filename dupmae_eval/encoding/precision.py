@@ -1,10 +1,11 @@
 """The arithmetic an encoder's forward runs in: fp32, or bf16 products with fp32 sums (autocast).
 
 - fp32: the CPU's default, so published figures reproduce to the last digit.
-- bf16: torch's autocast (CUDA, or the CPU through oneDNN): the matrix products in bfloat16, LayerNorm,
-  softmax and every sum kept in fp32; the OT max-pool selects in the tile's bf16 and widens the maxima to
-  fp32, and the exact score accumulates in fp32 as on the GPU. A CPU with AVX512-BF16 or AMX runs bf16
-  products in hardware (on an AMD EPYC with AVX512-BF16 a 2048-cube product measured 2.3x the fp32 rate).
+- bf16: torch's autocast (CUDA, or the CPU): the matrix products in bfloat16, LayerNorm, softmax and every
+  sum kept in fp32; on the CPU the linear layers run oneDNN's bf16 product with each weight's bf16 copy made
+  once (`runtime/onednn.py`). The OT max-pool selects in the tile's bf16 and widens the maxima to fp32, and
+  the exact score accumulates in fp32 as on the GPU. A CPU with AVX512-BF16 or AMX runs bf16 products in
+  hardware (on a Zen 4 AMD EPYC with AVX512-BF16 a 2048-cube product measured about 2x the fp32 rate).
 - auto: bf16 where the device has it in hardware (a CUDA GPU; a CPU whose flags list avx512_bf16 or
   amx_bf16), fp32 elsewhere; the choice is printed.
 - not given: the device's default as before: fp32 on a CPU, bf16 on a GPU.
