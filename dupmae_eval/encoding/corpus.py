@@ -32,6 +32,11 @@ from dupmae_eval.encoding.checkpoint import HEAD_FILE, LoadedModel
 FORMAT_VERSION = 2
 """2: batches formed within sort windows (`sort_window`), independent of the shard size; 1: within each shard."""
 
+BF16_ARITHMETIC = 2
+"""In a bf16 encoding's cache key. 2: on the CPU the linear layers run oneDNN's bf16 product (weights cast once,
+fp32 bias) and never the fp32 kernel. Under 1, a process whose first encoding was fp32 ran a later "bf16" one's
+layers through oneDNN's fp32 kernel, so an encoding cached then as bf16 may hold fp32 products: none is reused."""
+
 PLAN = "plan.json"
 """The shard size an unfinished encoding was started with (a rerun with another --shard-size resumes it as is)."""
 
@@ -178,11 +183,13 @@ def encoding_folder(dataset: Dataset, model: LoadedModel, settings: EncoderSetti
                     precision: str = "fp32") -> Path:
     """The cache folder of an encoding. The batch size is in the key (it decides which passages share a
     forward, and so the exact float rounding of each vector); the shard size is not (shards are storage).
-    A bf16 encoding (`precision.py`) has its own key, and so has one whose batches keep their exact
-    lengths (DUPMAE_EVAL_MEMORY_GUARD=0: another padding, other last digits)."""
+    A bf16 encoding (`precision.py`) has its own key, with the version of its arithmetic (`BF16_ARITHMETIC`),
+    and so has one whose batches keep their exact lengths (DUPMAE_EVAL_MEMORY_GUARD=0: another padding,
+    other last digits)."""
     key = cache.settings_key({"corpus": dataset.corpus_fingerprint(), "model": model_fingerprint(model),
                               "settings": settings.as_dict(), "format": FORMAT_VERSION, "batch_size": batch_size,
-                              **({"precision": precision} if precision != "fp32" else {}),
+                              **({"precision": precision, "bf16_arithmetic": BF16_ARITHMETIC}
+                                 if precision != "fp32" else {}),
                               **({"exact_lengths": True} if not memory.enabled() else {})})
     return cache.home() / "encodings" / f"{dataset.cache_name}-{settings.kind}-{key}"
 
