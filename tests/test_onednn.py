@@ -136,6 +136,10 @@ def test_the_bf16_copy_of_a_weight_follows_the_weight():
     with torch.no_grad():
         layer.weight.add_(1.0)
     assert torch.equal(layer.bf16_weight(), layer.weight.detach().bfloat16())
+    layer.weight = torch.nn.Parameter(torch.ones(4, 8))                            # another tensor
+    assert torch.equal(layer.bf16_weight(), torch.ones(4, 8, dtype=torch.bfloat16))
+    layer.weight.data = torch.full((4, 8), 2.0)                                    # new storage, same parameter
+    assert torch.equal(layer.bf16_weight(), torch.full((4, 8), 2.0, dtype=torch.bfloat16))
     assert set(layer.state_dict()) == {"weight", "bias"}
 
 

@@ -23,6 +23,7 @@ turns the route off (for comparisons).
 from __future__ import annotations
 
 import os
+import weakref
 from functools import lru_cache
 from typing import Optional
 
@@ -136,14 +137,16 @@ class OneDNNLinear(torch.nn.Linear):
         return linear(x, self.weight, self.bias, gelu=self.gelu)
 
     def bf16_weight(self) -> torch.Tensor:
-        """The weight in bfloat16, made once and made again only when the weight changes (another
-        tensor, an in-place update, another device). Not a parameter or buffer: the state dict is
-        unchanged."""
-        key = (self.weight.data_ptr(), self.weight._version, self.weight.device)
-        if getattr(self, "_bf16_key", None) != key:
+        """The weight in bfloat16, made once and made again only when the weight changes: another tensor,
+        new storage under the same parameter (`.data =`), or an in-place update. The weight is held by a
+        weak reference, so a new tensor at a freed one's address is never taken for it. Not a parameter or
+        buffer: the state dict is unchanged."""
+        weight = self.weight
+        source = getattr(self, "_bf16_source", None)   # (weak reference to the weight, its storage, its version)
+        if source is None or source[0]() is not weight or source[1:] != (weight.data_ptr(), weight._version):
             with torch.no_grad():
-                self._bf16_copy = self.weight.detach().to(torch.bfloat16)
-            self._bf16_key = key
+                self._bf16_copy = weight.detach().to(torch.bfloat16)
+            self._bf16_source = (weakref.ref(weight), weight.data_ptr(), weight._version)
         return self._bf16_copy
 
     def extra_repr(self) -> str:
