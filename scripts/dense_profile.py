@@ -55,7 +55,6 @@ def child(side: str, passages: int, threads: int) -> dict:
     from bench import _minilm, _pin_threads, _scifact_texts, _token_count
 
     _pin_threads(threads)
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     titles, texts = _scifact_texts(passages)
