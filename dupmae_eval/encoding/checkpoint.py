@@ -150,8 +150,7 @@ def pooled_mlm_logits(mlm_head, hidden, mask, gathered: Optional[bool] = None):
         gathered = torch.cat([gathered, gathered.new_zeros((padded - rows, gathered.shape[1]))])
     transformed = mlm_head.transform(gathered)
     low_weight = None                                   # CPU bf16 autocast: the weight's bf16 copy, made once
-    if onednn.bf16_autocast(transformed) and isinstance(mlm_head.decoder, onednn.OneDNNLinear) \
-            and mlm_head.decoder.weight is weight:
+    if onednn.bf16_autocast(transformed) and isinstance(mlm_head.decoder, onednn.OneDNNLinear):
         low_weight = mlm_head.decoder.bf16_weight()
         transformed = transformed.to(torch.bfloat16)    # rounded once per batch, not once per tile
     ends = mask.sum(dim=1).cumsum(dim=0).tolist()       # passage p owns rows [ends[p-1], ends[p])

@@ -95,18 +95,25 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias=None, gelu: bool = False,
     """x @ weight.T + bias (then erf-GELU if asked), through oneDNN where it applies: in fp32, or in bf16
     under CPU bf16 autocast (`weight_bf16`: the weight's bf16 copy where the caller keeps one)."""
     if _eligible(x, weight):
-        if gelu:
-            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return _pointwise(x, weight, bias, gelu)
     if _plain(x, weight) and bf16_autocast(x):   # gradients wanted (training under autocast): F.linear below
-        low = weight_bf16 if weight_bf16 is not None else weight.detach().to(torch.bfloat16)
-        operand = x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16)
-        bias32 = None if bias is None else bias.detach().float()
-        if gelu:
-            return torch.ops.mkldnn._linear_pointwise(operand, low, bias32, "gelu", [], "none")
-        return torch.ops.mkldnn._linear_pointwise(operand, low, bias32, "none", [], "")
+        return _bf16_product(x, weight_bf16 if weight_bf16 is not None else weight.detach().to(torch.bfloat16),
+                             bias, gelu)
     out = torch.nn.functional.linear(x, weight, bias)
     return torch.nn.functional.gelu(out) if gelu else out
+
+
+def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias, gelu: bool) -> torch.Tensor:
+    """oneDNN's linear op, with the exact GELU fused when asked."""
+    if gelu:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def _bf16_product(x: torch.Tensor, weight_bf16: torch.Tensor, bias, gelu: bool) -> torch.Tensor:
+    """The bf16 route: x rounded to bf16 (if it is not already), the fp32 bias added in the fp32 sums."""
+    operand = x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16)
+    return _pointwise(operand, weight_bf16, None if bias is None else bias.detach().float(), gelu)
 
 
 def vocabulary_linear(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
@@ -133,7 +140,7 @@ class OneDNNLinear(torch.nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _plain(x, self.weight) and bf16_autocast(x):
-            return linear(x, self.weight, self.bias, gelu=self.gelu, weight_bf16=self.bf16_weight())
+            return _bf16_product(x, self.bf16_weight(), self.bias, self.gelu)
         return linear(x, self.weight, self.bias, gelu=self.gelu)
 
     def bf16_weight(self) -> torch.Tensor:
