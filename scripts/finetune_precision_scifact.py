@@ -9,8 +9,8 @@ its seeds; the question is whether the bf16 runs land inside it.
         [--seeds 1 2 3] [--precisions fp32 bf16]
 
 Runs are ordered seed by seed (fp32 then bf16 for seed 1, then seed 2, ...), so a shortened run still has
-pairs; each finished model is skipped on a rerun (finetune.json present) and each `finetune` call resumes
-from its last checkpoint after a kill. Prints one row per run (training time, steps, final loss, nDCG@10,
+pairs; a rerun skips each finished model (`finetune` says so, and refuses a folder holding a differently made
+one) and resumes an unfinished one from its last checkpoint. Prints one row per run (training time, steps, final loss, nDCG@10,
 R@100), then per precision the mean, the standard deviation and the range, and the paired differences.
 """
 
@@ -37,14 +37,15 @@ RECIPE = "splade-tiny-scifact"
 
 
 def train(model: str, data: str, output: Path, seed: int, precision: str) -> dict:
-    record_path = output / "finetune.json"
-    if not record_path.exists():
-        settings = make_settings(load_recipe(RECIPE), seed=seed, precision=precision)
-        started = time.time()
-        finetune(model, data, output, settings)
-        (output / "wall_seconds.txt").write_text(f"{time.time() - started:.1f}\n")
-    record = json.loads(record_path.read_text())
+    # `finetune` returns at once where this run has finished and refuses a folder holding another run
+    # (another model, data or setting), so a rerun never reuses a model that was made differently
+    settings = make_settings(load_recipe(RECIPE), seed=seed, precision=precision)
     wall = output / "wall_seconds.txt"
+    started = time.time()
+    finetune(model, data, output, settings)
+    if not wall.exists():                                  # the time of the call that trained, not of a rerun
+        wall.write_text(f"{time.time() - started:.1f}\n")
+    record = json.loads((output / "finetune.json").read_text())
     record["wall_seconds"] = float(wall.read_text()) if wall.exists() else float("nan")
     return record
 
