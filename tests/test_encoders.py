@@ -331,3 +331,21 @@ def test_head_files_are_byte_identical_and_read_back(tmp_path):
     head = load_dupmae_head(tmp_path / "0", 16)
     assert torch.equal(head.weight, weight) and torch.equal(head.bias, bias)
     assert trained_settings(tmp_path / "0") == settings
+
+
+@pytest.mark.parametrize("tokenizer_kind", ["fast", "slow"])
+def test_truncated_rows_are_those_longer_than_the_max_length(tokenizer_kind):
+    """A text of exactly the max length is not cut, one token more is; against the untruncated token
+    counts. The fast route reads the tokenizer's own overflow; a slow tokenizer (no encodings, here a
+    plain dict) tokenizes the texts at the limit again."""
+    encoder = DupMAEDocumentEncoder(str(SPLADE_TINY), EncoderSettings.for_kind("dupmae", max_passage_length=16))
+    texts = ["protein " * 14, "protein " * 15, "short", "", "cells " * 40]
+    counts = [len(ids) for ids in AutoTokenizer.from_pretrained(str(SPLADE_TINY))(texts)["input_ids"]]
+    assert counts[:2] == [16, 17]
+    batch = encoder.model.tokenizer(texts, padding=True, truncation=True, max_length=16, return_tensors="pt")
+    if tokenizer_kind == "slow":
+        batch = dict(batch)
+    assert encoder._truncated_rows(texts, batch) == tuple(count > 16 for count in counts) == (
+        False, True, False, False, True)
+    if tokenizer_kind == "fast":
+        assert encoder.encode_texts(texts).truncated == 2
