@@ -182,9 +182,9 @@ class _Encoder:
 
         A fast tokenizer says it itself: each text's encoding keeps what truncation cut off in its
         `overflowing` list, so no text is tokenized twice (tokenizing SciFact's long abstracts again,
-        untruncated, cost 1-2 % of a MiniLM encoding on a 2-core CPU). A slow tokenizer has no encodings: only the
-        texts that fill the max length exactly can have been cut, so only they are tokenized again,
-        untruncated."""
+        untruncated, cost 1-2 % of a MiniLM encoding on a 2-core CPU). A slow tokenizer has no
+        encodings: only the texts that fill the max length exactly can have been cut, so only they are
+        tokenized again, untruncated."""
         encodings = getattr(batch, "encodings", None)
         if encodings is not None and len(encodings) == len(texts):
             return tuple(bool(encoding.overflowing) for encoding in encodings)
