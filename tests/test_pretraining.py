@@ -561,3 +561,7 @@ def test_a_failed_start_does_not_lock_the_folder_and_a_finished_run_takes_more_s
     for steps, extra in ((1, ()), (3, ("--seed", "7"))):         # fewer steps; more steps and another seed
         code, _, err = pretrain(abstracts, steps, SPLADE_TINY, *extra)
         assert code == 2 and len(err) == 1 and "already holds a different pre-training run" in err[0]
+    # the same file name with other texts in it: not this run, though its record names the same file
+    abstracts.write_text(abstracts.read_text() + "one more text, written after the run\n")
+    code, out, err = pretrain(abstracts, 2, folder=tmp_path / "whole")
+    assert code == 2 and len(err) == 1 and "(content of the data differ)" in err[0] and "finished" not in out

@@ -346,6 +346,44 @@ def test_a_folder_left_by_a_run_that_failed_before_its_first_checkpoint_is_taken
         _judge_output(tmp_path, record, "finetune.json", "fine-tuning", settings)
 
 
+def test_a_run_whose_model_or_data_changed_under_the_same_names_is_refused(random_bert, small_beir, tmp_path):
+    """The record keeps digests of what the run reads (`input_contents`), not only names: once a model
+    folder's files, a corpus or a split's judgments change under the same name, the folder holds another
+    run, refused naming what changed; a record without digests (an older version's) is refused too."""
+    from dataclasses import asdict
+
+    from dupmae_eval.training.finetune import _judge_output, input_contents
+    from dupmae_eval.training.settings import FinetuneSettings
+
+    model, data = shutil.copytree(random_bert, tmp_path / "model"), _copy_dataset(small_beir, tmp_path / "data")
+    settings = asdict(FinetuneSettings())
+
+    def judge():
+        record = {"model": str(model), "data": str(data), "settings": settings,
+                  "content": input_contents(str(model), str(data), "train")}
+        return _judge_output(output, record, "finetune.json", "fine-tuning", settings)[0]
+
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "finetune.json").write_text(json.dumps({"model": str(model), "data": str(data), "settings": settings,
+                                                      "content": input_contents(str(model), str(data), "train"),
+                                                      "finished": True}))
+    assert judge() == "resume"
+    for path, what in ((data / "qrels" / "train.tsv", "judgments"), (data / "corpus.jsonl", "corpus"),
+                       (model / "config.json", "model")):
+        before = path.read_text()
+        lines = before.splitlines()
+        path.write_text("\n".join(lines[:-1] if what != "model" else [*lines[:-1], '  ,"note": 1', "}"]) + "\n")
+        with pytest.raises(DupMAEEvalError, match=rf"\(content of the {what} differ\)"):
+            judge()
+        path.write_text(before)
+    assert judge() == "resume"
+    earlier = json.loads((output / "finetune.json").read_text())
+    (output / "finetune.json").write_text(json.dumps({k: v for k, v in earlier.items() if k != "content"}))
+    with pytest.raises(DupMAEEvalError, match=r"content \(not recorded: written by an older version\)"):
+        judge()
+
+
 def test_a_run_recorded_before_a_setting_existed_resumes_at_its_default(tmp_path):
     """A newer version resumes an older run folder: a setting missing from its record is taken at its
     default (what that run did); asking for another value, or a record with a setting that is gone,

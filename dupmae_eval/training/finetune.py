@@ -118,6 +118,7 @@ def _judge_output(output: Path, record: dict, name: str = RECORD, what: str = "f
         changed += [f"settings.{k}" for k, v in record["settings"].items()
                     if k not in PROCESS_SETTINGS and settings.get(k, _ABSENT) != v]
         changed += [f"settings.{k} (no longer a setting)" for k in settings if k not in record["settings"]]
+        changed += _changed_content(earlier.get("content"), record.get("content"))
         if not changed:
             return "resume", earlier
         old_steps, new_steps = settings.get("max_steps", -1), record["settings"].get("max_steps", -1)
@@ -131,6 +132,58 @@ def _judge_output(output: Path, record: dict, name: str = RECORD, what: str = "f
         raise DupMAEEvalError(f"{output}: exists and is not a {what} output folder (no {name}); "
                               f"choose an empty or new folder")
     return "new", None
+
+
+def _changed_content(earlier: Optional[dict], now: Optional[dict]) -> list:
+    """Which of the inputs' contents (`input_contents`) differ from the record's. A record without them
+    was written by a version that kept only names, so nothing says its model and data are today's: it
+    counts as different (refused), never as the same."""
+    if now is None:
+        return []
+    if earlier is None:
+        return ["content (not recorded: written by an older version)"]
+    return [f"content of the {k}" for k in sorted(set(earlier) | set(now)) if earlier.get(k) != now.get(k)]
+
+
+def input_contents(model: Optional[str], data: str, split: Optional[str] = None,
+                   files: Mapping[str, Optional[str]] = {}) -> dict:
+    """Digests of what a training run reads, for its record: a run resumes, extends or counts as finished
+    only when these are what they were. The names alone are not enough: a model folder's weights, a hub
+    name's revision or a dataset folder's files can change under the same name, and a resumed run would
+    then go on from checkpoints made of the old ones and mix the two.
+    `model`: a checkpoint (folder, hub name or package:...) hashed as encodings hash it
+    (`folder_fingerprint`), or None for a shape (its config is in the record); `data`: a file's SHA-256,
+    or a dataset's corpus digest and, for a `split`, digests of its queries and judgments (what
+    fine-tuning reads; a registry dataset not yet downloaded is downloaded here); `files`: other inputs
+    by setting name (a run file's SHA-256, or a checkpoint folder's fingerprint), None where not given."""
+    from dupmae_eval import cache
+    from dupmae_eval.encoding.checkpoint import resolve_checkpoint
+    from dupmae_eval.encoding.corpus import folder_fingerprint
+
+    def identity(source: str) -> str:
+        path = Path(source).expanduser()
+        if path.is_file():
+            return cache.file_digest(path)
+        return folder_fingerprint(resolve_checkpoint(source)[0])
+
+    contents = {}
+    if model is not None:
+        contents["model"] = identity(model)
+    path = Path(data).expanduser()
+    if path.is_file():
+        contents["data"] = cache.file_digest(path)
+    else:
+        from dupmae_eval.data.datasets import resolve
+
+        dataset = resolve(data)
+        contents["corpus"] = dataset.corpus_fingerprint()
+        if split is not None:
+            contents["queries"] = cache.settings_key(dataset.queries(split))
+            contents["judgments"] = cache.settings_key(dataset.qrels(split))
+    for name, source in files.items():
+        if source:
+            contents[name] = identity(source)
+    return contents
 
 
 def _holds_only(output: Path, name: str) -> bool:
@@ -387,6 +440,8 @@ def finetune(model: str, data: str, output: Path, settings: FinetuneSettings, co
     record = {"tool": f"dupmae-eval {__version__}", "model": model, "data": data, "settings": settings.as_dict()}
     check_data_source(data, "--dataset", text_files=False)
     net = DupMAEForTraining.from_checkpoint(model, settings)    # a missing MLM head is refused here, early:
+    record["content"] = input_contents(model, data, settings.split, {"negatives_from": settings.negatives_from,
+                                                                     "distill_from": settings.distill_from})
     if claim_output(output, record, RECORD, "fine-tuning", asdict(FinetuneSettings())):   # before the record
         return output
     recompute_encoder(net.masked_lm, settings.recompute, settings.recompute_first)

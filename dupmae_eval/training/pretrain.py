@@ -154,7 +154,8 @@ def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings, 
     gets its model card (README.md, `cards.py`) when the run finishes; `command`: the command line it records."""
     from dupmae_eval.training.pretrain_data import PretrainCollator, PretrainDataset, TokenStore
     from dupmae_eval.training.pretrain_model import OBJECTIVES, DupMAEForPretraining
-    from dupmae_eval.training.finetune import _barrier, _distributed, check_data_source, claim_output, train_and_save
+    from dupmae_eval.training.finetune import (_barrier, _distributed, check_data_source, claim_output,
+                                               input_contents, train_and_save)
 
     from dupmae_eval.training.shapes import shape_source
 
@@ -168,6 +169,7 @@ def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings, 
     check_data_source(corpus, "--corpus", text_files=True)
     net = DupMAEForPretraining.from_checkpoint(model, settings.objective, settings.bow_weight,
                                                settings.bow_normalize, settings.seed)   # loadable, with an MLM
+    record["content"] = input_contents(None if shape is not None else model, corpus)
     if claim_output(output, record, RECORD, "pre-training", asdict(PretrainSettings())):   # head: before the record
         return output
     net.recompute_encoder(settings.recompute, settings.recompute_first)
