@@ -562,6 +562,10 @@ def test_a_failed_start_does_not_lock_the_folder_and_a_finished_run_takes_more_s
         code, _, err = pretrain(abstracts, steps, SPLADE_TINY, *extra)
         assert code == 2 and len(err) == 1 and "already holds a different pre-training run" in err[0]
     # the same file name with other texts in it: not this run, though its record names the same file
-    abstracts.write_text(abstracts.read_text() + "one more text, written after the run\n")
-    code, out, err = pretrain(abstracts, 2, folder=tmp_path / "whole")
+    moved = tmp_path / "whole-elsewhere"
+    (tmp_path / "whole").rename(moved)           # the finished run, recorded as made from `abstracts`
+    record = json.loads((moved / "pretrain.json").read_text())
+    (moved / "pretrain.json").write_text(json.dumps({**record, "data": str(tmp_path / "texts.txt")}))
+    (tmp_path / "texts.txt").write_text(abstracts.read_text() + "one more text, written after the run\n")
+    code, out, err = pretrain(tmp_path / "texts.txt", 2, folder=moved)
     assert code == 2 and len(err) == 1 and "(content of the data differ)" in err[0] and "finished" not in out
