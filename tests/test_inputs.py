@@ -6,6 +6,7 @@ take well under a second each; none indexes or encodes anything.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,25 @@ def test_a_truncated_safetensors_file_is_one_line_naming_it(tmp_path, capsys):
     line = _refused(capsys, argv)
     assert f"{folder / 'model.safetensors'}: cannot read the weights" in line and "truncated" in line
     assert not (tmp_path / "run.trec").exists()
+
+
+@pytest.mark.parametrize("record", ["finetune.json", "pretrain.json"])
+def test_a_training_output_whose_run_has_not_finished_is_not_a_model(tmp_path, capsys, record):
+    """While a training run is under way (or was stopped) its output folder can hold new weights beside an
+    old head: `run` refuses it naming the record before any work; finished, the same folder loads."""
+    from dupmae_eval.encoding.checkpoint import TRAINING_RECORDS, load_model
+    from dupmae_eval.training import finetune, pretrain
+
+    assert set(TRAINING_RECORDS) == {finetune.RECORD, pretrain.RECORD}
+    folder = _model_copy(tmp_path)
+    (folder / record).write_text(json.dumps({"model": "m", "data": "d", "finished": False}))
+    argv = _run(output=tmp_path / "run.trec")
+    argv[argv.index("--model") + 1] = str(folder)
+    line = _refused(capsys, argv)
+    assert f"{folder}: its {TRAINING_RECORDS[record]} run has not finished ({record} says so)" in line
+    assert not (tmp_path / "run.trec").exists()
+    (folder / record).write_text(json.dumps({"model": "m", "data": "d", "finished": True}))
+    assert load_model(str(folder)).vocab_size == 30522
 
 
 @pytest.mark.parametrize("key, value, says", [

@@ -271,6 +271,7 @@ def resolve_checkpoint(name_or_path: str) -> Tuple[Path, str]:
         return _package_folder(name_or_path), "package"
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
+        _refuse_unfinished_training(folder)
         return folder, "local"
     if folder.exists() or name_or_path.count("/") > 1 or name_or_path.startswith((".", "/", "~")):
         raise DupMAEEvalError(f"model {name_or_path!r}: no such folder")
@@ -283,6 +284,30 @@ def resolve_checkpoint(name_or_path: str) -> Tuple[Path, str]:
         raise DupMAEEvalError(f"model {name_or_path!r}: not a local folder, and the Hugging Face hub could not "
                               f"provide it ({exc.__class__.__name__}); offline? pass a local folder") from None
     return Path(path), Path(path).name
+
+
+TRAINING_RECORDS = {"finetune.json": "fine-tuning", "pretrain.json": "pre-training"}
+"""The records `finetune` and `pretrain` keep in their output folder (`training/finetune.py` RECORD,
+`training/pretrain.py` RECORD); `finished` turns true only once every file of the model is in place."""
+
+
+def _refuse_unfinished_training(folder: Path) -> None:
+    """A training output folder is a model only once its run has finished. Before that its files can be
+    half of one model and half of another: a finished run that is being continued (more steps) rewrites
+    the weights, the tokenizer and the head one after another, and a run stopped among them would leave
+    new weights beside the old head. Such a folder is refused, naming its record, instead of loaded."""
+    import json
+
+    for name, what in TRAINING_RECORDS.items():
+        record = folder / name
+        if record.is_file():
+            try:
+                finished = json.loads(record.read_text()).get("finished", True)
+            except (ValueError, AttributeError):
+                raise DupMAEEvalError(f"{record}: not a readable {what} record") from None
+            if finished is False:
+                raise DupMAEEvalError(f"{folder}: its {what} run has not finished ({name} says so), so it holds "
+                                      f"no whole model yet; run the same {what} command again to finish it")
 
 
 def _package_folder(spec: str) -> Path:
