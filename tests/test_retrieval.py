@@ -166,8 +166,9 @@ def test_bf16_encoding_agrees_with_fp32_and_has_its_own_cache_entry(small_scifac
     kept = np.mean([len({d for d, _ in bf16[q][:10]} & {d for d, _ in fp32[q][:10]}) / 10 for q in fp32])
     assert kept >= 0.98, kept
 
-    # the key, written out: fp32's is what it was; bf16's names its arithmetic, so a bf16 encoding cached by the
-    # earlier route (which could run a "bf16" encoding's layers in fp32) is never reused
+    # the key, written out: fp32's is what it was; bf16's names its arithmetic, device and compile mode, so a
+    # bf16 encoding made on a GPU, compiled, or by the earlier route (which could run a "bf16" encoding's layers
+    # in fp32) is never reused here
     from dupmae_eval import cache
     from dupmae_eval.encoding.checkpoint import load_model
     from dupmae_eval.encoding.corpus import FORMAT_VERSION, model_fingerprint
@@ -177,5 +178,6 @@ def test_bf16_encoding_agrees_with_fp32_and_has_its_own_cache_entry(small_scifac
               "settings": EncoderSettings.for_kind("dupmae").as_dict(), "format": FORMAT_VERSION, "batch_size": 32}
     folder = lambda key: str(cache.home() / "encodings" / f"{data.cache_name}-dupmae-{cache.settings_key(key)}")  # noqa: E731
     assert meta32["encoding"] == folder(common)
-    assert meta16["encoding"] == folder({**common, "precision": "bf16", "bf16_arithmetic": 2})
+    assert meta16["encoding"] == folder({**common, "precision": "bf16", "bf16_arithmetic": 2, "device": "cpu",
+                                         "compiled": False})
     assert meta16["encoding"] != folder({**common, "precision": "bf16"})

@@ -53,6 +53,7 @@ class LoadedModel:
         self.mlm_head = mlm_head
         self.projection = projection
         self.revision = revision
+        self.compiled = False     # the encoder runs under torch.compile (`compile_encoder`)
 
     @property
     def vocab_size(self) -> int:
@@ -81,6 +82,7 @@ class LoadedModel:
         from dupmae_eval.runtime.compiled import compile_encoder
 
         compile_encoder(self.encoder)
+        self.compiled = True
         return self
 
     def forward(self, input_ids, attention_mask, settings: PoolingSettings):

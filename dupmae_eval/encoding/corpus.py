@@ -184,11 +184,16 @@ def encoding_folder(dataset: Dataset, model: LoadedModel, settings: EncoderSetti
     """The cache folder of an encoding. The batch size is in the key (it decides which passages share a
     forward, and so the exact float rounding of each vector); the shard size is not (shards are storage).
     A bf16 encoding (`precision.py`) has its own key, with the version of its arithmetic (`BF16_ARITHMETIC`),
-    and so has one whose batches keep their exact lengths (DUPMAE_EVAL_MEMORY_GUARD=0: another padding,
-    other last digits)."""
+    the device type and whether the encoder was compiled: in bf16 these change more than summation order
+    (a GPU's autocast and the CPU's oneDNN route round different intermediates to bf16, and the compiler
+    fuses away some roundings; SciFact nDCG@10 moves in the fourth digit, docs/performance.md), so a bf16
+    encoding is never reused, or resumed, by another device or mode. In fp32 they change only the order
+    of float sums, like the thread count, and are left out. An encoding whose batches keep their exact
+    lengths (DUPMAE_EVAL_MEMORY_GUARD=0: another padding, other last digits) has its own key too."""
     key = cache.settings_key({"corpus": dataset.corpus_fingerprint(), "model": model_fingerprint(model),
                               "settings": settings.as_dict(), "format": FORMAT_VERSION, "batch_size": batch_size,
-                              **({"precision": precision, "bf16_arithmetic": BF16_ARITHMETIC}
+                              **({"precision": precision, "bf16_arithmetic": BF16_ARITHMETIC,
+                                  "device": model.device.type, "compiled": model.compiled}
                                  if precision != "fp32" else {}),
                               **({"exact_lengths": True} if not memory.enabled() else {})})
     return cache.home() / "encodings" / f"{dataset.cache_name}-{settings.kind}-{key}"
