@@ -77,6 +77,20 @@ def test_kill_minus_nine_then_resume_is_identical(tmp_path, corpus):
     assert process.returncode == 0 and f"1 shard(s) damaged or missing ({damaged.name})" in err, err[-2000:]
     assert damaged.read_bytes() == (reference / damaged.name).read_bytes()
     assert (folder / "manifest.json").is_file()
+    # a manifest without checksums (an older version's): its shards are hashed into it when all are there,
+    # and a missing one is still caught
+    import json
+
+    from dupmae_eval.encoding.corpus import _clear_damaged_shards
+
+    manifest = folder / "manifest.json"
+    whole = json.loads(manifest.read_text())
+    older = {k: v for k, v in whole.items() if k != "shard_sha256"}
+    manifest.write_text(json.dumps(older))
+    assert _clear_damaged_shards(folder) is False and json.loads(manifest.read_text()) == whole
+    manifest.write_text(json.dumps(older))
+    _shards(folder)[2].unlink()
+    assert _clear_damaged_shards(folder) is True and not manifest.exists()
 
 
 def test_torchrun_two_cpu_processes_match_one(tmp_path, corpus):

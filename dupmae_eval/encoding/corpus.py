@@ -373,8 +373,8 @@ def finish_manifest(folder: Path, dataset: Dataset, encoder: DupMAEDocumentEncod
 def _clear_damaged_shards(folder: Path) -> bool:
     """Check a finished encoding's shards against the SHA-256s its manifest records; remove the manifest and
     every shard that differs (one line on stderr), so that encoding resumes with just those. True when
-    something was removed. A manifest without checksums (an older version's) is checked once: its shards
-    are hashed into it."""
+    something was removed. A manifest without checksums (an older version's) can only be checked for
+    missing shards; when none is missing its shards are hashed into it, so a later change is caught."""
     import json
     import sys
 
@@ -388,6 +388,9 @@ def _clear_damaged_shards(folder: Path) -> bool:
         return True
     bad = _damaged_shards(folder, meta)
     if not bad:
+        if not isinstance(meta.get("shard_sha256"), list):
+            cache.write_json(manifest, {**meta, "shard_sha256": [
+                cache.file_digest(folder / f"shard-{s:05d}.npz") for s in range(int(meta["shards"]))]})
         return False
     print(f"dupmae-eval: encoding {folder}: {len(bad)} shard(s) damaged or missing "
           f"({', '.join(f'shard-{s:05d}.npz' for s in bad[:3])}); encoding them again", file=sys.stderr, flush=True)
@@ -399,11 +402,11 @@ def _clear_damaged_shards(folder: Path) -> bool:
 
 def _damaged_shards(folder: Path, meta: dict) -> List[int]:
     """The shards of a finished encoding that are missing or differ from the SHA-256 its manifest records
-    (none when the manifest records no checksums)."""
+    (only the missing ones when the manifest records no checksums)."""
     shards = int(meta["shards"])
     recorded = meta.get("shard_sha256")
     if not isinstance(recorded, list) or len(recorded) != shards:
-        return []
+        return [s for s in range(shards) if not (folder / f"shard-{s:05d}.npz").is_file()]
     return [s for s in range(shards) if not (folder / f"shard-{s:05d}.npz").is_file()
             or cache.file_digest(folder / f"shard-{s:05d}.npz") != recorded[s]]
 
