@@ -266,10 +266,15 @@ def _warn(warnings: Sequence[str]) -> None:
 
 
 def _refuse_duplicates(records) -> None:
+    """Two results for one table cell (`results.cell_key`: a run without a split counts as its dataset's
+    default split) are refused, naming both, before any table is built."""
+    from dupmae_eval.evaluation.results import cell_key
+
     seen = {}
     for record in records:
-        key = (record.condition, record.dataset, record.split)
+        key = cell_key(record)
         if key in seen:
-            raise DupMAEEvalError(f"two results for condition {record.condition!r} on {record.key}: give the "
-                                  f"table one of them (or name the runs apart with name=)")
+            raise DupMAEEvalError(f"two results for condition {record.condition!r} on {record.key}: "
+                                  f"{seen[key].run} and {record.run}; give the table one of them (or name the "
+                                  f"runs apart with name=)")
         seen[key] = record

@@ -47,7 +47,9 @@ def read_metrics(paths: Iterable[Path], qrels: Optional[Path] = None,
     writes), and runs that `bm25` or `run` wrote (a run file with its `.meta.json` sidecar, scored here
     against its dataset's judgments and measures). With `qrels`, a run file given by name without a sidecar
     (another tool's TREC, MS MARCO or JSON run) is scored against that judgments file (`record_from_plain_run`).
-    Two results for the same condition, dataset and split are refused: a table cell must come from one run."""
+    Two results for the same table cell (`table_row`) and dataset are refused, naming both files: a cell must
+    come from one run per dataset (a CQADupStack cell averages its forums, one result each), so a plain run's
+    record (no split: the dataset's default) and a reproduce record of that split are the same cell twice."""
     return [record for record, _ in read_metrics_with_runs(paths, qrels, measures)]
 
 
@@ -76,13 +78,39 @@ def read_metrics_with_runs(paths: Iterable[Path], qrels: Optional[Path] = None,
                 record = record_from_plain_run(file, qrels, measures)
             else:
                 record = record_from_run(file)
-            key = (record.condition, record.dataset, record.split)
+            key = cell_key(record)
             if key in origin:
                 raise DupMAEEvalError(f"two results for condition {record.condition!r} on {record.key}: "
                                       f"{origin[key]} and {file}; give the table one of them")
             origin[key] = file
             found.append((record, file.parent / record.run if file.name.endswith(".metrics.json") else file))
     return found
+
+
+def table_row(record: MetricsRecord) -> str:
+    """The table row a record lands in: its BEIR unit, followed by `/split` unless the split is the dataset's
+    default. A record without a split (a run scored with --qrels, which names none) counts as the default
+    split, so it shares its row with a reproduce record of that split. `tables` places records by this, and
+    `read_metrics_with_runs` refuses doubles by it: the two cannot disagree on what one cell is."""
+    unit = record.unit or record.dataset
+    return unit if record.split in ("", default_split(record.dataset)) else f"{unit}/{record.split}"
+
+
+def cell_key(record: MetricsRecord) -> Tuple[str, str, str]:
+    """What one result of a table cell is: its row (`table_row`), its condition, and its dataset (a cell holds
+    one result per dataset: several only for a unit's members, CQADupStack's forums). Two records with the same
+    key are the same result twice, which `table` refuses rather than averaging."""
+    return table_row(record), record.condition, record.dataset
+
+
+def default_split(dataset: str) -> str:
+    """A registry dataset's default split; "test" for a name the registry does not know (BEIR's default)."""
+    from dupmae_eval.data.datasets import lookup
+
+    try:
+        return lookup(dataset).default_split
+    except DupMAEEvalError:
+        return "test"
 
 
 def _read_record(file: Path) -> MetricsRecord:
