@@ -101,6 +101,7 @@ def bm25(dataset: str, *, split: Optional[str] = None, fields: str = "flat", k1:
     from dupmae_eval.retrieval.jobs import run_bm25
 
     check_bm25_settings("bm25(): ", k1=k1, b=b, hits=hits, fields=fields)
+    _check_name("bm25()", name)
     output = _checked_output(output)
     return _from_result(run_bm25(dataset, split=split, fields=fields, output=output, k1=k1, b=b, hits=hits,
                                  threads=threads, keep_query_hit=keep_query_hit, tag=name,
@@ -123,6 +124,7 @@ def run(dataset: str, model: str, *, encoder: str = "dupmae", retrieval: str = "
         raise DupMAEEvalError(f"run(): unknown setting {unknown[0]!r}; the settings are {', '.join(OPTIONS)}")
     overrides, runner = translate({"hits": hits, "batch_size": batch_size, "device": device,
                                    "precision": precision, **settings})
+    _check_name("run()", name)
     output = _checked_output(output)
     return _from_result(run_model(dataset, model, encoder, retrieval, output, split=split, tag=name,
                                   topics=Path(topics) if topics else None, run_format=run_format,
@@ -263,6 +265,14 @@ def _warn(warnings: Sequence[str]) -> None:
 
     for warning in warnings:
         python_warnings.warn(warning, stacklevel=3)
+
+
+def _check_name(function: str, name: Optional[str]) -> None:
+    """`name=` becomes the run's tag: refused by `write_run`'s rule before any index, encoding or search."""
+    if name is not None:
+        from dupmae_eval.data.formats import check_run_tag
+
+        check_run_tag(name, f"{function}: name")
 
 
 def _refuse_duplicates(records) -> None:
