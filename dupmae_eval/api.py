@@ -64,8 +64,11 @@ class Run:
 
         if run_format not in RUN_FORMATS:
             raise DupMAEEvalError(f"run_format {run_format!r}: choose one of {', '.join(RUN_FORMATS)}")
+        from dupmae_eval.data.formats import forget_run_records
+
         path = Path(path)
         check_output_file(path, "path")
+        forget_run_records(path)             # never this run beside another's sidecar or metrics
         write_run(path, self.hits, self.name, run_format)
         cache.write_json(Path(f"{path}.meta.json"), {**self.metadata, "run_format": run_format})
         self.path = path

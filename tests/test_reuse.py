@@ -217,3 +217,80 @@ def test_bm25_eval_and_reproduce_warn_and_refuse_as_eval_does(corpora, tmp_path,
     assert captured.out == "" and captured.err.splitlines()[-1] == (
         f"dupmae-eval: error: no query of the run is judged: the run ranks no document for any query; no judged "
         f"query of {folder} (split test) got a hit")
+
+
+def test_an_interrupted_redo_leaves_no_sidecar_so_the_old_condition_redoes_rather_than_reuses(corpora, tmp_path,
+                                                                                              capsys, monkeypatch):
+    """A redo stopped after the new run's rename and before its sidecar is written (the worst moment): the old
+    sidecar, which records the old condition, was removed before the work began, so going back to the old
+    condition redoes the cell instead of reusing a run made with other settings, and no metrics record of the
+    old run is left beside the new one for `table` to show."""
+    import dupmae_eval.retrieval.jobs as jobs
+    from dupmae_eval.errors import DupMAEEvalError
+
+    large, _ = corpora
+    runs = tmp_path / "runs"
+    args = ["--data", f"scifact={large}", "--runs", str(runs)]
+    assert main(["reproduce", str(_suite(tmp_path)), *args]) == 0
+    run = runs / "reuse" / "bm25-flat" / "scifact.trec"
+    first = run.read_bytes()
+    real = jobs.write_run
+
+    def write_then_die(*arguments, **keywords):
+        real(*arguments, **keywords)
+        raise DupMAEEvalError("killed between the run's rename and its sidecar")
+
+    monkeypatch.setattr(jobs, "write_run", write_then_die)
+    assert main(["reproduce", str(_suite(tmp_path, k1="1.2")), *args]) == 2
+    monkeypatch.undo()
+    assert run.read_bytes() != first                              # the k1=1.2 run is there ...
+    assert not run.with_name("scifact.trec.meta.json").exists()   # ... with nothing saying it is k1=0.9's
+    assert not run.with_name("scifact.metrics.json").exists()
+    capsys.readouterr()
+    assert main(["reproduce", str(_suite(tmp_path)), *args, "--dry-run"]) == 0
+    assert capsys.readouterr().out.strip().endswith("(no record of what made it (sidecar missing, unreadable or "
+                                                    "from an older version))")
+    assert main(["reproduce", str(_suite(tmp_path)), *args]) == 0
+    assert run.read_bytes() == first
+
+
+def test_a_run_made_again_over_a_reproduce_output_is_tabled_with_its_own_scores(corpora, tmp_path, capsys):
+    """`bm25 --output` over a run that reproduce wrote removes its metrics record (the table scores the new run
+    from its sidecar: eval's value); a metrics record whose run has other bytes than it scored, or that an older
+    version wrote without the run's SHA-256, is refused in one line while the run is there; with the run gone
+    the record is all there is, and is tabled."""
+    large, _ = corpora
+    runs = tmp_path / "runs"
+    assert main(["reproduce", str(_suite(tmp_path)), "--data", f"scifact={large}", "--runs", str(runs)]) == 0
+    run = runs / "reuse" / "bm25-flat" / "scifact.trec"
+    metrics = run.with_name("scifact.metrics.json")
+    reproduced = json.loads(metrics.read_text())["aggregate"]["nDCG@10"]
+    assert main(["bm25", "--dataset", str(large), "--k1", "2.5", "--b", "0.2", "--tag", "bm25-flat",
+                 "--output", str(run)]) == 0
+    assert not metrics.exists()
+    capsys.readouterr()
+    assert main(["eval", str(large / "qrels" / "test.tsv"), str(run), "nDCG@10"]) == 0
+    by_eval = capsys.readouterr().out.split()[-1]
+    assert float(by_eval) != round(reproduced, 4)
+    assert main(["table", str(runs)]) == 0
+    assert f"| {by_eval} |" in capsys.readouterr().out
+
+    assert main(["reproduce", str(_suite(tmp_path)), "--data", f"scifact={large}", "--runs", str(runs)]) == 0
+    assert json.loads(metrics.read_text())["aggregate"]["nDCG@10"] == reproduced
+    record = json.loads(metrics.read_text())
+    lines = run.read_text().splitlines(keepends=True)
+    run.write_text("".join(lines[:-1]))                           # another run under the same name
+    capsys.readouterr()
+    assert main(["table", str(runs)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dupmae-eval: error: {metrics}: scores another run than {run} holds now (its SHA-256 differs: made again "
+        f"or replaced since); run `dupmae-eval reproduce` again or remove the file")
+    run.write_text("".join(lines))
+    del record["run_sha256"]
+    metrics.write_text(json.dumps(record))
+    assert main(["table", str(metrics)]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"dupmae-eval: error: {metrics}: records no SHA-256 of "
+                                                      f"scifact.trec (an older version wrote it)")
+    run.unlink()
+    assert main(["table", str(metrics)]) == 0
+    assert f"| {reproduced:.4f} |" in capsys.readouterr().out

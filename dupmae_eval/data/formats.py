@@ -283,6 +283,25 @@ def ranked(hits: Sequence[Tuple[str, float]]) -> List[Tuple[str, float]]:
     return sorted(hits, key=lambda hit: (-hit[1], hit[0]))
 
 
+SIDECAR_SUFFIX = ".meta.json"
+"""A run file's sidecar is `RUN.meta.json`: what made the run (written by `bm25`, `run`, `fuse`, `reproduce`)."""
+
+
+def metrics_path_for(run_path: str | Path) -> Path:
+    """Where `reproduce` keeps a run's metrics record (`results.write_metrics`): `DATASET.metrics.json`."""
+    return Path(run_path).with_suffix(".metrics.json")
+
+
+def forget_run_records(run_path: str | Path) -> None:
+    """Remove what describes a run file (its `.meta.json` sidecar and its `.metrics.json`) before the file is
+    made again or replaced. Both are written after the run, so an interruption between the run's rename and
+    their writing would otherwise leave the new run beside the old ones: a reproduce sidecar's cell identity
+    would make a run of another condition reusable, an old metrics record would put old scores in a table.
+    With them gone first, an interrupted run has no sidecar, so it is redone, never reused or tabled."""
+    for path in (Path(f"{run_path}{SIDECAR_SUFFIX}"), metrics_path_for(run_path)):
+        path.unlink(missing_ok=True)
+
+
 def run_tag_problem(tag: str) -> Optional[str]:
     """What is wrong with a run tag, or None. The tag is a TREC run's last column, so it must be one
     whitespace-free word (an empty one leaves lines of 5 columns, which no reader takes back). The one rule:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from dupmae_eval.data.formats import SIDECAR_SUFFIX, metrics_path_for
 from dupmae_eval.errors import DupMAEEvalError
 
 
@@ -27,17 +28,17 @@ class MetricsRecord:
     run: str                                       # the run file's name
     aggregate: Dict[str, float]
     per_query: Dict[str, Dict[str, float]] = field(default_factory=dict)    # measure -> {qid: value}
-
-
-def metrics_path_for(run_path: Path) -> Path:
-    return run_path.with_suffix(".metrics.json")
+    run_sha256: str = ""                           # the run file's bytes when scored; "" if it was not there
 
 
 def write_metrics(run_path: Path, record: MetricsRecord) -> Path:
+    """Write `record` beside `run_path`, with the SHA-256 of the run file as it is now: a reader then knows
+    whether the record still scores the file beside it (`_checked_against_run`)."""
     from dupmae_eval import cache
 
     path = metrics_path_for(run_path)
-    cache.write_json(path, asdict(record))
+    digest = cache.file_digest(run_path) if Path(run_path).is_file() else ""
+    cache.write_json(path, {**asdict(record), "run_sha256": digest})
     return path
 
 
@@ -73,7 +74,7 @@ def read_metrics_with_runs(paths: Iterable[Path], qrels: Optional[Path] = None,
                                   f"with their .meta.json sidecar from `bm25`/`run`)")
         for file in files:
             if file.name.endswith(".metrics.json"):
-                record = _read_record(file)
+                record = _checked_against_run(file, _read_record(file))
             elif qrels is not None and not Path(f"{file}{SIDECAR_SUFFIX}").is_file():
                 record = record_from_plain_run(file, qrels, measures)
             else:
@@ -124,12 +125,30 @@ def _read_record(file: Path) -> MetricsRecord:
         raise DupMAEEvalError(f"{file}: not a metrics record ({exc})") from None
 
 
+def _checked_against_run(file: Path, record: MetricsRecord) -> MetricsRecord:
+    """`record` (read from `file`) if it scores the run file beside it as that file is now. Refused in one line
+    when the run has other bytes than the record's SHA-256 (made again, or replaced, since it was scored), or
+    when the record carries no SHA-256 (an older version wrote it: nothing says which run it scored) while a
+    run lies beside it; `reproduce` rewrites the record from the run in either case. A record whose run is
+    absent is read as it is: it is all there is of that result, with nothing to disagree with it."""
+    from dupmae_eval import cache
+
+    run = file.parent / record.run
+    if not run.is_file():
+        return record
+    if not record.run_sha256:
+        raise DupMAEEvalError(f"{file}: records no SHA-256 of {run.name} (an older version wrote it), so nothing "
+                              f"says it scores the run there now; run `dupmae-eval reproduce` again (it reuses "
+                              f"the run and rewrites this file) or remove the file to table the run itself")
+    if record.run_sha256 != cache.file_digest(run):
+        raise DupMAEEvalError(f"{file}: scores another run than {run} holds now (its SHA-256 differs: made again "
+                              f"or replaced since); run `dupmae-eval reproduce` again or remove the file")
+    return record
+
+
 def _runs_with_sidecars(folder: Path) -> List[Path]:
     return [sidecar.with_name(sidecar.name[:-len(SIDECAR_SUFFIX)]) for sidecar in sorted(folder.rglob(f"*{SIDECAR_SUFFIX}"))
             if sidecar.with_name(sidecar.name[:-len(SIDECAR_SUFFIX)]).is_file()]
-
-
-SIDECAR_SUFFIX = ".meta.json"
 
 
 def _judged(run_path: Path) -> bool:

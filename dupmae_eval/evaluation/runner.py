@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Tuple
 from dupmae_eval import cache
 from dupmae_eval.evaluation.suites import Cell, Suite, load_suite
 from dupmae_eval.data.datasets import lookup, resolve, units_of
+from dupmae_eval.data.formats import forget_run_records
 from dupmae_eval.evaluation.results import MetricsRecord, write_metrics
 
 
@@ -126,6 +127,9 @@ def run_cell(suite: Suite, cell: Cell, runs_dir: Path, force: bool = False, echo
     if action == "redo":
         echo(f"redo  {cell.condition:<28}{cell.key:<32}({why})")
     if not reused:
+        # the old sidecar holds the old cell identity: gone before the long work, so a redo interrupted at any
+        # point leaves a run that is redone next time, never one reused under the identity it no longer has
+        forget_run_records(output)
         params = dict(condition.params)
         if condition.kind == "bm25":
             run_bm25(data, cell.split, params.pop("fields", "flat"), output, tag=cell.condition, **params)
