@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -62,7 +63,8 @@ def test_a_changed_corpus_or_condition_is_redone_not_reused(corpora, tmp_path, c
 
     assert main(["reproduce", str(suite), "--data", f"scifact={small}", "--runs", str(runs), "--dry-run"]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith("redo  bm25-flat") and line.endswith("(corpus_sha256 changed since it was made)")
+    # the index is the corpus's too: its folder, part of the identity, changes with it
+    assert line.startswith("redo  bm25-flat") and line.endswith("(corpus_sha256, index changed since it was made)")
     assert main(["reproduce", str(suite), "--data", f"scifact={small}", "--runs", str(runs)]) == 0
     assert "redo  bm25-flat" in capsys.readouterr().out
     # the redone cell equals a run made from scratch on the smaller corpus (not the old run re-scored)
@@ -294,3 +296,88 @@ def test_a_run_made_again_over_a_reproduce_output_is_tabled_with_its_own_scores(
     run.unlink()
     assert main(["table", str(metrics)]) == 0
     assert f"| {reproduced:.4f} |" in capsys.readouterr().out
+
+
+MODEL_SUITE = SUITE + """  tiny:
+    kind: model
+    model: package:cognition/model
+    encoder: splade
+    retrieval: impact
+    precision: auto
+"""
+
+
+def test_what_the_parameters_resolve_to_is_part_of_the_identity(corpora, tmp_path, capsys, monkeypatch):
+    """A cell's identity holds what its parameters resolve to here: `precision: auto` resolved on this CPU, the
+    encoding and index folders the run is made from (the ones its sidecar names), the checkpoint's revision.
+    Another CPU, another encoding format, another Anserini, another hub revision: each is redone, naming what
+    changed; an older sidecar without these fields is redone, saying so; a hub model missing from the local
+    cache cannot be checked, and is redone. (The model cell's run and sidecar are written here by hand, with
+    the identity the encoding route of `run_model` is checked against: encoding it would take minutes.)"""
+    from dupmae_eval.data.datasets import LOCAL_FOLDERS, resolve
+    from dupmae_eval.encoding import checkpoint, corpus, precision
+    from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, EncoderSettings
+    from dupmae_eval.evaluation.runner import cell_identity, run_path_for
+    from dupmae_eval.evaluation.suites import load_suite
+    from dupmae_eval.retrieval import indexes
+
+    large, _ = corpora
+    suite = tmp_path / "model.yaml"
+    suite.write_text(MODEL_SUITE.format(k1=0.9))
+    args = ["--data", f"scifact={large}", "--runs", str(tmp_path / "runs")]
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)          # a CPU without bf16: auto is fp32
+    assert main(["reproduce", str(suite), *args, "--conditions", "bm25-flat"]) == 0
+    bm25 = json.loads((tmp_path / "runs" / "reuse" / "bm25-flat" / "scifact.trec.meta.json").read_text())
+    assert bm25["cell_identity"]["index"] == Path(bm25["index"]).name
+
+    monkeypatch.setitem(LOCAL_FOLDERS, "scifact", large)                  # as --data maps it
+    loaded = checkpoint.load_model("package:cognition/model", need_mlm_head=True)   # run_model's own route
+    settings = EncoderSettings.for_checkpoint("splade", loaded.folder)
+    encoder = DupMAEDocumentEncoder(loaded, settings, None, "auto")
+    data = resolve("scifact")
+    encoding = corpus.encoding_folder(data, loaded, settings, 32, encoder.precision).name
+    loaded_suite = load_suite(suite)
+    cell = loaded_suite.cells(conditions=["tiny"])[0]
+    identity = cell_identity(loaded_suite, cell)
+    assert identity["precision"] == encoder.precision == "fp32" and identity["model_revision"] == "package"
+    assert identity["encoding"] == encoding
+    assert identity["index"] == indexes.impact_index_folder(encoding, 100.0).name
+    monkeypatch.delitem(LOCAL_FOLDERS, "scifact")
+    run = run_path_for(tmp_path / "runs", loaded_suite, cell)
+    run.parent.mkdir(parents=True)
+    run.write_text("1 Q0 d1 1 1.000000 tiny\n")
+    meta = {"condition": "tiny", "dataset": "scifact", "split": "test", "cell_identity": identity}
+    run.with_name("scifact.trec.meta.json").write_text(json.dumps(meta))
+
+    def dry_run():
+        capsys.readouterr()
+        assert main(["reproduce", str(suite), *args, "--dry-run"]) == 0
+        return {line.split()[1]: line.split("  (", 1)[-1][:-1] if "  (" in line else line.split()[0]
+                for line in capsys.readouterr().out.splitlines()}
+
+    assert dry_run() == {"bm25-flat": "reuse", "tiny": "reuse"}
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)           # the same suite on a bf16 CPU
+    assert dry_run()["tiny"] == "encoding, index, precision changed since it was made"
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(corpus, "FORMAT_VERSION", corpus.FORMAT_VERSION + 1)   # encodings are made anew
+    assert dry_run()["tiny"] == "encoding, index changed since it was made"
+    monkeypatch.undo()
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(indexes, "anserini_version", lambda: "0.0.1")        # every Lucene index is rebuilt
+    assert dry_run() == {"bm25-flat": "index changed since it was made", "tiny": "index changed since it was made"}
+    monkeypatch.undo()
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    found = checkpoint.cached_checkpoint("package:cognition/model")
+    monkeypatch.setattr(checkpoint, "cached_checkpoint", lambda name: (found[0], "0123abc"))   # another commit
+    assert dry_run()["tiny"] == "model_revision changed since it was made"
+    monkeypatch.setattr(checkpoint, "cached_checkpoint", lambda name: None)    # a hub model not cached here
+    assert dry_run()["tiny"] == ("package:cognition/model is not in the local Hugging Face cache, so nothing says "
+                                 "the run was made from the model it would fetch")
+    monkeypatch.undo()
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    sidecar = run.with_name("scifact.trec.meta.json")
+    for key in ("precision", "encoding", "index", "model_revision"):          # as an older version wrote it
+        del meta["cell_identity"][key]
+    sidecar.write_text(json.dumps(meta))
+    assert dry_run()["tiny"] == "its record lacks encoding, index, model_revision, precision (an older version " \
+                                "made it)"

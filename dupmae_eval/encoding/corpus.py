@@ -186,7 +186,15 @@ def encoding_folder(dataset: Dataset, model: LoadedModel, settings: EncoderSetti
     A bf16 encoding (`precision.py`) has its own key, with the version of its arithmetic (`BF16_ARITHMETIC`),
     and so has one whose batches keep their exact lengths (DUPMAE_EVAL_MEMORY_GUARD=0: another padding,
     other last digits)."""
-    key = cache.settings_key({"corpus": dataset.corpus_fingerprint(), "model": model_fingerprint(model),
+    return encoding_folder_of(dataset, model_fingerprint(model), settings, batch_size, precision)
+
+
+def encoding_folder_of(dataset: Dataset, fingerprint: str, settings: EncoderSettings, batch_size: int,
+                       precision: str = "fp32") -> Path:
+    """`encoding_folder` from a checkpoint's `folder_fingerprint`, without loading the model: what reproduce
+    puts in a cell's identity, so a change that makes another encoding (its arithmetic's version, the format,
+    the padding) also redoes the run made from it."""
+    key = cache.settings_key({"corpus": dataset.corpus_fingerprint(), "model": fingerprint,
                               "settings": settings.as_dict(), "format": FORMAT_VERSION, "batch_size": batch_size,
                               **({"precision": precision, "bf16_arithmetic": BF16_ARITHMETIC}
                                  if precision != "fp32" else {}),
