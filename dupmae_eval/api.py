@@ -64,8 +64,11 @@ class Run:
 
         if run_format not in RUN_FORMATS:
             raise DupMAEEvalError(f"run_format {run_format!r}: choose one of {', '.join(RUN_FORMATS)}")
+        from dupmae_eval.data.formats import forget_run_records
+
         path = Path(path)
         check_output_file(path, "path")
+        forget_run_records(path)             # never this run beside another's sidecar or metrics
         write_run(path, self.hits, self.name, run_format)
         cache.write_json(Path(f"{path}.meta.json"), {**self.metadata, "run_format": run_format})
         self.path = path
@@ -101,6 +104,7 @@ def bm25(dataset: str, *, split: Optional[str] = None, fields: str = "flat", k1:
     from dupmae_eval.retrieval.jobs import run_bm25
 
     check_bm25_settings("bm25(): ", k1=k1, b=b, hits=hits, fields=fields)
+    _check_name("bm25()", name)
     output = _checked_output(output)
     return _from_result(run_bm25(dataset, split=split, fields=fields, output=output, k1=k1, b=b, hits=hits,
                                  threads=threads, keep_query_hit=keep_query_hit, tag=name,
@@ -123,6 +127,7 @@ def run(dataset: str, model: str, *, encoder: str = "dupmae", retrieval: str = "
         raise DupMAEEvalError(f"run(): unknown setting {unknown[0]!r}; the settings are {', '.join(OPTIONS)}")
     overrides, runner = translate({"hits": hits, "batch_size": batch_size, "device": device,
                                    "precision": precision, **settings})
+    _check_name("run()", name)
     output = _checked_output(output)
     return _from_result(run_model(dataset, model, encoder, retrieval, output, split=split, tag=name,
                                   topics=Path(topics) if topics else None, run_format=run_format,
@@ -265,11 +270,24 @@ def _warn(warnings: Sequence[str]) -> None:
         python_warnings.warn(warning, stacklevel=3)
 
 
+def _check_name(function: str, name: Optional[str]) -> None:
+    """`name=` becomes the run's tag: refused by `write_run`'s rule before any index, encoding or search."""
+    if name is not None:
+        from dupmae_eval.data.formats import check_run_tag
+
+        check_run_tag(name, f"{function}: name")
+
+
 def _refuse_duplicates(records) -> None:
+    """Two results for one table cell (`results.cell_key`: a run without a split counts as its dataset's
+    default split) are refused, naming both, before any table is built."""
+    from dupmae_eval.evaluation.results import cell_key
+
     seen = {}
     for record in records:
-        key = (record.condition, record.dataset, record.split)
+        key = cell_key(record)
         if key in seen:
-            raise DupMAEEvalError(f"two results for condition {record.condition!r} on {record.key}: give the "
-                                  f"table one of them (or name the runs apart with name=)")
+            raise DupMAEEvalError(f"two results for condition {record.condition!r} on {record.key}: "
+                                  f"{seen[key].run} and {record.run}; give the table one of them (or name the "
+                                  f"runs apart with name=)")
         seen[key] = record

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 
 from dupmae_eval import __version__
 from dupmae_eval.errors import DupMAEEvalError
-from dupmae_eval.options import nonnegative_float, positive_int, unit_interval
+from dupmae_eval.options import nonnegative_float, positive_int, run_tag, unit_interval
 
 
 def _add_bm25(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +37,7 @@ def _add_bm25(sub: argparse._SubParsersAction) -> None:
                    help="keep the hit whose id equals the query id (BEIR removes it; default: removed for "
                         "BEIR-layout data, kept for MS MARCO)")
     p.add_argument("--output", required=True, type=Path, metavar="FILE", help="run file to write (TREC, or --run-format)")
-    p.add_argument("--tag", default=None, help="run tag, the condition's name in `table` (default: bm25-FIELDS)")
+    p.add_argument("--tag", type=run_tag, default=None, help="run tag, the condition's name in `table` (default: bm25-FIELDS)")
     _topics_and_format(p)
     p.add_argument("--eval", action="store_true", help="evaluate the run with the dataset's measures")
     p.set_defaults(handler=_cmd_bm25)
@@ -72,7 +72,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="; ".join(f"{name}: {mode.summary}" for name, mode in RETRIEVAL_MODES.items()))
     add_arguments(p)
     p.add_argument("--output", required=True, type=Path, metavar="FILE", help="run file to write (TREC, or --run-format)")
-    p.add_argument("--tag", default=None, help="run tag, the condition's name in `table` (default: "
+    p.add_argument("--tag", type=run_tag, default=None, help="run tag, the condition's name in `table` (default: "
                                                "ENCODER-RETRIEVAL)")
     _topics_and_format(p)
     p.add_argument("--eval", action="store_true", help="evaluate the run with the dataset's measures")
@@ -231,7 +231,7 @@ def _add_fuse(sub: argparse._SubParsersAction) -> None:
                    help="format of the inputs (default auto: told from each file's content)")
     p.add_argument("--output", required=True, type=Path, help="run file to write")
     p.add_argument("--run-format", choices=RUN_FORMATS, default="trec", help="format of the output (default trec)")
-    p.add_argument("--tag", default=None, help="run tag (default: fused-METHOD)")
+    p.add_argument("--tag", type=run_tag, default=None, help="run tag (default: fused-METHOD)")
     p.set_defaults(handler=_cmd_fuse)
 
 

@@ -77,6 +77,17 @@ def unit_interval(value) -> float:
     return number
 
 
+def run_tag(value) -> str:
+    """A run tag (`--tag`): the rule `write_run` applies (`formats.run_tag_problem`), checked when the flag is
+    parsed, so a tag with a space is refused before the index, the encoding or the search, not after them."""
+    from dupmae_eval.data.formats import run_tag_problem
+
+    problem = run_tag_problem(str(value))
+    if problem:
+        raise argparse.ArgumentTypeError(f"{value!r} {problem} (it is the run's tag, the TREC file's last column)")
+    return str(value)
+
+
 def check_bm25_settings(where: str = "", **values) -> None:
     """k1, b and hits of a BM25 run in the ranges the bm25 verb's flags accept (the same validators), and a
     field layout: for a suite's bm25 condition and the Python API, which have not met argparse. `where`

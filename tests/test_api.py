@@ -31,6 +31,10 @@ def test_bad_arguments_are_refused_in_one_line_before_any_work(tmp_path):
         dupmae_eval.bm25("scifact", fields="title")
     with pytest.raises(DupMAEEvalError, match=r"unknown setting 'top_k'"):
         dupmae_eval.run("scifact", "package:cognition/model", top_k=10)
+    with pytest.raises(DupMAEEvalError, match=r"^bm25\(\): name 'a b' must not contain whitespace"):
+        dupmae_eval.bm25("scifact", name="a b")          # the run's tag: refused before the index, not at writing
+    with pytest.raises(DupMAEEvalError, match=r"^run\(\): name 'a\\tb' must not contain whitespace"):
+        dupmae_eval.run("scifact", "package:cognition/model", name="a\tb")
     (tmp_path / "file").write_text("")
     with pytest.raises(DupMAEEvalError, match="output"):
         dupmae_eval.bm25("scifact", output=tmp_path / "file" / "run.trec")

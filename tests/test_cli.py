@@ -44,3 +44,25 @@ def test_help_lists_the_verbs():
     assert done.returncode == 0
     for verb in ("bm25", "eval", "datasets", "demo"):
         assert verb in done.stdout
+
+
+PARSE_PROBE = PROBE.replace("code = main(sys.argv[1:])", """try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:          # argparse's refusal of a flag
+    code = exc.code""")
+
+
+def test_a_run_tag_with_whitespace_is_refused_when_parsed_before_any_index_or_encoding(tmp_path):
+    """--tag is the TREC run's last column: a tag with a space or a tab is refused in one line naming the flag,
+    with no JVM and no torch loaded (nothing indexed or encoded), and no run written."""
+    for verb in (["bm25", "--dataset", "scifact"],
+                 ["run", "--dataset", "scifact", "--model", "package:cognition/model", "--encoder", "splade",
+                  "--retrieval", "impact"]):
+        for tag in ("a b", "a\tb"):
+            done = subprocess.run([sys.executable, "-c", PARSE_PROBE, *verb, "--output", str(tmp_path / "run.trec"),
+                                   "--tag", tag], capture_output=True, text=True, cwd=REPO / "tests", timeout=120)
+            assert done.returncode == 2
+            lines = done.stderr.splitlines()
+            assert lines[0] == (f"dupmae-eval: error: argument --tag: {tag!r} must not contain whitespace (it is "
+                                f"the run's tag, the TREC file's last column) (see `dupmae-eval {verb[0]} --help`)")
+            assert lines[1:] == ["HEAVY="] and not (tmp_path / "run.trec").exists()

@@ -106,3 +106,19 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "r.trec").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("fmt", ["trec", "msmarco", "json"])
+@pytest.mark.parametrize("tag, problem", [("a b", "must not contain whitespace"), ("a\tb", "must not contain whitespace"),
+                                          ("", "must not be empty")])
+def test_a_run_tag_that_would_break_a_trec_line_is_refused_in_every_format(tmp_path, fmt, tag, problem):
+    """The tag is the TREC file's last column (and the sidecar's condition): a space splits it, an empty one
+    leaves 5 columns. The same rule (`run_tag_problem`) that the flags and suites are checked with up front."""
+    import re
+
+    from dupmae_eval.data.formats import run_tag_problem, write_run
+
+    assert run_tag_problem(tag) == problem and run_tag_problem("bm25-flat") is None
+    with pytest.raises(DupMAEEvalError, match=re.escape(f"run tag {tag!r} {problem}")):
+        write_run(tmp_path / "r.run", {"1": [("d", 1.0)]}, tag, fmt)
+    assert list(tmp_path.iterdir()) == []

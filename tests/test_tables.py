@@ -338,3 +338,38 @@ def test_plain_runs_of_other_tools_are_tabled_and_reported_with_a_judgments_file
     assert f"{second_rank:.4f}" in report.read_text()
     assert main(["table", *runs]) == 2
     assert "give the judgments with --qrels FILE" in capsys.readouterr().err
+
+
+def test_a_plain_run_and_a_reproduce_record_of_one_cell_are_refused_naming_both(tmp_path, capsys):
+    """A run scored with --qrels has no split (its dataset's default), a reproduce record of SciFact has
+    "test", SciFact's default: both land in the one cell `scifact` × X, so the table refuses them in one line
+    naming both files instead of printing their mean. The same pair from Python is refused alike; a record of
+    another split is another row and tables beside it."""
+    import json
+
+    from dupmae_eval import api
+    from dupmae_eval.evaluation.results import read_metrics
+    from dupmae_eval.evaluation.tables import build_table
+
+    def record(split, value, run):
+        return MetricsRecord(suite="s", condition="X", dataset="scifact", split=split,
+                             key="scifact" if split in ("", "test") else f"scifact/{split}", unit="scifact", run=run,
+                             aggregate={"nDCG@10": value}, per_query={"nDCG@10": {"q1": value}})
+
+    write_metrics(tmp_path / "scifact.trec", record("test", 0.8, "scifact.trec"))
+    qrels = tmp_path / "scifact.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    plain = tmp_path / "X.trec"
+    plain.write_text("q1 Q0 d2 1 2.0 X\nq1 Q0 d1 2 1.0 X\n")
+    metrics = tmp_path / "scifact.metrics.json"
+    assert main(["table", str(metrics), str(plain), "--qrels", str(qrels)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"dupmae-eval: error: two results for condition 'X' on scifact: {metrics} and {plain}; "
+                       f"give the table one of them")
+    with pytest.raises(DupMAEEvalError, match="two results for condition 'X' on scifact: scifact.trec and X.trec"):
+        build_table([record("test", 0.8, "scifact.trec"), record("", 1 / math.log2(3), "X.trec")])
+    with pytest.raises(DupMAEEvalError, match="two results for condition 'X' on scifact: scifact.trec and X.trec"):
+        api._refuse_duplicates([record("test", 0.8, "scifact.trec"), record("", 0.6, "X.trec")])
+    table = build_table([record("test", 0.8, "a.trec"), record("train", 0.6, "b.trec")])
+    assert table.values == {("scifact", "X"): 0.8, ("scifact/train", "X"): 0.6}
+    assert json.loads(metrics.read_text())["split"] == "test" and len(read_metrics([metrics])) == 1

@@ -283,6 +283,45 @@ def ranked(hits: Sequence[Tuple[str, float]]) -> List[Tuple[str, float]]:
     return sorted(hits, key=lambda hit: (-hit[1], hit[0]))
 
 
+SIDECAR_SUFFIX = ".meta.json"
+"""A run file's sidecar is `RUN.meta.json`: what made the run (written by `bm25`, `run`, `fuse`, `reproduce`)."""
+
+
+def metrics_path_for(run_path: str | Path) -> Path:
+    """Where `reproduce` keeps a run's metrics record (`results.write_metrics`): `DATASET.metrics.json`."""
+    return Path(run_path).with_suffix(".metrics.json")
+
+
+def forget_run_records(run_path: str | Path) -> None:
+    """Remove what describes a run file (its `.meta.json` sidecar and its `.metrics.json`) before the file is
+    made again or replaced. Both are written after the run, so an interruption between the run's rename and
+    their writing would otherwise leave the new run beside the old ones: a reproduce sidecar's cell identity
+    would make a run of another condition reusable, an old metrics record would put old scores in a table.
+    With them gone first, an interrupted run has no sidecar, so it is redone, never reused or tabled."""
+    for path in (Path(f"{run_path}{SIDECAR_SUFFIX}"), metrics_path_for(run_path)):
+        path.unlink(missing_ok=True)
+
+
+def run_tag_problem(tag: str) -> Optional[str]:
+    """What is wrong with a run tag, or None. The tag is a TREC run's last column, so it must be one
+    whitespace-free word (an empty one leaves lines of 5 columns, which no reader takes back). The one rule:
+    `write_run` applies it, and the `--tag` flags, the API's `name=` and a suite's condition names (which
+    become tags) are checked by it before any encoding or search, instead of failing when the run is written."""
+    if not tag:
+        return "must not be empty"
+    if any(char.isspace() for char in tag):
+        return "must not contain whitespace"
+    return None
+
+
+def check_run_tag(tag: str, where: str = "run tag") -> str:
+    """`tag` if `run_tag_problem` finds nothing, else one line naming `where` (a flag, a key) and the tag."""
+    problem = run_tag_problem(tag)
+    if problem:
+        raise DupMAEEvalError(f"{where} {tag!r} {problem} (it is the run's tag, the TREC file's last column)")
+    return tag
+
+
 def write_trec_run(path: str | Path, run: Mapping[str, Sequence[Tuple[str, float]]], tag: str) -> None:
     """Write a TREC run atomically; queries in id order, hits ranked by `ranked`.
 
@@ -291,8 +330,7 @@ def write_trec_run(path: str | Path, run: Mapping[str, Sequence[Tuple[str, float
     number (a model that produced NaN or an overflow), an id with whitespace or a document twice
     for one query is refused naming the query, and nothing is written.
     """
-    if any(char.isspace() for char in tag):
-        raise DupMAEEvalError(f"run tag {tag!r} must not contain whitespace")
+    check_run_tag(tag)
     for qid, hits in run.items():
         _check_hits(path, qid, hits)
     with atomic_output(path) as out:
@@ -623,12 +661,14 @@ def write_run(path: str | Path, run: Mapping[str, Sequence[Tuple[str, float]]], 
     """Write a run atomically in one of `RUN_FORMATS`. Every format holds the same run: scores rounded to
     6 decimals as the TREC file has them; an MS MARCO file ranks each query's hits in the order trec_eval
     and ir-measures evaluate the TREC file (score descending, ties by document id descending), so the two
-    files score the same; the JSON file lists them in that order too. Refused as `write_trec_run` refuses."""
+    files score the same; the JSON file lists them in that order too. Refused as `write_trec_run` refuses, the
+    tag included in every format (`run_tag_problem`)."""
     if fmt == "trec":
         write_trec_run(path, run, tag)
         return
     if fmt not in RUN_FORMATS:
         raise DupMAEEvalError(f"unknown run format {fmt!r} (known: {', '.join(RUN_FORMATS)})")
+    check_run_tag(tag)                   # not written here, but the sidecar's condition, and a TREC copy's tag
     for qid, hits in run.items():
         _check_hits(path, qid, hits)
     with atomic_output(path) as out:

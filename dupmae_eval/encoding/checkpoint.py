@@ -280,8 +280,7 @@ def resolve_checkpoint(name_or_path: str) -> Tuple[Path, str]:
     try:
         from huggingface_hub import snapshot_download
 
-        path = snapshot_download(name_or_path, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.bin",
-                                                               "*.model"])
+        path = snapshot_download(name_or_path, allow_patterns=HUB_FILES)
     except Exception as exc:  # the hub raises many types; one line is what the user needs
         raise DupMAEEvalError(f"model {name_or_path!r}: not a local folder, and the Hugging Face hub could not "
                               f"provide it ({exc.__class__.__name__}); offline? pass a local folder") from None
@@ -310,6 +309,25 @@ def _refuse_unfinished_training(folder: Path) -> None:
             if finished is False:
                 raise DupMAEEvalError(f"{folder}: its {what} run has not finished ({name} says so), so it holds "
                                       f"no whole model yet; run the same {what} command again to finish it")
+
+
+HUB_FILES = ["*.json", "*.txt", "*.safetensors", "*.bin", "*.model"]
+"""What `resolve_checkpoint` fetches of a hub model."""
+
+
+def cached_checkpoint(name_or_path: str) -> Optional[Tuple[Path, str]]:
+    """`resolve_checkpoint` without the network: (folder, revision), a hub model's revision being the commit
+    of the snapshot in the local Hugging Face cache (the one `resolve_checkpoint` would use offline; online it
+    may fetch a newer one). None for a hub model that is not in the local cache."""
+    if name_or_path.startswith("package:") or Path(name_or_path).expanduser().is_dir():
+        return resolve_checkpoint(name_or_path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(name_or_path, allow_patterns=HUB_FILES, local_files_only=True)
+    except Exception:      # not cached (or not a hub name: resolve_checkpoint says so when the cell runs)
+        return None
+    return Path(path), Path(path).name
 
 
 def _package_folder(spec: str) -> Path:

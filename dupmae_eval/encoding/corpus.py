@@ -190,10 +190,20 @@ def encoding_folder(dataset: Dataset, model: LoadedModel, settings: EncoderSetti
     encoding is never reused, or resumed, by another device or mode. In fp32 they change only the order
     of float sums, like the thread count, and are left out. An encoding whose batches keep their exact
     lengths (DUPMAE_EVAL_MEMORY_GUARD=0: another padding, other last digits) has its own key too."""
-    key = cache.settings_key({"corpus": dataset.corpus_fingerprint(), "model": model_fingerprint(model),
+    return encoding_folder_of(dataset, model_fingerprint(model), settings, batch_size, precision,
+                              model.device.type, model.compiled)
+
+
+def encoding_folder_of(dataset: Dataset, fingerprint: str, settings: EncoderSettings, batch_size: int,
+                       precision: str = "fp32", device_type: str = "cpu", compiled: bool = False) -> Path:
+    """`encoding_folder` from a checkpoint's `folder_fingerprint`, without loading the model: what reproduce
+    puts in a cell's identity, so a change that makes another encoding (its arithmetic's version, the format,
+    the padding) also redoes the run made from it. `device_type` ("cpu", "cuda") and `compiled` matter only
+    to a bf16 encoding."""
+    key = cache.settings_key({"corpus": dataset.corpus_fingerprint(), "model": fingerprint,
                               "settings": settings.as_dict(), "format": FORMAT_VERSION, "batch_size": batch_size,
                               **({"precision": precision, "bf16_arithmetic": BF16_ARITHMETIC,
-                                  "device": model.device.type, "compiled": model.compiled}
+                                  "device": device_type, "compiled": compiled}
                                  if precision != "fp32" else {}),
                               **({"exact_lengths": True} if not memory.enabled() else {})})
     return cache.home() / "encodings" / f"{dataset.cache_name}-{settings.kind}-{key}"

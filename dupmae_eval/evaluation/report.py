@@ -154,7 +154,7 @@ def build_report(found: Sequence[Tuple[MetricsRecord, Path]], suite=None, suite_
 
 
 def _suite_rows(suite) -> List[str]:
-    from dupmae_eval.evaluation.tables import _default_split
+    from dupmae_eval.evaluation.results import default_split as _default_split
 
     rows = []
     for entry in suite.datasets if suite else ():
@@ -169,10 +169,9 @@ def _ordered(found: Sequence[str], order: Sequence[str]) -> List[str]:
 
 
 def _row_of(record: MetricsRecord) -> str:
-    from dupmae_eval.evaluation.tables import _default_split
+    from dupmae_eval.evaluation.results import table_row
 
-    unit = record.unit or record.dataset
-    return unit if record.split in ("", _default_split(record.dataset)) else f"{unit}/{record.split}"
+    return table_row(record)
 
 
 def _runs(found, suite, suite_argument) -> Dict[Tuple[str, str], List[RunInfo]]:

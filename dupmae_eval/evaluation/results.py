@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from dupmae_eval.data.formats import SIDECAR_SUFFIX, metrics_path_for
 from dupmae_eval.errors import DupMAEEvalError
 
 
@@ -27,17 +28,17 @@ class MetricsRecord:
     run: str                                       # the run file's name
     aggregate: Dict[str, float]
     per_query: Dict[str, Dict[str, float]] = field(default_factory=dict)    # measure -> {qid: value}
-
-
-def metrics_path_for(run_path: Path) -> Path:
-    return run_path.with_suffix(".metrics.json")
+    run_sha256: str = ""                           # the run file's bytes when scored; "" if it was not there
 
 
 def write_metrics(run_path: Path, record: MetricsRecord) -> Path:
+    """Write `record` beside `run_path`, with the SHA-256 of the run file as it is now: a reader then knows
+    whether the record still scores the file beside it (`_checked_against_run`)."""
     from dupmae_eval import cache
 
     path = metrics_path_for(run_path)
-    cache.write_json(path, asdict(record))
+    digest = cache.file_digest(run_path) if Path(run_path).is_file() else ""
+    cache.write_json(path, {**asdict(record), "run_sha256": digest})
     return path
 
 
@@ -47,7 +48,9 @@ def read_metrics(paths: Iterable[Path], qrels: Optional[Path] = None,
     writes), and runs that `bm25` or `run` wrote (a run file with its `.meta.json` sidecar, scored here
     against its dataset's judgments and measures). With `qrels`, a run file given by name without a sidecar
     (another tool's TREC, MS MARCO or JSON run) is scored against that judgments file (`record_from_plain_run`).
-    Two results for the same condition, dataset and split are refused: a table cell must come from one run."""
+    Two results for the same table cell (`table_row`) and dataset are refused, naming both files: a cell must
+    come from one run per dataset (a CQADupStack cell averages its forums, one result each), so a plain run's
+    record (no split: the dataset's default) and a reproduce record of that split are the same cell twice."""
     return [record for record, _ in read_metrics_with_runs(paths, qrels, measures)]
 
 
@@ -71,18 +74,44 @@ def read_metrics_with_runs(paths: Iterable[Path], qrels: Optional[Path] = None,
                                   f"with their .meta.json sidecar from `bm25`/`run`)")
         for file in files:
             if file.name.endswith(".metrics.json"):
-                record = _read_record(file)
+                record = _checked_against_run(file, _read_record(file))
             elif qrels is not None and not Path(f"{file}{SIDECAR_SUFFIX}").is_file():
                 record = record_from_plain_run(file, qrels, measures)
             else:
                 record = record_from_run(file)
-            key = (record.condition, record.dataset, record.split)
+            key = cell_key(record)
             if key in origin:
                 raise DupMAEEvalError(f"two results for condition {record.condition!r} on {record.key}: "
                                       f"{origin[key]} and {file}; give the table one of them")
             origin[key] = file
             found.append((record, file.parent / record.run if file.name.endswith(".metrics.json") else file))
     return found
+
+
+def table_row(record: MetricsRecord) -> str:
+    """The table row a record lands in: its BEIR unit, followed by `/split` unless the split is the dataset's
+    default. A record without a split (a run scored with --qrels, which names none) counts as the default
+    split, so it shares its row with a reproduce record of that split. `tables` places records by this, and
+    `read_metrics_with_runs` refuses doubles by it: the two cannot disagree on what one cell is."""
+    unit = record.unit or record.dataset
+    return unit if record.split in ("", default_split(record.dataset)) else f"{unit}/{record.split}"
+
+
+def cell_key(record: MetricsRecord) -> Tuple[str, str, str]:
+    """What one result of a table cell is: its row (`table_row`), its condition, and its dataset (a cell holds
+    one result per dataset: several only for a unit's members, CQADupStack's forums). Two records with the same
+    key are the same result twice, which `table` refuses rather than averaging."""
+    return table_row(record), record.condition, record.dataset
+
+
+def default_split(dataset: str) -> str:
+    """A registry dataset's default split; "test" for a name the registry does not know (BEIR's default)."""
+    from dupmae_eval.data.datasets import lookup
+
+    try:
+        return lookup(dataset).default_split
+    except DupMAEEvalError:
+        return "test"
 
 
 def _read_record(file: Path) -> MetricsRecord:
@@ -96,12 +125,30 @@ def _read_record(file: Path) -> MetricsRecord:
         raise DupMAEEvalError(f"{file}: not a metrics record ({exc})") from None
 
 
+def _checked_against_run(file: Path, record: MetricsRecord) -> MetricsRecord:
+    """`record` (read from `file`) if it scores the run file beside it as that file is now. Refused in one line
+    when the run has other bytes than the record's SHA-256 (made again, or replaced, since it was scored), or
+    when the record carries no SHA-256 (an older version wrote it: nothing says which run it scored) while a
+    run lies beside it; `reproduce` rewrites the record from the run in either case. A record whose run is
+    absent is read as it is: it is all there is of that result, with nothing to disagree with it."""
+    from dupmae_eval import cache
+
+    run = file.parent / record.run
+    if not run.is_file():
+        return record
+    if not record.run_sha256:
+        raise DupMAEEvalError(f"{file}: records no SHA-256 of {run.name} (an older version wrote it), so nothing "
+                              f"says it scores the run there now; run `dupmae-eval reproduce` again (it reuses "
+                              f"the run and rewrites this file) or remove the file to table the run itself")
+    if record.run_sha256 != cache.file_digest(run):
+        raise DupMAEEvalError(f"{file}: scores another run than {run} holds now (its SHA-256 differs: made again "
+                              f"or replaced since); run `dupmae-eval reproduce` again or remove the file")
+    return record
+
+
 def _runs_with_sidecars(folder: Path) -> List[Path]:
     return [sidecar.with_name(sidecar.name[:-len(SIDECAR_SUFFIX)]) for sidecar in sorted(folder.rglob(f"*{SIDECAR_SUFFIX}"))
             if sidecar.with_name(sidecar.name[:-len(SIDECAR_SUFFIX)]).is_file()]
-
-
-SIDECAR_SUFFIX = ".meta.json"
 
 
 def _judged(run_path: Path) -> bool:

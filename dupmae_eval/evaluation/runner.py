@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Tuple
 from dupmae_eval import cache
 from dupmae_eval.evaluation.suites import Cell, Suite, load_suite
 from dupmae_eval.data.datasets import lookup, resolve, units_of
+from dupmae_eval.data.formats import forget_run_records
 from dupmae_eval.evaluation.results import MetricsRecord, write_metrics
 
 
@@ -62,32 +63,71 @@ def reproduce(suite_path: str | Path, runs_dir: Path, datasets: Optional[List[st
 def cell_identity(suite: Suite, cell: Cell) -> dict:
     """Everything that makes a cell's run file: the condition's parameters as the suite gives them, the
     dataset, split and corpus (its SHA-256, so `--data NAME=FOLDER` pointing elsewhere is another run), and
-    for a model condition the checkpoint's content (a local or packaged model's files hashed; a hub model by
-    name). The judgments and the measures are not in it: metrics are computed afresh from the run each time."""
+    what the parameters resolve to on this machine with this code:
+
+    - bm25: the index folder `bm25_index` would use (its name holds the corpus, the fields and Anserini's
+      version), so a new Anserini, which rebuilds the index, redoes the run too;
+    - model: the checkpoint's content (its files hashed, as encodings' keys hash them) and revision (a hub
+      model's snapshot commit in the local Hugging Face cache; nothing is downloaded to decide reuse), the
+      precision as it resolves here (`precision: auto` is bf16 on one CPU and fp32 on another), the encoding
+      folder `encode_corpus` would make (its name holds the settings, the batch size, the arithmetic's version
+      and the format) and, for a mode that searches a Lucene impact index, that index's folder (Anserini's
+      version). Whatever remakes the encoding or an index therefore redoes the run made from it.
+
+    A hub model that is not in the local cache cannot be fingerprinted offline: its identity says so, and
+    never equals a recorded one, so the cell is redone (`run_cell` records the identity once the run has
+    fetched the model). The judgments and the measures are not in it: metrics are computed afresh from the
+    run each time."""
+    from dupmae_eval.retrieval.indexes import bm25_index_folder
+
     condition = suite.conditions[cell.condition]
     data = resolve(cell.dataset)
     identity = {"kind": condition.kind, "params": json.loads(json.dumps(condition.params, sort_keys=True,
                                                                         default=str)),
                 "dataset": cell.dataset, "split": cell.split, "corpus_sha256": data.corpus_fingerprint()}
+    if condition.kind == "bm25":
+        identity["index"] = bm25_index_folder(data, condition.params.get("fields", "flat")).name
     if condition.kind == "model":
-        identity["model_content"] = model_content(str(condition.params["model"]))
+        identity.update(_model_identity(data, condition.params))
     return identity
 
 
-def model_content(name: str) -> str:
-    """A hash of a local or packaged checkpoint's files (`encode.model_fingerprint`'s rule), or
-    'hub:NAME' for a hub model (not downloaded to decide reuse; its revision is in the sidecar)."""
-    from dupmae_eval.encoding.checkpoint import _package_folder
+HUB_MODEL_NOT_CACHED = "not in the local Hugging Face cache"
 
-    if name.startswith("package:"):
-        folder = _package_folder(name)
-    else:
-        folder = Path(name).expanduser()
-        if not folder.is_dir():
-            return f"hub:{name}"
-    from dupmae_eval.encoding.corpus import folder_fingerprint
 
-    return folder_fingerprint(folder)
+def _model_identity(data, params: dict) -> dict:
+    """A model condition's part of `cell_identity`: checkpoint content and revision, resolved precision, and
+    the encoding (and impact index) folders its run is made from."""
+    import inspect
+
+    from dupmae_eval.encoding.checkpoint import cached_checkpoint
+    from dupmae_eval.encoding.corpus import encoding_folder_of, folder_fingerprint
+    from dupmae_eval.encoding.encoders import EncoderSettings
+    from dupmae_eval.encoding.precision import resolve_precision
+    from dupmae_eval.options import translate
+    from dupmae_eval.retrieval.indexes import impact_index_folder
+    from dupmae_eval.retrieval.jobs import run_model
+    from dupmae_eval.retrieval.modes import retrieval_mode
+
+    overrides, runner = translate(params)
+    defaults = {name: p.default for name, p in inspect.signature(run_model).parameters.items()}
+    precision = resolve_precision(runner.get("precision"), runner.get("device"))
+    found = cached_checkpoint(str(params["model"]))
+    if found is None:
+        return {"model_content": f"hub:{params['model']}", "model_revision": HUB_MODEL_NOT_CACHED,
+                "precision": precision, "encoding": None}
+    folder, revision = found
+    fingerprint = folder_fingerprint(folder)
+    settings = EncoderSettings.for_checkpoint(params["encoder"], folder, **overrides)
+    device_type = (runner.get("device") or "cpu").split(":")[0]   # as the encoders place the model: cpu unless told
+    encoding = encoding_folder_of(data, fingerprint, settings, runner.get("batch_size", defaults["batch_size"]),
+                                  precision, device_type, bool(runner.get("compile", False))).name
+    identity = {"model_content": fingerprint, "model_revision": revision, "precision": precision,
+                "encoding": encoding}
+    if retrieval_mode(params["retrieval"]).impact_index:
+        scale = runner.get("quantization_scale", defaults["quantization_scale"])
+        identity["index"] = impact_index_folder(encoding, scale).name
+    return identity
 
 
 def reuse_decision(run_path: Path, identity: dict, force: bool = False) -> Tuple[str, str]:
@@ -97,8 +137,14 @@ def reuse_decision(run_path: Path, identity: dict, force: bool = False) -> Tuple
     if force:
         return "redo", "--force"
     recorded = _sidecar(run_path).get(IDENTITY_KEY)
-    if recorded is None:
+    if not isinstance(recorded, dict):
         return "redo", "no record of what made it (sidecar missing, unreadable or from an older version)"
+    unrecorded = sorted(key for key in identity if key not in recorded)
+    if unrecorded:
+        return "redo", f"its record lacks {', '.join(unrecorded)} (an older version made it)"
+    if identity.get("model_revision") == HUB_MODEL_NOT_CACHED:
+        return "redo", f"{identity['model_content'][4:]} is not in the local Hugging Face cache, so nothing says " \
+                       f"the run was made from the model it would fetch"
     differ = sorted({key for key in set(identity) | set(recorded) if identity.get(key) != recorded.get(key)})
     if differ:
         if "params" in differ:
@@ -126,6 +172,9 @@ def run_cell(suite: Suite, cell: Cell, runs_dir: Path, force: bool = False, echo
     if action == "redo":
         echo(f"redo  {cell.condition:<28}{cell.key:<32}({why})")
     if not reused:
+        # the old sidecar holds the old cell identity: gone before the long work, so a redo interrupted at any
+        # point leaves a run that is redone next time, never one reused under the identity it no longer has
+        forget_run_records(output)
         params = dict(condition.params)
         if condition.kind == "bm25":
             run_bm25(data, cell.split, params.pop("fields", "flat"), output, tag=cell.condition, **params)
@@ -133,6 +182,8 @@ def run_cell(suite: Suite, cell: Cell, runs_dir: Path, force: bool = False, echo
             overrides, runner = translate(params)
             run_model(data, params["model"], params["encoder"], params["retrieval"], output,
                       split=cell.split, tag=cell.condition, **runner, **overrides)
+        if identity.get("model_revision") == HUB_MODEL_NOT_CACHED:
+            identity = cell_identity(suite, cell)       # the run fetched the model: what it was made from
         sidecar = Path(f"{output}.meta.json")
         cache.write_json(sidecar, {**_sidecar(output), IDENTITY_KEY: identity})
     evaluation = evaluate_checked(data.qrels(cell.split), read_trec_run(output),

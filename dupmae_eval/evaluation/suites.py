@@ -171,7 +171,12 @@ def _check_dataset(path: Path, where: str, entry: str) -> None:
 
 
 def _condition(path: Path, name: str, spec: Any, datasets: Optional[List[str]]) -> Condition:
+    """One condition, validated. Its name is the tag of its runs, so it meets `write_run`'s rule here, when
+    the suite is loaded, rather than when the first cell's run is written after its index or encoding."""
+    from dupmae_eval.data.formats import check_run_tag
+
     where = f"conditions: {name}"
+    check_run_tag(str(name), f"{path}: conditions: name")
     if not isinstance(spec, dict):
         raise DupMAEEvalError(f"{path}: {where}: expected a mapping")
     kind = spec.get("kind")

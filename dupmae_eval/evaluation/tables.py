@@ -19,9 +19,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from dupmae_eval.data.datasets import BEIR_UNITS, coverage_label, lookup, unit_order, units_of
+from dupmae_eval.data.datasets import BEIR_UNITS, coverage_label, unit_order, units_of
 from dupmae_eval.errors import DupMAEEvalError
-from dupmae_eval.evaluation.results import MetricsRecord
+from dupmae_eval.evaluation.results import MetricsRecord, cell_key, table_row
 from dupmae_eval.evaluation.statistics import (CORRECTION_NAMES, DEFAULT_ALPHA, TEST_NAMES, Comparison, check_alpha,
                                                check_correction, check_test, compare, correct)
 from dupmae_eval.registry import Registry
@@ -87,9 +87,12 @@ def build_table(results: Sequence[MetricsRecord], measure: str = "nDCG@10", base
     for record in results:
         if measure not in record.aggregate:
             continue
-        unit = record.unit or record.dataset
-        row = unit if record.split in ("", _default_split(record.dataset)) else f"{unit}/{record.split}"
-        members.setdefault((row, record.condition), []).append(record)
+        cell = members.setdefault((table_row(record), record.condition), [])
+        double = next((other for other in cell if cell_key(other) == cell_key(record)), None)
+        if double is not None:
+            raise DupMAEEvalError(f"two results for condition {record.condition!r} on {record.key}: "
+                                  f"{double.run} and {record.run}; give the table one of them")
+        cell.append(record)
     partial: Dict[Tuple[str, str], str] = {}
     counts: Dict[Tuple[str, str], Tuple[int, int]] = {}
     for (row, column), records in members.items():
@@ -137,13 +140,6 @@ def build_tables(results: Sequence[MetricsRecord], measures: Sequence[str], base
                  references: Optional[Dict[str, dict]] = None, **options) -> List[Table]:
     """One table per measure (see `build_table`), to render side by side."""
     return [build_table(results, measure, baseline, references, **options) for measure in measures]
-
-
-def _default_split(dataset: str) -> str:
-    try:
-        return lookup(dataset).default_split
-    except DupMAEEvalError:
-        return "test"
 
 
 def paired_tests(table: Table) -> Dict[Tuple[str, str], float]:

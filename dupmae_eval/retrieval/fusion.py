@@ -129,7 +129,7 @@ def fuse_files(paths: Sequence[str], fusion: Fusion, output, tag: Optional[str] 
     from pathlib import Path
 
     from dupmae_eval import __version__, cache
-    from dupmae_eval.data.formats import detect_run_format, read_run, write_run
+    from dupmae_eval.data.formats import detect_run_format, forget_run_records, read_run, write_run
     from dupmae_eval.provenance import provenance
 
     runs, inputs, sidecars = [], [], []
@@ -150,6 +150,7 @@ def fuse_files(paths: Sequence[str], fusion: Fusion, output, tag: Optional[str] 
     shared = _shared_origin(paths, sidecars)
     fused = fuse(runs, fusion, hits)
     tag = tag or f"fused-{fusion.method}"
+    forget_run_records(output)               # never the fused run beside another run's sidecar or metrics
     write_run(output, fused, tag, run_format)
     cache.write_json(Path(f"{output}.meta.json"), {
         "tool": f"dupmae-eval {__version__}", "condition": tag, **shared, "run_format": run_format,

@@ -37,11 +37,7 @@ def bm25_index(dataset: Dataset, fields: str, threads: int | None = None) -> Pat
     exactly the corpus's non-empty passages, and its meta.json records both counts and
     Anserini's index statistics.
     """
-    if fields not in FIELDS:
-        raise DupMAEEvalError(f"unknown --fields {fields!r}; choose one of {', '.join(FIELDS)}")
-    settings = {"kind": "lucene-bm25", "fields": fields, "corpus_sha256": dataset.corpus_fingerprint(),
-                "anserini": anserini_version(), "layout": 2}
-    final = cache.home() / "indexes" / f"bm25-{fields}" / f"{dataset.cache_name}-{cache.settings_key(settings)}"
+    final, settings = _bm25_index_key(dataset, fields)
     if cache.reuse_or_clear(final, "cached index"):
         return final
     census = take_census(dataset)   # duplicate ids are refused here, before any work
@@ -67,6 +63,21 @@ def bm25_index(dataset: Dataset, fields: str, threads: int | None = None) -> Pat
                                                  "documents": stats["documents"], "index_stats": stats,
                                                  "seconds": round(time.time() - started, 1)})
     return final
+
+
+def bm25_index_folder(dataset: Dataset, fields: str) -> Path:
+    """Where `bm25_index` keeps the index of `dataset` (nothing is built): its name holds the corpus, the
+    field layout and Anserini's version, so reproduce's cell identity changes whenever the index would."""
+    return _bm25_index_key(dataset, fields)[0]
+
+
+def _bm25_index_key(dataset: Dataset, fields: str):
+    if fields not in FIELDS:
+        raise DupMAEEvalError(f"unknown --fields {fields!r}; choose one of {', '.join(FIELDS)}")
+    settings = {"kind": "lucene-bm25", "fields": fields, "corpus_sha256": dataset.corpus_fingerprint(),
+                "anserini": anserini_version(), "layout": 2}
+    return cache.home() / "indexes" / f"bm25-{fields}" / f"{dataset.cache_name}-{cache.settings_key(settings)}", \
+        settings
 
 
 def index_meta(index: Path) -> dict:
@@ -171,8 +182,7 @@ def impact_index(encoding, vocabulary: Sequence[str], scale: float, threads: int
     """
     if not encoding.has_sparse:
         raise DupMAEEvalError(f"{encoding.folder}: this encoding has no sparse half")
-    key = cache.settings_key({"scale": scale, "anserini": anserini_version(), "layout": 1})
-    final = cache.home() / "indexes" / "impact" / f"{encoding.folder.name}-{key}"
+    final = impact_index_folder(encoding.folder.name, scale)
     if cache.reuse_or_clear(final, "cached index"):
         return final
     with cache.building(final) as scratch:
@@ -187,6 +197,13 @@ def impact_index(encoding, vocabulary: Sequence[str], scale: float, threads: int
         cache.write_json(scratch / "meta.json", {"encoding": str(encoding.folder), "quantization_scale": scale,
                                                  "anserini": anserini_version(), **stats})
     return final
+
+
+def impact_index_folder(encoding_name: str, scale: float) -> Path:
+    """Where `impact_index` keeps the impact index of the encoding named `encoding_name` at `scale`: the name
+    holds Anserini's version (reproduce's cell identity carries it, so a new Anserini redoes the run)."""
+    key = cache.settings_key({"scale": scale, "anserini": anserini_version(), "layout": 1})
+    return cache.home() / "indexes" / "impact" / f"{encoding_name}-{key}"
 
 
 def impact_meta(index: Path) -> dict:

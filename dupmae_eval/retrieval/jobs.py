@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 from dupmae_eval import __version__, cache
-from dupmae_eval.data.formats import Qrels, write_run
+from dupmae_eval.data.formats import Qrels, forget_run_records, write_run
 from dupmae_eval.data.datasets import Dataset, resolve
 from dupmae_eval.encoding.encoders import DEFAULT_QUANTIZATION_SCALE
 from dupmae_eval.errors import DupMAEEvalError
@@ -185,8 +185,10 @@ def _sidecar_head(tag: str, data: Dataset, described: dict, run_format: str) -> 
 
 
 def _written(output: Optional[Path], result: RunResult) -> RunResult:
-    """Write the run, then its sidecar (each atomically), when an output was asked for."""
+    """Write the run, then its sidecar (each atomically), when an output was asked for; the old sidecar and
+    metrics record go first (`formats.forget_run_records`), so an interruption never pairs this run with them."""
     if output is not None:
+        forget_run_records(output)
         write_run(output, result.run, result.tag, result.metadata.get("run_format", "trec"))
         cache.write_json(Path(f"{output}.meta.json"), result.metadata)
     return result

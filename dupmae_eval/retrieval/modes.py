@@ -89,6 +89,7 @@ class RetrievalMode:
     needs: str
     search: Callable[[SearchJob], Tuple[Run, dict]]
     summary: str
+    impact_index: bool = False       # searches a Lucene impact index (`indexes.impact_index`): its key is the run's
 
     def check(self, settings) -> None:
         """Refuse, in one line, an encoder kind that lacks a half this mode needs."""
@@ -204,11 +205,11 @@ register_retrieval_mode(RetrievalMode(
     "dense", needs="dense", search=_dense,
     summary="the dense half with Pyserini's FaissSearcher (flat inner product)"))
 register_retrieval_mode(RetrievalMode(
-    "impact", needs="sparse", search=_impact,
+    "impact", needs="sparse", search=_impact, impact_index=True,
     summary="the sparse half with Pyserini's LuceneImpactSearcher (quantised weights)"))
 register_retrieval_mode(RetrievalMode(
     "dupmae", needs="any", search=_exact,
     summary="the paper's score, exact, brute force over the whole corpus"))
 register_retrieval_mode(RetrievalMode(
-    "hybrid", needs="both", search=_hybrid,
+    "hybrid", needs="both", search=_hybrid, impact_index=True,
     summary="dense + impact candidates rescored with the exact score"))
