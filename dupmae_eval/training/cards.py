@@ -182,7 +182,7 @@ def _scores_table(results) -> str:
     rows = ["| condition | dataset | split | measure | value |", "|---|---|---|---|---|"]
     rows += [f"| {r.metric_config} | {r.dataset_name} | {r.dataset_split} | {r.metric_name} | {r.metric_value:.4f} |"
              for r in results]
-    return "\n".join(rows) + f"\n\nMeasured with dupmae-eval (ir-measures, trec_eval semantics)."
+    return "\n".join(rows) + "\n\nMeasured with dupmae-eval (ir-measures, trec_eval semantics)."
 
 
 def _save(card, path: Path) -> None:
