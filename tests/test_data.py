@@ -9,7 +9,8 @@ import pytest
 
 from dupmae_eval.files import atomic_output
 from dupmae_eval.data.formats import (
-    read_beir_corpus, read_beir_queries, read_qrels, read_trec_run, read_tsv_collection, write_trec_run)
+    read_beir_corpus, read_beir_queries, read_json_run, read_qrels, read_topics, read_trec_run, read_tsv_collection,
+    read_tsv_queries, write_trec_run)
 from dupmae_eval.errors import DupMAEEvalError, InputFormatError
 
 
@@ -66,6 +67,51 @@ def test_msmarco_collection_line_without_tab(tmp_path):
     path = _write(tmp_path / "collection.tsv", "0\tfirst passage\n1 second passage\n")
     with pytest.raises(InputFormatError, match=r"collection.tsv:2"):
         list(read_tsv_collection(path))
+
+
+def test_a_lone_carriage_return_is_text_not_a_line_break(tmp_path):
+    """Only "\n" ends a line: a stray "\r" inside a passage or query stays in its text instead of starting a
+    record of its own (here a fake passage 7 and query q7) and moving every later line number."""
+    collection = tmp_path / "collection.tsv"
+    collection.write_bytes(b"1\tthe price was 5\r7\tdollars today\n2\tsecond\n")
+    packed = tmp_path / "collection.tsv.gz"
+    packed.write_bytes(gzip.compress(collection.read_bytes()))
+    for path in (collection, packed):
+        assert [(p.docid, p.text, p.line) for p in read_tsv_collection(path)] == [
+            ("1", "the price was 5\r7\tdollars today", 1), ("2", "second", 2)]
+    from dupmae_eval.training.finetune_data import PassageStore
+
+    store = PassageStore(collection, "msmarco")      # reads the file by byte offset: the same two passages
+    assert [store.docid_at(i) for i in range(len(store))] == ["1", "2"] and "7" not in store
+    queries = tmp_path / "queries.tsv"
+    queries.write_bytes(b"q1\tfive\rq7\tseven\nq2\ttwo\n")
+    assert read_tsv_queries(queries) == read_topics(queries)[0] == {"q1": "five\rq7\tseven", "q2": "two"}
+    corpus = tmp_path / "corpus.jsonl"               # "\r" is JSON whitespace between a record's fields
+    corpus.write_bytes(b'{"_id": "a",\r "text": "x"}\n{"_id": "b", "text": "y"}\n')
+    assert [(p.docid, p.text, p.line) for p in read_beir_corpus(corpus)] == [("a", "x", 1), ("b", "y", 2)]
+
+
+@pytest.mark.parametrize("name, text, read", [
+    ("corpus.jsonl", '{"_id": "d1", "title": "T", "text": "one"}\n\n{"_id": "d2", "text": "two "}\n',
+     lambda path: list(read_beir_corpus(path))),
+    ("collection.tsv", "1\tfirst passage \n2\tsecond\n", lambda path: list(read_tsv_collection(path))),
+    ("queries.jsonl", '{"_id": "1", "text": "q one"}\n{"_id": "2", "text": "q two"}\n', read_beir_queries),
+    ("queries.tsv", "1\tq one\n2\tq two\n", read_topics),
+    ("topics.txt", "<top>\n<num> Number: 7\n<title> a topic\n\n</top>\n", read_topics),
+    ("qrels.tsv", "query-id\tcorpus-id\tscore\n1\td1\t2\n1\td2\t0\n", read_qrels),
+    ("qrels.txt", "1 0 d1 2\n1 0 d2 0\n", read_qrels),
+    ("run.trec", "1 Q0 d1 1 2.5 t\n1 Q0 d2 2 1.5 t\n", read_trec_run),
+    ("run.json", '{\n"1": {"d1": 2.5,\n "d2": 1.5}\n}\n', read_json_run),
+])
+def test_a_crlf_file_reads_as_the_lf_file(name, text, read, tmp_path):
+    """Windows line endings change nothing: same records, same texts (no trailing "\r"), same line numbers."""
+    (tmp_path / "lf").mkdir()
+    (tmp_path / "crlf").mkdir()
+    lf = tmp_path / "lf" / name
+    lf.write_bytes(text.encode())
+    crlf = tmp_path / "crlf" / name
+    crlf.write_bytes(text.replace("\n", "\r\n").encode())
+    assert b"\r\n" in crlf.read_bytes() and read(crlf) == read(lf)
 
 
 def test_queries_jsonl_missing_text(tmp_path):

@@ -50,13 +50,17 @@ def open_text(path: str | Path) -> IO[str]:
 
     UTF-8 with or without a byte-order mark: files saved by Windows tools often start with one,
     and it must not turn the first record into malformed JSON or an id with an invisible prefix.
+
+    Lines end at "\n" only (a "\r\n" ending is kept, and the readers strip it): a lone "\r" is text, as
+    it is to the byte-offset `PassageStore` and to JSON, not a line break that would split a passage or
+    query in two and shift every later line number.
     """
     path = Path(path)
     if not path.is_file():
         raise DupMAEEvalError(f"{path}: no such file")
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig")
-    return open(path, encoding="utf-8-sig")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="\n")
+    return open(path, encoding="utf-8-sig", newline="\n")
 
 
 READ_ERRORS = (EOFError, OSError, zlib.error, UnicodeDecodeError)
