@@ -114,6 +114,36 @@ def test_a_crlf_file_reads_as_the_lf_file(name, text, read, tmp_path):
     assert b"\r\n" in crlf.read_bytes() and read(crlf) == read(lf)
 
 
+def _lines_with_a_bad_byte(name, count=3000, bad=2500):
+    """`count` lines (about 130 KB, far past a text stream's 8 KB and the readers' 64 KB blocks) of a file
+    of kind `name`, after a byte-order mark; line `bad` holds a Latin-1 byte that is not UTF-8."""
+    if name.startswith("corpus"):
+        lines = [json.dumps({"_id": str(i), "text": f"caf {i} " + "x" * 20}) for i in range(1, count + 1)]
+    elif name.startswith("queries"):
+        lines = [f"q{i}\tcaf {i} " + "x" * 20 for i in range(1, count + 1)]
+    else:                                                   # a JSON run: "{", one query a line, "}"
+        lines = ["{"] + [f'"q{i}": {{"caf{i}": 1.5}},' for i in range(2, count)] + ['"last": {"d": 1.0}', "}"]
+    data = [line.encode() for line in lines]
+    data[bad - 1] = data[bad - 1].replace(b"caf", b"caf\xe9", 1)
+    assert b"\xe9" in data[bad - 1]
+    return b"\xef\xbb\xbf" + b"\n".join(data) + b"\n"
+
+
+@pytest.mark.parametrize("name, read", [
+    ("corpus.jsonl", lambda path: list(read_beir_corpus(path))),
+    ("corpus.jsonl.gz", lambda path: list(read_beir_corpus(path))),
+    ("queries.tsv", read_tsv_queries),
+    ("run.json", read_json_run),
+])
+def test_bad_utf8_is_named_at_the_line_that_holds_it(name, read, tmp_path):
+    """Not at the line where the block the bad byte came in began (line 2497 instead of 2500, say)."""
+    path = tmp_path / name
+    data = _lines_with_a_bad_byte(name)
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    with pytest.raises(InputFormatError, match=rf"{name}:2500: not valid UTF-8 text$"):
+        read(path)
+
+
 def test_queries_jsonl_missing_text(tmp_path):
     path = _write(tmp_path / "queries.jsonl", '{"_id": "1", "text": "q"}\n{"_id": "2"}\n')
     with pytest.raises(InputFormatError, match=r'queries.jsonl:2: missing field "text"'):

@@ -260,6 +260,12 @@ def test_tevatron_jsonl_is_read(tmp_path):
     path.write_text(json.dumps({"query": "what", "positive_passages": []}) + "\n")
     with pytest.raises(DupMAEEvalError, match=r"train\.jsonl:1: .*no positive_passages"):
         from_tevatron(path)
+    record = json.dumps({"query": "caf", "positive_passages": [{"docid": "a", "text": "x" * 40}]}).encode()
+    lines = [record] * 3000                 # bad UTF-8 far past the first blocks: one line naming its line
+    lines[2499] = record.replace(b"caf", b"caf\xe9")
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(DupMAEEvalError, match=r"train\.jsonl:2500: not valid UTF-8 text$"):
+        from_tevatron(path)
 
 
 def _copy_dataset(source: Path, target: Path) -> Path:

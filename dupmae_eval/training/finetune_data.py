@@ -24,7 +24,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dupmae_eval.data.formats import Passage, numbered_lines, open_text
+from dupmae_eval.data.formats import Passage, numbered_lines
 from dupmae_eval.errors import DupMAEEvalError, InputFormatError
 
 
@@ -172,29 +172,26 @@ def from_tevatron(path: Path) -> Tuple[List[TrainingQuery], PassageStore]:
     """tevatron's training JSONL: one query per line with its positive and negative passages."""
     texts: Dict[str, str] = {}
     chosen = []
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                query = str(record["query"])
-                qid = str(record.get("query_id", number))
-                groups = []
-                for key in ("positive_passages", "negative_passages"):
-                    ids = []
-                    for passage in record.get(key) or []:
-                        docid = str(passage["docid"])
-                        texts.setdefault(docid, Passage(docid, passage.get("title") or "",
-                                                        passage.get("text") or "").flat_text())
-                        ids.append(docid)
-                    groups.append(tuple(ids))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise InputFormatError(path, number, f"not a tevatron training record "
-                                                     f"({exc.__class__.__name__}: {exc})") from None
-            if not groups[0]:
-                raise InputFormatError(path, number, f"query {qid!r} has no positive_passages")
-            chosen.append(TrainingQuery(qid, query, groups[0], tuple(d for d in groups[1] if d not in groups[0])))
+    for number, line in numbered_lines(path):     # a corrupt file or bad UTF-8 is refused at its line
+        try:
+            record = json.loads(line)
+            query = str(record["query"])
+            qid = str(record.get("query_id", number))
+            groups = []
+            for key in ("positive_passages", "negative_passages"):
+                ids = []
+                for passage in record.get(key) or []:
+                    docid = str(passage["docid"])
+                    texts.setdefault(docid, Passage(docid, passage.get("title") or "",
+                                                    passage.get("text") or "").flat_text())
+                    ids.append(docid)
+                groups.append(tuple(ids))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputFormatError(path, number, f"not a tevatron training record "
+                                                 f"({exc.__class__.__name__}: {exc})") from None
+        if not groups[0]:
+            raise InputFormatError(path, number, f"query {qid!r} has no positive_passages")
+        chosen.append(TrainingQuery(qid, query, groups[0], tuple(d for d in groups[1] if d not in groups[0])))
     if not chosen:
         raise DupMAEEvalError(f"{path}: no training queries")
     return chosen, EmbeddedStore(texts)
