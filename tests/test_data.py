@@ -54,6 +54,20 @@ def test_qrels_formats_trec_and_beir_agree(tmp_path):
     assert read_qrels(trec) == read_qrels(beir) == {"1": {"d1": 2, "d2": 0}, "2": {"d3": 1}}
 
 
+@pytest.mark.parametrize("name, text, line, first", [
+    ("q.trec", "1 0 d1 2\n1 0 d2 0\n\n2 0 d3 1\n1 0 d1 0\n", 5, 1),
+    ("q.tsv", "query-id\tcorpus-id\tscore\n1\td1\t2\n1\td2\t0\n2\td3\t1\n1\td1\t0\n", 5, 2),
+])
+def test_a_pair_judged_twice_with_different_grades_is_refused_naming_both_lines(name, text, line, first, tmp_path):
+    """Keeping either grade would change the scores without a sign; the same grade twice changes nothing."""
+    path = _write(tmp_path / name, text)
+    with pytest.raises(InputFormatError, match=rf"{name}:{line}: document 'd1' is judged twice for query '1' with "
+                                               rf"different grades: 0 here, 2 at line {first}$"):
+        read_qrels(path)
+    _write(path, text.replace("d1\t0\n", "d1\t2\n").replace("d1 0\n", "d1 2\n"))
+    assert read_qrels(path) == {"1": {"d1": 2, "d2": 0}, "2": {"d3": 1}}
+
+
 def test_run_that_is_not_trec_format_is_refused(tmp_path):
     path = _write(tmp_path / "run.txt", "1 Q0 d1 1 3.0 tag\n1\td2\t2\n")
     with pytest.raises(InputFormatError, match=r"run.txt:2: not TREC run format"):

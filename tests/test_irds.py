@@ -18,6 +18,7 @@ import pytest
 from conftest import REPO
 from dupmae_eval.cli import main
 from dupmae_eval.data.datasets import lookup
+from dupmae_eval.errors import DupMAEEvalError
 from dupmae_eval.evaluation.suites import load_suite
 from dupmae_eval.shipped import suite_path
 
@@ -44,6 +45,61 @@ def _python(home, code: str) -> str:
                           timeout=600, cwd=home)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
+
+
+class _Served:
+    """Stands for ir_datasets' dataset object (what `irds._load` returns), serving records made by hand."""
+
+    def __init__(self, docs, queries, qrels):
+        self.docs, self.queries, self.qrels = docs, queries, qrels
+
+    def has_docs(self):
+        return True
+
+    has_queries = has_qrels = has_docs
+
+    def docs_iter(self):
+        return iter(self.docs)
+
+    def queries_iter(self):
+        return iter(self.queries)
+
+    def qrels_iter(self):
+        return iter(self.qrels)
+
+
+@pytest.fixture
+def served(monkeypatch, tmp_path):
+    """`serve(docs=..., queries=..., qrels=...)` makes `irds:beir/scifact/test` read those records (ir_datasets'
+    own record types, given as tuples), in process: nothing downloaded, nothing read from ir_datasets' cache.
+    Unset, a part is three documents, two queries and their judgments, all well-formed."""
+    import ir_datasets
+    from ir_datasets.datasets.beir import BeirTitleDoc
+    from ir_datasets.formats import GenericQuery, TrecQrel
+
+    from dupmae_eval.data import irds
+
+    monkeypatch.setattr(ir_datasets.util, "home_path", lambda: tmp_path)     # no corpus files of its own there
+
+    def serve(docs=(("d1", "one text", ""), ("d2", "two text", "T"), ("d3", "three", "")),
+              queries=(("1", "one"), ("2", "two")), qrels=(("1", "d1", 1, "0"), ("2", "d3", 2, "0"))):
+        handle = _Served([BeirTitleDoc(*doc) for doc in docs], [GenericQuery(*query) for query in queries],
+                         [TrecQrel(*qrel) for qrel in qrels])
+        monkeypatch.setattr(irds, "_load", lambda name: handle)
+        return irds.resolve_irds("irds:beir/scifact/test")
+
+    return serve
+
+
+def test_a_pair_judged_twice_with_different_grades_is_refused(served):
+    """As the file readers refuse it; the same grade twice changes no score and is kept once."""
+    dataset = served(qrels=(("1", "d1", 1, "0"), ("2", "d3", 2, "0"), ("1", "d1", 0, "0")))
+    with pytest.raises(DupMAEEvalError) as refused:
+        dataset.qrels("test")
+    assert str(refused.value) == ("irds:beir/scifact/test: ir_datasets judges document 'd1' twice for query '1' "
+                                  "with different grades: 1, then 0")
+    dataset = served(qrels=(("1", "d1", 1, "0"), ("2", "d3", 2, "0"), ("1", "d1", 1, "0")))
+    assert dataset.qrels("test") == {"1": {"d1": 1}, "2": {"d3": 2}}
 
 
 def test_measures_and_splits_follow_the_matching_registry_dataset():

@@ -195,7 +195,7 @@ def read_beir_qrels(path: str | Path) -> Qrels:
                                                  f"(query-id, corpus-id, score), found {len(fields)}")
         qid = check_id(path, number, fields[0].strip(), "query-id")
         docid = check_id(path, number, fields[1].strip(), "corpus-id")
-        qrels.setdefault(qid, {})[docid] = _grade(path, number, fields[2])
+        _judge(qrels, path, number, qid, docid, _grade(path, number, fields[2]), _beir_pair)
     return qrels
 
 
@@ -204,6 +204,26 @@ def _grade(path: Path, number: int, text: str) -> int:
         return int(text.strip())
     except ValueError:
         raise InputFormatError(path, number, f"relevance {text.strip()!r} is not an integer") from None
+
+
+def _beir_pair(line: str) -> Tuple[str, ...]:
+    return tuple(field.strip() for field in line.split("\t")[:2])
+
+
+def _trec_pair(line: str) -> Tuple[str, ...]:
+    return tuple(line.split()[0:3:2])
+
+
+def _judge(qrels: Qrels, path: Path, number: int, qid: str, docid: str, grade: int, pair) -> None:
+    """Record one judgment. A pair judged again with the same grade changes no score and is kept once; with
+    another grade it is refused naming both lines, since keeping either grade would change the scores without
+    a sign. Only then is the file read again (`pair`: a line's (query id, doc id)) for the first line, so
+    reading keeps no line numbers (MS MARCO's training qrels judge over half a million pairs)."""
+    earlier = qrels.setdefault(qid, {}).setdefault(docid, grade)
+    if earlier != grade:
+        first = next(line for line, text in numbered_lines(path) if pair(text) == (qid, docid))
+        raise InputFormatError(path, number, f"document {docid!r} is judged twice for query {qid!r} with "
+                                             f"different grades: {grade} here, {earlier} at line {first}")
 
 
 # --------------------------------------------------------------------------- MS MARCO / TREC
@@ -244,7 +264,7 @@ def read_trec_qrels(path: str | Path) -> Qrels:
         if len(fields) != 4:
             raise InputFormatError(path, number, f"expected 4 columns (query-id, iteration, doc-id, "
                                                  f"relevance), found {len(fields)}")
-        qrels.setdefault(fields[0], {})[fields[2]] = _grade(path, number, fields[3])
+        _judge(qrels, path, number, fields[0], fields[2], _grade(path, number, fields[3]), _trec_pair)
     return qrels
 
 

@@ -206,7 +206,13 @@ class IrdsDataset(Dataset):
         qrels: Qrels = {}
         try:
             for qrel in self._handle.qrels_iter():
-                qrels.setdefault(str(qrel.query_id), {})[str(qrel.doc_id)] = int(qrel.relevance)
+                qid, docid, grade = str(qrel.query_id), str(qrel.doc_id), int(qrel.relevance)
+                earlier = qrels.setdefault(qid, {}).setdefault(docid, grade)
+                if earlier != grade:        # as the file readers refuse it (see formats._judge)
+                    raise DupMAEEvalError(f"{self.name}: ir_datasets judges document {docid!r} twice for query "
+                                          f"{qid!r} with different grades: {earlier}, then {grade}")
+        except DupMAEEvalError:
+            raise
         except Exception as exc:
             raise _fail(self.name, "judgments", exc) from None
         return qrels
