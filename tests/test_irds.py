@@ -102,6 +102,15 @@ def test_a_pair_judged_twice_with_different_grades_is_refused(served):
     assert dataset.qrels("test") == {"1": {"d1": 1}, "2": {"d3": 2}}
 
 
+def test_fine_tuning_refuses_a_repeated_document_id(served):
+    """The corpus census runs before the training passages are gathered, as it does before retrieval."""
+    from dupmae_eval.training.finetune_data import from_dataset
+
+    dataset = served(docs=(("d1", "one text", ""), ("d2", "two text", ""), ("d1", "one again", "")))
+    with pytest.raises(DupMAEEvalError, match=r"^irds:beir/scifact:3: duplicate id 'd1' \(first at line 1\)"):
+        from_dataset(dataset, "test")
+
+
 def test_measures_and_splits_follow_the_matching_registry_dataset():
     assert lookup("irds:beir/scifact/test").measures == {"test": ("nDCG@10", "R@100", "R@1000")}
     assert lookup("irds:beir/arguana").default_split == "test"
