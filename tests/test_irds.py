@@ -111,6 +111,43 @@ def test_fine_tuning_refuses_a_repeated_document_id(served):
         from_dataset(dataset, "test")
 
 
+_WHITESPACE = "contains whitespace (runs and qrels are whitespace-separated, so it cannot be written or read back)"
+
+
+@pytest.mark.parametrize("records, read, message", [
+    ({"docs": (("d1", "one", ""), ("d 2", "two", ""))}, lambda data: list(data.passages()),
+     f"document id 'd 2' {_WHITESPACE}"),
+    ({"queries": (("1", "one"), ("q 2", "two"))}, lambda data: data.queries("test"), f"query id 'q 2' {_WHITESPACE}"),
+    ({"queries": (("1", "one"), ("2", "two"), ("1", "one again"))}, lambda data: data.queries("test"),
+     "duplicate query id '1' (ir_datasets lists it as query 1 and again as query 3)"),
+    ({"queries": (("1", "one"), ("", "no id"))}, lambda data: data.queries("test"), "empty query id"),
+    ({"qrels": (("1", "d1", 1, "0"), ("2", "d 3", 1, "0"))}, lambda data: data.qrels("test"),
+     f"document id 'd 3' {_WHITESPACE}"),
+])
+def test_ids_are_checked_as_the_file_readers_check_them(served, records, read, message):
+    """One line naming the dataset and the id, where the files' readers name the file and the line."""
+    with pytest.raises(DupMAEEvalError) as refused:
+        read(served(**records))
+    assert str(refused.value) == f"irds:beir/scifact/test: {message}"
+
+
+@pytest.mark.parametrize("records, message", [
+    ({"docs": (("d1", "one text", ""), ("d 2", "two text", ""), ("d3", "three", ""))},
+     f"document id 'd 2' {_WHITESPACE}"),
+    ({"queries": (("1", "one"), ("2", "two"), ("1", "one again"))},
+     "duplicate query id '1' (ir_datasets lists it as query 1 and again as query 3)"),
+])
+def test_a_bad_id_stops_bm25_before_any_work(served, records, message, tmp_path, capsys, cache_home):
+    """Not when the run is written: nothing is indexed, searched or written."""
+    served(**records)
+    before = sorted(cache_home.glob("indexes/**/*"))
+    out = tmp_path / "run.trec"
+    assert main(["bm25", "--dataset", "irds:beir/scifact/test", "--output", str(out)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].endswith(f"irds:beir/scifact/test: {message}"), err
+    assert not out.exists() and sorted(cache_home.glob("indexes/**/*")) == before
+
+
 def test_measures_and_splits_follow_the_matching_registry_dataset():
     assert lookup("irds:beir/scifact/test").measures == {"test": ("nDCG@10", "R@100", "R@1000")}
     assert lookup("irds:beir/arguana").default_split == "test"

@@ -115,7 +115,7 @@ def numbered_lines(path: str | Path) -> Iterator[Tuple[int, str]]:
                 return
 
 
-def check_id(path: str | Path, line: int, value: str, what: str) -> str:
+def check_id(path: str | Path, line: Optional[int], value: str, what: str) -> str:
     """Refuse an empty id or one holding whitespace: TREC runs and qrels are whitespace-separated,
     so such an id would silently become extra columns in every file written from it."""
     if not value:
