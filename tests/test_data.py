@@ -9,7 +9,8 @@ import pytest
 
 from dupmae_eval.files import atomic_output
 from dupmae_eval.data.formats import (
-    read_beir_corpus, read_beir_queries, read_qrels, read_trec_run, read_tsv_collection, write_trec_run)
+    read_beir_corpus, read_beir_queries, read_json_run, read_qrels, read_topics, read_trec_run, read_tsv_collection,
+    read_tsv_queries, write_trec_run)
 from dupmae_eval.errors import DupMAEEvalError, InputFormatError
 
 
@@ -53,6 +54,20 @@ def test_qrels_formats_trec_and_beir_agree(tmp_path):
     assert read_qrels(trec) == read_qrels(beir) == {"1": {"d1": 2, "d2": 0}, "2": {"d3": 1}}
 
 
+@pytest.mark.parametrize("name, text, line, first", [
+    ("q.trec", "1 0 d1 2\n1 0 d2 0\n\n2 0 d3 1\n1 0 d1 0\n", 5, 1),
+    ("q.tsv", "query-id\tcorpus-id\tscore\n1\td1\t2\n1\td2\t0\n2\td3\t1\n1\td1\t0\n", 5, 2),
+])
+def test_a_pair_judged_twice_with_different_grades_is_refused_naming_both_lines(name, text, line, first, tmp_path):
+    """Keeping either grade would change the scores without a sign; the same grade twice changes nothing."""
+    path = _write(tmp_path / name, text)
+    with pytest.raises(InputFormatError, match=rf"{name}:{line}: document 'd1' is judged twice for query '1' with "
+                                               rf"different grades: 0 here, 2 at line {first}$"):
+        read_qrels(path)
+    _write(path, text.replace("d1\t0\n", "d1\t2\n").replace("d1 0\n", "d1 2\n"))
+    assert read_qrels(path) == {"1": {"d1": 2, "d2": 0}, "2": {"d3": 1}}
+
+
 def test_run_that_is_not_trec_format_is_refused(tmp_path):
     path = _write(tmp_path / "run.txt", "1 Q0 d1 1 3.0 tag\n1\td2\t2\n")
     with pytest.raises(InputFormatError, match=r"run.txt:2: not TREC run format"):
@@ -66,6 +81,81 @@ def test_msmarco_collection_line_without_tab(tmp_path):
     path = _write(tmp_path / "collection.tsv", "0\tfirst passage\n1 second passage\n")
     with pytest.raises(InputFormatError, match=r"collection.tsv:2"):
         list(read_tsv_collection(path))
+
+
+def test_a_lone_carriage_return_is_text_not_a_line_break(tmp_path):
+    """Only "\n" ends a line: a stray "\r" inside a passage or query stays in its text instead of starting a
+    record of its own (here a fake passage 7 and query q7) and moving every later line number."""
+    collection = tmp_path / "collection.tsv"
+    collection.write_bytes(b"1\tthe price was 5\r7\tdollars today\n2\tsecond\n")
+    packed = tmp_path / "collection.tsv.gz"
+    packed.write_bytes(gzip.compress(collection.read_bytes()))
+    for path in (collection, packed):
+        assert [(p.docid, p.text, p.line) for p in read_tsv_collection(path)] == [
+            ("1", "the price was 5\r7\tdollars today", 1), ("2", "second", 2)]
+    from dupmae_eval.training.finetune_data import PassageStore
+
+    store = PassageStore(collection, "msmarco")      # reads the file by byte offset: the same two passages
+    assert [store.docid_at(i) for i in range(len(store))] == ["1", "2"] and "7" not in store
+    queries = tmp_path / "queries.tsv"
+    queries.write_bytes(b"q1\tfive\rq7\tseven\nq2\ttwo\n")
+    assert read_tsv_queries(queries) == read_topics(queries)[0] == {"q1": "five\rq7\tseven", "q2": "two"}
+    corpus = tmp_path / "corpus.jsonl"               # "\r" is JSON whitespace between a record's fields
+    corpus.write_bytes(b'{"_id": "a",\r "text": "x"}\n{"_id": "b", "text": "y"}\n')
+    assert [(p.docid, p.text, p.line) for p in read_beir_corpus(corpus)] == [("a", "x", 1), ("b", "y", 2)]
+
+
+@pytest.mark.parametrize("name, text, read", [
+    ("corpus.jsonl", '{"_id": "d1", "title": "T", "text": "one"}\n\n{"_id": "d2", "text": "two "}\n',
+     lambda path: list(read_beir_corpus(path))),
+    ("collection.tsv", "1\tfirst passage \n2\tsecond\n", lambda path: list(read_tsv_collection(path))),
+    ("queries.jsonl", '{"_id": "1", "text": "q one"}\n{"_id": "2", "text": "q two"}\n', read_beir_queries),
+    ("queries.tsv", "1\tq one\n2\tq two\n", read_topics),
+    ("topics.txt", "<top>\n<num> Number: 7\n<title> a topic\n\n</top>\n", read_topics),
+    ("qrels.tsv", "query-id\tcorpus-id\tscore\n1\td1\t2\n1\td2\t0\n", read_qrels),
+    ("qrels.txt", "1 0 d1 2\n1 0 d2 0\n", read_qrels),
+    ("run.trec", "1 Q0 d1 1 2.5 t\n1 Q0 d2 2 1.5 t\n", read_trec_run),
+    ("run.json", '{\n"1": {"d1": 2.5,\n "d2": 1.5}\n}\n', read_json_run),
+])
+def test_a_crlf_file_reads_as_the_lf_file(name, text, read, tmp_path):
+    """Windows line endings change nothing: same records, same texts (no trailing "\r"), same line numbers."""
+    (tmp_path / "lf").mkdir()
+    (tmp_path / "crlf").mkdir()
+    lf = tmp_path / "lf" / name
+    lf.write_bytes(text.encode())
+    crlf = tmp_path / "crlf" / name
+    crlf.write_bytes(text.replace("\n", "\r\n").encode())
+    assert b"\r\n" in crlf.read_bytes() and read(crlf) == read(lf)
+
+
+def _lines_with_a_bad_byte(name, count=3000, bad=2500):
+    """`count` lines (about 130 KB, far past a text stream's 8 KB and the readers' 64 KB blocks) of a file
+    of kind `name`, after a byte-order mark; line `bad` holds a Latin-1 byte that is not UTF-8."""
+    if name.startswith("corpus"):
+        lines = [json.dumps({"_id": str(i), "text": f"caf {i} " + "x" * 20}) for i in range(1, count + 1)]
+    elif name.startswith("queries"):
+        lines = [f"q{i}\tcaf {i} " + "x" * 20 for i in range(1, count + 1)]
+    else:                                                   # a JSON run: "{", one query a line, "}"
+        lines = ["{"] + [f'"q{i}": {{"caf{i}": 1.5}},' for i in range(2, count)] + ['"last": {"d": 1.0}', "}"]
+    data = [line.encode() for line in lines]
+    data[bad - 1] = data[bad - 1].replace(b"caf", b"caf\xe9", 1)
+    assert b"\xe9" in data[bad - 1]
+    return b"\xef\xbb\xbf" + b"\n".join(data) + b"\n"
+
+
+@pytest.mark.parametrize("name, read", [
+    ("corpus.jsonl", lambda path: list(read_beir_corpus(path))),
+    ("corpus.jsonl.gz", lambda path: list(read_beir_corpus(path))),
+    ("queries.tsv", read_tsv_queries),
+    ("run.json", read_json_run),
+])
+def test_bad_utf8_is_named_at_the_line_that_holds_it(name, read, tmp_path):
+    """Not at the line where the block the bad byte came in began (line 2497 instead of 2500, say)."""
+    path = tmp_path / name
+    data = _lines_with_a_bad_byte(name)
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    with pytest.raises(InputFormatError, match=rf"{name}:2500: not valid UTF-8 text$"):
+        read(path)
 
 
 def test_queries_jsonl_missing_text(tmp_path):

@@ -18,6 +18,7 @@ import pytest
 from conftest import REPO
 from dupmae_eval.cli import main
 from dupmae_eval.data.datasets import lookup
+from dupmae_eval.errors import DupMAEEvalError
 from dupmae_eval.evaluation.suites import load_suite
 from dupmae_eval.shipped import suite_path
 
@@ -44,6 +45,107 @@ def _python(home, code: str) -> str:
                           timeout=600, cwd=home)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
+
+
+class _Served:
+    """Stands for ir_datasets' dataset object (what `irds._load` returns), serving records made by hand."""
+
+    def __init__(self, docs, queries, qrels):
+        self.docs, self.queries, self.qrels = docs, queries, qrels
+
+    def has_docs(self):
+        return True
+
+    has_queries = has_qrels = has_docs
+
+    def docs_iter(self):
+        return iter(self.docs)
+
+    def queries_iter(self):
+        return iter(self.queries)
+
+    def qrels_iter(self):
+        return iter(self.qrels)
+
+
+@pytest.fixture
+def served(monkeypatch, tmp_path):
+    """`serve(docs=..., queries=..., qrels=...)` makes `irds:beir/scifact/test` read those records (ir_datasets'
+    own record types, given as tuples), in process: nothing downloaded, nothing read from ir_datasets' cache.
+    Unset, a part is three documents, two queries and their judgments, all well-formed."""
+    import ir_datasets
+    from ir_datasets.datasets.beir import BeirTitleDoc
+    from ir_datasets.formats import GenericQuery, TrecQrel
+
+    from dupmae_eval.data import irds
+
+    monkeypatch.setattr(ir_datasets.util, "home_path", lambda: tmp_path)     # no corpus files of its own there
+
+    def serve(docs=(("d1", "one text", ""), ("d2", "two text", "T"), ("d3", "three", "")),
+              queries=(("1", "one"), ("2", "two")), qrels=(("1", "d1", 1, "0"), ("2", "d3", 2, "0"))):
+        handle = _Served([BeirTitleDoc(*doc) for doc in docs], [GenericQuery(*query) for query in queries],
+                         [TrecQrel(*qrel) for qrel in qrels])
+        monkeypatch.setattr(irds, "_load", lambda name: handle)
+        return irds.resolve_irds("irds:beir/scifact/test")
+
+    return serve
+
+
+def test_a_pair_judged_twice_with_different_grades_is_refused(served):
+    """As the file readers refuse it; the same grade twice changes no score and is kept once."""
+    dataset = served(qrels=(("1", "d1", 1, "0"), ("2", "d3", 2, "0"), ("1", "d1", 0, "0")))
+    with pytest.raises(DupMAEEvalError) as refused:
+        dataset.qrels("test")
+    assert str(refused.value) == ("irds:beir/scifact/test: ir_datasets judges document 'd1' twice for query '1' "
+                                  "with different grades: 1, then 0")
+    dataset = served(qrels=(("1", "d1", 1, "0"), ("2", "d3", 2, "0"), ("1", "d1", 1, "0")))
+    assert dataset.qrels("test") == {"1": {"d1": 1}, "2": {"d3": 2}}
+
+
+def test_fine_tuning_refuses_a_repeated_document_id(served):
+    """The corpus census runs before the training passages are gathered, as it does before retrieval."""
+    from dupmae_eval.training.finetune_data import from_dataset
+
+    dataset = served(docs=(("d1", "one text", ""), ("d2", "two text", ""), ("d1", "one again", "")))
+    with pytest.raises(DupMAEEvalError, match=r"^irds:beir/scifact:3: duplicate id 'd1' \(first at line 1\)"):
+        from_dataset(dataset, "test")
+
+
+_WHITESPACE = "contains whitespace (runs and qrels are whitespace-separated, so it cannot be written or read back)"
+
+
+@pytest.mark.parametrize("records, read, message", [
+    ({"docs": (("d1", "one", ""), ("d 2", "two", ""))}, lambda data: list(data.passages()),
+     f"document id 'd 2' {_WHITESPACE}"),
+    ({"queries": (("1", "one"), ("q 2", "two"))}, lambda data: data.queries("test"), f"query id 'q 2' {_WHITESPACE}"),
+    ({"queries": (("1", "one"), ("2", "two"), ("1", "one again"))}, lambda data: data.queries("test"),
+     "duplicate query id '1' (ir_datasets lists it as query 1 and again as query 3)"),
+    ({"queries": (("1", "one"), ("", "no id"))}, lambda data: data.queries("test"), "empty query id"),
+    ({"qrels": (("1", "d1", 1, "0"), ("2", "d 3", 1, "0"))}, lambda data: data.qrels("test"),
+     f"document id 'd 3' {_WHITESPACE}"),
+])
+def test_ids_are_checked_as_the_file_readers_check_them(served, records, read, message):
+    """One line naming the dataset and the id, where the files' readers name the file and the line."""
+    with pytest.raises(DupMAEEvalError) as refused:
+        read(served(**records))
+    assert str(refused.value) == f"irds:beir/scifact/test: {message}"
+
+
+@pytest.mark.parametrize("records, message", [
+    ({"docs": (("d1", "one text", ""), ("d 2", "two text", ""), ("d3", "three", ""))},
+     f"document id 'd 2' {_WHITESPACE}"),
+    ({"queries": (("1", "one"), ("2", "two"), ("1", "one again"))},
+     "duplicate query id '1' (ir_datasets lists it as query 1 and again as query 3)"),
+])
+def test_a_bad_id_stops_bm25_before_any_work(served, records, message, tmp_path, capsys, cache_home):
+    """Not when the run is written: nothing is indexed, searched or written."""
+    served(**records)
+    before = sorted(cache_home.glob("indexes/**/*"))
+    out = tmp_path / "run.trec"
+    assert main(["bm25", "--dataset", "irds:beir/scifact/test", "--output", str(out)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].endswith(f"irds:beir/scifact/test: {message}"), err
+    assert not out.exists() and sorted(cache_home.glob("indexes/**/*")) == before
 
 
 def test_measures_and_splits_follow_the_matching_registry_dataset():

@@ -206,6 +206,42 @@ def test_passage_store_reads_by_offset(small_beir, tmp_path):
     assert "4" not in tsv and "12" in tsv
 
 
+def test_passage_ids_that_differ_in_leading_zeros_are_two_passages(tmp_path):
+    """Ids are strings: "007" is not passage 7, and only "7" finds passage 7 (no "07", "0007" or "٧"), whether
+    the ids go through the dictionary or, all written as plain numbers, index the array."""
+    from dupmae_eval.training.finetune_data import PassageStore
+
+    collection = tmp_path / "collection.tsv"
+    collection.write_text("7\tseven\n007\tdouble-oh-seven\n12\ttwelve\n")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in (
+        ("7", "seven"), ("007", "double-oh-seven"), ("12", "twelve"))))
+    canonical = tmp_path / "canonical.tsv"
+    canonical.write_text("7\tseven\n0\tzero\n12\ttwelve\n")
+    for path, layout, ids in ((collection, "msmarco", ("7", "007", "12")), (corpus, "beir", ("7", "007", "12")),
+                              (canonical, "msmarco", ("7", "0", "12"))):
+        store = PassageStore(path, layout)
+        assert [store.text(d) for d in ids] == ["seven", "zero" if "0" in ids else "double-oh-seven", "twelve"]
+        assert all(d in store for d in ids)
+        for other in ("07", "0007", "012", "00", "٧", "+7", " 7", "7 "):
+            assert other not in store
+            with pytest.raises(KeyError):
+                store.text(other)
+    assert store._numeric is not None           # the plain numbers still index the array
+
+
+def test_a_repeated_passage_id_is_refused_before_fine_tuning_reads_the_corpus(tmp_path):
+    """As before retrieval (the corpus census), naming both lines: the store would keep one copy's text."""
+    from dupmae_eval.data.datasets import resolve
+    from dupmae_eval.training.finetune_data import from_dataset
+
+    (tmp_path / "collection.tsv").write_text("7\tseven\n3\tthree\n7\tanother seven\n")
+    (tmp_path / "queries.train.tsv").write_text("1\tnumber seven\n")
+    (tmp_path / "qrels.train.tsv").write_text("1 0 7 1\n")
+    with pytest.raises(DupMAEEvalError, match=r"collection\.tsv:3: duplicate id '7' \(first at line 1\)"):
+        from_dataset(resolve(str(tmp_path)), "train")
+
+
 def test_msmarco_layout_training_queries(tmp_path):
     """MS MARCO's own layout and file names for training (collection.tsv, queries.train.tsv, qrels.train.tsv):
     judged positives (grade > 0), passages read by offset from the numeric-id array."""
@@ -259,6 +295,12 @@ def test_tevatron_jsonl_is_read(tmp_path):
     assert store.text("a") == "T x" and store.text("b") == "y"
     path.write_text(json.dumps({"query": "what", "positive_passages": []}) + "\n")
     with pytest.raises(DupMAEEvalError, match=r"train\.jsonl:1: .*no positive_passages"):
+        from_tevatron(path)
+    record = json.dumps({"query": "caf", "positive_passages": [{"docid": "a", "text": "x" * 40}]}).encode()
+    lines = [record] * 3000                 # bad UTF-8 far past the first blocks: one line naming its line
+    lines[2499] = record.replace(b"caf", b"caf\xe9")
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(DupMAEEvalError, match=r"train\.jsonl:2500: not valid UTF-8 text$"):
         from_tevatron(path)
 
 

@@ -28,7 +28,7 @@ from typing import Dict, Iterator, Optional, Tuple
 
 from dupmae_eval import cache
 from dupmae_eval.data.datasets import REGISTRY, Dataset, DatasetInfo
-from dupmae_eval.data.formats import Passage, Qrels
+from dupmae_eval.data.formats import Passage, Qrels, check_id
 from dupmae_eval.data.layouts import BEIR_MEASURES, Layout, layout_of
 from dupmae_eval.errors import DupMAEEvalError
 
@@ -154,13 +154,14 @@ class IrdsDataset(Dataset):
 
     def passages(self) -> Iterator[Passage]:
         """The corpus as ir_datasets streams it: `title` where the document has one, `text` (or the
-        document's default text where it has no text field); `line` is the document's position."""
+        document's default text where it has no text field); `line` is the document's position. An id
+        that is empty or holds whitespace is refused as the file readers refuse it, before any work."""
         try:
             for number, doc in enumerate(self._handle.docs_iter(), 1):
                 fields = doc._fields
                 text = doc.text if "text" in fields else doc.default_text()
                 title = doc.title if "title" in fields else ""
-                yield Passage(str(doc.doc_id), title or "", text or "", number)
+                yield Passage(self._checked(doc.doc_id, "document id"), title or "", text or "", number)
         except DupMAEEvalError:
             raise
         except Exception as exc:
@@ -206,21 +207,42 @@ class IrdsDataset(Dataset):
         qrels: Qrels = {}
         try:
             for qrel in self._handle.qrels_iter():
-                qrels.setdefault(str(qrel.query_id), {})[str(qrel.doc_id)] = int(qrel.relevance)
+                qid, docid = self._checked(qrel.query_id, "query id"), self._checked(qrel.doc_id, "document id")
+                grade = int(qrel.relevance)
+                earlier = qrels.setdefault(qid, {}).setdefault(docid, grade)
+                if earlier != grade:        # as the file readers refuse it (see formats._judge)
+                    raise DupMAEEvalError(f"{self.name}: ir_datasets judges document {docid!r} twice for query "
+                                          f"{qid!r} with different grades: {earlier}, then {grade}")
+        except DupMAEEvalError:
+            raise
         except Exception as exc:
             raise _fail(self.name, "judgments", exc) from None
         return qrels
 
     def queries(self, split: str) -> Dict[str, str]:
+        """{query id: text} in ir_datasets' order; ids unique and without whitespace, as the file readers
+        refuse them, so a bad id stops the work before it starts instead of when the run is written."""
         self._check_split(split)
         queries: Dict[str, str] = {}
+        positions: Dict[str, int] = {}
         try:
-            for query in self._handle.queries_iter():
+            for number, query in enumerate(self._handle.queries_iter(), 1):
+                qid = self._checked(query.query_id, "query id")
+                first = positions.setdefault(qid, number)
+                if first != number:
+                    raise DupMAEEvalError(f"{self.name}: duplicate query id {qid!r} (ir_datasets lists it as "
+                                          f"query {first} and again as query {number})")
                 text = query.text if "text" in query._fields else query.default_text()
-                queries[str(query.query_id)] = str(text)
+                queries[qid] = str(text)
+        except DupMAEEvalError:
+            raise
         except Exception as exc:
             raise _fail(self.name, "queries", exc) from None
         return queries
+
+    def _checked(self, value, what: str) -> str:
+        """`value` as an id string; empty or holding whitespace, it is refused naming the dataset and the id."""
+        return check_id(self.name, None, str(value), what)
 
     def _check_split(self, split: str) -> str:
         if split not in (self.split, None):

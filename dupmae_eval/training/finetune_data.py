@@ -8,8 +8,9 @@ Three sources, one shape (`TrainingQuery`):
 
 Passages are read by id from the corpus file without loading it (`PassageStore`): one pass
 records each passage's byte offset (8 bytes a passage: 70 MB for MS MARCO's 8.8M; ids that are all
-decimal numbers, as MS MARCO's, index an array directly, other ids go through a dictionary). A
-gzipped corpus cannot be read at an offset: its texts are held in memory instead.
+decimal numbers written as `str(int(id))` writes them, as MS MARCO's, index an array directly, other ids
+go through a dictionary, so "7" and "007" stay two passages). A gzipped corpus cannot be read at an
+offset: its texts are held in memory instead.
 
 Every example is drawn from (seed, epoch, query): the positive among the judged ones and the
 negatives among the candidates, so an epoch is the same whether or not the run was interrupted.
@@ -24,7 +25,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dupmae_eval.data.formats import Passage, numbered_lines, open_text
+from dupmae_eval.data.formats import Passage, numbered_lines
 from dupmae_eval.errors import DupMAEEvalError, InputFormatError
 
 
@@ -66,7 +67,7 @@ class PassageStore:
                 position += len(raw)
                 bar.update(len(raw))
         self._order = ids
-        if ids and all(i.isdigit() for i in ids):
+        if ids and all(_canonical_number(i) for i in ids):
             numbers = np.fromiter((int(i) for i in ids), dtype=np.int64, count=len(ids))
             table = np.full(int(numbers.max()) + 1, -1, dtype=np.int64)
             table[numbers] = np.asarray(offsets, dtype=np.int64)
@@ -90,8 +91,9 @@ class PassageStore:
     def __contains__(self, docid: str) -> bool:
         if self._texts is not None:
             return docid in self._texts
-        if self._numeric is not None:
-            return docid.isdigit() and int(docid) < len(self._numeric) and self._numeric[int(docid)] >= 0
+        if self._numeric is not None:     # "007" is not passage 7: only the id as written in the corpus
+            return (_canonical_number(docid) and int(docid) < len(self._numeric)
+                    and bool(self._numeric[int(docid)] >= 0))
         return docid in self._offsets
 
     def docid_at(self, index: int) -> str:
@@ -101,7 +103,12 @@ class PassageStore:
         """Title and text, as the encoder sees them at inference (`Passage.flat_text`)."""
         if self._texts is not None:
             return self._texts[docid]
-        offset = int(self._numeric[int(docid)]) if self._numeric is not None else self._offsets[docid]
+        if self._numeric is None:
+            offset = self._offsets[docid]
+        elif docid in self:
+            offset = int(self._numeric[int(docid)])
+        else:
+            raise KeyError(docid)
         if self._handle is None:
             self._handle = open(self.path, "rb")
         self._handle.seek(offset)
@@ -118,6 +125,12 @@ class PassageStore:
         return state
 
 
+def _canonical_number(docid: str) -> bool:
+    """An id that is a decimal number as `str(int(id))` writes it ("7"; not "007", "+7" or "٧"), so that the
+    number stands for that one id."""
+    return docid.isascii() and docid.isdigit() and (docid[0] != "0" or docid == "0")
+
+
 class EmbeddedStore(PassageStore):
     """Texts carried by the training file itself (tevatron JSONL)."""
 
@@ -131,7 +144,12 @@ class EmbeddedStore(PassageStore):
 
 def from_dataset(dataset, split: str) -> Tuple[List[TrainingQuery], PassageStore]:
     """A registered or local dataset's split: judged positives, refusing qrels that name no positive or a
-    passage the corpus lacks (with the judgment file's line)."""
+    passage the corpus lacks (with the judgment file's line). The corpus census runs first, as before
+    retrieval, so a repeated passage id is refused naming both lines instead of one copy's text being
+    trained on; it is cached by the corpus's SHA-256, and mining BM25 negatives takes it anyway."""
+    from dupmae_eval.data.census import take_census
+
+    take_census(dataset)
     if dataset.layout == "irds":        # ir_datasets keeps no corpus file to read at an offset: texts in memory
         qrels_path, qrels, queries = Path(dataset.name), dataset.qrels(split), dataset.queries(split)
         store = EmbeddedStore({passage.docid: passage.flat_text() for passage in dataset.passages()})
@@ -172,29 +190,26 @@ def from_tevatron(path: Path) -> Tuple[List[TrainingQuery], PassageStore]:
     """tevatron's training JSONL: one query per line with its positive and negative passages."""
     texts: Dict[str, str] = {}
     chosen = []
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                query = str(record["query"])
-                qid = str(record.get("query_id", number))
-                groups = []
-                for key in ("positive_passages", "negative_passages"):
-                    ids = []
-                    for passage in record.get(key) or []:
-                        docid = str(passage["docid"])
-                        texts.setdefault(docid, Passage(docid, passage.get("title") or "",
-                                                        passage.get("text") or "").flat_text())
-                        ids.append(docid)
-                    groups.append(tuple(ids))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise InputFormatError(path, number, f"not a tevatron training record "
-                                                     f"({exc.__class__.__name__}: {exc})") from None
-            if not groups[0]:
-                raise InputFormatError(path, number, f"query {qid!r} has no positive_passages")
-            chosen.append(TrainingQuery(qid, query, groups[0], tuple(d for d in groups[1] if d not in groups[0])))
+    for number, line in numbered_lines(path):     # a corrupt file or bad UTF-8 is refused at its line
+        try:
+            record = json.loads(line)
+            query = str(record["query"])
+            qid = str(record.get("query_id", number))
+            groups = []
+            for key in ("positive_passages", "negative_passages"):
+                ids = []
+                for passage in record.get(key) or []:
+                    docid = str(passage["docid"])
+                    texts.setdefault(docid, Passage(docid, passage.get("title") or "",
+                                                    passage.get("text") or "").flat_text())
+                    ids.append(docid)
+                groups.append(tuple(ids))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputFormatError(path, number, f"not a tevatron training record "
+                                                 f"({exc.__class__.__name__}: {exc})") from None
+        if not groups[0]:
+            raise InputFormatError(path, number, f"query {qid!r} has no positive_passages")
+        chosen.append(TrainingQuery(qid, query, groups[0], tuple(d for d in groups[1] if d not in groups[0])))
     if not chosen:
         raise DupMAEEvalError(f"{path}: no training queries")
     return chosen, EmbeddedStore(texts)
