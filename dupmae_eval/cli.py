@@ -590,7 +590,7 @@ def _update_cards(config, args, cards: dict) -> None:
     from dupmae_eval.evaluation.suites import load_suite
     from dupmae_eval.training.cards import update_card_scores
 
-    suite = load_suite(config)
+    suite = load_suite(config, selected=args.datasets)
     for name, folder in cards.items():
         files = [metrics_path_for(run_path_for(args.runs, suite, cell)) for cell in suite.cells(args.datasets, [name])]
         records = read_metrics([file for file in files if file.is_file()]) if any(f.is_file() for f in files) else []

@@ -143,6 +143,19 @@ def test_bad_config_is_refused_before_any_work(edit, message, tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+def test_datasets_left_out_need_no_mapping_and_those_chosen_do(tmp_path, capsys):
+    """`--datasets scifact` runs without `--data` for the suite's local collections (Vaswani, the MS MARCO
+    sample), which it does not run; choosing Vaswani without mapping it is refused, naming it."""
+    runs = tmp_path / "runs"
+    assert main(["reproduce", str(LOCAL), "--datasets", "scifact", "--conditions", "bm25-flat", "--dry-run",
+                 "--runs", str(runs)]) == 0
+    assert capsys.readouterr().out.split()[:3] == ["run", "bm25-flat", "scifact"]
+    assert main(["reproduce", str(LOCAL), "--datasets", "vaswani", "--conditions", "bm25-flat", "--dry-run",
+                 "--runs", str(runs)]) == 2
+    assert f"{LOCAL}: datasets: vaswani: unknown dataset 'vaswani'" in capsys.readouterr().err
+    assert not runs.exists()
+
+
 BEIR = REPO / "configs" / "beir.yaml"
 
 

@@ -41,7 +41,7 @@ def reproduce(suite_path: str | Path, runs_dir: Path, datasets: Optional[List[st
     """Run (or reuse) every chosen cell, evaluate it, and return the OK/FAIL verdict lines. A cell's run is
     reused only when what made it is identical (`reuse_decision`); `force` redoes every chosen cell. When
     a cell fails, the verdicts of the cells already finished are printed before the error goes up."""
-    suite = load_suite(suite_path)
+    suite = load_suite(suite_path, selected=datasets)
     cells = suite.cells(datasets, conditions)
     if dry_run:
         for cell in cells:

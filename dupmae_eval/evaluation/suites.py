@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from dupmae_eval.data.datasets import REGISTRY, lookup, units_of
 from dupmae_eval.errors import DupMAEEvalError
@@ -112,10 +112,12 @@ def expand_dataset(entry: str) -> List[Tuple[str, str]]:
     return [(member, split or lookup(member).default_split) for member in members]
 
 
-def load_suite(path: str | Path, check_datasets: bool = True) -> Suite:
+def load_suite(path: str | Path, check_datasets: bool = True, selected: Optional[Sequence[str]] = None) -> Suite:
     """Read and validate a suite YAML; refuse it whole, naming the file and key, at the first problem.
 
-    `check_datasets=False` skips resolving dataset names (for tables, which only need references)."""
+    `check_datasets=False` skips resolving dataset names (for tables, which only need references);
+    `selected` (reproduce --datasets) resolves only those: a dataset the run leaves out may stay unmapped
+    (a local collection that needs --data NAME=FOLDER is not asked for when it is not run)."""
     import yaml
 
     path = Path(path)
@@ -135,7 +137,8 @@ def load_suite(path: str | Path, check_datasets: bool = True) -> Suite:
             raise DupMAEEvalError(f"{path}: missing key {key!r}")
     datasets = list(raw["datasets"])
     for entry in datasets if check_datasets else ():
-        _check_dataset(path, f"datasets: {entry}", entry)
+        if not selected or entry in selected:
+            _check_dataset(path, f"datasets: {entry}", entry)
     conditions = {name: _condition(path, name, spec, datasets if check_datasets else None)
                   for name, spec in (raw["conditions"] or {}).items()}
     measures = tuple(raw.get("measures") or ())
@@ -266,4 +269,9 @@ def _index_stats(path: Path, where: str, raw: Any, known) -> Dict[str, Dict[str,
 
 
 def _member_keys(entry: str) -> List[str]:
-    return [Cell("", dataset, split).key for dataset, split in expand_dataset(entry)]
+    """The cell keys an entry expands to; just the entry for one that cannot be resolved here (a local
+    collection left unmapped because this run does not select it: `load_suite`'s `selected`)."""
+    try:
+        return [Cell("", dataset, split).key for dataset, split in expand_dataset(entry)]
+    except DupMAEEvalError:
+        return [entry]
