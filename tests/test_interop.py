@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 
@@ -197,6 +198,20 @@ def test_fuse_refuses_bad_settings_in_one_line(tmp_path, capsys, argv, message):
     assert main(["fuse", *runs, *argv, "--output", str(tmp_path / "fused.trec")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and not (tmp_path / "fused.trec").exists()
+
+
+def test_fuse_refuses_runs_of_other_datasets_in_one_line_before_any_warning(tmp_path, capsys):
+    """Sidecars naming other datasets: one line naming both, and no coverage warning first, though the
+    second run lacks a query the first has (which alone would be warned about and fused)."""
+    runs = []
+    for name, dataset, run in (("a", "scifact", TIED_RUN), ("b", "nfcorpus", dict(list(TIED_RUN.items())[:1]))):
+        runs.append(tmp_path / f"{name}.trec")
+        write_run(runs[-1], run, name)
+        Path(f"{runs[-1]}.meta.json").write_text(json.dumps({"condition": name, "dataset": dataset}))
+    assert main(["fuse", *map(str, runs), "--method", "rrf", "--output", str(tmp_path / "fused.trec")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{runs[1]} answers another dataset than {runs[0]}" in err[0], err
+    assert not (tmp_path / "fused.trec").exists()
 
 
 # --------------------------------------------------------------------------- end to end on SciFact (BM25)

@@ -144,10 +144,10 @@ def fuse_files(paths: Sequence[str], fusion: Fusion, output, tag: Optional[str] 
         sidecars.append(meta)
         inputs.append({"path": str(path.resolve()), "sha256": cache.file_digest(path), "format": fmt,
                        "condition": (meta or {}).get("condition"), "queries": len(runs[-1])})
+    shared = _shared_origin(paths, sidecars)      # runs of other datasets: refused before any warning
     for line in coverage_warnings(runs, [str(path) for path in paths]):
         if warn is not None:
             warn(line)
-    shared = _shared_origin(paths, sidecars)
     fused = fuse(runs, fusion, hits)
     tag = tag or f"fused-{fusion.method}"
     forget_run_records(output)               # never the fused run beside another run's sidecar or metrics
