@@ -1,6 +1,6 @@
 """reproduce reuses a cell's run only when what made it is identical: another corpus behind the same dataset
-name, or a changed condition, is redone (and `--dry-run` says why); a suite's `measures:` reach the metrics
-and the table; a model folder that does not exist is refused before any work; when a cell fails, the
+name, other query texts, or a changed condition, is redone (and `--dry-run` says why); a suite's `measures:`
+reach the metrics and the table; a model folder that does not exist is refused before any work; when a cell fails, the
 verdicts of the cells finished before it are still printed."""
 
 from __future__ import annotations
@@ -87,6 +87,56 @@ def test_a_changed_corpus_or_condition_is_redone_not_reused(corpora, tmp_path, c
     sidecar.write_text(json.dumps(record))
     assert main(["reproduce", str(suite), "--data", f"scifact={small}", "--runs", str(runs), "--dry-run"]) == 0
     assert "no record of what made it" in capsys.readouterr().out
+
+
+def test_changed_query_texts_are_redone_and_changed_judgments_rescored_on_the_reused_run(corpora, tmp_path,
+                                                                                          capsys):
+    """The queries a run searched are part of what made it: other texts under the same ids redo the cell, and
+    the redone run equals one made from scratch for the new texts; a sidecar an older version wrote, without
+    the queries' digest, is redone, saying so. The judgments are not: another relevance grade leaves the run
+    reused, and its metrics are those of the new judgments (`eval`'s)."""
+    large, _ = corpora
+    folder, runs, fresh = tmp_path / "scifact", tmp_path / "runs", tmp_path / "fresh"
+    shutil.copytree(large, folder)
+    suite = _suite(tmp_path)
+    args = ["--data", f"scifact={folder}"]
+    assert main(["reproduce", str(suite), *args, "--runs", str(runs)]) == 0
+    first = _metrics(runs)
+    run = runs / "reuse" / "bm25-flat" / "scifact.trec"
+    made = run.read_bytes()
+
+    qrels = folder / "qrels" / "test.tsv"
+    header, *lines = qrels.read_text().splitlines(keepends=True)
+    qrels.write_text(header + "".join(line.replace("\t1\n", "\t2\n", 1) if i % 2 else line
+                                      for i, line in enumerate(lines)))
+    capsys.readouterr()
+    assert main(["reproduce", str(suite), *args, "--runs", str(runs), "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("reuse bm25-flat")
+    assert main(["reproduce", str(suite), *args, "--runs", str(runs)]) == 0
+    assert run.read_bytes() == made
+    capsys.readouterr()
+    assert main(["eval", str(qrels), str(run), "AP"]) == 0
+    assert f"{_metrics(runs)['AP']:.4f}" == capsys.readouterr().out.split()[-1]
+    assert _metrics(runs)["nDCG@10"] != first["nDCG@10"]            # graded now: rescored, not the old record
+
+    records = [json.loads(line) for line in (folder / "queries.jsonl").read_text().splitlines()]
+    records[0]["text"] = records[1]["text"]                           # same ids, one text changed
+    (folder / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    capsys.readouterr()
+    assert main(["reproduce", str(suite), *args, "--runs", str(runs), "--dry-run"]) == 0
+    assert capsys.readouterr().out.strip().endswith("(queries changed since it was made)")
+    assert main(["reproduce", str(suite), *args, "--runs", str(runs)]) == 0
+    assert "redo  bm25-flat" in capsys.readouterr().out
+    assert main(["reproduce", str(suite), *args, "--runs", str(fresh)]) == 0
+    assert run.read_bytes() == (fresh / "reuse" / "bm25-flat" / "scifact.trec").read_bytes() != made
+
+    sidecar = run.with_name("scifact.trec.meta.json")
+    meta = json.loads(sidecar.read_text())
+    del meta["cell_identity"]["queries"]                              # as an older version wrote it
+    sidecar.write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(["reproduce", str(suite), *args, "--runs", str(runs), "--dry-run"]) == 0
+    assert capsys.readouterr().out.strip().endswith("(its record lacks queries (an older version made it))")
 
 
 def test_table_of_a_suite_measure_and_of_a_missing_one(corpora, tmp_path, capsys):
