@@ -264,11 +264,46 @@ def test_bm25_eval_and_reproduce_warn_and_refuse_as_eval_does(corpora, tmp_path,
     for record in records:
         record["text"] = "the of and"
     (folder / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    before = run.read_bytes(), Path(f"{run}.meta.json").read_bytes()
     assert main(["bm25", "--dataset", str(folder), "--output", str(run), "--eval"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.splitlines()[-1] == (
-        f"dupmae-eval: error: no query of the run is judged: the run ranks no document for any query; no judged "
-        f"query of {folder} (split test) got a hit")
+        f"dupmae-eval: error: {folder} (split test): none of the {len(records)} queries retrieved a document, so "
+        f"there is no run to write")
+    assert (run.read_bytes(), Path(f"{run}.meta.json").read_bytes()) == before     # refused: nothing touched
+
+
+def test_a_run_in_which_no_query_retrieved_anything_is_refused_and_never_reused(tmp_path, capsys):
+    """A tiny corpus and queries none of whose words it holds: `reproduce` refuses the run in one line before
+    writing it, so no empty run file and no sidecar are left to be reused; the cell stays to be made
+    (`--dry-run`: run), and once a query finds a document it is made, the empty query warned about."""
+    folder = tmp_path / "tiny"
+    (folder / "qrels").mkdir(parents=True)
+    documents = {"d1": "apple banana cherry", "d2": "dog elephant fox", "d3": "grape honeydew kiwi"}
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n"
+                                                 for d, t in documents.items()))
+    queries = {"q1": "zebra quokka", "q2": "walrus xylophone", "q3": "narwhal"}       # no word of the corpus
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n"
+                                                  for q, t in queries.items()))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\nq3\td3\t1\n")
+    runs = tmp_path / "runs"
+    args = [str(_suite(tmp_path)), "--data", f"scifact={folder}", "--runs", str(runs)]
+    run = runs / "reuse" / "bm25-flat" / "scifact.trec"
+    assert main(["reproduce", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[-1] == (f"dupmae-eval: error: {folder} (split test): none of the 3 queries "
+                                             f"retrieved a document, so there is no run to write")
+    assert not run.exists() and not run.with_name("scifact.trec.meta.json").exists()
+    assert main(["reproduce", *args, "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("run   bm25-flat")
+
+    queries["q2"] = "elephant"                      # one query finds d2: a run, with the other two missing
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n"
+                                                  for q, t in queries.items()))
+    assert main(["reproduce", *args]) == 0
+    assert "run covers 1 of 3 judged queries" in capsys.readouterr().err
+    assert [line.split()[:3] for line in run.read_text().splitlines()] == [["q2", "Q0", "d2"]]
+    assert _metrics(runs)["P@10"] == pytest.approx(0.1 / 3)          # q2's one relevant hit; q1, q3 score 0
 
 
 def test_an_interrupted_redo_leaves_no_sidecar_so_the_old_condition_redoes_rather_than_reuses(corpora, tmp_path,

@@ -184,7 +184,8 @@ def run_cell(suite: Suite, cell: Cell, runs_dir: Path, force: bool = False, echo
         echo(f"redo  {cell.condition:<28}{cell.key:<32}({why})")
     if not reused:
         # the old sidecar holds the old cell identity: gone before the long work, so a redo interrupted at any
-        # point leaves a run that is redone next time, never one reused under the identity it no longer has
+        # point, or refused (a run in which no query retrieved anything is never written: `jobs._written`),
+        # leaves a run that is redone next time, never one reused under the identity it no longer has
         forget_run_records(output)
         params = dict(condition.params)
         if condition.kind == "bm25":
