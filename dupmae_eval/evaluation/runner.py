@@ -204,7 +204,7 @@ def run_cell(suite: Suite, cell: Cell, runs_dir: Path, force: bool = False, echo
     write_metrics(output, MetricsRecord(
         suite=suite.name, condition=cell.condition, dataset=cell.dataset, split=cell.split, key=cell.key,
         unit=lookup(cell.dataset).unit or cell.dataset, run=output.name, aggregate=evaluation.aggregate,
-        per_query=evaluation.per_query))
+        per_query=evaluation.per_query, corpus_sha256=identity["corpus_sha256"]))
     return CellResult(cell, output, evaluation.aggregate, reused, _sidecar(output).get("index_stats"))
 
 
