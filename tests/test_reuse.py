@@ -1,6 +1,6 @@
 """reproduce reuses a cell's run only when what made it is identical: another corpus behind the same dataset
-name, or a changed condition, is redone (and `--dry-run` says why); a suite's `measures:` reach the metrics
-and the table; a model folder that does not exist is refused before any work; when a cell fails, the
+name, other query texts, or a changed condition, is redone (and `--dry-run` says why); a suite's `measures:`
+reach the metrics and the table; a model folder that does not exist is refused before any work; when a cell fails, the
 verdicts of the cells finished before it are still printed."""
 
 from __future__ import annotations
@@ -87,6 +87,56 @@ def test_a_changed_corpus_or_condition_is_redone_not_reused(corpora, tmp_path, c
     sidecar.write_text(json.dumps(record))
     assert main(["reproduce", str(suite), "--data", f"scifact={small}", "--runs", str(runs), "--dry-run"]) == 0
     assert "no record of what made it" in capsys.readouterr().out
+
+
+def test_changed_query_texts_are_redone_and_changed_judgments_rescored_on_the_reused_run(corpora, tmp_path,
+                                                                                          capsys):
+    """The queries a run searched are part of what made it: other texts under the same ids redo the cell, and
+    the redone run equals one made from scratch for the new texts; a sidecar an older version wrote, without
+    the queries' digest, is redone, saying so. The judgments are not: another relevance grade leaves the run
+    reused, and its metrics are those of the new judgments (`eval`'s)."""
+    large, _ = corpora
+    folder, runs, fresh = tmp_path / "scifact", tmp_path / "runs", tmp_path / "fresh"
+    shutil.copytree(large, folder)
+    suite = _suite(tmp_path)
+    args = ["--data", f"scifact={folder}"]
+    assert main(["reproduce", str(suite), *args, "--runs", str(runs)]) == 0
+    first = _metrics(runs)
+    run = runs / "reuse" / "bm25-flat" / "scifact.trec"
+    made = run.read_bytes()
+
+    qrels = folder / "qrels" / "test.tsv"
+    header, *lines = qrels.read_text().splitlines(keepends=True)
+    qrels.write_text(header + "".join(line.replace("\t1\n", "\t2\n", 1) if i % 2 else line
+                                      for i, line in enumerate(lines)))
+    capsys.readouterr()
+    assert main(["reproduce", str(suite), *args, "--runs", str(runs), "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("reuse bm25-flat")
+    assert main(["reproduce", str(suite), *args, "--runs", str(runs)]) == 0
+    assert run.read_bytes() == made
+    capsys.readouterr()
+    assert main(["eval", str(qrels), str(run), "AP"]) == 0
+    assert f"{_metrics(runs)['AP']:.4f}" == capsys.readouterr().out.split()[-1]
+    assert _metrics(runs)["nDCG@10"] != first["nDCG@10"]            # graded now: rescored, not the old record
+
+    records = [json.loads(line) for line in (folder / "queries.jsonl").read_text().splitlines()]
+    records[0]["text"] = records[1]["text"]                           # same ids, one text changed
+    (folder / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    capsys.readouterr()
+    assert main(["reproduce", str(suite), *args, "--runs", str(runs), "--dry-run"]) == 0
+    assert capsys.readouterr().out.strip().endswith("(queries changed since it was made)")
+    assert main(["reproduce", str(suite), *args, "--runs", str(runs)]) == 0
+    assert "redo  bm25-flat" in capsys.readouterr().out
+    assert main(["reproduce", str(suite), *args, "--runs", str(fresh)]) == 0
+    assert run.read_bytes() == (fresh / "reuse" / "bm25-flat" / "scifact.trec").read_bytes() != made
+
+    sidecar = run.with_name("scifact.trec.meta.json")
+    meta = json.loads(sidecar.read_text())
+    del meta["cell_identity"]["queries"]                              # as an older version wrote it
+    sidecar.write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(["reproduce", str(suite), *args, "--runs", str(runs), "--dry-run"]) == 0
+    assert capsys.readouterr().out.strip().endswith("(its record lacks queries (an older version made it))")
 
 
 def test_table_of_a_suite_measure_and_of_a_missing_one(corpora, tmp_path, capsys):
@@ -214,11 +264,46 @@ def test_bm25_eval_and_reproduce_warn_and_refuse_as_eval_does(corpora, tmp_path,
     for record in records:
         record["text"] = "the of and"
     (folder / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    before = run.read_bytes(), Path(f"{run}.meta.json").read_bytes()
     assert main(["bm25", "--dataset", str(folder), "--output", str(run), "--eval"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.splitlines()[-1] == (
-        f"dupmae-eval: error: no query of the run is judged: the run ranks no document for any query; no judged "
-        f"query of {folder} (split test) got a hit")
+        f"dupmae-eval: error: {folder} (split test): none of the {len(records)} queries retrieved a document, so "
+        f"there is no run to write")
+    assert (run.read_bytes(), Path(f"{run}.meta.json").read_bytes()) == before     # refused: nothing touched
+
+
+def test_a_run_in_which_no_query_retrieved_anything_is_refused_and_never_reused(tmp_path, capsys):
+    """A tiny corpus and queries none of whose words it holds: `reproduce` refuses the run in one line before
+    writing it, so no empty run file and no sidecar are left to be reused; the cell stays to be made
+    (`--dry-run`: run), and once a query finds a document it is made, the empty query warned about."""
+    folder = tmp_path / "tiny"
+    (folder / "qrels").mkdir(parents=True)
+    documents = {"d1": "apple banana cherry", "d2": "dog elephant fox", "d3": "grape honeydew kiwi"}
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n"
+                                                 for d, t in documents.items()))
+    queries = {"q1": "zebra quokka", "q2": "walrus xylophone", "q3": "narwhal"}       # no word of the corpus
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n"
+                                                  for q, t in queries.items()))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\nq3\td3\t1\n")
+    runs = tmp_path / "runs"
+    args = [str(_suite(tmp_path)), "--data", f"scifact={folder}", "--runs", str(runs)]
+    run = runs / "reuse" / "bm25-flat" / "scifact.trec"
+    assert main(["reproduce", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[-1] == (f"dupmae-eval: error: {folder} (split test): none of the 3 queries "
+                                             f"retrieved a document, so there is no run to write")
+    assert not run.exists() and not run.with_name("scifact.trec.meta.json").exists()
+    assert main(["reproduce", *args, "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("run   bm25-flat")
+
+    queries["q2"] = "elephant"                      # one query finds d2: a run, with the other two missing
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n"
+                                                  for q, t in queries.items()))
+    assert main(["reproduce", *args]) == 0
+    assert "run covers 1 of 3 judged queries" in capsys.readouterr().err
+    assert [line.split()[:3] for line in run.read_text().splitlines()] == [["q2", "Q0", "d2"]]
+    assert _metrics(runs)["P@10"] == pytest.approx(0.1 / 3)          # q2's one relevant hit; q1, q3 score 0
 
 
 def test_an_interrupted_redo_leaves_no_sidecar_so_the_old_condition_redoes_rather_than_reuses(corpora, tmp_path,

@@ -373,3 +373,82 @@ def test_a_plain_run_and_a_reproduce_record_of_one_cell_are_refused_naming_both(
     table = build_table([record("test", 0.8, "a.trec"), record("train", 0.6, "b.trec")])
     assert table.values == {("scifact", "X"): 0.8, ("scifact/train", "X"): 0.6}
     assert json.loads(metrics.read_text())["split"] == "test" and len(read_metrics([metrics])) == 1
+
+
+def _tiny(folder, documents):
+    """A BEIR folder of `documents` with two queries, one judged passage each."""
+    import json
+
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n"
+                                                 for d, t in documents.items()))
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "apple"}\n{"_id": "q2", "text": "cherry"}\n')
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n")
+    return folder
+
+
+@pytest.mark.java
+def test_results_of_one_row_from_different_corpora_are_refused_naming_both(tmp_path, capsys):
+    """Two BM25 runs of folders both named `tiny`, over different documents: their rows meet under one name and
+    the same query ids, so the table refuses to compare them, naming both files and the two corpora's SHA-256
+    (hashed here from the files). A copy of the same corpus in another folder tables; so does a reproduce
+    record (which carries its corpus, or takes it from its run's sidecar when an older version wrote it without)
+    against a run of its own corpus, while one of the other corpus is refused. A run of another tool, scored
+    with --qrels, records no corpus and is tabled beside either."""
+    import hashlib
+    import json
+    import shutil
+
+    from dupmae_eval.evaluation.tables import build_table
+
+    a = _tiny(tmp_path / "a" / "tiny", {"d1": "apple banana", "d2": "banana cherry", "d3": "cherry date"})
+    b = _tiny(tmp_path / "b" / "tiny", {"d1": "apple", "d2": "banana cherry date", "d3": "apple cherry"})
+    c = tmp_path / "c" / "tiny"
+    shutil.copytree(a, c)
+    digest = {f: hashlib.sha256((f / "corpus.jsonl").read_bytes()).hexdigest()[:12] for f in (a, b)}
+    runs = {}
+    for name, folder in (("a", a), ("b", b), ("c", c)):
+        runs[name] = tmp_path / f"runs-{name}" / "tiny.trec"
+        assert main(["bm25", "--dataset", str(folder), "--tag", f"bm25-{name}", "--output", str(runs[name])]) == 0
+    capsys.readouterr()
+    assert main(["table", str(runs["a"].parent), str(runs["b"].parent), "--baseline", "bm25-a"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"dupmae-eval: error: {runs['a']} and {runs['b']}: results for tiny made from different corpora (corpus "
+        f"SHA-256 {digest[a]} and {digest[b]}), which one row cannot compare; give the table the results of one "
+        f"corpus")
+    assert main(["table", str(runs["a"]), str(runs["c"]), "--baseline", "bm25-a"]) == 0
+    assert "| tiny |" in capsys.readouterr().out
+
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text("suite: s\ndatasets: [tiny]\nconditions:\n  bm25-r: {kind: bm25, fields: flat}\n")
+    reproduced = tmp_path / "reproduced"
+    assert main(["reproduce", str(suite), "--data", f"tiny={a}", "--runs", str(reproduced)]) == 0
+    metrics = reproduced / "s" / "bm25-r" / "tiny.metrics.json"
+    assert json.loads(metrics.read_text())["corpus_sha256"][:12] == digest[a]
+    capsys.readouterr()
+    assert main(["table", str(reproduced), str(runs["c"])]) == 0
+    assert main(["table", str(reproduced), str(runs["b"])]) == 2
+    refused = (f"dupmae-eval: error: {metrics} and {runs['b']}: results for tiny made from different corpora "
+               f"(corpus SHA-256 {digest[a]} and {digest[b]})")
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(refused)
+    older = json.loads(metrics.read_text())
+    del older["corpus_sha256"]                                    # as the version before wrote it
+    metrics.write_text(json.dumps(older))
+    assert main(["table", str(reproduced), str(runs["b"])]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(refused)
+
+    plain = tmp_path / "plain" / "other-tool.trec"
+    plain.parent.mkdir()
+    shutil.copy(runs["b"], plain)
+    qrels = shutil.copy(b / "qrels" / "test.tsv", tmp_path / "tiny.tsv")
+    for run in (runs["a"], runs["b"]):
+        assert main(["table", str(run), str(plain), "--qrels", str(qrels)]) == 0
+
+    def record(condition, corpus):
+        return MetricsRecord(suite="", condition=condition, dataset="tiny", split="test", key="tiny", unit="tiny",
+                             run=f"{condition}.trec", aggregate={"nDCG@10": 0.5}, per_query={"nDCG@10": {"q1": 0.5}},
+                             corpus_sha256=corpus)
+
+    with pytest.raises(DupMAEEvalError, match="x.trec and y.trec: results for tiny made from different corpora"):
+        build_table([record("x", "1" * 64), record("y", "2" * 64)])
+    assert build_table([record("x", "1" * 64), record("y", "")]).values == {("tiny", "x"): 0.5, ("tiny", "y"): 0.5}

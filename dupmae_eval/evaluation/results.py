@@ -3,13 +3,15 @@ that `bm25` and `run` wrote, from their sidecars).
 
 One record per cell: `<run>.metrics.json` with the suite, condition, dataset, split, the key the
 suite's expectations use, the BEIR unit it averages into, the aggregate values and the per-query
-values of every measure (for paired tests). The writer and the reader live here, and nowhere else.
+values of every measure (for paired tests), and the SHA-256 of the corpus the run searched (so results of
+one row made from different corpora are refused rather than compared). The writer and the reader live here,
+and nowhere else.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -29,6 +31,7 @@ class MetricsRecord:
     aggregate: Dict[str, float]
     per_query: Dict[str, Dict[str, float]] = field(default_factory=dict)    # measure -> {qid: value}
     run_sha256: str = ""                           # the run file's bytes when scored; "" if it was not there
+    corpus_sha256: str = ""                        # the corpus the run searched; "" when nothing recorded it
 
 
 def write_metrics(run_path: Path, record: MetricsRecord) -> Path:
@@ -50,7 +53,8 @@ def read_metrics(paths: Iterable[Path], qrels: Optional[Path] = None,
     (another tool's TREC, MS MARCO or JSON run) is scored against that judgments file (`record_from_plain_run`).
     Two results for the same table cell (`table_row`) and dataset are refused, naming both files: a cell must
     come from one run per dataset (a CQADupStack cell averages its forums, one result each), so a plain run's
-    record (no split: the dataset's default) and a reproduce record of that split are the same cell twice."""
+    record (no split: the dataset's default) and a reproduce record of that split are the same cell twice.
+    Results of one row and dataset made from different corpora are refused too (`refuse_other_corpora`)."""
     return [record for record, _ in read_metrics_with_runs(paths, qrels, measures)]
 
 
@@ -74,7 +78,7 @@ def read_metrics_with_runs(paths: Iterable[Path], qrels: Optional[Path] = None,
                                   f"with their .meta.json sidecar from `bm25`/`run`)")
         for file in files:
             if file.name.endswith(".metrics.json"):
-                record = _checked_against_run(file, _read_record(file))
+                record = _with_corpus(file, _checked_against_run(file, _read_record(file)))
             elif qrels is not None and not Path(f"{file}{SIDECAR_SUFFIX}").is_file():
                 record = record_from_plain_run(file, qrels, measures)
             else:
@@ -85,7 +89,27 @@ def read_metrics_with_runs(paths: Iterable[Path], qrels: Optional[Path] = None,
                                       f"{origin[key]} and {file}; give the table one of them")
             origin[key] = file
             found.append((record, file.parent / record.run if file.name.endswith(".metrics.json") else file))
+    refuse_other_corpora((record, origin[cell_key(record)]) for record, _ in found)
     return found
+
+
+def refuse_other_corpora(named: Iterable[Tuple[MetricsRecord, object]]) -> None:
+    """Refuse, in one line naming both, two results of one table row and dataset (`table_row`, the dataset:
+    the results a paired test compares query by query) whose recorded corpus SHA-256s differ: under the same
+    name and query ids they are runs over different documents, and a difference between them says nothing
+    about the conditions. `named`: each record with what to call it (its file). A record that holds no corpus
+    digest (one an older version wrote, with no sidecar of its run left to say; another tool's run scored with
+    --qrels, which names no corpus) cannot be told apart and is not refused: refusing it would refuse every
+    such result, so the check is as good as what the results record."""
+    seen: Dict[Tuple[str, str], Tuple[str, object]] = {}
+    for record, name in named:
+        if not record.corpus_sha256:
+            continue
+        first = seen.setdefault((table_row(record), record.dataset), (record.corpus_sha256, name))
+        if first[0] != record.corpus_sha256:
+            raise DupMAEEvalError(f"{first[1]} and {name}: results for {record.key} made from different corpora "
+                                  f"(corpus SHA-256 {first[0][:12]} and {record.corpus_sha256[:12]}), which one "
+                                  f"row cannot compare; give the table the results of one corpus")
 
 
 def table_row(record: MetricsRecord) -> str:
@@ -146,6 +170,21 @@ def _checked_against_run(file: Path, record: MetricsRecord) -> MetricsRecord:
     return record
 
 
+def _with_corpus(file: Path, record: MetricsRecord) -> MetricsRecord:
+    """`record` with the corpus SHA-256 of its run's sidecar when the record lacks one (written before records
+    held it) and the run it scores lies beside it: `_checked_against_run` has matched the run's bytes, and a
+    sidecar is only ever written after its run and removed before the run is made again."""
+    run = file.parent / record.run
+    if record.corpus_sha256 or not run.is_file():
+        return record
+    try:
+        meta = json.loads(Path(f"{run}{SIDECAR_SUFFIX}").read_text())
+    except (OSError, json.JSONDecodeError):
+        return record
+    digest = meta.get("corpus_sha256") if isinstance(meta, dict) else None
+    return replace(record, corpus_sha256=digest) if isinstance(digest, str) else record
+
+
 def _runs_with_sidecars(folder: Path) -> List[Path]:
     return [sidecar.with_name(sidecar.name[:-len(SIDECAR_SUFFIX)]) for sidecar in sorted(folder.rglob(f"*{SIDECAR_SUFFIX}"))
             if sidecar.with_name(sidecar.name[:-len(SIDECAR_SUFFIX)]).is_file()]
@@ -184,7 +223,7 @@ def record_from_run(run_path: Path) -> MetricsRecord:
 
     meta, data = run_sidecar(run_path)
     return record_of(meta["condition"], data, meta["split"], read_run(run_path, meta.get("run_format")), run_path.name,
-                     suite=meta.get("suite", ""), name=meta["dataset"])
+                     suite=meta.get("suite", ""), name=meta["dataset"], corpus_sha256=meta.get("corpus_sha256") or "")
 
 
 def run_sidecar(run_path: Path):
@@ -215,10 +254,11 @@ def run_sidecar(run_path: Path):
 
 
 def record_of(condition: str, data, split: str, run, run_name: str, suite: str = "",
-              measures=None, name: str | None = None) -> MetricsRecord:
+              measures=None, name: str | None = None, corpus_sha256: Optional[str] = None) -> MetricsRecord:
     """The metrics record of a run of `data` (a resolved dataset; `name`: the name it was asked by, when not
     the folder's) on `split`, scored against its judgments with its measures (or `measures`): what a table
-    cell is made from, whether the run is a file or in memory."""
+    cell is made from, whether the run is a file or in memory. `corpus_sha256`: the corpus the run searched as
+    its sidecar records it ("" when it records none); None: `data`'s, for a run just made from it."""
     from dupmae_eval.data.datasets import lookup
     from dupmae_eval.evaluation.measures import evaluate_checked
 
@@ -232,4 +272,5 @@ def record_of(condition: str, data, split: str, run, run_name: str, suite: str =
         default, unit = data.default_split, name
     return MetricsRecord(suite=suite, condition=condition, dataset=name, split=split,
                          key=name if split == default else f"{name}/{split}", unit=unit, run=run_name,
-                         aggregate=evaluation.aggregate, per_query=evaluation.per_query)
+                         aggregate=evaluation.aggregate, per_query=evaluation.per_query,
+                         corpus_sha256=data.corpus_fingerprint() if corpus_sha256 is None else corpus_sha256)

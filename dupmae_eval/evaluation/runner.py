@@ -62,8 +62,10 @@ def reproduce(suite_path: str | Path, runs_dir: Path, datasets: Optional[List[st
 
 def cell_identity(suite: Suite, cell: Cell) -> dict:
     """Everything that makes a cell's run file: the condition's parameters as the suite gives them, the
-    dataset, split and corpus (its SHA-256, so `--data NAME=FOLDER` pointing elsewhere is another run), and
-    what the parameters resolve to on this machine with this code:
+    dataset, split and corpus (its SHA-256, so `--data NAME=FOLDER` pointing elsewhere is another run), the
+    split's queries as the run searches them (a digest of their ids and texts, `queries_digest`: an edited
+    queries file, or judgments that pick another BEIR subset, is another run), and what the parameters resolve
+    to on this machine with this code:
 
     - bm25: the index folder `bm25_index` would use (its name holds the corpus, the fields and Anserini's
       version), so a new Anserini, which rebuilds the index, redoes the run too;
@@ -76,20 +78,29 @@ def cell_identity(suite: Suite, cell: Cell) -> dict:
 
     A hub model that is not in the local cache cannot be fingerprinted offline: its identity says so, and
     never equals a recorded one, so the cell is redone (`run_cell` records the identity once the run has
-    fetched the model). The judgments and the measures are not in it: metrics are computed afresh from the
-    run each time."""
+    fetched the model). The judgments and the measures are not in it: `run_cell` scores the run against the
+    judgments as they are now every time, reused or not, so they cannot go stale in a metrics record (a hybrid
+    run's sidecar audit alone holds scores of the judgments it was made with; the run itself never uses
+    them)."""
     from dupmae_eval.retrieval.indexes import bm25_index_folder
 
     condition = suite.conditions[cell.condition]
     data = resolve(cell.dataset)
     identity = {"kind": condition.kind, "params": json.loads(json.dumps(condition.params, sort_keys=True,
                                                                         default=str)),
-                "dataset": cell.dataset, "split": cell.split, "corpus_sha256": data.corpus_fingerprint()}
+                "dataset": cell.dataset, "split": cell.split, "corpus_sha256": data.corpus_fingerprint(),
+                "queries": queries_digest(data.queries(cell.split))}
     if condition.kind == "bm25":
         identity["index"] = bm25_index_folder(data, condition.params.get("fields", "flat")).name
     if condition.kind == "model":
         identity.update(_model_identity(data, condition.params))
     return identity
+
+
+def queries_digest(queries: Dict[str, str]) -> str:
+    """A digest of the queries a run searches, {id: text} (order aside: a run does not depend on it). Held in
+    a cell's identity, so a run made for other query texts or another set of queries is never reused."""
+    return cache.settings_key({"queries": queries})
 
 
 HUB_MODEL_NOT_CACHED = "not in the local Hugging Face cache"
@@ -173,7 +184,8 @@ def run_cell(suite: Suite, cell: Cell, runs_dir: Path, force: bool = False, echo
         echo(f"redo  {cell.condition:<28}{cell.key:<32}({why})")
     if not reused:
         # the old sidecar holds the old cell identity: gone before the long work, so a redo interrupted at any
-        # point leaves a run that is redone next time, never one reused under the identity it no longer has
+        # point, or refused (a run in which no query retrieved anything is never written: `jobs._written`),
+        # leaves a run that is redone next time, never one reused under the identity it no longer has
         forget_run_records(output)
         params = dict(condition.params)
         if condition.kind == "bm25":
@@ -192,7 +204,7 @@ def run_cell(suite: Suite, cell: Cell, runs_dir: Path, force: bool = False, echo
     write_metrics(output, MetricsRecord(
         suite=suite.name, condition=cell.condition, dataset=cell.dataset, split=cell.split, key=cell.key,
         unit=lookup(cell.dataset).unit or cell.dataset, run=output.name, aggregate=evaluation.aggregate,
-        per_query=evaluation.per_query))
+        per_query=evaluation.per_query, corpus_sha256=identity["corpus_sha256"]))
     return CellResult(cell, output, evaluation.aggregate, reused, _sidecar(output).get("index_stats"))
 
 

@@ -186,7 +186,18 @@ def _sidecar_head(tag: str, data: Dataset, described: dict, run_format: str) -> 
 
 def _written(output: Optional[Path], result: RunResult) -> RunResult:
     """Write the run, then its sidecar (each atomically), when an output was asked for; the old sidecar and
-    metrics record go first (`formats.forget_run_records`), so an interruption never pairs this run with them."""
+    metrics record go first (`formats.forget_run_records`), so an interruption never pairs this run with them.
+
+    A run in which no query retrieved any document is refused here, before anything is written or removed:
+    an empty run file cannot be scored, and with a sidecar beside it `reproduce` would take it for a finished
+    cell and reuse it. A run where only some queries found nothing is written (scoring warns about them)."""
+    if not any(result.run.values()):
+        source = (f"{result.dataset.root} (split {result.split})" if result.split is not None
+                  else result.metadata.get("topics", {}).get("path", "the topics file"))
+        none = (f"none of the {result.queries} queries retrieved a document" if result.queries != 1
+                else "its one query retrieved no document")
+        raise DupMAEEvalError(f"{source}: {none}, so there is no run to "
+                              f"{'write' if output is not None else 'score'}")
     if output is not None:
         forget_run_records(output)
         write_run(output, result.run, result.tag, result.metadata.get("run_format", "trec"))
