@@ -221,7 +221,7 @@ def encoders(model: str, *, kind: str = "dupmae", half: str = "dense", device: O
     from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, DupMAEQueryEncoder, EncoderSettings
 
     encoder_settings = EncoderSettings.for_kind(kind, **settings)
-    loaded = load_model(model, need_mlm_head=encoder_settings.has_sparse)
+    loaded = load_model(model, need_mlm_head=encoder_settings.has_sparse, lengths=encoder_settings.lengths())
     encoder_settings = EncoderSettings.for_checkpoint(kind, loaded.folder, **settings)
     return (DupMAEQueryEncoder(loaded, encoder_settings, half=half, device=device, precision=precision),
             DupMAEDocumentEncoder(loaded, encoder_settings, device, precision))

@@ -894,7 +894,7 @@ def _cmd_mlm_loss(args: argparse.Namespace) -> int:
     if not args.texts.is_file():
         raise DupMAEEvalError(f"--texts {args.texts}: no such file")
     folder, _ = resolve_checkpoint(args.model)
-    masked_lm, _ = read_masked_lm(folder, args.model, need_mlm_head=True)
+    masked_lm, _ = read_masked_lm(folder, args.model, need_mlm_head=True, lengths={"max_length": args.max_length})
     texts = itertools.islice(read_texts(str(args.texts)), args.limit)
     result = masked_lm_loss(masked_lm, _tokenizer(folder), texts, ratio=args.ratio, seed=args.seed,
                             max_length=args.max_length, batch_size=args.batch_size)

@@ -181,3 +181,66 @@ conditions:
         load_suite(suite)
     message = str(refused.value)
     assert message.startswith(f"{suite}: conditions: tiny: ") and says in message
+
+
+def _finetune(*extra, output):
+    return ["finetune", "--model", str(SPLADE_TINY), "--dataset", VASWANI, "--output", str(output), *extra]
+
+
+def _pretrain(*extra, output, model=str(SPLADE_TINY)):
+    return ["pretrain", "--model", model, "--corpus", VASWANI, "--output", str(output), *extra]
+
+
+@pytest.mark.parametrize("make_argv, says", [
+    (lambda out: _run("--max-passage-length", "1024", output=out / "run.trec"),
+     "--max-passage-length (max_passage_length) 1024: the model has 512 positions"),
+    (lambda out: _run("--max-query-length", "513", output=out / "run.trec"),
+     "--max-query-length (max_query_length) 513: the model has 512 positions"),
+    (lambda out: _encode("--max-passage-length", "600"),
+     "--max-passage-length (max_passage_length) 600: the model has 512 positions"),
+    (lambda out: _finetune("--passage-max-length", "1024", output=out / "ft"),
+     "--passage-max-length (passage_max_length) 1024: the model has 512 positions"),
+    (lambda out: _finetune("--query-max-length", "700", output=out / "ft"),
+     "--query-max-length (query_max_length) 700: the model has 512 positions"),
+    (lambda out: _pretrain("--max-length", "1024", output=out / "pt"),
+     "--max-length (max_length) 1024: the model has 512 positions"),
+    (lambda out: _pretrain("--max-length", "513", output=out / "pt", model="shape:bert-tiny"),
+     "--max-length (max_length) 513: the model has 512 positions (max_position_embeddings in shape bert-tiny)"),
+    (lambda out: ["mlm-loss", "--model", str(SPLADE_TINY), "--texts", str(TEST_DATA / "vaswani" / "queries.jsonl"),
+                  "--max-length", "2048"],
+     "--max-length (max_length) 2048: the model has 512 positions"),
+])
+def test_a_length_beyond_the_models_positions_is_refused_before_any_work(tmp_path, capsys, make_argv, says):
+    """splade-tiny has 512 positions (its config.json); a longer max length used to fail in the forward, at
+    the first text that long, after the corpus was read (and, for finetune, the negatives mined)."""
+    line = _refused(capsys, make_argv(tmp_path))
+    assert says in line and "give at most 512" in line
+    assert list(tmp_path.iterdir()) == []             # no run file, no training folder
+
+
+def test_a_length_beyond_the_models_positions_is_refused_from_python_and_a_suite(tmp_path):
+    import dupmae_eval
+    from dupmae_eval.evaluation.runner import reproduce
+
+    with pytest.raises(DupMAEEvalError, match=r"--max-passage-length \(max_passage_length\) 1024: the model has "
+                                              r"512 positions"):
+        dupmae_eval.encoders(str(SPLADE_TINY), kind="cls", max_passage_length=1024)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"""suite: long
+measures: [nDCG@10]
+datasets: [scifact]
+conditions:
+  bm25-flat:
+    kind: bm25
+  tiny:
+    kind: model
+    model: {SPLADE_TINY}
+    encoder: cls
+    retrieval: dense
+    max_query_length: 1000
+""")
+    with pytest.raises(DupMAEEvalError) as refused:      # before the bm25 cell, which comes first
+        reproduce(suite, tmp_path / "runs")
+    assert str(refused.value).startswith(f"{suite}: conditions: tiny: --max-query-length (max_query_length) 1000: "
+                                         f"the model has 512 positions")
+    assert not (tmp_path / "runs").exists()

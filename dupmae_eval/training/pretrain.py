@@ -168,7 +168,8 @@ def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings, 
         record["model_config"] = shape.config
     check_data_source(corpus, "--corpus", text_files=True)
     net = DupMAEForPretraining.from_checkpoint(model, settings.objective, settings.bow_weight,
-                                               settings.bow_normalize, settings.seed)   # loadable, with an MLM
+                                               settings.bow_normalize, settings.seed,   # loadable, with an MLM,
+                                               lengths={"max_length": settings.max_length})   # long enough
     record["content"] = input_contents(None if shape is not None else model, corpus)
     if claim_output(output, record, RECORD, "pre-training", asdict(PretrainSettings())):   # head: before the record
         return output
