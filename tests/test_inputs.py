@@ -244,3 +244,53 @@ conditions:
     assert str(refused.value).startswith(f"{suite}: conditions: tiny: --max-query-length (max_query_length) 1000: "
                                          f"the model has 512 positions")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("verb, extra, says", [
+    ("finetune", ["--recipe", "splade-tiny-scifact", "--learning-rate", "-1"], "--learning-rate (learning_rate) -1: must be above 0"),
+    ("finetune", ["--epochs", "0"], "--epochs (epochs) 0: must be above 0"),
+    ("finetune", ["--warmup-ratio", "1.5"], "--warmup-ratio (warmup_ratio) 1.5: must be at least 0 and below 1"),
+    ("finetune", ["--warmup-ratio", "1"], "--warmup-ratio (warmup_ratio) 1: must be at least 0 and below 1"),
+    ("finetune", ["--weight-decay", "-0.01"], "--weight-decay (weight_decay) -0.01: must be at least 0"),
+    ("finetune", ["--temperature", "0"], "--temperature (temperature) 0: must be above 0"),
+    ("finetune", ["--distill-temperature", "-1"], "--distill-temperature (distill_temperature) -1: must be above 0"),
+    ("finetune", ["--sparse-scale", "-1"], "--sparse-scale (sparse_scale) -1: must be at least 0"),
+    ("finetune", ["--distill-weight", "-0.5"], "--distill-weight (distill_weight) -0.5: must be at least 0"),
+    ("finetune", ["--negatives-depth", "0"], "--negatives-depth (negatives_depth) 0: must be at least 1"),
+    ("finetune", ["--holdout-queries", "-2"], "--holdout-queries (holdout_queries) -2: must be at least 0"),
+    ("finetune", ["--queries-per-device", "0"], "--queries-per-device (queries_per_device) 0: must be at least 1"),
+    ("finetune", ["--group-size", "0"], "--group-size (group_size) 0: must be at least 1"),
+    ("finetune", ["--passage-max-length", "1"], "--passage-max-length (passage_max_length) 1: must be at least 2"),
+    ("finetune", ["--seed", "-1"], "--seed (seed) -1: must be between 0 and 4294967295"),
+    ("finetune", ["--save-steps", "0"], "--save-steps (save_steps) 0: must be at least 1"),
+    ("finetune", ["--logging-steps", "0"], "--logging-steps (logging_steps) 0: must be at least 1"),
+    ("finetune", ["--save-total-limit", "0"], "--save-total-limit (save_total_limit) 0: must be at least 1"),
+    ("finetune", ["--dense-dim", "0"], "--dense-dim (dense_dim) 0: must be at least 1"),
+    ("pretrain", ["--learning-rate", "nan"], "--learning-rate (learning_rate) nan: must be above 0"),
+    ("pretrain", ["--epochs", "inf"], "--epochs (epochs) inf: not a finite number"),
+    ("pretrain", ["--encoder-mask-ratio", "1"], "--encoder-mask-ratio (encoder_mask_ratio) 1: must be between 0 and 1"),
+    ("pretrain", ["--decoder-mask-ratio", "0"], "--decoder-mask-ratio (decoder_mask_ratio) 0: must be between 0 and 1"),
+    ("pretrain", ["--bow-weight", "-0.1"], "--bow-weight (bow_weight) -0.1: must be at least 0"),
+    ("pretrain", ["--gradient-accumulation", "0"], "--gradient-accumulation (gradient_accumulation) 0: must be at least 1"),
+    ("pretrain", ["--batch-size", "0"], "--batch-size (batch_size) 0: must be at least 1"),
+    ("pretrain", ["--max-length", "2"], "--max-length (max_length) 2: must be at least 3"),
+    ("pretrain", ["--dataloader-workers", "-1"], "--dataloader-workers (dataloader_workers) -1: must be at least 0"),
+])
+def test_a_training_setting_out_of_range_is_one_line_naming_flag_and_setting(tmp_path, capsys, verb, extra, says):
+    """Refused by the settings' validation, before negatives are mined or the output folder is made (a
+    negative learning rate used to fail in the optimizer after both, leaving a folder in the way of the
+    corrected command)."""
+    make = _finetune if verb == "finetune" else _pretrain
+    line = _refused(capsys, make(*extra, output=tmp_path / "out"))
+    assert says in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("verb", ["finetune", "pretrain"])
+def test_a_recipe_value_out_of_range_is_refused_as_its_flag_is(tmp_path, capsys, verb):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("learning_rate: 2e-5\nweight_decay: -1\n")
+    make = _finetune if verb == "finetune" else _pretrain
+    line = _refused(capsys, make("--recipe", str(recipe), output=tmp_path / "out"))
+    assert "--weight-decay (weight_decay) -1: must be at least 0" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]
