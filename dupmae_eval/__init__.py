@@ -13,7 +13,7 @@ one of its names is first used. Those are loaded by the modules that need them, 
 __version__ = "0.1.0"
 
 _API = ("Run", "bm25", "run", "load_run", "evaluate", "table", "encoders", "finetune")
-__all__ = ["__version__", "start_jvm", *_API]
+__all__ = ["__version__", "start_jvm", "DupMAEEvalError", *_API]
 
 
 def start_jvm() -> None:
@@ -25,13 +25,18 @@ def start_jvm() -> None:
 
 
 def __getattr__(name: str):
-    """The API's names, imported on first use (PEP 562), so that `import dupmae_eval` stays cheap."""
+    """The API's names (and its error type), imported on first use (PEP 562), so that `import dupmae_eval`
+    stays cheap."""
     if name in _API:
         from dupmae_eval import api
 
         return getattr(api, name)
+    if name == "DupMAEEvalError":       # what every refused argument raises: `except dupmae_eval.DupMAEEvalError`
+        from dupmae_eval.errors import DupMAEEvalError
+
+        return DupMAEEvalError
     raise AttributeError(f"module 'dupmae_eval' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_API))
+    return sorted(set(globals()) | set(_API) | {"DupMAEEvalError"})

@@ -41,11 +41,11 @@ class Run:
     metadata: dict = field(default_factory=dict, repr=False)
     path: Optional[Path] = None
 
-    def evaluate(self, measures: Optional[Sequence[str]] = None, per_query: bool = False) -> "pandas.DataFrame":
+    def evaluate(self, measures: Union[str, Sequence[str], None] = None, per_query: bool = False) -> "pandas.DataFrame":
         """Scores against the dataset's judgments for this split (trec_eval -c: every judged query counts),
         with the dataset's measures unless `measures` names others (ir-measures' names). One row named after
         the run, a column per measure; `per_query=True`: a row per judged query instead."""
-        return _frame(self.name, self._evaluation(measures), per_query)
+        return _frame(self.name, self._evaluation(_measure_names(measures)), per_query)
 
     def to_frame(self) -> "pandas.DataFrame":
         """The ranking as a DataFrame with PyTerrier's column names: qid, docno, rank (from 0), score."""
@@ -89,8 +89,16 @@ class Run:
         from dupmae_eval.evaluation.results import record_of
 
         return record_of(self.name, self.dataset, self.split, self.hits, str(self.path or self.name),
-                         measures=list(measures) if measures else None,
+                         measures=_measure_names(measures) or None,
                          name=self.metadata.get("dataset", self.dataset.name))
+
+
+def _measure_names(measures: Union[str, Sequence[str], None]) -> Optional[List[str]]:
+    """The measures an API call was given, as a list: one name alone is a measure, not a sequence of
+    one-letter names (`measures="nDCG@10"` is `["nDCG@10"]`). None stays None (the defaults)."""
+    if measures is None:
+        return None
+    return [measures] if isinstance(measures, str) else list(measures)
 
 
 def bm25(dataset: str, *, split: Optional[str] = None, fields: str = "flat", k1: float = 0.9, b: float = 0.4,
@@ -146,7 +154,7 @@ def load_run(path: Union[str, Path]) -> Run:
 
 
 def evaluate(run_or_path: Union[Run, str, Path], qrels: Union[str, Path, None] = None, *,
-             split: Optional[str] = None, measures: Optional[Sequence[str]] = None,
+             split: Optional[str] = None, measures: Union[str, Sequence[str], None] = None,
              per_query: bool = False) -> "pandas.DataFrame":
     """Score a run (a `Run`, or a run file: TREC, MS MARCO or JSON) as `dupmae-eval eval` does. Without `qrels`, the run's own
     dataset judges it; `qrels` is a judgments file or a registry name (its shipped judgments, `split`)."""
@@ -154,6 +162,7 @@ def evaluate(run_or_path: Union[Run, str, Path], qrels: Union[str, Path, None] =
     from dupmae_eval.data.datasets import BEIR_MEASURES, shipped_judgments
     from dupmae_eval.evaluation.measures import check_coverage, evaluate as score
 
+    measures = _measure_names(measures)
     if qrels is None:
         found = run_or_path if isinstance(run_or_path, Run) else load_run(run_or_path)
         return found.evaluate(measures, per_query)
@@ -170,7 +179,7 @@ def evaluate(run_or_path: Union[Run, str, Path], qrels: Union[str, Path, None] =
     return _frame(name, score(judgments, hits, names), per_query)
 
 
-def table(runs: Sequence[Union[Run, str, Path]], *, measures: Sequence[str] = ("nDCG@10",),
+def table(runs: Sequence[Union[Run, str, Path]], *, measures: Union[str, Sequence[str]] = ("nDCG@10",),
           baseline: Optional[str] = None, suite: Optional[str] = None, test: str = "t", correction: str = "holm",
           alpha: float = 0.05, format: Optional[str] = None):
     """A comparison table, datasets x conditions, as `dupmae-eval table` makes it. `runs`: `Run`s, run files
@@ -184,7 +193,7 @@ def table(runs: Sequence[Union[Run, str, Path]], *, measures: Sequence[str] = ("
     from dupmae_eval.evaluation.suites import describe_conditions, load_suite
     from dupmae_eval.evaluation.tables import TABLE_FORMATS, build_tables, render
 
-    measures = [measures] if isinstance(measures, str) else list(measures)
+    measures = _measure_names(measures)
     parse_measures(measures)
     options = dict(test=check_test(test), correction=check_correction(correction), alpha=check_alpha(alpha))
     if format is not None and TABLE_FORMATS.lookup(format).binary:
@@ -221,7 +230,7 @@ def encoders(model: str, *, kind: str = "dupmae", half: str = "dense", device: O
     from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, DupMAEQueryEncoder, EncoderSettings
 
     encoder_settings = EncoderSettings.for_kind(kind, **settings)
-    loaded = load_model(model, need_mlm_head=encoder_settings.has_sparse)
+    loaded = load_model(model, need_mlm_head=encoder_settings.has_sparse, lengths=encoder_settings.lengths())
     encoder_settings = EncoderSettings.for_checkpoint(kind, loaded.folder, **settings)
     return (DupMAEQueryEncoder(loaded, encoder_settings, half=half, device=device, precision=precision),
             DupMAEDocumentEncoder(loaded, encoder_settings, device, precision))

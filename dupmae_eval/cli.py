@@ -108,7 +108,12 @@ def _add_table(sub: argparse._SubParsersAction) -> None:
     from dupmae_eval.evaluation.statistics import CORRECTIONS, TESTS
     from dupmae_eval.evaluation.tables import TABLE_FORMATS
 
-    p = sub.add_parser("table", help=f"comparison table from saved results ({', '.join(TABLE_FORMATS)})")
+    p = sub.add_parser("table", help=f"comparison table from saved results ({', '.join(TABLE_FORMATS)})",
+                       description="Tabulates saved results, datasets x conditions, for each --measure: reproduce's "
+                                   "metrics, or runs scored against their dataset's judgments. With --baseline, each "
+                                   "other condition's difference with its confidence interval and a corrected paired "
+                                   "test; with --suite, the paper's reference columns. Prints Markdown, or writes csv, "
+                                   "LaTeX or a chart (png).")
     p.add_argument("results", nargs="+", type=Path, help="folders, *.metrics.json files (from reproduce), or run "
                                                           "files with their .meta.json sidecar (from bm25 or run: "
                                                           "scored against their dataset's judgments)")
@@ -894,7 +899,7 @@ def _cmd_mlm_loss(args: argparse.Namespace) -> int:
     if not args.texts.is_file():
         raise DupMAEEvalError(f"--texts {args.texts}: no such file")
     folder, _ = resolve_checkpoint(args.model)
-    masked_lm, _ = read_masked_lm(folder, args.model, need_mlm_head=True)
+    masked_lm, _ = read_masked_lm(folder, args.model, need_mlm_head=True, lengths={"max_length": args.max_length})
     texts = itertools.islice(read_texts(str(args.texts)), args.limit)
     result = masked_lm_loss(masked_lm, _tokenizer(folder), texts, ratio=args.ratio, seed=args.seed,
                             max_length=args.max_length, batch_size=args.batch_size)

@@ -189,8 +189,8 @@ OPTIONS: Dict[str, Option] = {option.key: option for option in (
            metavar="N"),
     Option("threads", "threads", "search/index threads (default: all cores)", encoder=False,
            type=positive_int, metavar="N"),
-    Option("keep_query_hit", "keep_query_hit", "keep the hit whose id equals the query id (BEIR removes it)",
-           encoder=False, flag=True, default=False),
+    Option("keep_query_hit", "keep_query_hit", "keep the hit whose id equals the query id (BEIR removes it; "
+           "default: removed for BEIR-layout data, kept for MS MARCO)", encoder=False, flag=True, default=False),
 )}
 
 ENCODE_OPTIONS = ("batch_size", "device", "compile", "precision", "shard_size")

@@ -21,3 +21,8 @@ def suite_path(name_or_path: str) -> Path:
         return path
     shipped = resource_path("configs", f"{name_or_path}.yaml")
     return shipped if shipped.is_file() else path
+
+
+def shipped_suites() -> list:
+    """The names of the suites shipped with the package (what `suite_path` takes as a bare name)."""
+    return sorted(path.stem for path in resource_path("configs").glob("*.yaml"))

@@ -17,11 +17,17 @@ HEAVY = ("torch", "transformers", "jnius", "pyserini", "pandas", "faiss", "ir_me
 
 def test_importing_the_package_and_naming_the_api_loads_nothing_heavy():
     code = ("import sys, dupmae_eval as de\n"
-            "de.bm25, de.run, de.table, de.Run\n"
+            "de.bm25, de.run, de.table, de.Run, de.DupMAEEvalError\n"
             f"print([m for m in {HEAVY!r} if m in sys.modules])\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
-    assert set(dupmae_eval.__all__) >= {"bm25", "run", "evaluate", "table", "encoders", "finetune", "load_run"}
+    assert set(dupmae_eval.__all__) >= {"bm25", "run", "evaluate", "table", "encoders", "finetune", "load_run",
+                                        "DupMAEEvalError"}
+    assert dupmae_eval.DupMAEEvalError is DupMAEEvalError and "DupMAEEvalError" in dir(dupmae_eval)
+    try:                                                 # the documented way to catch a refusal
+        dupmae_eval.bm25("scifact", b=2)
+    except dupmae_eval.DupMAEEvalError as exc:
+        assert str(exc).startswith("bm25(): b: 2")
 
 
 def test_bad_arguments_are_refused_in_one_line_before_any_work(tmp_path):
@@ -77,3 +83,23 @@ def test_a_run_saved_in_each_format_loads_back_and_scores_the_same(tmp_path):
             assert loaded.evaluate().values.tolist() == expected.values.tolist(), fmt
     with pytest.raises(DupMAEEvalError, match="run_format 'csv'"):
         run.save(tmp_path / "run.csv", run_format="csv")
+
+
+def test_one_measure_may_be_given_as_a_string_wherever_measures_are_taken(tmp_path):
+    """`measures="nDCG@10"` is that measure (it used to be read letter by letter: "unknown measure 'n'"), in
+    Run.evaluate, evaluate (a Run, and a file with judgments) and table alike."""
+    from dupmae_eval.data.datasets import resolve
+
+    data = resolve("scifact", download=False)
+    qrels = data.qrels("test")
+    hits = {qid: [(doc, 1.0 - rank / 10) for rank, doc in enumerate(list(qrels[qid]) + ["4983"])]
+            for qid in sorted(qrels)}
+    run = dupmae_eval.Run("all-judged-first", data, "test", hits, {"dataset": "scifact", "split": "test",
+                                                                   "condition": "all-judged-first"})
+    path = run.save(tmp_path / "run.trec")
+    # every judged passage ranked first, each query's own: a perfect ranking, nDCG@10 = 1 for every query
+    for frame in (run.evaluate(measures="nDCG@10"), dupmae_eval.evaluate(run, measures="nDCG@10"),
+                  dupmae_eval.evaluate(path, measures="nDCG@10"),
+                  dupmae_eval.evaluate(path, "scifact", split="test", measures="nDCG@10")):
+        assert list(frame.columns) == ["nDCG@10"] and frame.values.tolist() == [[1.0]]
+    assert list(dupmae_eval.table([run], measures="nDCG@10").columns) == [("nDCG@10", "all-judged-first")]

@@ -66,6 +66,18 @@ def _optionals():
                 yield verb, parser, action
 
 
+def test_every_verb_says_what_it_does_under_its_usage(capsys):
+    """`dupmae-eval VERB --help` prints a description paragraph between the usage and the arguments."""
+    verbs = _verbs()
+    assert {"bm25", "run", "encode", "eval", "table", "report", "reproduce", "fuse", "datasets", "finetune",
+            "pretrain"} <= set(verbs)
+    for verb, parser in verbs.items():
+        text = parser.format_help()
+        between = text.split("\n\n")[1]               # usage, then the description, then the arguments
+        assert parser.description and not between.startswith(("positional arguments", "options")), \
+            f"{verb} --help has no description"
+
+
 def test_every_flag_has_a_help_line_with_its_default():
     checked = 0
     for verb, parser, action in _optionals():

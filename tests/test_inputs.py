@@ -181,3 +181,116 @@ conditions:
         load_suite(suite)
     message = str(refused.value)
     assert message.startswith(f"{suite}: conditions: tiny: ") and says in message
+
+
+def _finetune(*extra, output):
+    return ["finetune", "--model", str(SPLADE_TINY), "--dataset", VASWANI, "--output", str(output), *extra]
+
+
+def _pretrain(*extra, output, model=str(SPLADE_TINY)):
+    return ["pretrain", "--model", model, "--corpus", VASWANI, "--output", str(output), *extra]
+
+
+@pytest.mark.parametrize("make_argv, says", [
+    (lambda out: _run("--max-passage-length", "1024", output=out / "run.trec"),
+     "--max-passage-length (max_passage_length) 1024: the model has 512 positions"),
+    (lambda out: _run("--max-query-length", "513", output=out / "run.trec"),
+     "--max-query-length (max_query_length) 513: the model has 512 positions"),
+    (lambda out: _encode("--max-passage-length", "600"),
+     "--max-passage-length (max_passage_length) 600: the model has 512 positions"),
+    (lambda out: _finetune("--passage-max-length", "1024", output=out / "ft"),
+     "--passage-max-length (passage_max_length) 1024: the model has 512 positions"),
+    (lambda out: _finetune("--query-max-length", "700", output=out / "ft"),
+     "--query-max-length (query_max_length) 700: the model has 512 positions"),
+    (lambda out: _pretrain("--max-length", "1024", output=out / "pt"),
+     "--max-length (max_length) 1024: the model has 512 positions"),
+    (lambda out: _pretrain("--max-length", "513", output=out / "pt", model="shape:bert-tiny"),
+     "--max-length (max_length) 513: the model has 512 positions (max_position_embeddings in shape bert-tiny)"),
+    (lambda out: ["mlm-loss", "--model", str(SPLADE_TINY), "--texts", str(TEST_DATA / "vaswani" / "queries.jsonl"),
+                  "--max-length", "2048"],
+     "--max-length (max_length) 2048: the model has 512 positions"),
+])
+def test_a_length_beyond_the_models_positions_is_refused_before_any_work(tmp_path, capsys, make_argv, says):
+    """splade-tiny has 512 positions (its config.json); a longer max length used to fail in the forward, at
+    the first text that long, after the corpus was read (and, for finetune, the negatives mined)."""
+    line = _refused(capsys, make_argv(tmp_path))
+    assert says in line and "give at most 512" in line
+    assert list(tmp_path.iterdir()) == []             # no run file, no training folder
+
+
+def test_a_length_beyond_the_models_positions_is_refused_from_python_and_a_suite(tmp_path):
+    import dupmae_eval
+    from dupmae_eval.evaluation.runner import reproduce
+
+    with pytest.raises(DupMAEEvalError, match=r"--max-passage-length \(max_passage_length\) 1024: the model has "
+                                              r"512 positions"):
+        dupmae_eval.encoders(str(SPLADE_TINY), kind="cls", max_passage_length=1024)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"""suite: long
+measures: [nDCG@10]
+datasets: [scifact]
+conditions:
+  bm25-flat:
+    kind: bm25
+  tiny:
+    kind: model
+    model: {SPLADE_TINY}
+    encoder: cls
+    retrieval: dense
+    max_query_length: 1000
+""")
+    with pytest.raises(DupMAEEvalError) as refused:      # before the bm25 cell, which comes first
+        reproduce(suite, tmp_path / "runs")
+    assert str(refused.value).startswith(f"{suite}: conditions: tiny: --max-query-length (max_query_length) 1000: "
+                                         f"the model has 512 positions")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("verb, extra, says", [
+    ("finetune", ["--recipe", "splade-tiny-scifact", "--learning-rate", "-1"], "--learning-rate (learning_rate) -1: must be above 0"),
+    ("finetune", ["--epochs", "0"], "--epochs (epochs) 0: must be above 0"),
+    ("finetune", ["--warmup-ratio", "1.5"], "--warmup-ratio (warmup_ratio) 1.5: must be at least 0 and below 1"),
+    ("finetune", ["--warmup-ratio", "1"], "--warmup-ratio (warmup_ratio) 1: must be at least 0 and below 1"),
+    ("finetune", ["--weight-decay", "-0.01"], "--weight-decay (weight_decay) -0.01: must be at least 0"),
+    ("finetune", ["--temperature", "0"], "--temperature (temperature) 0: must be above 0"),
+    ("finetune", ["--distill-temperature", "-1"], "--distill-temperature (distill_temperature) -1: must be above 0"),
+    ("finetune", ["--sparse-scale", "-1"], "--sparse-scale (sparse_scale) -1: must be at least 0"),
+    ("finetune", ["--distill-weight", "-0.5"], "--distill-weight (distill_weight) -0.5: must be at least 0"),
+    ("finetune", ["--negatives-depth", "0"], "--negatives-depth (negatives_depth) 0: must be at least 1"),
+    ("finetune", ["--holdout-queries", "-2"], "--holdout-queries (holdout_queries) -2: must be at least 0"),
+    ("finetune", ["--queries-per-device", "0"], "--queries-per-device (queries_per_device) 0: must be at least 1"),
+    ("finetune", ["--group-size", "0"], "--group-size (group_size) 0: must be at least 1"),
+    ("finetune", ["--passage-max-length", "1"], "--passage-max-length (passage_max_length) 1: must be at least 2"),
+    ("finetune", ["--seed", "-1"], "--seed (seed) -1: must be between 0 and 4294967295"),
+    ("finetune", ["--save-steps", "0"], "--save-steps (save_steps) 0: must be at least 1"),
+    ("finetune", ["--logging-steps", "0"], "--logging-steps (logging_steps) 0: must be at least 1"),
+    ("finetune", ["--save-total-limit", "0"], "--save-total-limit (save_total_limit) 0: must be at least 1"),
+    ("finetune", ["--dense-dim", "0"], "--dense-dim (dense_dim) 0: must be at least 1"),
+    ("pretrain", ["--learning-rate", "nan"], "--learning-rate (learning_rate) nan: must be above 0"),
+    ("pretrain", ["--epochs", "inf"], "--epochs (epochs) inf: not a finite number"),
+    ("pretrain", ["--encoder-mask-ratio", "1"], "--encoder-mask-ratio (encoder_mask_ratio) 1: must be between 0 and 1"),
+    ("pretrain", ["--decoder-mask-ratio", "0"], "--decoder-mask-ratio (decoder_mask_ratio) 0: must be between 0 and 1"),
+    ("pretrain", ["--bow-weight", "-0.1"], "--bow-weight (bow_weight) -0.1: must be at least 0"),
+    ("pretrain", ["--gradient-accumulation", "0"], "--gradient-accumulation (gradient_accumulation) 0: must be at least 1"),
+    ("pretrain", ["--batch-size", "0"], "--batch-size (batch_size) 0: must be at least 1"),
+    ("pretrain", ["--max-length", "2"], "--max-length (max_length) 2: must be at least 3"),
+    ("pretrain", ["--dataloader-workers", "-1"], "--dataloader-workers (dataloader_workers) -1: must be at least 0"),
+])
+def test_a_training_setting_out_of_range_is_one_line_naming_flag_and_setting(tmp_path, capsys, verb, extra, says):
+    """Refused by the settings' validation, before negatives are mined or the output folder is made (a
+    negative learning rate used to fail in the optimizer after both, leaving a folder in the way of the
+    corrected command)."""
+    make = _finetune if verb == "finetune" else _pretrain
+    line = _refused(capsys, make(*extra, output=tmp_path / "out"))
+    assert says in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("verb", ["finetune", "pretrain"])
+def test_a_recipe_value_out_of_range_is_refused_as_its_flag_is(tmp_path, capsys, verb):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("learning_rate: 2e-5\nweight_decay: -1\n")
+    make = _finetune if verb == "finetune" else _pretrain
+    line = _refused(capsys, make("--recipe", str(recipe), output=tmp_path / "out"))
+    assert "--weight-decay (weight_decay) -1: must be at least 0" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]

@@ -269,6 +269,8 @@ def test_latex_carries_the_same_columns(results, capsys):
     (["--measure", "nDCG@10", "--measure", "R@100,nDCG@10"], "--measure nDCG@10 is given twice"),
     (["--measure", "nDCG@10,R@100", "--format", "png", "--output", "x.png"],
      "--format png draws one measure; give one --measure"),
+    (["--suite", "nosuch"], "nosuch: no such suite file, and no shipped suite of that name (the shipped suites: "
+                            "beir, demo, local, msmarco)"),
 ])
 def test_bad_flags_are_refused_in_one_line_before_anything_is_read(arguments, message, tmp_path, capsys):
     missing = tmp_path / "no-such-folder"                    # reading it would fail with another message

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 from dupmae_eval.errors import DupMAEEvalError
 
@@ -408,9 +408,25 @@ def _no_mlm_head(source: str) -> DupMAEEvalError:
                            f"needs; use --encoder cls (RetroMAE-style, [CLS] only) or mean instead")
 
 
-def read_masked_lm(folder: Path, source: str, need_mlm_head: bool = False):
+def check_lengths(lengths: Mapping[str, int], positions, where) -> None:
+    """Token lengths (setting name -> value) against a BERT's position table. BERT embeds position i from
+    row i of a table of `max_position_embeddings` rows, so a longer input is not cut: the forward fails on
+    the first text that long, with a tensor-size error, after the corpus was read and part of it encoded (or
+    the training data mined). Refused here instead, naming the flag and the setting, as soon as the config
+    is known. `where`: the config's file (or the shape) the position count comes from."""
+    if not isinstance(positions, int) or isinstance(positions, bool):
+        return                      # a config that is not usable is refused when the model is built
+    for name, value in lengths.items():
+        if value is not None and value > positions:
+            raise DupMAEEvalError(f"--{name.replace('_', '-')} ({name}) {value}: the model has {positions} "
+                                  f"positions (max_position_embeddings in {where}); give at most {positions}")
+
+
+def read_masked_lm(folder: Path, source: str, need_mlm_head: bool = False, lengths: Mapping[str, int] = {}):
     """(BertForMaskedLM, has an MLM head) from a checkpoint folder: BertForMaskedLM or bare BERT weights,
-    old LayerNorm names, a decoder tied to the word embeddings; in train mode as built (callers choose)."""
+    old LayerNorm names, a decoder tied to the word embeddings; in train mode as built (callers choose).
+    `lengths`: the token lengths the caller will feed it (setting name -> value), checked against the
+    config's position count before the weights are read (`check_lengths`)."""
     from transformers import BertConfig, BertForMaskedLM
 
     config_path = folder / "config.json"
@@ -420,6 +436,7 @@ def read_masked_lm(folder: Path, source: str, need_mlm_head: bool = False):
     if config.get("model_type") not in (None, "bert"):
         raise DupMAEEvalError(f"{config_path}: model_type {config.get('model_type')!r}; only BERT checkpoints "
                               f"(DupMAE, RetroMAE and their kin) are supported")
+    check_lengths(lengths, config.get("max_position_embeddings", BertConfig().max_position_embeddings), config_path)
     state = _normalise_keys(_read_state_dict(folder))
     has_head = any(key.startswith("cls.predictions.transform.") for key in state)
     if need_mlm_head and not has_head:
@@ -440,12 +457,13 @@ def read_masked_lm(folder: Path, source: str, need_mlm_head: bool = False):
     return model, has_head
 
 
-def load_model(name_or_path: str, need_mlm_head: bool = False) -> LoadedModel:
-    """Load a BertForMaskedLM (or bare BERT) checkpoint and, when present, its DupMAE head file."""
+def load_model(name_or_path: str, need_mlm_head: bool = False, lengths: Mapping[str, int] = {}) -> LoadedModel:
+    """Load a BertForMaskedLM (or bare BERT) checkpoint and, when present, its DupMAE head file. `lengths`:
+    the token lengths it will be fed, refused before the weights are read when the model has fewer positions."""
     from transformers import AutoTokenizer
 
     folder, revision = resolve_checkpoint(name_or_path)
-    model, has_head = read_masked_lm(folder, name_or_path, need_mlm_head)
+    model, has_head = read_masked_lm(folder, name_or_path, need_mlm_head, lengths)
     model.eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))

@@ -450,7 +450,7 @@ def encode_distributed(dataset: str, model: str, encoder: str, batch_size: int =
         else:
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    loaded = load_model(model, need_mlm_head=settings.has_sparse)
+    loaded = load_model(model, need_mlm_head=settings.has_sparse, lengths=settings.lengths())
     settings = EncoderSettings.for_checkpoint(encoder, loaded.folder, **overrides)   # a fine-tuned model's own
     if compile:
         loaded.compile_encoder()

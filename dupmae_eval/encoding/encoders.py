@@ -17,7 +17,7 @@ import numpy as np
 
 from dupmae_eval.errors import DupMAEEvalError
 from dupmae_eval.encoding.kinds import EncoderKind, encoder_kind
-from dupmae_eval.encoding.checkpoint import ACTIVATIONS, LoadedModel, PoolingSettings, load_model
+from dupmae_eval.encoding.checkpoint import ACTIVATIONS, LoadedModel, PoolingSettings, check_lengths, load_model
 
 DEFAULT_QUANTIZATION_SCALE = 100.0
 
@@ -70,6 +70,10 @@ class EncoderSettings:
                 raise DupMAEEvalError(f"--{name.replace('_', '-')} must be a positive number or 'all'")
         if self.max_query_length < 2 or self.max_passage_length < 2:
             raise DupMAEEvalError("max lengths must leave room for [CLS] and [SEP]")
+
+    def lengths(self) -> Dict[str, int]:
+        """The token lengths this encoder feeds a model (for `checkpoint.check_lengths`)."""
+        return {"max_query_length": self.max_query_length, "max_passage_length": self.max_passage_length}
 
     @property
     def spec(self) -> EncoderKind:
@@ -137,9 +141,11 @@ class _Encoder:
         self.precision = resolve_precision(precision, device)   # fp32 | bf16 (precision.py); part of cache keys
         self.settings = settings or EncoderSettings.for_kind(overrides.pop("kind", "dupmae"), **overrides)
         if isinstance(model, str):
-            model = load_model(model, need_mlm_head=self.settings.has_sparse)
+            model = load_model(model, need_mlm_head=self.settings.has_sparse, lengths=self.settings.lengths())
         elif self.settings.has_sparse and model.mlm_head is None:
             model = load_model(model.source, need_mlm_head=True)  # raises the clear error
+        check_lengths(self.settings.lengths(), model.encoder.config.max_position_embeddings,
+                      model.folder / "config.json")    # a model loaded by the caller: before any text
         self.model = model.to(device or "cpu")
         self._vocab: Optional[List[str]] = None
 

@@ -49,6 +49,7 @@ def reproduce(suite_path: str | Path, runs_dir: Path, datasets: Optional[List[st
             action, why = reuse_decision(path, cell_identity(suite, cell), force)
             echo(f"{action:<5} {cell.condition:<28}{cell.key:<32}{path}" + (f"  ({why})" if why else ""))
         return []
+    check_model_lengths(suite, cells)
     results: List[CellResult] = []
     try:
         for cell in cells:
@@ -58,6 +59,31 @@ def reproduce(suite_path: str | Path, runs_dir: Path, datasets: Optional[List[st
         for line in verdicts:
             echo(line)
     return verdicts
+
+
+def check_model_lengths(suite: Suite, cells: List[Cell]) -> None:
+    """Each chosen model condition's token lengths against its model's position count, before the first cell
+    runs: otherwise a condition asking for more positions than its model has would fail only when its turn
+    came, after the cells before it had run. Only the config is read. A hub model not yet in the local cache
+    is checked by its own run, once fetched (nothing is downloaded here)."""
+    from dupmae_eval.encoding.checkpoint import cached_checkpoint, check_lengths, read_config
+    from dupmae_eval.encoding.encoders import EncoderSettings
+    from dupmae_eval.errors import DupMAEEvalError
+    from dupmae_eval.options import translate
+
+    for name in dict.fromkeys(cell.condition for cell in cells):
+        condition = suite.conditions[name]
+        if condition.kind != "model":
+            continue
+        found = cached_checkpoint(str(condition.params["model"]))
+        config = found[0] / "config.json" if found is not None else None
+        if config is None or not config.is_file():
+            continue                        # the run says what is wrong with it
+        settings = EncoderSettings.for_kind(condition.params["encoder"], **translate(condition.params)[0])
+        try:
+            check_lengths(settings.lengths(), read_config(config).get("max_position_embeddings", 512), config)
+        except DupMAEEvalError as exc:
+            raise DupMAEEvalError(f"{suite.path}: conditions: {name}: {exc}") from None
 
 
 def cell_identity(suite: Suite, cell: Cell) -> dict:

@@ -122,7 +122,10 @@ def load_suite(path: str | Path, check_datasets: bool = True, selected: Optional
 
     path = Path(path)
     if not path.is_file():
-        raise DupMAEEvalError(f"{path}: no such suite file")
+        from dupmae_eval.shipped import shipped_suites
+
+        raise DupMAEEvalError(f"{path}: no such suite file, and no shipped suite of that name (the shipped suites: "
+                              f"{', '.join(shipped_suites())})")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -137,7 +137,7 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     data = dataset if isinstance(dataset, Dataset) else resolve(dataset)
     queries, split, described = _choose_queries(data, split, topics)
     remove_query = data.spec.removes_query_hit and not keep_query_hit
-    loaded = load_model(model, need_mlm_head=settings.has_sparse)
+    loaded = load_model(model, need_mlm_head=settings.has_sparse, lengths=settings.lengths())
     settings = EncoderSettings.for_checkpoint(encoder, loaded.folder, **settings_overrides)  # a fine-tuned model's own
     if compile:
         loaded.compile_encoder()

@@ -109,7 +109,9 @@ class DupMAEForTraining(torch.nn.Module):
 
         kind = encoder_kind(settings.kind)
         folder, _ = resolve_checkpoint(source)
-        masked_lm, has_head = read_masked_lm(folder, source, need_mlm_head=kind.sparse)
+        masked_lm, has_head = read_masked_lm(folder, source, need_mlm_head=kind.sparse,
+                                             lengths={"query_max_length": settings.query_max_length,
+                                                      "passage_max_length": settings.passage_max_length})
         masked_lm.train()
         tokenizer = _tokenizer(folder)
         hidden = masked_lm.config.hidden_size

@@ -23,8 +23,9 @@ from typing import Any, Dict, Mapping, Optional, Union
 from dupmae_eval import __version__
 from dupmae_eval.errors import DupMAEEvalError
 from dupmae_eval.training.settings import (
-    COMPILE_HELP, HEAP_HELP, MAX_STEPS_HELP, PRECISION_HELP, RECOMPUTE_FIRST_HELP, check_compile,
-    check_max_steps)
+    AT_LEAST_0, AT_LEAST_1, COMPILE_HELP, HEAP_HELP, MAX_STEPS_HELP, OPEN_UNIT_INTERVAL,
+    OPTIMISATION_RANGES, PRECISION_HELP, RECOMPUTE_FIRST_HELP, ROOM_FOR_ONE_TOKEN, check_compile,
+    check_max_steps, check_ranges)
 
 RECORD = "pretrain.json"
 
@@ -73,15 +74,7 @@ class PretrainSettings:
         check_compile(self.compile, self.recompute)
         check_recompute_first(self.recompute_first)
         SEQUENCE_LAYOUTS.lookup(self.sequences)
-        for name in ("encoder_mask_ratio", "decoder_mask_ratio"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise DupMAEEvalError(f"{name} must be between 0 and 1")
-        if self.bow_weight < 0:
-            raise DupMAEEvalError("bow_weight must be ≥ 0")
-        if self.max_length < 3:
-            raise DupMAEEvalError("max_length must leave room for [CLS], one token and [SEP]")
-        if self.batch_size < 1:
-            raise DupMAEEvalError("batch_size must be ≥ 1")
+        check_ranges(self, PRETRAIN_RANGES)
         if self.precision is not None:
             from dupmae_eval.encoding.precision import resolve_precision
 
@@ -94,6 +87,12 @@ class PretrainSettings:
 
 
 FIELDS = {f.name: f for f in fields(PretrainSettings)}
+
+PRETRAIN_RANGES = {
+    **OPTIMISATION_RANGES, "encoder_mask_ratio": OPEN_UNIT_INTERVAL, "decoder_mask_ratio": OPEN_UNIT_INTERVAL,
+    "bow_weight": AT_LEAST_0, "max_length": ROOM_FOR_ONE_TOKEN, "batch_size": AT_LEAST_1,
+}
+"""Each numeric pre-training setting and the range it must lie in (`settings.check_ranges`)."""
 
 HELP = {
     "objective": "mlm, retromae (+ [CLS] decoding), bow (+ bag of words), dupmae (all three: paper Eq. 9)",
@@ -108,7 +107,7 @@ HELP = {
     "epochs": "epochs over the sequences (released: 8, then 20 on MS MARCO)",
     "batch_size": "sequences per process per step (released: 32 at 512 tokens, 128 at 150)",
     "gradient_accumulation": "steps accumulated per optimizer step",
-    "warmup_ratio": "linear warm-up, fraction of the steps",
+    "warmup_ratio": "linear warm-up, fraction of the steps (at least 0, below 1)",
     "weight_decay": "AdamW weight decay",
     "max_steps": MAX_STEPS_HELP,
     "seed": "seed of the masks, the decoder's initialisation and the trainer",
@@ -168,7 +167,8 @@ def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings, 
         record["model_config"] = shape.config
     check_data_source(corpus, "--corpus", text_files=True)
     net = DupMAEForPretraining.from_checkpoint(model, settings.objective, settings.bow_weight,
-                                               settings.bow_normalize, settings.seed)   # loadable, with an MLM
+                                               settings.bow_normalize, settings.seed,   # loadable, with an MLM,
+                                               lengths={"max_length": settings.max_length})   # long enough
     record["content"] = input_contents(None if shape is not None else model, corpus)
     if claim_output(output, record, RECORD, "pre-training", asdict(PretrainSettings())):   # head: before the record
         return output

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Mapping, Optional
 
 import torch
 
@@ -274,20 +274,23 @@ class DupMAEForPretraining(torch.nn.Module):
     # ------------------------------------------------------------------ reading and writing
     @classmethod
     def from_checkpoint(cls, source: str, objective: str, bow_weight: float, bow_normalize: bool,
-                        seed: int) -> "DupMAEForPretraining":
+                        seed: int, lengths: Mapping[str, int] = {}) -> "DupMAEForPretraining":
         """A BertForMaskedLM (hub name or folder; its MLM head is required), or one built with random weights
         from `seed` when `source` names a shape (`shapes.shape_source`), and a new decoder, initialised as
-        BERT's layers are, from `seed` (a checkpoint's own weights and decoder are loaded on resume)."""
-        from dupmae_eval.encoding.checkpoint import read_masked_lm, resolve_checkpoint
+        BERT's layers are, from `seed` (a checkpoint's own weights and decoder are loaded on resume).
+        `lengths`: the sequence lengths it will be fed, refused before any weights when the model has fewer
+        positions (`checkpoint.check_lengths`)."""
+        from dupmae_eval.encoding.checkpoint import check_lengths, read_masked_lm, resolve_checkpoint
         from dupmae_eval.training.finetune_model import _tokenizer
         from dupmae_eval.training.shapes import random_masked_lm, shape_source, shape_tokenizer
 
         shape = shape_source(source)
         if shape is not None:
+            check_lengths(lengths, shape.config.get("max_position_embeddings", 512), shape.origin)
             masked_lm, tokenizer = random_masked_lm(shape.config, seed), shape_tokenizer()
         else:
             folder, _ = resolve_checkpoint(source)
-            masked_lm, _ = read_masked_lm(folder, source, need_mlm_head=True)
+            masked_lm, _ = read_masked_lm(folder, source, need_mlm_head=True, lengths=lengths)
             masked_lm.train()
             tokenizer = _tokenizer(folder)
         decoder = None

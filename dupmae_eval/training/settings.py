@@ -8,6 +8,7 @@ on the command line override it; what a run used is written to `finetune.json` i
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
@@ -82,8 +83,10 @@ class FinetuneSettings:
         if self.negatives in ("run", "model") and not self.negatives_from:
             raise DupMAEEvalError(f"negatives {self.negatives!r} needs negatives_from (a "
                                   f"{'TREC run file' if self.negatives == 'run' else 'checkpoint'})")
-        if self.group_size < 1 or (self.group_size == 1 and not self.in_batch_negatives):
-            raise DupMAEEvalError("group_size must be ≥ 1, and ≥ 2 without in-batch negatives (no negative at all)")
+        check_ranges(self, FINETUNE_RANGES)
+        if self.group_size == 1 and not self.in_batch_negatives:
+            raise DupMAEEvalError("--group-size (group_size) 1: give at least 2 without in-batch negatives "
+                                  "(no negative at all)")
         if self.negatives == "none" and self.group_size > 1 and not self.distill_from:
             raise DupMAEEvalError("negatives none: group_size must be 1 (the positive alone, in-batch negatives), "
                                   "unless distill_from gives the candidates")
@@ -92,13 +95,9 @@ class FinetuneSettings:
         if not isinstance(self.dense_dim, (int, type(None))) and self.dense_dim != "half":
             raise DupMAEEvalError(f"dense_dim {self.dense_dim!r}: a number, 'half' or none")
         if isinstance(self.dense_dim, int) and self.dense_dim < 1:
-            raise DupMAEEvalError("dense_dim must be positive")
+            raise DupMAEEvalError(f"--dense-dim (dense_dim) {self.dense_dim}: must be at least 1 (or half, or none)")
         if self.doc_topk is not None and self.doc_topk < 1:
-            raise DupMAEEvalError("doc_topk must be positive or none")
-        if self.temperature <= 0 or self.distill_temperature <= 0:
-            raise DupMAEEvalError("temperatures must be positive")
-        if min(self.query_max_length, self.passage_max_length) < 2:
-            raise DupMAEEvalError("max lengths must leave room for [CLS] and [SEP]")
+            raise DupMAEEvalError(f"--doc-topk (doc_topk) {self.doc_topk}: must be at least 1 (or none)")
         if self.precision is not None:
             from dupmae_eval.encoding.precision import resolve_precision
 
@@ -141,6 +140,81 @@ RECOMPUTE_FIRST_HELP = ("apply recompute to the encoder's first N layers only; t
 COMPILE_HELP = ("run the BERT encoder under torch.compile: fused kernels for GPU steps, which eager BERT leaves "
                 "launch-bound; the first step waits for the compile; with recompute none only; not part of what "
                 "makes two runs the same")
+
+
+def _above_0(value) -> bool:
+    return value > 0
+
+
+def _at_least_0(value) -> bool:
+    return value >= 0
+
+
+def _at_least_1(value) -> bool:
+    return value >= 1
+
+
+def _at_least_2(value) -> bool:
+    return value >= 2
+
+
+def _at_least_3(value) -> bool:
+    return value >= 3
+
+
+def _ratio_below_1(value) -> bool:
+    return 0 <= value < 1
+
+
+def _open_unit(value) -> bool:
+    return 0 < value < 1
+
+
+def _seed(value) -> bool:
+    return 0 <= value < 2 ** 32
+
+
+ABOVE_0 = (_above_0, "must be above 0")
+AT_LEAST_0 = (_at_least_0, "must be at least 0")
+AT_LEAST_1 = (_at_least_1, "must be at least 1")
+ROOM_FOR_SPECIAL_TOKENS = (_at_least_2, "must be at least 2, room for [CLS] and [SEP]")
+ROOM_FOR_ONE_TOKEN = (_at_least_3, "must be at least 3, room for [CLS], one token and [SEP]")
+WARMUP_RATIO = (_ratio_below_1, "must be at least 0 and below 1")
+# below 1, not up to it: the ratio reaches the Trainer as `warmup_steps`, which reads a value of 1 or more as a
+# count of steps, so a ratio of 1 would warm up for one step instead of the whole run
+OPEN_UNIT_INTERVAL = (_open_unit, "must be between 0 and 1, both excluded")
+SEED = (_seed, f"must be between 0 and {2 ** 32 - 1} (numpy's seeds)")
+
+OPTIMISATION_RANGES = {
+    "learning_rate": ABOVE_0, "epochs": ABOVE_0, "gradient_accumulation": AT_LEAST_1,
+    "warmup_ratio": WARMUP_RATIO, "weight_decay": AT_LEAST_0, "seed": SEED, "save_steps": AT_LEAST_1,
+    "save_total_limit": AT_LEAST_1, "logging_steps": AT_LEAST_1, "dataloader_workers": AT_LEAST_0,
+}
+"""The numeric settings fine-tuning and pre-training share, and the range each must lie in."""
+
+FINETUNE_RANGES = {
+    **OPTIMISATION_RANGES, "temperature": ABOVE_0, "sparse_scale": AT_LEAST_0, "distill_weight": AT_LEAST_0,
+    "distill_temperature": ABOVE_0, "negatives_depth": AT_LEAST_1, "group_size": AT_LEAST_1,
+    "holdout_queries": AT_LEAST_0, "query_max_length": ROOM_FOR_SPECIAL_TOKENS,
+    "passage_max_length": ROOM_FOR_SPECIAL_TOKENS, "queries_per_device": AT_LEAST_1,
+}
+
+
+def check_ranges(settings, ranges) -> None:
+    """Each numeric setting in its range, refused in one line naming the flag and the setting. `validate`
+    runs before anything is read or written, so a value out of range (a negative learning rate, a warm-up
+    ratio of 5) costs one line, not mined negatives, a traceback from the optimizer and a half-made output
+    folder that the corrected command then finds in its way. NaN fails every range; infinity is refused."""
+    for name, (inside, says) in ranges.items():
+        value = getattr(settings, name)
+        flag = f"--{name.replace('_', '-')} ({name})"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DupMAEEvalError(f"{flag} {value!r}: not a number")
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
+        if isinstance(value, float) and math.isinf(value):
+            raise DupMAEEvalError(f"{flag} {shown}: not a finite number")
+        if not inside(value):
+            raise DupMAEEvalError(f"{flag} {shown}: {says}")
 
 
 MAX_STEPS_HELP = "stop after this many optimizer steps (at least 1); -1: the epochs decide"
@@ -188,7 +262,7 @@ HELP = {
     "epochs": "epochs (RetroMAE: 4)",
     "queries_per_device": "queries per process per step",
     "gradient_accumulation": "steps accumulated per optimizer step",
-    "warmup_ratio": "linear warm-up, fraction of the steps",
+    "warmup_ratio": "linear warm-up, fraction of the steps (at least 0, below 1)",
     "weight_decay": "AdamW weight decay",
     "max_steps": MAX_STEPS_HELP,
     "seed": "seed of the sampling, the new projection and the trainer",
