@@ -465,7 +465,9 @@ def test_a_model_runs_command_carries_every_recorded_setting(tmp_path):
 
     settings = EncoderSettings.for_kind("dupmae", doc_topk=None, include_sep=False, max_query_length=32,
                                         activation="relu")
-    meta = {"condition": "dupmae-hybrid", "dataset": "scifact", "dataset_root": "/somewhere/scifact",
+    from dupmae_eval.data.datasets import BUNDLED_DATA
+
+    meta = {"condition": "dupmae-hybrid", "dataset": "scifact", "dataset_root": str(BUNDLED_DATA / "scifact"),
             "split": "test", "model": {"source": "package:cognition/model", "revision": None},
             "encoder": settings.as_dict(), "precision": "bf16", "cell_identity": {"kind": "model"},
             "retrieval": {"mode": "hybrid", "hits": 50, "remove_query_hit": False, "quantization_scale": 50.0}}
@@ -485,6 +487,17 @@ def test_a_model_runs_command_carries_every_recorded_setting(tmp_path):
     assert (args.verb, args.config, args.datasets, args.conditions, args.runs) == \
         ("reproduce", "beir", ["scifact"], ["dupmae-hybrid"], tmp_path / "runs")
     assert reproducing_commands(record, run, None) == []          # no sidecar: nothing to rebuild it from
+    # a registry name mapped to other data (`--data msmarco-passage=SAMPLE`): the name alone would fetch the
+    # whole corpus, so both commands name the folder
+    sample = tmp_path / "msmarco-passage-sample"
+    mapped = {**meta, "dataset": "msmarco-passage", "dataset_root": str(sample), "split": "dl19"}
+    record = MetricsRecord(suite="local", condition="dupmae-hybrid", dataset="msmarco-passage", split="dl19",
+                           key="msmarco-passage/dl19", unit="msmarco-passage", run=run.name, aggregate={})
+    direct, cell = reproducing_commands(record, run, mapped)
+    assert (parser.parse_args(shlex.split(direct)[1:]).dataset, parser.parse_args(shlex.split(direct)[1:]).split) \
+        == (str(sample), "dl19")
+    args = parser.parse_args(shlex.split(cell)[1:])
+    assert (args.datasets, args.data) == (["msmarco-passage/dl19"], [f"msmarco-passage={sample}"])
 
 
 def test_demo_reports_commands_parse(tmp_path):

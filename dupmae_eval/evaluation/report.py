@@ -261,16 +261,30 @@ def reproducing_commands(record: MetricsRecord, run_path: Path, meta: Optional[d
             else record.suite
         entry = record.key if (record.unit or record.dataset) == record.dataset else record.unit
         runs_dir = run_path.parent.parent.parent
+        folder = _own_folder(meta)
+        mapping = ["--data", f"{record.dataset}={folder}"] if folder else []
         commands.append(_join(["dupmae-eval", "reproduce", suite_name, "--datasets", entry,
-                               "--conditions", record.condition, "--runs", str(runs_dir)]))
+                               "--conditions", record.condition, *mapping, "--runs", str(runs_dir)]))
     return commands
 
 
-def _dataset_argument(meta: dict) -> str:
-    from dupmae_eval.data.datasets import REGISTRY
+def _own_folder(meta: dict) -> Optional[str]:
+    """The folder a run's dataset was read from when its name alone would not find that data again: a
+    folder given by path or mapped to a name (`--data NAME=FOLDER`, DUPMAE_EVAL_DATA), a registry name
+    mapped to other data included (msmarco-passage to a sample: the name alone would download the whole
+    corpus). None for a registry dataset read from its own place, bundled or downloaded."""
+    from dupmae_eval import cache
+    from dupmae_eval.data.datasets import BUNDLED_DATA, REGISTRY
 
-    name = str(meta.get("dataset", ""))
-    return name if name in REGISTRY or not meta.get("dataset_root") else str(meta["dataset_root"])
+    name, root = str(meta.get("dataset", "")), meta.get("dataset_root")
+    if not root:
+        return None
+    own = {(BUNDLED_DATA / name).resolve(), (cache.home() / "datasets" / name).resolve()}
+    return None if name in REGISTRY and Path(root).resolve() in own else str(root)
+
+
+def _dataset_argument(meta: dict) -> str:
+    return _own_folder(meta) or str(meta.get("dataset", ""))
 
 
 def _number(value) -> str:
