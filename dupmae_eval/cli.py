@@ -939,6 +939,20 @@ def _exit_now_if_java_is_busy(code: int) -> int:
     return code
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """`parser.parse_args`, but `eval`'s runs and measures may stand on both sides of its flags (`eval QRELS
+    RUN --per-query AP`): argparse closes a `nargs='*'` positional at the first flag and calls what follows
+    unrecognised, so the words left after the flags are added to them. Anything else left over is refused
+    as parse_args refuses it."""
+    args, extras = parser.parse_known_args(argv)
+    if extras and getattr(args, "verb", None) == "eval":
+        args.more = [*args.more, *(word for word in extras if not word.startswith("-"))]
+        extras = [word for word in extras if word.startswith("-")]
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import signal
     import threading
@@ -949,7 +963,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(build_parser(), argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)
         return args.handler(args)
     except DupMAEEvalError as exc:

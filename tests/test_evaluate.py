@@ -45,6 +45,19 @@ def test_eval_prints_what_trec_eval_printed(capsys):
     assert printed["AP"] == "0.1785" and printed["P@10"] == "0.3000"
 
 
+def test_eval_takes_measures_after_its_flags(capsys):
+    """`eval QRELS RUN --per-query AP` scores AP, as with the flag at the end; an unknown flag still fails."""
+    qrels, run = str(TEST_DATA / "trec_eval" / "qrels.test"), str(TEST_DATA / "trec_eval" / "results.test")
+    assert main(["eval", qrels, run, "AP", "P@10", "--per-query"]) == 0
+    last = capsys.readouterr().out
+    assert main(["eval", qrels, run, "--per-query", "AP", "P@10"]) == 0
+    first = capsys.readouterr().out
+    assert first == last and "AP\t0.1785" in first and "P@10\t0.3000" in first
+    with pytest.raises(SystemExit):
+        main(["eval", qrels, run, "--per-query", "AP", "--no-such-flag"])
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
 def test_hand_worked_example():
     # q1: relevant d1 (grade 2) and d3 (grade 1); ranking d2, d1, d3.
     qrels = {"q1": {"d1": 2, "d3": 1, "d2": 0}}
