@@ -202,15 +202,22 @@ def _judged(run_path: Path) -> bool:
 def record_from_plain_run(run_path: Path, qrels: Path, measures: Sequence[str] = ()) -> MetricsRecord:
     """A run with no sidecar (another tool's: TREC, MS MARCO or JSON, told from its content) scored against
     the judgments file `qrels` with `measures` and the BEIR measures. Its condition is the run file's name
-    without its extension, its dataset the judgments file's, its split none."""
+    without its extension, its dataset the judgments file's, its split none. Only `measures` (those the
+    table shows; all of them when none is given) are warned about: a 100-deep run is not told that R@1000,
+    which it is scored with but which no column shows, reaches past its depth."""
+    import sys
+
     from dupmae_eval.data.datasets import BEIR_MEASURES
     from dupmae_eval.data.formats import read_qrels, read_run
-    from dupmae_eval.evaluation.measures import evaluate_checked
+    from dupmae_eval.evaluation.measures import check_coverage, evaluate
 
     qrels, run_path = Path(qrels), Path(run_path)
     names = list(dict.fromkeys([*measures, *BEIR_MEASURES]))
     condition, dataset = run_path.name.split(".")[0], qrels.name.split(".")[0]
-    evaluation = evaluate_checked(read_qrels(qrels), read_run(run_path), names, label=f"{condition} {dataset}: ")
+    judged, run, label = read_qrels(qrels), read_run(run_path), f"{condition} {dataset}: "
+    for warning in check_coverage(judged, run, list(measures) or names, label=label):
+        print(f"dupmae-eval: warning: {label}{warning}", file=sys.stderr, flush=True)
+    evaluation = evaluate(judged, run, names)
     return MetricsRecord(suite="", condition=condition, dataset=dataset, split="", key=dataset, unit=dataset,
                          run=run_path.name, aggregate=evaluation.aggregate, per_query=evaluation.per_query)
 
