@@ -548,6 +548,9 @@ def test_a_failed_start_does_not_lock_the_folder_and_a_finished_run_takes_more_s
     assert record["finished"] and record["steps"] == 2 and record["settings"]["max_steps"] == 2
     assert record["extended"] == [{"from_max_steps": 1, "to_max_steps": 2}]
     assert "- steps: 2," in ModelCard.load(output / "README.md").text      # the card follows the continued run
+    (output / "README.md").unlink()          # as a stop between the finished record and the card leaves it
+    code, out, _ = pretrain(abstracts, 2)
+    assert code == 0 and "already finished" in out and "- steps: 2," in ModelCard.load(output / "README.md").text
     state = json.loads((output / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     # warm-up 0, linear decay: the first step's rate is the peak whatever the count, and the second's is the

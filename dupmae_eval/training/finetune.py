@@ -232,6 +232,7 @@ def claim_output(output: Path, record: dict, name: str, what: str,
             old, new = earlier["settings"]["max_steps"], record["settings"]["max_steps"]
             print(f"{output}: continuing the finished {what} run from its last checkpoint (step "
                   f"{earlier.get('steps', old)}) to max_steps {new}", flush=True)
+            (output / "README.md").unlink(missing_ok=True)   # the card describes the old weights; remade at the end
             with atomic_output(output / name) as handle:
                 json.dump({**earlier, "settings": record["settings"], "finished": False,
                            "extended": [*earlier.get("extended", []), {"from_max_steps": old, "to_max_steps": new}]},
@@ -443,6 +444,10 @@ def finetune(model: str, data: str, output: Path, settings: FinetuneSettings, co
     record["content"] = input_contents(model, data, settings.split, {"negatives_from": settings.negatives_from,
                                                                      "distill_from": settings.distill_from})
     if claim_output(output, record, RECORD, "fine-tuning", asdict(FinetuneSettings())):   # before the record
+        if rank == 0 and not (output / "README.md").is_file():   # stopped between its record and its card
+            from dupmae_eval.training.cards import write_training_card
+
+            write_training_card(output, "finetune", command)
         return output
     recompute_encoder(net.masked_lm, settings.recompute, settings.recompute_first)
     train, held, store = prepare_data(data, settings, output)

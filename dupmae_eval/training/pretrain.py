@@ -171,6 +171,10 @@ def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings, 
                                                lengths={"max_length": settings.max_length})   # long enough
     record["content"] = input_contents(None if shape is not None else model, corpus)
     if claim_output(output, record, RECORD, "pre-training", asdict(PretrainSettings())):   # head: before the record
+        if rank == 0 and not (output / "README.md").is_file():   # stopped between its record and its card
+            from dupmae_eval.training.cards import write_training_card
+
+            write_training_card(output, "pretrain", command)
         return output
     net.recompute_encoder(settings.recompute, settings.recompute_first)
     if world > 1 and rank != 0:
