@@ -23,7 +23,8 @@ def main() -> None:
     if world > 1:
         dist.init_process_group("gloo")
     torch.manual_seed(0)
-    net = DupMAEForTraining.from_checkpoint(sys.argv[1], make_settings(group_size=2, doc_topk=20)).eval().double()
+    net = DupMAEForTraining.from_checkpoint(sys.argv[1], make_settings(group_size=2, doc_topk=20, query_max_length=16,
+                                                                     passage_max_length=24)).eval().double()
     items = [{"query": f"query number {i} about topic {i * 7}",
               "passages": [f"passage on topic {i * 7} and more", f"unrelated words {i} here"]} for i in range(4)]
     share = len(items) // world

@@ -88,7 +88,8 @@ def test_training_loss_equals_eq12_and_infonce_from_inference_halves(random_bert
     from dupmae_eval.training.finetune_model import DupMAEForTraining
     from dupmae_eval.training.settings import make_settings
 
-    settings = make_settings(doc_topk=7, temperature=2.0, group_size=3)
+    settings = make_settings(doc_topk=7, temperature=2.0, group_size=3, query_max_length=16,
+                             passage_max_length=24)                    # the model has 128 positions
     net = DupMAEForTraining.from_checkpoint(str(random_bert), settings).eval()   # eval: no dropout
     queries = ["microwave dielectric constant", "digital computers band pass filters"]
     passages = ["measurement of liquids", "waveguide fed radiation", "phase and attenuation",
@@ -135,7 +136,8 @@ def test_recompute_leaves_the_finetuning_gradients_unchanged(random_bert, mode):
             Gelus.count += func.__name__ == "gelu.default"
             return func(*args, **(kwargs or {}))
 
-    settings = make_settings(doc_topk=7, group_size=2, recompute=mode)
+    settings = make_settings(doc_topk=7, group_size=2, recompute=mode, query_max_length=16,
+                             passage_max_length=24)                    # the model has 128 positions
     texts = [{"query": "microwave dielectric constant", "passages": ["measurement of liquids", "phase"]},
              {"query": "band pass filters", "passages": ["computers in filter design", ""]}]
 
@@ -313,7 +315,8 @@ def test_refusals_before_training(small_beir, random_bert, tmp_path):
     from dupmae_eval.training.settings import make_settings
     from dupmae_eval.training.finetune import finetune
 
-    settings = make_settings(negatives="none", group_size=1, max_steps=1)
+    settings = make_settings(negatives="none", group_size=1, max_steps=1, query_max_length=16,
+                             passage_max_length=32)                    # the model has 128 positions
     # judged passage absent from the corpus: the qrels file and line
     broken = _copy_dataset(small_beir, tmp_path / "absent")
     rows = (broken / "qrels" / "train.tsv").read_text().splitlines()
@@ -619,7 +622,8 @@ def test_distillation_from_teacher_scores(random_bert, small_beir, tmp_path):
 
     teacher_run = tmp_path / "teacher.trec"
     run_bm25(str(small_beir), "train", "flat", teacher_run, hits=20)
-    settings = make_settings(group_size=4, distill_from=str(teacher_run), negatives="none", doc_topk=10)
+    settings = make_settings(group_size=4, distill_from=str(teacher_run), negatives="none", doc_topk=10,
+                             query_max_length=16, passage_max_length=32)     # the model has 128 positions
     queries, store = from_dataset(resolve(str(small_beir)), "train")
     kept = attach_teacher(queries, read_teacher_scores(teacher_run), str(teacher_run))
     assert 0 < len(kept) < len(queries)   # BM25's top 20 misses some positives: those queries are left out
