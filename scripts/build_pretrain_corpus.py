@@ -47,7 +47,6 @@ Command (network to the package registries only; about 0.6 GB of archives):
 from __future__ import annotations
 
 import argparse
-import base64
 import gzip
 import hashlib
 import io
@@ -55,7 +54,6 @@ import json
 import lzma
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
