@@ -493,11 +493,19 @@ def test_a_model_runs_command_carries_every_recorded_setting(tmp_path):
     mapped = {**meta, "dataset": "msmarco-passage", "dataset_root": str(sample), "split": "dl19"}
     record = MetricsRecord(suite="local", condition="dupmae-hybrid", dataset="msmarco-passage", split="dl19",
                            key="msmarco-passage/dl19", unit="msmarco-passage", run=run.name, aggregate={})
+    sample.mkdir()
     direct, cell = reproducing_commands(record, run, mapped)
     assert (parser.parse_args(shlex.split(direct)[1:]).dataset, parser.parse_args(shlex.split(direct)[1:]).split) \
         == (str(sample), "dl19")
     args = parser.parse_args(shlex.split(cell)[1:])
     assert (args.datasets, args.data) == (["msmarco-passage/dl19"], [f"msmarco-passage={sample}"])
+    # an ir_datasets id is found by its name: no folder to map
+    irds = {**meta, "dataset": "irds:beir/scifact/test", "dataset_root": "irds:beir/scifact/test"}
+    record = MetricsRecord(suite="s", condition="dupmae-hybrid", dataset="irds:beir/scifact/test", split="test",
+                           key="irds:beir/scifact/test", unit="irds:beir/scifact/test", run=run.name, aggregate={})
+    direct, cell = reproducing_commands(record, run, irds)
+    assert parser.parse_args(shlex.split(direct)[1:]).dataset == "irds:beir/scifact/test"
+    assert parser.parse_args(shlex.split(cell)[1:]).data == []
 
 
 def test_demo_reports_commands_parse(tmp_path):

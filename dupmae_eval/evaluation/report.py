@@ -277,8 +277,8 @@ def _own_folder(meta: dict) -> Optional[str]:
     from dupmae_eval.data.datasets import BUNDLED_DATA, REGISTRY
 
     name, root = str(meta.get("dataset", "")), meta.get("dataset_root")
-    if not root:
-        return None
+    if not root or name.startswith("irds:") or not Path(root).is_dir():
+        return None                     # an ir_datasets id (found by its name), or a folder no longer here
     own = {(BUNDLED_DATA / name).resolve(), (cache.home() / "datasets" / name).resolve()}
     return None if name in REGISTRY and Path(root).resolve() in own else str(root)
 
