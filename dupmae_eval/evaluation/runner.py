@@ -220,8 +220,8 @@ def run_cell(suite: Suite, cell: Cell, runs_dir: Path, force: bool = False, echo
             overrides, runner = translate(params)
             run_model(data, params["model"], params["encoder"], params["retrieval"], output,
                       split=cell.split, tag=cell.condition, **runner, **overrides)
-        if identity.get("model_revision") == HUB_MODEL_NOT_CACHED:
-            identity = cell_identity(suite, cell)       # the run fetched the model: what it was made from
+        if identity.get("model_revision") not in (None, "local", "package"):
+            identity = cell_identity(suite, cell)       # a hub model: the run may have fetched another snapshot
         sidecar = Path(f"{output}.meta.json")
         cache.write_json(sidecar, {**_sidecar(output), IDENTITY_KEY: identity})
     evaluation = evaluate_checked(data.qrels(cell.split), read_trec_run(output),
