@@ -230,6 +230,11 @@ def test_passage_ids_that_differ_in_leading_zeros_are_two_passages(tmp_path):
             with pytest.raises(KeyError):
                 store.text(other)
     assert store._numeric is not None           # the plain numbers still index the array
+    # tweet-sized ids: a table of max id + 1 entries would not fit; the dictionary serves them
+    tweets = tmp_path / "tweets.tsv"
+    tweets.write_text("1234567890123456789\tone tweet\n987654321098765432\tanother\n")
+    store = PassageStore(tweets, "msmarco")
+    assert store._numeric is None and store.text("987654321098765432") == "another"
 
 
 def test_a_repeated_passage_id_is_refused_before_fine_tuning_reads_the_corpus(tmp_path):
@@ -346,6 +351,15 @@ def test_refusals_before_training(small_beir, random_bert, tmp_path):
     with pytest.raises(DupMAEEvalError, match=r"--dataset no-such-name: unknown dataset"):
         finetune(str(random_bert), "no-such-name", tmp_path / "out4", settings)
     assert not (tmp_path / "out4").exists()
+    # a teacher or negatives run file that is not there: named by its flag, not taken for a hub model
+    for flag, extra in (("--distill-from", {"distill_from": str(tmp_path / "teacher.trec"), "group_size": 2}),
+                        ("--negatives-from", {"negatives": "run", "negatives_from": str(tmp_path / "bm25.trec"),
+                                              "group_size": 2})):
+        chosen = make_settings(**{**dict(negatives="none", max_steps=1, query_max_length=16,
+                                         passage_max_length=32), **extra})
+        with pytest.raises(DupMAEEvalError, match=rf"^{flag} \S+\.trec: no such file$"):
+            finetune(str(random_bert), str(small_beir), tmp_path / "out5", chosen)
+    assert not (tmp_path / "out5").exists()
     # an output folder holding something else, or another run
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")

@@ -441,8 +441,14 @@ def finetune(model: str, data: str, output: Path, settings: FinetuneSettings, co
     record = {"tool": f"dupmae-eval {__version__}", "model": model, "data": data, "settings": settings.as_dict()}
     check_data_source(data, "--dataset", text_files=False)
     net = DupMAEForTraining.from_checkpoint(model, settings)    # a missing MLM head is refused here, early:
-    record["content"] = input_contents(model, data, settings.split, {"negatives_from": settings.negatives_from,
-                                                                     "distill_from": settings.distill_from})
+    for flag, path in (("--distill-from", settings.distill_from),
+                       ("--negatives-from", settings.negatives_from if settings.negatives == "run" else None)):
+        if path and not Path(path).expanduser().is_file():
+            raise DupMAEEvalError(f"{flag} {path}: no such file")
+    if rank == 0:                    # the one rank that judges the folder (`claim_output`) hashes the inputs
+        record["content"] = input_contents(model, data, settings.split, {
+            "negatives_from": settings.negatives_from if settings.negatives in ("run", "model") else None,
+            "distill_from": settings.distill_from})
     if claim_output(output, record, RECORD, "fine-tuning", asdict(FinetuneSettings())):   # before the record
         if rank == 0 and not (output / "README.md").is_file():   # stopped between its record and its card
             from dupmae_eval.training.cards import write_training_card

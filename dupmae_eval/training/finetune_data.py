@@ -67,12 +67,14 @@ class PassageStore:
                 position += len(raw)
                 bar.update(len(raw))
         self._order = ids
-        if ids and all(_canonical_number(i) for i in ids):
+        numbers = None
+        if ids and all(_canonical_number(i) and len(i) < 18 for i in ids):
             numbers = np.fromiter((int(i) for i in ids), dtype=np.int64, count=len(ids))
+        if numbers is not None and int(numbers.max()) < 4 * len(ids) + 1_000_000:   # dense ids, as MS MARCO's
             table = np.full(int(numbers.max()) + 1, -1, dtype=np.int64)
             table[numbers] = np.asarray(offsets, dtype=np.int64)
             self._numeric = table
-        else:
+        else:   # sparse or huge numbers (tweet ids) would make a table of max id + 1 entries
             self._offsets = dict(zip(ids, offsets))
         self._handle = None
 

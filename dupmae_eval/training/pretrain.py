@@ -169,7 +169,8 @@ def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings, 
     net = DupMAEForPretraining.from_checkpoint(model, settings.objective, settings.bow_weight,
                                                settings.bow_normalize, settings.seed,   # loadable, with an MLM,
                                                lengths={"max_length": settings.max_length})   # long enough
-    record["content"] = input_contents(None if shape is not None else model, corpus)
+    if rank == 0:                    # the one rank that judges the folder (`claim_output`) hashes the inputs
+        record["content"] = input_contents(None if shape is not None else model, corpus)
     if claim_output(output, record, RECORD, "pre-training", asdict(PretrainSettings())):   # head: before the record
         if rank == 0 and not (output / "README.md").is_file():   # stopped between its record and its card
             from dupmae_eval.training.cards import write_training_card
