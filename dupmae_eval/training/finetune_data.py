@@ -70,11 +70,13 @@ class PassageStore:
         numbers = None
         if ids and all(_canonical_number(i) and len(i) < 18 for i in ids):
             numbers = np.fromiter((int(i) for i in ids), dtype=np.int64, count=len(ids))
-        if numbers is not None and int(numbers.max()) < 4 * len(ids) + 1_000_000:   # dense ids, as MS MARCO's
+        # a table of max id + 1 entries when that is at most 8 per passage or 2^24 (MS MARCO, or a sample of
+        # it); sparse or huge numbers (tweet ids) would make it too large
+        if numbers is not None and int(numbers.max()) < max(8 * len(ids), 1 << 24):
             table = np.full(int(numbers.max()) + 1, -1, dtype=np.int64)
             table[numbers] = np.asarray(offsets, dtype=np.int64)
             self._numeric = table
-        else:   # sparse or huge numbers (tweet ids) would make a table of max id + 1 entries
+        else:
             self._offsets = dict(zip(ids, offsets))
         self._handle = None
 
