@@ -142,48 +142,17 @@ COMPILE_HELP = ("run the BERT encoder under torch.compile: fused kernels for GPU
                 "makes two runs the same")
 
 
-def _above_0(value) -> bool:
-    return value > 0
-
-
-def _at_least_0(value) -> bool:
-    return value >= 0
-
-
-def _at_least_1(value) -> bool:
-    return value >= 1
-
-
-def _at_least_2(value) -> bool:
-    return value >= 2
-
-
-def _at_least_3(value) -> bool:
-    return value >= 3
-
-
-def _ratio_below_1(value) -> bool:
-    return 0 <= value < 1
-
-
-def _open_unit(value) -> bool:
-    return 0 < value < 1
-
-
-def _seed(value) -> bool:
-    return 0 <= value < 2 ** 32
-
-
-ABOVE_0 = (_above_0, "must be above 0")
-AT_LEAST_0 = (_at_least_0, "must be at least 0")
-AT_LEAST_1 = (_at_least_1, "must be at least 1")
-ROOM_FOR_SPECIAL_TOKENS = (_at_least_2, "must be at least 2, room for [CLS] and [SEP]")
-ROOM_FOR_ONE_TOKEN = (_at_least_3, "must be at least 3, room for [CLS], one token and [SEP]")
-WARMUP_RATIO = (_ratio_below_1, "must be at least 0 and below 1")
+# each range: (test of a value, what the refusal says)
+ABOVE_0 = (lambda value: value > 0, "must be above 0")
+AT_LEAST_0 = (lambda value: value >= 0, "must be at least 0")
+AT_LEAST_1 = (lambda value: value >= 1, "must be at least 1")
+ROOM_FOR_SPECIAL_TOKENS = (lambda value: value >= 2, "must be at least 2, room for [CLS] and [SEP]")
+ROOM_FOR_ONE_TOKEN = (lambda value: value >= 3, "must be at least 3, room for [CLS], one token and [SEP]")
+WARMUP_RATIO = (lambda value: 0 <= value < 1, "must be at least 0 and below 1")
 # below 1, not up to it: the ratio reaches the Trainer as `warmup_steps`, which reads a value of 1 or more as a
 # count of steps, so a ratio of 1 would warm up for one step instead of the whole run
-OPEN_UNIT_INTERVAL = (_open_unit, "must be between 0 and 1, both excluded")
-SEED = (_seed, f"must be between 0 and {2 ** 32 - 1} (numpy's seeds)")
+OPEN_UNIT_INTERVAL = (lambda value: 0 < value < 1, "must be between 0 and 1, both excluded")
+SEED = (lambda value: 0 <= value < 2 ** 32, f"must be between 0 and {2 ** 32 - 1} (numpy's seeds)")
 
 OPTIMISATION_RANGES = {
     "learning_rate": ABOVE_0, "epochs": ABOVE_0, "gradient_accumulation": AT_LEAST_1,
