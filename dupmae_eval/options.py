@@ -80,12 +80,13 @@ def unit_interval(value) -> float:
 def run_tag(value) -> str:
     """A run tag (`--tag`): the rule `write_run` applies (`formats.run_tag_problem`), checked when the flag is
     parsed, so a tag with a space is refused before the index, the encoding or the search, not after them."""
-    from dupmae_eval.data.formats import run_tag_problem
+    from dupmae_eval.data.formats import check_run_tag
+    from dupmae_eval.errors import DupMAEEvalError
 
-    problem = run_tag_problem(str(value))
-    if problem:
-        raise argparse.ArgumentTypeError(f"{value!r} {problem} (it is the run's tag, the TREC file's last column)")
-    return str(value)
+    try:
+        return check_run_tag(str(value), "")
+    except DupMAEEvalError as exc:
+        raise argparse.ArgumentTypeError(str(exc).lstrip()) from None
 
 
 def check_bm25_settings(where: str = "", **values) -> None:
