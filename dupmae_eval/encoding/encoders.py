@@ -142,10 +142,11 @@ class _Encoder:
         self.settings = settings or EncoderSettings.for_kind(overrides.pop("kind", "dupmae"), **overrides)
         if isinstance(model, str):
             model = load_model(model, need_mlm_head=self.settings.has_sparse, lengths=self.settings.lengths())
-        elif self.settings.has_sparse and model.mlm_head is None:
-            model = load_model(model.source, need_mlm_head=True)  # raises the clear error
-        check_lengths(self.settings.lengths(), model.encoder.config.max_position_embeddings,
-                      model.folder / "config.json")    # a model loaded by the caller: before any text
+        else:
+            if self.settings.has_sparse and model.mlm_head is None:
+                model = load_model(model.source, need_mlm_head=True)  # raises the clear error
+            check_lengths(self.settings.lengths(), model.encoder.config.max_position_embeddings,
+                          model.folder / "config.json")    # a model loaded by the caller: before any text
         self.model = model.to(device or "cpu")
         self._vocab: Optional[List[str]] = None
 
