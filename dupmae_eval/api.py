@@ -90,7 +90,9 @@ class Run:
 
         return record_of(self.name, self.dataset, self.split, self.hits, str(self.path or self.name),
                          measures=_measure_names(measures) or None,
-                         name=self.metadata.get("dataset", self.dataset.name))
+                         name=self.metadata.get("dataset", self.dataset.name),
+                         corpus_sha256=self.metadata.get("corpus_sha256"),
+                         queries_digest=self.metadata.get("queries_digest"))
 
 
 def _measure_names(measures: Union[str, Sequence[str], None]) -> Optional[List[str]]:

@@ -457,3 +457,69 @@ def test_results_of_one_row_from_different_corpora_are_refused_naming_both(tmp_p
     with pytest.raises(DupMAEEvalError, match="x.trec and y.trec: results for tiny made from different corpora"):
         build_table([record("x", "1" * 64), record("y", "2" * 64)])
     assert build_table([record("x", "1" * 64), record("y", "")]).values == {("tiny", "x"): 0.5, ("tiny", "y"): 0.5}
+
+
+@pytest.mark.java
+def test_results_of_one_row_for_other_queries_or_judgments_are_refused_naming_both(tmp_path, capsys):
+    """Three copies of one `tiny` folder (same corpus): one with a query's text edited, one with a query judged
+    on another passage. BM25 runs of each are tabled beside the first: the edited queries are refused as
+    "made for different queries", the other judgments as "scored against different judgments", each with the
+    two digests computed here from the files as read; `fuse` refuses the runs of other queries alike. A
+    reproduce record scored against the first folder's judgments is refused beside a run of the third, and
+    tables beside a run of the first. An untouched copy tables."""
+    import json
+    import shutil
+
+    from dupmae_eval.data.formats import judgments_digest, queries_digest, read_beir_qrels, read_beir_queries
+
+    documents = {"d1": "apple banana", "d2": "banana cherry", "d3": "cherry date"}
+    first = _tiny(tmp_path / "first" / "tiny", documents)
+    same, edited, rejudged = (tmp_path / name / "tiny" for name in ("same", "edited", "rejudged"))
+    for folder in (same, edited, rejudged):
+        shutil.copytree(first, folder)
+    (edited / "queries.jsonl").write_text('{"_id": "q1", "text": "apple"}\n{"_id": "q2", "text": "date"}\n')
+    (rejudged / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td3\t1\n")
+    runs = {}
+    for folder in (first, same, edited, rejudged):
+        runs[folder] = tmp_path / "runs" / folder.parent.name / "tiny.trec"
+        assert main(["bm25", "--dataset", str(folder), "--tag", folder.parent.name, "--output",
+                     str(runs[folder])]) == 0
+    capsys.readouterr()
+
+    def queries(folder):
+        return queries_digest(read_beir_queries(folder / "queries.jsonl"))[:12]
+
+    def judgments(folder):
+        return judgments_digest(read_beir_qrels(folder / "qrels" / "test.tsv"))[:12]
+
+    assert queries(first) != queries(edited) and judgments(first) != judgments(rejudged)
+    assert main(["table", str(runs[first]), str(runs[same])]) == 0
+    assert "| tiny |" in capsys.readouterr().out
+    assert main(["table", str(runs[first]), str(runs[edited])]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"dupmae-eval: error: {runs[first]} and {runs[edited]}: results for tiny made for different queries (other "
+        f"ids or texts) (queries digest {queries(first)} and {queries(edited)}), which one row cannot compare; "
+        f"make every run of the row for the same queries")
+    assert main(["table", str(runs[first]), str(runs[rejudged])]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"dupmae-eval: error: {runs[first]} and {runs[rejudged]}: results for tiny scored against different "
+        f"judgments (judgments digest {judgments(first)} and {judgments(rejudged)}), which one row cannot "
+        f"compare; score them against the same judgments (`reproduce` rescores its runs when run again)")
+    fused = tmp_path / "fused.trec"
+    assert main(["fuse", str(runs[first]), str(runs[edited]), "--method", "rrf", "--output", str(fused)]) == 2
+    assert f"{runs[edited]} answers another queries digest than {runs[first]}" in capsys.readouterr().err
+    assert not fused.exists()
+    assert main(["fuse", str(runs[first]), str(runs[rejudged]), "--method", "rrf", "--output", str(fused)]) == 0
+    assert json.loads(fused.with_name("fused.trec.meta.json").read_text())["queries_digest"][:12] == queries(first)
+
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text("suite: s\ndatasets: [tiny]\nconditions:\n  bm25-r: {kind: bm25, fields: flat}\n")
+    reproduced = tmp_path / "reproduced"
+    assert main(["reproduce", str(suite), "--data", f"tiny={first}", "--runs", str(reproduced)]) == 0
+    metrics = reproduced / "s" / "bm25-r" / "tiny.metrics.json"
+    record = json.loads(metrics.read_text())
+    assert (record["queries_digest"][:12], record["judgments_digest"][:12]) == (queries(first), judgments(first))
+    capsys.readouterr()
+    assert main(["table", str(metrics), str(runs[rejudged])]) == 2
+    assert "scored against different judgments" in capsys.readouterr().err
+    assert main(["table", str(metrics), str(runs[same])]) == 0

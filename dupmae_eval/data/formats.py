@@ -286,6 +286,24 @@ def read_qrels(path: str | Path) -> Qrels:
     raise InputFormatError(path, None, "qrels file is empty")
 
 
+def queries_digest(queries: Mapping[str, str]) -> str:
+    """A digest of the queries a run searches, {id: text}, order aside (a run does not depend on it). A run's
+    sidecar and its metrics record hold it, and a reproduce cell's identity: results for other query texts,
+    or another set of queries, are never reused as, or compared with, these."""
+    from dupmae_eval import cache
+
+    return cache.settings_key({"queries": dict(queries)})
+
+
+def judgments_digest(qrels: Qrels) -> str:
+    """A digest of the judgments a run was scored against, {query id: {document id: grade}}, as read (so a
+    CRLF copy of a qrels file, or its lines in another order, has the same digest). A metrics record holds
+    it: two results scored against different judgments are refused in one table row."""
+    from dupmae_eval import cache
+
+    return cache.settings_key({"judgments": qrels})
+
+
 def read_trec_run(path: str | Path) -> Run:
     """Read a TREC run (`qid Q0 docid rank score tag`), keeping the file's order per query.
 

@@ -3,9 +3,10 @@ that `bm25` and `run` wrote, from their sidecars).
 
 One record per cell: `<run>.metrics.json` with the suite, condition, dataset, split, the key the
 suite's expectations use, the BEIR unit it averages into, the aggregate values and the per-query
-values of every measure (for paired tests), and the SHA-256 of the corpus the run searched (so results of
-one row made from different corpora are refused rather than compared). The writer and the reader live here,
-and nowhere else.
+values of every measure (for paired tests), and what the result was made from: the SHA-256 of the corpus the
+run searched, a digest of the queries it searched and one of the judgments it was scored against (so results
+of one row made from different corpora, queries or judgments are refused rather than compared). The writer
+and the reader live here, and nowhere else.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class MetricsRecord:
     per_query: Dict[str, Dict[str, float]] = field(default_factory=dict)    # measure -> {qid: value}
     run_sha256: str = ""                           # the run file's bytes when scored; "" if it was not there
     corpus_sha256: str = ""                        # the corpus the run searched; "" when nothing recorded it
+    queries_digest: str = ""                       # the queries it searched (formats.queries_digest); "" unknown
+    judgments_digest: str = ""                     # the judgments it was scored against; "" from older versions
 
 
 def write_metrics(run_path: Path, record: MetricsRecord) -> Path:
@@ -54,7 +57,8 @@ def read_metrics(paths: Iterable[Path], qrels: Optional[Path] = None,
     Two results for the same table cell (`table_row`) and dataset are refused, naming both files: a cell must
     come from one run per dataset (a CQADupStack cell averages its forums, one result each), so a plain run's
     record (no split: the dataset's default) and a reproduce record of that split are the same cell twice.
-    Results of one row and dataset made from different corpora are refused too (`refuse_other_corpora`)."""
+    Results of one row and dataset made from different corpora, queries or judgments are refused too
+    (`refuse_other_inputs`)."""
     return [record for record, _ in read_metrics_with_runs(paths, qrels, measures)]
 
 
@@ -89,27 +93,38 @@ def read_metrics_with_runs(paths: Iterable[Path], qrels: Optional[Path] = None,
                                       f"{origin[key]} and {file}; give the table one of them")
             origin[key] = file
             found.append((record, file.parent / record.run if file.name.endswith(".metrics.json") else file))
-    refuse_other_corpora((record, origin[cell_key(record)]) for record, _ in found)
+    refuse_other_inputs((record, origin[cell_key(record)]) for record, _ in found)
     return found
 
 
-def refuse_other_corpora(named: Iterable[Tuple[MetricsRecord, object]]) -> None:
+# what a result was made from, as a record holds it: (field, what differs, the digest's name, what to do)
+MADE_FROM = (("corpus_sha256", "made from different corpora", "corpus SHA-256",
+              "give the table the results of one corpus"),
+             ("queries_digest", "made for different queries (other ids or texts)", "queries digest",
+              "make every run of the row for the same queries"),
+             ("judgments_digest", "scored against different judgments", "judgments digest",
+              "score them against the same judgments (`reproduce` rescores its runs when run again)"))
+
+
+def refuse_other_inputs(named: Iterable[Tuple[MetricsRecord, object]]) -> None:
     """Refuse, in one line naming both, two results of one table row and dataset (`table_row`, the dataset:
-    the results a paired test compares query by query) whose recorded corpus SHA-256s differ: under the same
-    name and query ids they are runs over different documents, and a difference between them says nothing
-    about the conditions. `named`: each record with what to call it (its file). A record that holds no corpus
-    digest (one an older version wrote, with no sidecar of its run left to say; another tool's run scored with
-    --qrels, which names no corpus) cannot be told apart and is not refused: refusing it would refuse every
-    such result, so the check is as good as what the results record."""
-    seen: Dict[Tuple[str, str], Tuple[str, object]] = {}
+    the results a paired test compares query by query) whose records say they were made from different
+    corpora, searched different queries, or were scored against different judgments (`MADE_FROM`): under the
+    same names and query ids, a difference between them then says nothing about the conditions. `named`: each
+    record with what to call it (its file). A record that holds no digest of one of these (one an older
+    version wrote; another tool's run scored with --qrels names no corpus and no queries) cannot be told
+    apart on that and is not refused for it: refusing it would refuse every such result, so the check is as
+    good as what the results record."""
+    seen: Dict[Tuple[str, str, str], Tuple[str, object]] = {}
     for record, name in named:
-        if not record.corpus_sha256:
-            continue
-        first = seen.setdefault((table_row(record), record.dataset), (record.corpus_sha256, name))
-        if first[0] != record.corpus_sha256:
-            raise DupMAEEvalError(f"{first[1]} and {name}: results for {record.key} made from different corpora "
-                                  f"(corpus SHA-256 {first[0][:12]} and {record.corpus_sha256[:12]}), which one "
-                                  f"row cannot compare; give the table the results of one corpus")
+        for attribute, differs, label, remedy in MADE_FROM:
+            digest = getattr(record, attribute)
+            if not digest:
+                continue
+            first = seen.setdefault((attribute, table_row(record), record.dataset), (digest, name))
+            if first[0] != digest:
+                raise DupMAEEvalError(f"{first[1]} and {name}: results for {record.key} {differs} ({label} "
+                                      f"{first[0][:12]} and {digest[:12]}), which one row cannot compare; {remedy}")
 
 
 def table_row(record: MetricsRecord) -> str:
@@ -171,18 +186,23 @@ def _checked_against_run(file: Path, record: MetricsRecord) -> MetricsRecord:
 
 
 def _with_corpus(file: Path, record: MetricsRecord) -> MetricsRecord:
-    """`record` with the corpus SHA-256 of its run's sidecar when the record lacks one (written before records
-    held it) and the run it scores lies beside it: `_checked_against_run` has matched the run's bytes, and a
-    sidecar is only ever written after its run and removed before the run is made again."""
+    """`record` with the corpus SHA-256 and queries digest of its run's sidecar where the record lacks them
+    (written before records held them) and the run it scores lies beside it: `_checked_against_run` has
+    matched the run's bytes, and a sidecar is only ever written after its run and removed before the run is
+    made again. The judgments a record was scored with are not in the sidecar, so an older record stays
+    without their digest."""
     run = file.parent / record.run
-    if record.corpus_sha256 or not run.is_file():
+    if (record.corpus_sha256 and record.queries_digest) or not run.is_file():
         return record
     try:
         meta = json.loads(Path(f"{run}{SIDECAR_SUFFIX}").read_text())
     except (OSError, json.JSONDecodeError):
         return record
-    digest = meta.get("corpus_sha256") if isinstance(meta, dict) else None
-    return replace(record, corpus_sha256=digest) if isinstance(digest, str) else record
+    if not isinstance(meta, dict):
+        return record
+    found = {attribute: meta.get(attribute) for attribute in ("corpus_sha256", "queries_digest")
+             if not getattr(record, attribute) and isinstance(meta.get(attribute), str)}
+    return replace(record, **found)
 
 
 def _runs_with_sidecars(folder: Path) -> List[Path]:
@@ -208,7 +228,7 @@ def record_from_plain_run(run_path: Path, qrels: Path, measures: Sequence[str] =
     import sys
 
     from dupmae_eval.data.datasets import BEIR_MEASURES
-    from dupmae_eval.data.formats import read_qrels, read_run
+    from dupmae_eval.data.formats import judgments_digest, read_qrels, read_run
     from dupmae_eval.evaluation.measures import check_coverage, evaluate
 
     qrels, run_path = Path(qrels), Path(run_path)
@@ -219,7 +239,8 @@ def record_from_plain_run(run_path: Path, qrels: Path, measures: Sequence[str] =
         print(f"dupmae-eval: warning: {label}{warning}", file=sys.stderr, flush=True)
     evaluation = evaluate(judged, run, names)
     return MetricsRecord(suite="", condition=condition, dataset=dataset, split="", key=dataset, unit=dataset,
-                         run=run_path.name, aggregate=evaluation.aggregate, per_query=evaluation.per_query)
+                         run=run_path.name, aggregate=evaluation.aggregate, per_query=evaluation.per_query,
+                         judgments_digest=judgments_digest(judged))
 
 
 def record_from_run(run_path: Path) -> MetricsRecord:
@@ -230,7 +251,8 @@ def record_from_run(run_path: Path) -> MetricsRecord:
 
     meta, data = run_sidecar(run_path)
     return record_of(meta["condition"], data, meta["split"], read_run(run_path, meta.get("run_format")), run_path.name,
-                     suite=meta.get("suite", ""), name=meta["dataset"], corpus_sha256=meta.get("corpus_sha256") or "")
+                     suite=meta.get("suite", ""), name=meta["dataset"], corpus_sha256=meta.get("corpus_sha256") or "",
+                     queries_digest=meta.get("queries_digest") or "")
 
 
 def run_sidecar(run_path: Path):
@@ -261,16 +283,20 @@ def run_sidecar(run_path: Path):
 
 
 def record_of(condition: str, data, split: str, run, run_name: str, suite: str = "",
-              measures=None, name: str | None = None, corpus_sha256: Optional[str] = None) -> MetricsRecord:
+              measures=None, name: str | None = None, corpus_sha256: Optional[str] = None,
+              queries_digest: Optional[str] = None) -> MetricsRecord:
     """The metrics record of a run of `data` (a resolved dataset; `name`: the name it was asked by, when not
     the folder's) on `split`, scored against its judgments with its measures (or `measures`): what a table
     cell is made from, whether the run is a file or in memory. `corpus_sha256`: the corpus the run searched as
-    its sidecar records it ("" when it records none); None: `data`'s, for a run just made from it."""
+    its sidecar records it ("" when it records none); None: `data`'s, for a run just made from it.
+    `queries_digest` likewise: the queries the run searched; None: the split's queries as `data` holds them."""
     from dupmae_eval.data.datasets import lookup
+    from dupmae_eval.data.formats import judgments_digest, queries_digest as digest_of_queries
     from dupmae_eval.evaluation.measures import evaluate_checked
 
     name = name or data.name
-    evaluation = evaluate_checked(data.qrels(split), run, measures or data.measures(split),
+    judgments = data.qrels(split)
+    evaluation = evaluate_checked(judgments, run, measures or data.measures(split),
                                   label=f"{condition} {name}/{split}: ")
     try:
         info = lookup(name)
@@ -280,4 +306,7 @@ def record_of(condition: str, data, split: str, run, run_name: str, suite: str =
     return MetricsRecord(suite=suite, condition=condition, dataset=name, split=split,
                          key=name if split == default else f"{name}/{split}", unit=unit, run=run_name,
                          aggregate=evaluation.aggregate, per_query=evaluation.per_query,
-                         corpus_sha256=data.corpus_fingerprint() if corpus_sha256 is None else corpus_sha256)
+                         corpus_sha256=data.corpus_fingerprint() if corpus_sha256 is None else corpus_sha256,
+                         queries_digest=(digest_of_queries(data.queries(split)) if queries_digest is None
+                                         else queries_digest),
+                         judgments_digest=judgments_digest(judgments))

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 from dupmae_eval import cache
 from dupmae_eval.evaluation.suites import Cell, Suite, load_suite
 from dupmae_eval.data.datasets import lookup, resolve, units_of
-from dupmae_eval.data.formats import forget_run_records
+from dupmae_eval.data.formats import forget_run_records, judgments_digest, queries_digest
 from dupmae_eval.evaluation.results import MetricsRecord, write_metrics
 
 
@@ -123,12 +123,6 @@ def cell_identity(suite: Suite, cell: Cell) -> dict:
     return identity
 
 
-def queries_digest(queries: Dict[str, str]) -> str:
-    """A digest of the queries a run searches, {id: text} (order aside: a run does not depend on it). Held in
-    a cell's identity, so a run made for other query texts or another set of queries is never reused."""
-    return cache.settings_key({"queries": queries})
-
-
 HUB_MODEL_NOT_CACHED = "not in the local Hugging Face cache"
 
 
@@ -224,13 +218,15 @@ def run_cell(suite: Suite, cell: Cell, runs_dir: Path, force: bool = False, echo
             identity = cell_identity(suite, cell)       # a hub model: the run may have fetched another snapshot
         sidecar = Path(f"{output}.meta.json")
         cache.write_json(sidecar, {**_sidecar(output), IDENTITY_KEY: identity})
-    evaluation = evaluate_checked(data.qrels(cell.split), read_trec_run(output),
+    judgments = data.qrels(cell.split)
+    evaluation = evaluate_checked(judgments, read_trec_run(output),
                                   suite.measures or data.measures(cell.split), f"; no judged query of {data.root} (split {cell.split}) got a hit",
                                   label=f"{cell.condition} {cell.key}: ")
     write_metrics(output, MetricsRecord(
         suite=suite.name, condition=cell.condition, dataset=cell.dataset, split=cell.split, key=cell.key,
         unit=lookup(cell.dataset).unit or cell.dataset, run=output.name, aggregate=evaluation.aggregate,
-        per_query=evaluation.per_query, corpus_sha256=identity["corpus_sha256"]))
+        per_query=evaluation.per_query, corpus_sha256=identity["corpus_sha256"], queries_digest=identity["queries"],
+        judgments_digest=judgments_digest(judgments)))
     return CellResult(cell, output, evaluation.aggregate, reused, _sidecar(output).get("index_stats"))
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from dupmae_eval.data.datasets import BEIR_UNITS, coverage_label, unit_order, units_of
 from dupmae_eval.errors import DupMAEEvalError
-from dupmae_eval.evaluation.results import MetricsRecord, cell_key, refuse_other_corpora, table_row
+from dupmae_eval.evaluation.results import MetricsRecord, cell_key, refuse_other_inputs, table_row
 from dupmae_eval.evaluation.statistics import (CORRECTION_NAMES, DEFAULT_ALPHA, TEST_NAMES, Comparison, check_alpha,
                                                check_correction, check_test, compare, correct)
 from dupmae_eval.registry import Registry
@@ -78,7 +78,7 @@ def build_table(results: Sequence[MetricsRecord], measure: str = "nDCG@10", base
     """Assemble a table from metrics records (`results.read_metrics`) plus reference columns. `order` is the
     suite's condition order; conditions it does not name follow, by name. `described`: what each condition
     is (`suites.describe_conditions`), for the legend. One cell's result twice, and results of one row made
-    from different corpora (`results.refuse_other_corpora`), are refused here too, for records that did not
+    from different corpora, queries or judgments (`results.refuse_other_inputs`), are refused here too, for records that did not
     come through `read_metrics` (the API's in-memory runs)."""
     check_test(test)
     check_correction(correction)
@@ -95,7 +95,7 @@ def build_table(results: Sequence[MetricsRecord], measure: str = "nDCG@10", base
             raise DupMAEEvalError(f"two results for condition {record.condition!r} on {record.key}: "
                                   f"{double.run} and {record.run}; give the table one of them")
         cell.append(record)
-    refuse_other_corpora((record, record.run) for cell in members.values() for record in cell)
+    refuse_other_inputs((record, record.run) for cell in members.values() for record in cell)
     partial: Dict[Tuple[str, str], str] = {}
     counts: Dict[Tuple[str, str], Tuple[int, int]] = {}
     for (row, column), records in members.items():

@@ -116,7 +116,7 @@ def coverage_warnings(runs: Sequence[Run], names: Sequence[str]) -> List[str]:
             for name, run in zip(names, runs) if len(run) < len(every)]
 
 
-SHARED_KEYS = ("dataset", "dataset_root", "split", "corpus_sha256", "topics", "judgments")
+SHARED_KEYS = ("dataset", "dataset_root", "split", "corpus_sha256", "topics", "judgments", "queries_digest")
 """What a fused run inherits from its inputs' sidecars when they agree: the dataset and queries it answers,
 so `table` scores it beside them."""
 
@@ -159,7 +159,8 @@ def fuse_files(paths: Sequence[str], fusion: Fusion, output, tag: Optional[str] 
 
 
 def _shared_origin(paths, sidecars) -> dict:
-    """The dataset fields the inputs' sidecars agree on; inputs of different datasets or queries are refused.
+    """The dataset fields the inputs' sidecars agree on; inputs of different datasets or queries are refused
+    (a split's queries edited between two runs too, where both sidecars hold the queries' digest).
     Without every sidecar the fused run says its judgments are unknown (score it with `eval QRELS RUN`)."""
     if any(meta is None for meta in sidecars):
         missing = [str(path) for path, meta in zip(paths, sidecars) if meta is None]
@@ -167,10 +168,13 @@ def _shared_origin(paths, sidecars) -> dict:
                              f"answers; score the fused run with `dupmae-eval eval QRELS RUN`"}
     first = {key: sidecars[0].get(key) for key in SHARED_KEYS if key in sidecars[0]}
     for path, meta in zip(paths[1:], sidecars[1:]):
-        for key in ("dataset", "split", "corpus_sha256", "topics"):
+        for key in ("dataset", "split", "corpus_sha256", "topics", "queries_digest"):
             ours, theirs = meta.get(key), first.get(key)
             if key == "topics":       # the same topics file, wherever it lies
                 ours, theirs = (ours or {}).get("sha256"), (theirs or {}).get("sha256")
+            if key == "queries_digest" and (ours is None or theirs is None):
+                first.pop(key, None)  # an older sidecar does not say: the fused run cannot either
+                continue
             if ours != theirs:
                 raise DupMAEEvalError(f"{path} answers another {key.replace('_', ' ')} than {paths[0]} "
                                       f"({ours!r} and {theirs!r}, their sidecars say); "

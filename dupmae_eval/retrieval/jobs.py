@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 from dupmae_eval import __version__, cache
-from dupmae_eval.data.formats import Qrels, forget_run_records, write_run
+from dupmae_eval.data.formats import Qrels, forget_run_records, queries_digest, write_run
 from dupmae_eval.data.datasets import Dataset, resolve
 from dupmae_eval.encoding.encoders import DEFAULT_QUANTIZATION_SCALE
 from dupmae_eval.errors import DupMAEEvalError
@@ -66,13 +66,13 @@ def _choose_queries(data: Dataset, split: Optional[str], topics: Optional[Path])
         split = split or data.default_split
         queries = data.queries(split)
         check_queries(queries, f"{data.root} (split {split})")
-        return queries, split, {"split": split}
+        return queries, split, {"split": split, "queries_digest": queries_digest(queries)}
     if split is not None:
         raise DupMAEEvalError(f"--split {split} and --topics {topics}: a split names judged queries, a topics "
                               f"file replaces them; give one")
     queries, described = read_topics_file(topics)
     check_queries(queries, str(topics))
-    return queries, None, {"split": None, "topics": described,
+    return queries, None, {"split": None, "topics": described, "queries_digest": queries_digest(queries),
                            "judgments": "none: the queries come from a topics file, so the run is not evaluated"}
 
 
