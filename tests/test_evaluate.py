@@ -91,6 +91,19 @@ def test_rr_at_10_is_cut_at_10():
     assert evaluate(qrels, run, ["RR@10", "RR"]).aggregate == {"RR@10": 0.0, "RR": pytest.approx(1 / 11)}
 
 
+def test_tied_scores_rank_by_doc_id_descending_in_every_measure():
+    """trec_eval ranks tied scores by doc id, descending: q1's b before a, q2's z before c. RR@k and Judged@k
+    come from ir-measures' own code, not pytrec_eval's, and ranked ties the other way (RR@10 1.0, RR 0.5)."""
+    qrels = {"q1": {"a": 1, "b": 0}, "q2": {"c": 1}}
+    run = {"q1": [("a", 1.0), ("b", 1.0)], "q2": [("c", 2.0), ("z", 2.0)]}
+    result = evaluate(qrels, run, ["RR", "RR@10", "RR@1", "P@1", "Judged@1", "Judged@2"]).per_query
+    # by hand, in trec_eval's order (q1: b a; q2: z c): the relevant document second, the top one judged in q1 only
+    assert result["RR"] == result["RR@10"] == {"q1": 0.5, "q2": 0.5}
+    assert result["RR@1"] == result["P@1"] == {"q1": 0.0, "q2": 0.0}
+    assert result["Judged@1"] == {"q1": 1.0, "q2": 0.0}
+    assert result["Judged@2"] == {"q1": 1.0, "q2": 0.5}
+
+
 def test_unknown_measure_is_one_clear_error():
     with pytest.raises(DupMAEEvalError, match="unknown measure 'nDCG@ten'"):
         evaluate({"q": {"d": 1}}, {"q": [("d", 1.0)]}, ["nDCG@ten"])

@@ -46,7 +46,7 @@ def evaluate(qrels: Qrels, run: Run, measure_names: Sequence[str]) -> Evaluation
     if not qrels:
         raise DupMAEEvalError("the qrels hold no judgments")
     measures = parse_measures(measure_names)
-    run_scores = {qid: {docid: score for docid, score in hits} for qid, hits in run.items()}
+    run_scores = {qid: _without_ties({docid: score for docid, score in hits}) for qid, hits in run.items()}
     found: Dict[str, Dict[str, float]] = {str(m): {} for m in measures}
     by_ir_measures = [m for m in measures if m.NAME != "IPrec"]
     if by_ir_measures:
@@ -63,6 +63,16 @@ def evaluate(qrels: Qrels, run: Run, measure_names: Sequence[str]) -> Evaluation
             aggregator.add(value)
         aggregate[str(measure)] = float(aggregator.result())
     return Evaluation(aggregate, per_query, len(qrels), len(set(run) & set(qrels)))
+
+
+def _without_ties(scores: Dict[str, float]) -> Dict[str, float]:
+    """One query's {doc id: score} rescored n, n-1, ..., 1 in the order trec_eval evaluates it (score descending,
+    ties by doc id descending). pytrec_eval ranks ties that way, but ir-measures' other evaluators (RR@k from its
+    MS MARCO code, Judged@k, Compat, ...) break them by doc id ascending, so on a run with tied scores `RR@10`
+    and `RR` would rank one query two ways. Every measure here depends on the order only, and with no ties
+    left every evaluator sees trec_eval's."""
+    order = sorted(scores, key=lambda docid: (scores[docid], docid), reverse=True)
+    return {docid: float(len(order) - position) for position, docid in enumerate(order)}
 
 
 def evaluate_checked(qrels: Qrels, run: Run, measure_names: Sequence[str], hint: str = "",
