@@ -10,7 +10,7 @@ from conftest import REPO, TEST_DATA
 from dupmae_eval.cli import main
 from dupmae_eval.data.formats import read_qrels, read_trec_run
 from dupmae_eval.errors import DupMAEEvalError
-from dupmae_eval.evaluation.measures import evaluate
+from dupmae_eval.evaluation.measures import evaluate, named_values
 
 # trec_eval's measure names in out.test -> ir-measures' spelling.
 TREC_EVAL_NAMES = {"map": "AP", "Rprec": "Rprec", "bpref": "Bpref", "recip_rank": "RR",
@@ -83,6 +83,16 @@ def test_judged_queries_missing_from_the_run_count_as_zero():
     evaluation = evaluate(qrels, run, ["nDCG@10", "R@1000"])
     assert evaluation.aggregate == {"nDCG@10": 0.5, "R@1000": 0.5}
     assert evaluation.per_query["nDCG@10"] == {"q1": 1.0, "q2": 0.0}
+
+
+def test_a_judged_query_missing_from_the_run_keeps_its_relevant_documents_in_num_rel():
+    """trec_eval -c scores a missing query on an empty ranking: num_rel still counts its relevant documents
+    (2 for q1: grades 1 and 2, not the 0) and num_q counts it, as `trec_eval -c -q` prints for these files."""
+    qrels = {"q1": {"a": 1, "b": 2, "c": 0}, "q2": {"d": 1}}
+    names = ["NumRel", "NumQ", "NumRelRet", "P@1"]
+    evaluation = evaluate(qrels, {"q2": [("d", 1.0)]}, names)
+    assert evaluation.per_query["NumRel"] == {"q1": 2.0, "q2": 1.0}
+    assert named_values(evaluation, names) == {"NumRel": 3.0, "NumQ": 2.0, "NumRelRet": 1.0, "P@1": 0.5}
 
 
 def test_rr_at_10_is_cut_at_10():

@@ -1,8 +1,9 @@
 """Scores runs with ir-measures, the way `trec_eval -c` averages them.
 
 Measure names are ir-measures' own (`nDCG@10`, `RR@10`, `R@1000`, `AP(rel=2)`). Every
-judged query counts: a query in the qrels that the run lacks scores 0 for every measure
-(trec_eval's -c), so a run that silently drops queries cannot look better than it is.
+judged query counts: a query in the qrels that the run lacks scores what trec_eval -c gives it,
+the value of an empty ranking (0, except NumRel: its relevant documents, and NumQ: 1), so a run
+that silently drops queries cannot look better than it is.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def evaluate(qrels: Qrels, run: Run, measure_names: Sequence[str]) -> Evaluation
     for measure in measures:
         if measure.NAME == "IPrec":
             found[str(measure)] = _interpolated_precision(qrels, run_scores, measure)
-    per_query = {name: {qid: values.get(qid, 0.0) for qid in qrels} for name, values in found.items()}
+    per_query = {str(m): {qid: found[str(m)].get(qid, 0.0) if run_scores.get(qid) else
+                          _empty_ranking_value(m, qrels[qid]) for qid in qrels} for m in measures}
     aggregate = {}
     for measure in measures:
         aggregator = measure.aggregator()
@@ -63,6 +65,18 @@ def evaluate(qrels: Qrels, run: Run, measure_names: Sequence[str]) -> Evaluation
             aggregator.add(value)
         aggregate[str(measure)] = float(aggregator.result())
     return Evaluation(aggregate, per_query, len(qrels), len(set(run) & set(qrels)))
+
+
+def _empty_ranking_value(measure, judged: Mapping[str, int]) -> float:
+    """A judged query's value where the run has no hit for it. trec_eval -c scores such a query on an empty
+    ranking: 0 for every measure but num_rel, which counts the query's relevant documents from the judgments,
+    and num_q, which counts the query."""
+    if measure.NAME == "NumQ":
+        return 1.0
+    if measure.NAME == "NumRel":
+        level = measure.params.get("rel", 1)
+        return float(sum(1 for grade in judged.values() if grade >= level))
+    return 0.0
 
 
 def _without_ties(scores: Dict[str, float]) -> Dict[str, float]:
