@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -117,6 +118,33 @@ def test_tied_scores_rank_by_doc_id_descending_in_every_measure():
 def test_unknown_measure_is_one_clear_error():
     with pytest.raises(DupMAEEvalError, match="unknown measure 'nDCG@ten'"):
         evaluate({"q": {"d": 1}}, {"q": [("d", 1.0)]}, ["nDCG@ten"])
+
+
+@pytest.mark.parametrize("name, says", [
+    ("nDCG@0", "the cutoff must be at least 1"),                 # pytrec_eval aborted the whole process
+    ("IPrec@1.5", "the recall level must lie within [0, 1]"),    # was printed as 0.0000
+    ("INST", "unknown measure 'INST'"),                          # a parameter it needs, not given
+    ("P@10.5", "unknown measure 'P@10.5'"),
+    ("NumRel(rel=2)", "no evaluator"),                           # parsed, but nothing computes it
+])
+def test_a_measure_ir_measures_cannot_compute_is_refused_in_one_line_before_the_runs_are_read(
+        tmp_path, capsys, name, says):
+    from dupmae_eval.evaluation.measures import parse_measures
+
+    with pytest.raises(DupMAEEvalError, match=re.escape(says)):
+        parse_measures([name])
+    bad_run = tmp_path / "bad.trec"
+    bad_run.write_text("not a run line\n")
+    assert main(["eval", str(TEST_DATA / "trec_eval" / "qrels.test"), str(bad_run), "AP", name]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0] and "bad.trec" not in err[0]
+
+
+def test_iprec_at_recall_levels_zero_and_one_and_judged_only_stay_accepted():
+    from dupmae_eval.evaluation.measures import parse_measures
+
+    assert [str(m) for m in parse_measures(["IPrec@0", "IPrec@1", "IPrec(judged_only=True)@0.5"])] == [
+        "IPrec@0", "IPrec@1", "IPrec(judged_only=True)@0.5"]
 
 
 def test_eval_takes_a_registry_name_for_shipped_qrels(tmp_path, capsys):

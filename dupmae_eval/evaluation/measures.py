@@ -27,17 +27,39 @@ class Evaluation:
 
 
 def parse_measures(names: Sequence[str]) -> list:
-    """Parse measure strings with ir-measures, turning its errors into one clear line."""
+    """Parse measure strings with ir-measures, turning its errors into one clear line. A measure is refused
+    here, before any run is read, unless ir-measures can compute it as written: its parameters valid (a
+    measure that needs one given it), a cutoff of at least 1 (pytrec_eval aborts the process on @0), an
+    IPrec recall level within [0, 1], and an evaluator installed that computes it (NumRel(rel=2) has none)."""
     import ir_measures
 
     measures = []
     for name in names:
         try:
-            measures.append(ir_measures.parse_measure(name))
+            measure = ir_measures.parse_measure(name)
+            _validated(measure)
         except (ValueError, NameError, SyntaxError, TypeError, AssertionError) as exc:
             raise DupMAEEvalError(f"unknown measure {name!r} (ir-measures says: {exc}); "
                                   f"examples: nDCG@10 RR@10 R@1000 AP(rel=2)") from None
+        cutoff = measure.params.get("cutoff")
+        if cutoff is not None and cutoff < 1:
+            raise DupMAEEvalError(f"measure {name!r}: the cutoff must be at least 1")
+        if measure.NAME == "IPrec" and not 0 <= measure.params["recall"] <= 1:
+            raise DupMAEEvalError(f"measure {name!r}: the recall level must lie within [0, 1]")
+        if measure.NAME != "IPrec" and not ir_measures.DefaultPipeline.supports(measure):
+            raise DupMAEEvalError(f"measure {name!r}: no evaluator of ir-measures installed here computes it "
+                                  f"with these parameters")
+        measures.append(measure)
     return measures
+
+
+def _validated(measure) -> None:
+    """ir-measures' own check of a measure's parameters; IPrec@0 and IPrec@1 pass, as trec_eval's recall
+    levels 0 and 1 (ir-measures wants a float there, and IPrec is computed here, not by ir-measures)."""
+    recall = measure.params.get("recall")
+    if measure.NAME == "IPrec" and isinstance(recall, int) and not isinstance(recall, bool):
+        measure = measure(recall=float(recall))
+    measure.validate_params()
 
 
 def evaluate(qrels: Qrels, run: Run, measure_names: Sequence[str]) -> Evaluation:
