@@ -96,6 +96,23 @@ def test_a_judged_query_missing_from_the_run_keeps_its_relevant_documents_in_num
     assert named_values(evaluation, names) == {"NumRel": 3.0, "NumQ": 2.0, "NumRelRet": 1.0, "P@1": 0.5}
 
 
+def test_iprec_judged_only_ranks_the_judged_documents_alone():
+    """trec_eval -J drops unjudged documents before ranking: x a y b c becomes a b c, so the relevant a and c
+    stand at ranks 1 and 3 (precision 1 and 2/3) instead of 2 and 5 (1/2 and 2/5); `trec_eval -J -m
+    iprec_at_recall.0.5,1.0` prints 1.0000 and 0.6667 for these files, without -J 0.5000 and 0.4000."""
+    qrels = {"q": {"a": 1, "b": 0, "c": 1}}
+    run = {"q": [("x", 5.0), ("a", 4.0), ("y", 3.0), ("b", 2.0), ("c", 1.0)]}
+    names = ["IPrec@0.5", "IPrec@1.0", "IPrec(judged_only=True)@0.5", "IPrec(judged_only=True)@1.0",
+             "P(judged_only=True)@3"]
+    values = named_values(evaluate(qrels, run, names), names)
+    assert values == {"IPrec@0.5": 0.5, "IPrec@1.0": pytest.approx(2 / 5), "IPrec(judged_only=True)@0.5": 1.0,
+                      "IPrec(judged_only=True)@1.0": pytest.approx(2 / 3),
+                      "P(judged_only=True)@3": pytest.approx(2 / 3)}      # pytrec_eval's -J, for comparison
+    # a query whose retrieved documents are all unjudged scores 0
+    assert evaluate(qrels, {"q": [("x", 1.0)]}, ["IPrec(judged_only=True)@0.5"]).aggregate == {
+        "IPrec(judged_only=True)@0.5": 0.0}
+
+
 def test_rr_at_10_is_cut_at_10():
     qrels = {"q": {"d11": 1}}
     run = {"q": [(f"d{i}", 100.0 - i) for i in range(1, 12)]}

@@ -166,16 +166,23 @@ def _interpolated_precision(qrels: Qrels, run: Mapping[str, Mapping[str, float]]
     trec_eval 10 turns the recall level into a number of relevant documents by rounding
     (lround(r * R)); version 9 added 0.9 and truncated, which moves the cut-off by one
     relevant document whenever r * R has a fractional part below 0.5. Ranking follows
-    trec_eval: score descending, ties by doc id descending.
+    trec_eval: score descending, ties by doc id descending. With `judged_only` (trec_eval's -J) the
+    unjudged documents leave the ranking first; a query left with no document scores 0 (trec_eval
+    divides by its zero documents and prints nan).
     """
     level = measure.params.get("rel", 1)
     recall = measure.params["recall"]
+    judged_only = measure.params.get("judged_only", False)
     values: Dict[str, float] = {}
     for qid, judged in qrels.items():
         scores = run.get(qid)
         if not scores:
             continue
         ranking = sorted(scores.items(), key=lambda item: (item[1], item[0]), reverse=True)
+        if judged_only:
+            ranking = [item for item in ranking if item[0] in judged]
+            if not ranking:
+                continue
         is_rel = [judged.get(docid, -1) >= level for docid, _ in ranking]
         num_rel = sum(1 for grade in judged.values() if grade >= level)
         cutoff = math.floor(recall * num_rel + 0.5)  # C's lround for non-negative values
