@@ -179,9 +179,10 @@ def test_trec_run_ties_break_by_docid_and_bytes_are_stable(tmp_path):
     write_trec_run(tmp_path / "r2.trec", {k: list(reversed(v)) for k, v in reversed(list(run.items()))}, "t")
     text = (tmp_path / "r1.trec").read_text()
     assert text == (tmp_path / "r2.trec").read_text()
-    assert text.splitlines() == ["9 Q0 x 1 0.500000 t", "10 Q0 c 1 2.000000 t", "10 Q0 a 2 1.000000 t",
-                                 "10 Q0 b 3 1.000000 t"]
-    assert read_trec_run(tmp_path / "r1.trec")["10"] == [("c", 2.0), ("a", 1.0), ("b", 1.0)]
+    # tied documents by id, descending, as trec_eval ranks them
+    assert text.splitlines() == ["9 Q0 x 1 0.500000 t", "10 Q0 c 1 2.000000 t", "10 Q0 b 2 1.000000 t",
+                                 "10 Q0 a 3 1.000000 t"]
+    assert read_trec_run(tmp_path / "r1.trec")["10"] == [("c", 2.0), ("b", 1.0), ("a", 1.0)]
 
 
 def test_missing_file_is_one_line(tmp_path):

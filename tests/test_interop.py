@@ -88,6 +88,15 @@ def test_each_format_round_trips_in_evaluation_order(tmp_path, fmt):
         assert path.read_text().splitlines()[:2] == ["q1\td2\t1", "q1\td1\t2"]
 
 
+def test_a_trec_file_ranks_tied_documents_as_trec_eval_scores_them(tmp_path):
+    """q1's d1 and d2 tie at 2.0: trec_eval scores d2 at rank 1, so the file's rank column says so too (a tool
+    that reads the ranks, as a conversion to MS MARCO's format does, then scores what trec_eval scores)."""
+    path = tmp_path / "run.trec"
+    write_run(path, TIED_RUN, "tag")
+    assert path.read_text().splitlines()[:3] == ["q1 Q0 d2 1 2.000000 tag", "q1 Q0 d1 2 2.000000 tag",
+                                                 "q1 Q0 d3 3 0.500000 tag"]
+
+
 def test_eval_scores_several_runs_in_any_format_alike_and_prints_json(tmp_path, capsys):
     qrels = tmp_path / "qrels.txt"
     qrels.write_text(TIED_QRELS)

@@ -320,8 +320,9 @@ def read_trec_run(path: str | Path) -> Run:
 
 
 def ranked(hits: Sequence[Tuple[str, float]]) -> List[Tuple[str, float]]:
-    """Deterministic order: score descending, then doc id ascending, so equal runs are equal bytes."""
-    return sorted(hits, key=lambda hit: (-hit[1], hit[0]))
+    """The order trec_eval evaluates: score descending, then doc id descending (deterministic, so equal runs
+    are equal bytes, and a file's rank column is the rank each document is scored at)."""
+    return sorted(hits, key=lambda hit: (hit[1], hit[0]), reverse=True)
 
 
 SIDECAR_SUFFIX = ".meta.json"
