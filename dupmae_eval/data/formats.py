@@ -286,6 +286,13 @@ def read_qrels(path: str | Path) -> Qrels:
     raise InputFormatError(path, None, "qrels file is empty")
 
 
+def _plain(number: str) -> bool:
+    """Whether a number in a run file is written as C reads it whole (trec_eval reads scores with atof):
+    Python's float and int also take "1_5" (15, where atof stops at the "_": 1) and other scripts' digits
+    ("١٥"), which would rank a document differently from trec_eval without a sign; such a number is refused."""
+    return number.isascii() and "_" not in number
+
+
 def read_trec_run(path: str | Path) -> Run:
     """Read a TREC run (`qid Q0 docid rank score tag`), keeping the file's order per query.
 
@@ -301,6 +308,8 @@ def read_trec_run(path: str | Path) -> Run:
             raise InputFormatError(path, number, f"not TREC run format: expected 6 columns "
                                                  f"(qid Q0 docid rank score tag), found {len(fields)}")
         try:
+            if not (_plain(fields[3]) and _plain(fields[4])):
+                raise ValueError
             int(fields[3])
             score = float(fields[4])
         except ValueError:
@@ -583,7 +592,7 @@ def read_msmarco_run(path: str | Path) -> Run:
                                                  f"(qid docid rank), found {len(fields)}")
         qid, docid, rank_text = fields
         try:
-            rank = int(rank_text)
+            rank = int(rank_text) if _plain(rank_text) else 0
         except ValueError:
             rank = 0
         if rank < 1:
