@@ -301,7 +301,7 @@ def read_trec_run(path: str | Path) -> Run:
     metrics without any sign (trec_eval, too, refuses duplicate documents)."""
     path = Path(path)
     run: Run = {}
-    seen: Dict[Tuple[str, str], int] = {}
+    seen: Dict[str, set] = {}        # per query, its documents so far (line numbers only looked up for a repeat)
     for number, line in numbered_lines(path):
         fields = line.split()
         if len(fields) != 6:
@@ -318,10 +318,14 @@ def read_trec_run(path: str | Path) -> Run:
         if not math.isfinite(score):
             raise InputFormatError(path, number, f"score {fields[4]!r} of document {fields[2]!r} for query "
                                                  f"{fields[0]!r} is not a finite number")
-        earlier = seen.setdefault((fields[0], fields[2]), number)
-        if earlier != number:
+        documents = seen.get(fields[0])
+        if documents is None:
+            documents = seen[fields[0]] = set()
+        elif fields[2] in documents:
+            earlier = next(line for line, text in numbered_lines(path) if text.split()[0:3:2] == fields[0:3:2])
             raise InputFormatError(path, number, f"document {fields[2]!r} is listed twice for query "
                                                  f"{fields[0]!r} (first at line {earlier})")
+        documents.add(fields[2])
         run.setdefault(fields[0], []).append((fields[2], score))
     if not run:
         raise InputFormatError(path, None, "run file is empty")
