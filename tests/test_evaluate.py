@@ -229,6 +229,25 @@ def test_eval_warns_once_about_partial_coverage_and_still_scores(tmp_path, capsy
                                          "trec_eval -c scores the 298 missing as 0"]
 
 
+def test_eval_warns_about_a_run_whose_ranks_run_against_its_scores(tmp_path, capsys):
+    """q1's scores are distances (lower is better): its rank column puts a first, trec_eval's score order b.
+    The run is scored as trec_eval scores it (RR 1/2 for q1), with one warning; a file whose lines are merely
+    out of rank order (trec_eval's own results.test, sorted by document) is not warned about."""
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("q1 0 a 1\nq2 0 c 1\n")
+    run = tmp_path / "run.trec"
+    run.write_text("q1 Q0 a 1 0.1 t\nq1 Q0 b 2 0.5 t\nq2 Q0 d 2 1.0 t\nq2 Q0 c 1 3.0 t\n")
+    assert main(["eval", str(qrels), str(run), "RR"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [f"RR\t{(1 / 2 + 1) / 2:.4f}"]
+    err = captured.err.splitlines()
+    assert len(err) == 1 and err[0].startswith("dupmae-eval: warning: 1 of 2 queries list documents in a rank "
+                                               "order their scores run against")
+    assert main(["eval", str(TEST_DATA / "trec_eval" / "qrels.test"), str(TEST_DATA / "trec_eval" / "results.test"),
+                 "AP"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_eval_warns_when_a_cutoff_is_beyond_the_run_depth(tmp_path, capsys):
     qrels = {"q1": {f"d{i}": 1 for i in range(5)}}
     qrels_path = tmp_path / "qrels.txt"

@@ -27,6 +27,14 @@ Run = Dict[str, List[Tuple[str, float]]]
 """query id -> [(doc id, score), ...] in rank order"""
 
 
+class TrecRun(dict):
+    """A `Run` read from a TREC file, with the queries whose rank column runs against their scores
+    (`rank_conflicts`): trec_eval ranks by score and ignores the ranks, so such a run is scored in an order
+    its author did not write (a run of distances, where lower is better, is scored upside down)."""
+
+    rank_conflicts: frozenset = frozenset()
+
+
 @dataclass(frozen=True)
 class Passage:
     """One corpus record; `title` is empty where the collection has none (MS MARCO)."""
@@ -298,9 +306,13 @@ def read_trec_run(path: str | Path) -> Run:
 
     A score that is not a finite number (NaN and infinities: what an fp16 overflow produces) and
     a document listed twice for one query are refused with file:line: either would change the
-    metrics without any sign (trec_eval, too, refuses duplicate documents)."""
+    metrics without any sign (trec_eval, too, refuses duplicate documents). A query where one line
+    ranks a document better than the line before it and scores it strictly lower (or worse and
+    strictly higher) is noted in the result's `rank_conflicts` (`TrecRun`)."""
     path = Path(path)
-    run: Run = {}
+    run: Run = TrecRun()
+    last: Dict[str, Tuple[int, float]] = {}
+    conflicts = set()
     seen: Dict[str, set] = {}        # per query, its documents so far (line numbers only looked up for a repeat)
     for number, line in numbered_lines(path):
         fields = line.split()
@@ -310,11 +322,15 @@ def read_trec_run(path: str | Path) -> Run:
         try:
             if not (_plain(fields[3]) and _plain(fields[4])):
                 raise ValueError
-            int(fields[3])
+            rank = int(fields[3])
             score = float(fields[4])
         except ValueError:
             raise InputFormatError(path, number, "not TREC run format: rank must be an integer "
                                                  "and score a number") from None
+        before = last.get(fields[0])
+        if before is not None and (before[0] - rank) * (before[1] - score) > 0:
+            conflicts.add(fields[0])
+        last[fields[0]] = (rank, score)
         if not math.isfinite(score):
             raise InputFormatError(path, number, f"score {fields[4]!r} of document {fields[2]!r} for query "
                                                  f"{fields[0]!r} is not a finite number")
@@ -329,6 +345,7 @@ def read_trec_run(path: str | Path) -> Run:
         run.setdefault(fields[0], []).append((fields[2], score))
     if not run:
         raise InputFormatError(path, None, "run file is empty")
+    run.rank_conflicts = frozenset(conflicts)
     return run
 
 

@@ -146,6 +146,11 @@ def check_coverage(qrels: Qrels, run: Run, measure_names: Sequence[str], hint: s
         missing = len(qrels) - shared
         warnings.append(f"run covers {shared} of {len(qrels)} judged queries; trec_eval -c scores the "
                         f"{missing} missing as 0")
+    conflicts = len(getattr(run, "rank_conflicts", ()))
+    if conflicts:
+        warnings.append(f"{conflicts} of {_queries(len(run))} list documents in a rank order their scores run "
+                        f"against (a better rank with a lower score); they are scored by score, as trec_eval "
+                        f"does, not by rank (are the scores distances, where lower is better?)")
     depth = max((len(hits) for hits in run.values()), default=0)
     deeper = [name for name, measure in zip(measure_names, parse_measures(measure_names))
               if (measure.params.get("cutoff") or 0) > depth]
