@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -10,7 +11,7 @@ from conftest import REPO, TEST_DATA
 from dupmae_eval.cli import main
 from dupmae_eval.data.formats import read_qrels, read_trec_run
 from dupmae_eval.errors import DupMAEEvalError
-from dupmae_eval.evaluation.measures import evaluate
+from dupmae_eval.evaluation.measures import evaluate, named_values
 
 # trec_eval's measure names in out.test -> ir-measures' spelling.
 TREC_EVAL_NAMES = {"map": "AP", "Rprec": "Rprec", "bpref": "Bpref", "recip_rank": "RR",
@@ -85,15 +86,82 @@ def test_judged_queries_missing_from_the_run_count_as_zero():
     assert evaluation.per_query["nDCG@10"] == {"q1": 1.0, "q2": 0.0}
 
 
+def test_a_judged_query_missing_from_the_run_keeps_its_relevant_documents_in_num_rel():
+    """trec_eval -c scores a missing query on an empty ranking: num_rel still counts its relevant documents
+    (2 for q1: grades 1 and 2, not the 0) and num_q counts it, as `trec_eval -c -q` prints for these files."""
+    qrels = {"q1": {"a": 1, "b": 2, "c": 0}, "q2": {"d": 1}}
+    names = ["NumRel", "NumQ", "NumRelRet", "P@1"]
+    evaluation = evaluate(qrels, {"q2": [("d", 1.0)]}, names)
+    assert evaluation.per_query["NumRel"] == {"q1": 2.0, "q2": 1.0}
+    assert named_values(evaluation, names) == {"NumRel": 3.0, "NumQ": 2.0, "NumRelRet": 1.0, "P@1": 0.5}
+
+
+def test_iprec_judged_only_ranks_the_judged_documents_alone():
+    """trec_eval -J drops unjudged documents before ranking: x a y b c becomes a b c, so the relevant a and c
+    stand at ranks 1 and 3 (precision 1 and 2/3) instead of 2 and 5 (1/2 and 2/5); `trec_eval -J -m
+    iprec_at_recall.0.5,1.0` prints 1.0000 and 0.6667 for these files, without -J 0.5000 and 0.4000."""
+    qrels = {"q": {"a": 1, "b": 0, "c": 1}}
+    run = {"q": [("x", 5.0), ("a", 4.0), ("y", 3.0), ("b", 2.0), ("c", 1.0)]}
+    names = ["IPrec@0.5", "IPrec@1.0", "IPrec(judged_only=True)@0.5", "IPrec(judged_only=True)@1.0",
+             "P(judged_only=True)@3"]
+    values = named_values(evaluate(qrels, run, names), names)
+    assert values == {"IPrec@0.5": 0.5, "IPrec@1.0": pytest.approx(2 / 5), "IPrec(judged_only=True)@0.5": 1.0,
+                      "IPrec(judged_only=True)@1.0": pytest.approx(2 / 3),
+                      "P(judged_only=True)@3": pytest.approx(2 / 3)}      # pytrec_eval's -J, for comparison
+    # a query whose retrieved documents are all unjudged scores 0
+    assert evaluate(qrels, {"q": [("x", 1.0)]}, ["IPrec(judged_only=True)@0.5"]).aggregate == {
+        "IPrec(judged_only=True)@0.5": 0.0}
+
+
 def test_rr_at_10_is_cut_at_10():
     qrels = {"q": {"d11": 1}}
     run = {"q": [(f"d{i}", 100.0 - i) for i in range(1, 12)]}
     assert evaluate(qrels, run, ["RR@10", "RR"]).aggregate == {"RR@10": 0.0, "RR": pytest.approx(1 / 11)}
 
 
+def test_tied_scores_rank_by_doc_id_descending_in_every_measure():
+    """trec_eval ranks tied scores by doc id, descending: q1's b before a, q2's z before c. RR@k and Judged@k
+    come from ir-measures' own code, not pytrec_eval's, and ranked ties the other way (RR@10 1.0, RR 0.5)."""
+    qrels = {"q1": {"a": 1, "b": 0}, "q2": {"c": 1}}
+    run = {"q1": [("a", 1.0), ("b", 1.0)], "q2": [("c", 2.0), ("z", 2.0)]}
+    result = evaluate(qrels, run, ["RR", "RR@10", "RR@1", "P@1", "Judged@1", "Judged@2"]).per_query
+    # by hand, in trec_eval's order (q1: b a; q2: z c): the relevant document second, the top one judged in q1 only
+    assert result["RR"] == result["RR@10"] == {"q1": 0.5, "q2": 0.5}
+    assert result["RR@1"] == result["P@1"] == {"q1": 0.0, "q2": 0.0}
+    assert result["Judged@1"] == {"q1": 1.0, "q2": 0.0}
+    assert result["Judged@2"] == {"q1": 1.0, "q2": 0.5}
+
+
 def test_unknown_measure_is_one_clear_error():
     with pytest.raises(DupMAEEvalError, match="unknown measure 'nDCG@ten'"):
         evaluate({"q": {"d": 1}}, {"q": [("d", 1.0)]}, ["nDCG@ten"])
+
+
+@pytest.mark.parametrize("name, says", [
+    ("nDCG@0", "the cutoff must be at least 1"),                 # pytrec_eval aborted the whole process
+    ("IPrec@1.5", "the recall level must lie within [0, 1]"),    # was printed as 0.0000
+    ("INST", "unknown measure 'INST'"),                          # a parameter it needs, not given
+    ("P@10.5", "unknown measure 'P@10.5'"),
+    ("NumRel(rel=2)", "no evaluator"),                           # parsed, but nothing computes it
+])
+def test_a_measure_ir_measures_cannot_compute_is_refused_in_one_line_before_the_runs_are_read(
+        tmp_path, capsys, name, says):
+    from dupmae_eval.evaluation.measures import parse_measures
+
+    with pytest.raises(DupMAEEvalError, match=re.escape(says)):
+        parse_measures([name])
+    bad_run = tmp_path / "bad.trec"
+    bad_run.write_text("not a run line\n")
+    assert main(["eval", str(TEST_DATA / "trec_eval" / "qrels.test"), str(bad_run), "AP", name]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0] and "bad.trec" not in err[0]
+
+
+def test_iprec_at_recall_levels_zero_and_one_and_judged_only_stay_accepted():
+    from dupmae_eval.evaluation.measures import parse_measures
+
+    assert [str(m) for m in parse_measures(["IPrec@0", "IPrec@1", "IPrec(judged_only=True)@0.5"])] == [
+        "IPrec@0", "IPrec@1", "IPrec(judged_only=True)@0.5"]
 
 
 def test_eval_takes_a_registry_name_for_shipped_qrels(tmp_path, capsys):
@@ -159,6 +227,25 @@ def test_eval_warns_once_about_partial_coverage_and_still_scores(tmp_path, capsy
     assert captured.out.splitlines() == [f"P@1\t{2 / 300:.4f}"]
     assert captured.err.splitlines() == ["dupmae-eval: warning: run covers 2 of 300 judged queries; "
                                          "trec_eval -c scores the 298 missing as 0"]
+
+
+def test_eval_warns_about_a_run_whose_ranks_run_against_its_scores(tmp_path, capsys):
+    """q1's scores are distances (lower is better): its rank column puts a first, trec_eval's score order b.
+    The run is scored as trec_eval scores it (RR 1/2 for q1), with one warning; a file whose lines are merely
+    out of rank order (trec_eval's own results.test, sorted by document) is not warned about."""
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("q1 0 a 1\nq2 0 c 1\n")
+    run = tmp_path / "run.trec"
+    run.write_text("q1 Q0 a 1 0.1 t\nq1 Q0 b 2 0.5 t\nq2 Q0 d 2 1.0 t\nq2 Q0 c 1 3.0 t\n")
+    assert main(["eval", str(qrels), str(run), "RR"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [f"RR\t{(1 / 2 + 1) / 2:.4f}"]
+    err = captured.err.splitlines()
+    assert len(err) == 1 and err[0].startswith("dupmae-eval: warning: 1 of 2 queries list documents in a rank "
+                                               "order their scores run against")
+    assert main(["eval", str(TEST_DATA / "trec_eval" / "qrels.test"), str(TEST_DATA / "trec_eval" / "results.test"),
+                 "AP"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_eval_warns_when_a_cutoff_is_beyond_the_run_depth(tmp_path, capsys):

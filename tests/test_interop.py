@@ -88,6 +88,15 @@ def test_each_format_round_trips_in_evaluation_order(tmp_path, fmt):
         assert path.read_text().splitlines()[:2] == ["q1\td2\t1", "q1\td1\t2"]
 
 
+def test_a_trec_file_ranks_tied_documents_as_trec_eval_scores_them(tmp_path):
+    """q1's d1 and d2 tie at 2.0: trec_eval scores d2 at rank 1, so the file's rank column says so too (a tool
+    that reads the ranks, as a conversion to MS MARCO's format does, then scores what trec_eval scores)."""
+    path = tmp_path / "run.trec"
+    write_run(path, TIED_RUN, "tag")
+    assert path.read_text().splitlines()[:3] == ["q1 Q0 d2 1 2.000000 tag", "q1 Q0 d1 2 2.000000 tag",
+                                                 "q1 Q0 d3 3 0.500000 tag"]
+
+
 def test_eval_scores_several_runs_in_any_format_alike_and_prints_json(tmp_path, capsys):
     qrels = tmp_path / "qrels.txt"
     qrels.write_text(TIED_QRELS)
@@ -112,6 +121,12 @@ def test_eval_scores_several_runs_in_any_format_alike_and_prints_json(tmp_path, 
     ("bad.json", '{\n"q1": {"d1": 1.0,\n  "d1": 2.0}\n}\n', 3, "document 'd1' is listed twice for query 'q1'"),
     ("bad.json", '{\n"q1": {"d1": 1.0}\n"q2": {}\n}\n', 3, "malformed JSON"),
     ("bad.run", "q1 d1\n", 1, "not a run: expected TREC (6 columns"),
+    # numbers Python reads and trec_eval's atof reads otherwise: 1_5 is 15 to Python, 1 to atof (which would
+    # rank d2 above d1); other scripts' digits are 15 to Python, 0 to atof
+    ("bad.trec", "q1 Q0 d1 1 1_5 t\nq1 Q0 d2 2 2.0 t\n", 1, "rank must be an integer and score a number"),
+    ("bad.trec", "q1 Q0 d1 1 2.0 t\nq1 Q0 d2 2 \u0661\u0665 t\n", 2, "rank must be an integer and score a number"),
+    ("bad.trec", "q1 Q0 d1 1_0 2.0 t\n", 1, "rank must be an integer and score a number"),
+    ("bad.msmarco", "q1\td1\t1_0\n", 1, "rank '1_0' is not a whole number"),
 ])
 def test_eval_refuses_a_bad_run_among_several_before_scoring_any(tmp_path, capsys, name, text, where, message):
     good = tmp_path / "good.trec"

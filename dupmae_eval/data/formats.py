@@ -27,6 +27,14 @@ Run = Dict[str, List[Tuple[str, float]]]
 """query id -> [(doc id, score), ...] in rank order"""
 
 
+class TrecRun(dict):
+    """A `Run` read from a TREC file, with the queries whose rank column runs against their scores
+    (`rank_conflicts`): trec_eval ranks by score and ignores the ranks, so such a run is scored in an order
+    its author did not write (a run of distances, where lower is better, is scored upside down)."""
+
+    rank_conflicts: frozenset = frozenset()
+
+
 @dataclass(frozen=True)
 class Passage:
     """One corpus record; `title` is empty where the collection has none (MS MARCO)."""
@@ -304,42 +312,65 @@ def judgments_digest(qrels: Qrels) -> str:
     return cache.settings_key({"judgments": qrels})
 
 
+def _plain(number: str) -> bool:
+    """Whether a number in a run file is written as C reads it whole (trec_eval reads scores with atof):
+    Python's float and int also take "1_5" (15, where atof stops at the "_": 1) and other scripts' digits
+    ("١٥"), which would rank a document differently from trec_eval without a sign; such a number is refused."""
+    return number.isascii() and "_" not in number
+
+
 def read_trec_run(path: str | Path) -> Run:
     """Read a TREC run (`qid Q0 docid rank score tag`), keeping the file's order per query.
 
     A score that is not a finite number (NaN and infinities: what an fp16 overflow produces) and
     a document listed twice for one query are refused with file:line: either would change the
-    metrics without any sign (trec_eval, too, refuses duplicate documents)."""
+    metrics without any sign (trec_eval, too, refuses duplicate documents). A query where one line
+    ranks a document better than the line before it and scores it strictly lower (or worse and
+    strictly higher) is noted in the result's `rank_conflicts` (`TrecRun`)."""
     path = Path(path)
-    run: Run = {}
-    seen: Dict[Tuple[str, str], int] = {}
+    run: Run = TrecRun()
+    last: Dict[str, Tuple[int, float]] = {}
+    conflicts = set()
+    seen: Dict[str, set] = {}        # per query, its documents so far (line numbers only looked up for a repeat)
     for number, line in numbered_lines(path):
         fields = line.split()
         if len(fields) != 6:
             raise InputFormatError(path, number, f"not TREC run format: expected 6 columns "
                                                  f"(qid Q0 docid rank score tag), found {len(fields)}")
         try:
-            int(fields[3])
+            if not (_plain(fields[3]) and _plain(fields[4])):
+                raise ValueError
+            rank = int(fields[3])
             score = float(fields[4])
         except ValueError:
             raise InputFormatError(path, number, "not TREC run format: rank must be an integer "
                                                  "and score a number") from None
+        before = last.get(fields[0])
+        if before is not None and (before[0] - rank) * (before[1] - score) > 0:
+            conflicts.add(fields[0])
+        last[fields[0]] = (rank, score)
         if not math.isfinite(score):
             raise InputFormatError(path, number, f"score {fields[4]!r} of document {fields[2]!r} for query "
                                                  f"{fields[0]!r} is not a finite number")
-        earlier = seen.setdefault((fields[0], fields[2]), number)
-        if earlier != number:
+        documents = seen.get(fields[0])
+        if documents is None:
+            documents = seen[fields[0]] = set()
+        elif fields[2] in documents:
+            earlier = next(line for line, text in numbered_lines(path) if text.split()[0:3:2] == fields[0:3:2])
             raise InputFormatError(path, number, f"document {fields[2]!r} is listed twice for query "
                                                  f"{fields[0]!r} (first at line {earlier})")
+        documents.add(fields[2])
         run.setdefault(fields[0], []).append((fields[2], score))
     if not run:
         raise InputFormatError(path, None, "run file is empty")
+    run.rank_conflicts = frozenset(conflicts)
     return run
 
 
 def ranked(hits: Sequence[Tuple[str, float]]) -> List[Tuple[str, float]]:
-    """Deterministic order: score descending, then doc id ascending, so equal runs are equal bytes."""
-    return sorted(hits, key=lambda hit: (-hit[1], hit[0]))
+    """The order trec_eval evaluates: score descending, then doc id descending (deterministic, so equal runs
+    are equal bytes, and a file's rank column is the rank each document is scored at)."""
+    return sorted(hits, key=lambda hit: (hit[1], hit[0]), reverse=True)
 
 
 SIDECAR_SUFFIX = ".meta.json"
@@ -600,7 +631,7 @@ def read_msmarco_run(path: str | Path) -> Run:
                                                  f"(qid docid rank), found {len(fields)}")
         qid, docid, rank_text = fields
         try:
-            rank = int(rank_text)
+            rank = int(rank_text) if _plain(rank_text) else 0
         except ValueError:
             rank = 0
         if rank < 1:

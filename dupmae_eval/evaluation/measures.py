@@ -1,8 +1,9 @@
 """Scores runs with ir-measures, the way `trec_eval -c` averages them.
 
 Measure names are ir-measures' own (`nDCG@10`, `RR@10`, `R@1000`, `AP(rel=2)`). Every
-judged query counts: a query in the qrels that the run lacks scores 0 for every measure
-(trec_eval's -c), so a run that silently drops queries cannot look better than it is.
+judged query counts: a query in the qrels that the run lacks scores what trec_eval -c gives it,
+the value of an empty ranking (0, except NumRel: its relevant documents, and NumQ: 1), so a run
+that silently drops queries cannot look better than it is.
 """
 
 from __future__ import annotations
@@ -26,17 +27,39 @@ class Evaluation:
 
 
 def parse_measures(names: Sequence[str]) -> list:
-    """Parse measure strings with ir-measures, turning its errors into one clear line."""
+    """Parse measure strings with ir-measures, turning its errors into one clear line. A measure is refused
+    here, before any run is read, unless ir-measures can compute it as written: its parameters valid (a
+    measure that needs one given it), a cutoff of at least 1 (pytrec_eval aborts the process on @0), an
+    IPrec recall level within [0, 1], and an evaluator installed that computes it (NumRel(rel=2) has none)."""
     import ir_measures
 
     measures = []
     for name in names:
         try:
-            measures.append(ir_measures.parse_measure(name))
+            measure = ir_measures.parse_measure(name)
+            _validated(measure)
         except (ValueError, NameError, SyntaxError, TypeError, AssertionError) as exc:
             raise DupMAEEvalError(f"unknown measure {name!r} (ir-measures says: {exc}); "
                                   f"examples: nDCG@10 RR@10 R@1000 AP(rel=2)") from None
+        cutoff = measure.params.get("cutoff")
+        if cutoff is not None and cutoff < 1:
+            raise DupMAEEvalError(f"measure {name!r}: the cutoff must be at least 1")
+        if measure.NAME == "IPrec" and not 0 <= measure.params["recall"] <= 1:
+            raise DupMAEEvalError(f"measure {name!r}: the recall level must lie within [0, 1]")
+        if measure.NAME != "IPrec" and not ir_measures.DefaultPipeline.supports(measure):
+            raise DupMAEEvalError(f"measure {name!r}: no evaluator of ir-measures installed here computes it "
+                                  f"with these parameters")
+        measures.append(measure)
     return measures
+
+
+def _validated(measure) -> None:
+    """ir-measures' own check of a measure's parameters; IPrec@0 and IPrec@1 pass, as trec_eval's recall
+    levels 0 and 1 (ir-measures wants a float there, and IPrec is computed here, not by ir-measures)."""
+    recall = measure.params.get("recall")
+    if measure.NAME == "IPrec" and isinstance(recall, int) and not isinstance(recall, bool):
+        measure = measure(recall=float(recall))
+    measure.validate_params()
 
 
 def evaluate(qrels: Qrels, run: Run, measure_names: Sequence[str]) -> Evaluation:
@@ -46,7 +69,7 @@ def evaluate(qrels: Qrels, run: Run, measure_names: Sequence[str]) -> Evaluation
     if not qrels:
         raise DupMAEEvalError("the qrels hold no judgments")
     measures = parse_measures(measure_names)
-    run_scores = {qid: {docid: score for docid, score in hits} for qid, hits in run.items()}
+    run_scores = {qid: _without_ties({docid: score for docid, score in hits}) for qid, hits in run.items()}
     found: Dict[str, Dict[str, float]] = {str(m): {} for m in measures}
     by_ir_measures = [m for m in measures if m.NAME != "IPrec"]
     if by_ir_measures:
@@ -55,7 +78,8 @@ def evaluate(qrels: Qrels, run: Run, measure_names: Sequence[str]) -> Evaluation
     for measure in measures:
         if measure.NAME == "IPrec":
             found[str(measure)] = _interpolated_precision(qrels, run_scores, measure)
-    per_query = {name: {qid: values.get(qid, 0.0) for qid in qrels} for name, values in found.items()}
+    per_query = {str(m): {qid: found[str(m)].get(qid, 0.0) if run_scores.get(qid) else
+                          _empty_ranking_value(m, qrels[qid]) for qid in qrels} for m in measures}
     aggregate = {}
     for measure in measures:
         aggregator = measure.aggregator()
@@ -63,6 +87,28 @@ def evaluate(qrels: Qrels, run: Run, measure_names: Sequence[str]) -> Evaluation
             aggregator.add(value)
         aggregate[str(measure)] = float(aggregator.result())
     return Evaluation(aggregate, per_query, len(qrels), len(set(run) & set(qrels)))
+
+
+def _empty_ranking_value(measure, judged: Mapping[str, int]) -> float:
+    """A judged query's value where the run has no hit for it. trec_eval -c scores such a query on an empty
+    ranking: 0 for every measure but num_rel, which counts the query's relevant documents from the judgments,
+    and num_q, which counts the query."""
+    if measure.NAME == "NumQ":
+        return 1.0
+    if measure.NAME == "NumRel":
+        level = measure.params.get("rel", 1)
+        return float(sum(1 for grade in judged.values() if grade >= level))
+    return 0.0
+
+
+def _without_ties(scores: Dict[str, float]) -> Dict[str, float]:
+    """One query's {doc id: score} rescored n, n-1, ..., 1 in the order trec_eval evaluates it (score descending,
+    ties by doc id descending). pytrec_eval ranks ties that way, but ir-measures' other evaluators (RR@k from its
+    MS MARCO code, Judged@k, Compat, ...) break them by doc id ascending, so on a run with tied scores `RR@10`
+    and `RR` would rank one query two ways. Every measure here depends on the order only, and with no ties
+    left every evaluator sees trec_eval's."""
+    order = sorted(scores, key=lambda docid: (scores[docid], docid), reverse=True)
+    return {docid: float(len(order) - position) for position, docid in enumerate(order)}
 
 
 def evaluate_checked(qrels: Qrels, run: Run, measure_names: Sequence[str], hint: str = "",
@@ -100,6 +146,11 @@ def check_coverage(qrels: Qrels, run: Run, measure_names: Sequence[str], hint: s
         missing = len(qrels) - shared
         warnings.append(f"run covers {shared} of {len(qrels)} judged queries; trec_eval -c scores the "
                         f"{missing} missing as 0")
+    conflicts = len(getattr(run, "rank_conflicts", ()))
+    if conflicts:
+        warnings.append(f"{conflicts} of {_queries(len(run))} list documents in a rank order their scores run "
+                        f"against (a better rank with a lower score); they are scored by score, as trec_eval "
+                        f"does, not by rank (are the scores distances, where lower is better?)")
     depth = max((len(hits) for hits in run.values()), default=0)
     deeper = [name for name, measure in zip(measure_names, parse_measures(measure_names))
               if (measure.params.get("cutoff") or 0) > depth]
@@ -120,16 +171,23 @@ def _interpolated_precision(qrels: Qrels, run: Mapping[str, Mapping[str, float]]
     trec_eval 10 turns the recall level into a number of relevant documents by rounding
     (lround(r * R)); version 9 added 0.9 and truncated, which moves the cut-off by one
     relevant document whenever r * R has a fractional part below 0.5. Ranking follows
-    trec_eval: score descending, ties by doc id descending.
+    trec_eval: score descending, ties by doc id descending. With `judged_only` (trec_eval's -J) the
+    unjudged documents leave the ranking first; a query left with no document scores 0 (trec_eval
+    divides by its zero documents and prints nan).
     """
     level = measure.params.get("rel", 1)
     recall = measure.params["recall"]
+    judged_only = measure.params.get("judged_only", False)
     values: Dict[str, float] = {}
     for qid, judged in qrels.items():
         scores = run.get(qid)
         if not scores:
             continue
         ranking = sorted(scores.items(), key=lambda item: (item[1], item[0]), reverse=True)
+        if judged_only:
+            ranking = [item for item in ranking if item[0] in judged]
+            if not ranking:
+                continue
         is_rel = [judged.get(docid, -1) >= level for docid, _ in ranking]
         num_rel = sum(1 for grade in judged.values() if grade >= level)
         cutoff = math.floor(recall * num_rel + 0.5)  # C's lround for non-negative values
