@@ -258,3 +258,23 @@ def test_eval_warns_when_a_cutoff_is_beyond_the_run_depth(tmp_path, capsys):
     assert captured.out.splitlines() == ["R@3\t0.6000", "R@1000\t0.6000"]
     err = captured.err.splitlines()
     assert len(err) == 1 and err[0].startswith("dupmae-eval: warning: R@1000: cutoff beyond the run's depth (3 ")
+
+
+def test_gdeval_measures_are_hand_worked_and_refused_for_ids_or_grades_it_misreads():
+    """ERR@k and nDCG(dcg='exp-log2')@k come from ir-measures' gdeval (TREC Web's gdeval.pl, grades up to 4).
+    By hand: query 1 has its tied pair in trec_eval's order (d2, unjudged-as-0, first; d1, grade 1, second):
+    ERR = (2^1 - 1) / 2^4 / 2 = 1/32, nDCG = (2^1 - 1) / log2(3) / 1; query 2 finds its grade-2 passage
+    second: ERR = 3/16 / 2. gdeval reads "PLAIN-1" as "1", so its value came back under another id and the
+    query counted as 0 without a word; such ids, and a grade above 4, are refused in one line."""
+    qrels = {"1": {"d1": 1, "d2": 0}, "2": {"d3": 2}}
+    run = {"1": [("d1", 1.0), ("d2", 1.0)], "2": [("d4", 3.0), ("d3", 2.0)]}
+    found = evaluate(qrels, run, ["ERR@10", "nDCG(dcg='exp-log2')@10"]).per_query
+    assert found["ERR@10"] == pytest.approx({"1": 1 / 32, "2": 3 / 32})
+    assert found["nDCG(dcg='exp-log2')@10"] == pytest.approx({"1": 1 / math.log2(3), "2": 3 / math.log2(3) / 3},
+                                                             abs=1e-5)         # gdeval prints 5 decimals
+    named = {f"PLAIN-{qid}": judged for qid, judged in qrels.items()}
+    with pytest.raises(DupMAEEvalError, match="ERR@10: computed by gdeval, which reads numeric query ids only; "
+                                              "query id 'PLAIN-1' is not one"):
+        evaluate(named, {f"PLAIN-{qid}": hits for qid, hits in run.items()}, ["nDCG@10", "ERR@10"])
+    with pytest.raises(DupMAEEvalError, match="takes grades up to 4; query '2' judges 'd3' 5"):
+        evaluate({**qrels, "2": {"d3": 5}}, run, ["ERR@10"])

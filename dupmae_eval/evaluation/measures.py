@@ -8,6 +8,7 @@ that silently drops queries cannot look better than it is.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Sequence
@@ -46,7 +47,7 @@ def parse_measures(names: Sequence[str]) -> list:
             raise DupMAEEvalError(f"measure {name!r}: the cutoff must be at least 1")
         if measure.NAME == "IPrec" and not 0 <= measure.params["recall"] <= 1:
             raise DupMAEEvalError(f"measure {name!r}: the recall level must lie within [0, 1]")
-        if measure.NAME != "IPrec" and not ir_measures.DefaultPipeline.supports(measure):
+        if measure.NAME != "IPrec" and not served_by(measure):
             raise DupMAEEvalError(f"measure {name!r}: no evaluator of ir-measures installed here computes it "
                                   f"with these parameters")
         measures.append(measure)
@@ -62,18 +63,59 @@ def _validated(measure) -> None:
     measure.validate_params()
 
 
+@functools.lru_cache(maxsize=None)
+def evaluators():
+    """ir-measures' own pipeline (each measure to the first installed evaluator that computes it: pytrec_eval
+    for trec_eval's measures), without ranx. ranx is reached only for a measure that no evaluator before it
+    computes; it ranks tied scores by an unstable sort, so its value on a run with ties is neither trec_eval's
+    nor certain to repeat, and importing it compiles numba functions (about 2 s here) in every process that
+    asks whether some measure is computable. Such a measure is refused instead (`parse_measures`)."""
+    from ir_measures import providers
+
+    return providers.FallbackProvider([provider for name, provider in providers.registry.items() if name != "ranx"])
+
+
+def served_by(measure) -> str:
+    """The name of the evaluator `evaluators()` computes `measure` with ("" where none installed does): the
+    first one installed that supports it, as ir-measures picks."""
+    return next((provider.NAME for provider in evaluators().providers
+                 if provider.is_available() and provider.supports(measure)), "")
+
+
+GDEVAL_MAX_GRADE = 4
+
+
+def _check_gdeval_input(qrels: Qrels, run: Run, names: Sequence[str]) -> None:
+    """Refuse judgments or a run that ir-measures' gdeval (TREC Web's gdeval.pl, which computes ERR@k and
+    nDCG(dcg='exp-log2')@k) would misread. It keeps only the digits after a query id's last "-" ("PLAIN-2" is
+    read as "2"), so its value for such a query comes back under another id and the query would count as 0
+    without a word; it refuses other ids and grades above 4 with a Perl error instead of a line."""
+    measures = ", ".join(names)
+    for qid in (*qrels, *run):
+        if not (qid.isascii() and qid.isdigit()):
+            raise DupMAEEvalError(f"{measures}: computed by gdeval, which reads numeric query ids only; query "
+                                  f"id {qid!r} is not one, so its value would be lost (score it with other "
+                                  f"measures)")
+    for qid, judged in qrels.items():
+        for docid, grade in judged.items():
+            if grade > GDEVAL_MAX_GRADE:
+                raise DupMAEEvalError(f"{measures}: computed by gdeval, which takes grades up to "
+                                      f"{GDEVAL_MAX_GRADE}; query {qid!r} judges {docid!r} {grade}")
+
+
 def evaluate(qrels: Qrels, run: Run, measure_names: Sequence[str]) -> Evaluation:
     """Evaluate `run` against `qrels` on `measure_names`, trec_eval -c style."""
-    import ir_measures
-
     if not qrels:
         raise DupMAEEvalError("the qrels hold no judgments")
     measures = parse_measures(measure_names)
     run_scores = {qid: _without_ties({docid: score for docid, score in hits}) for qid, hits in run.items()}
     found: Dict[str, Dict[str, float]] = {str(m): {} for m in measures}
     by_ir_measures = [m for m in measures if m.NAME != "IPrec"]
+    by_gdeval = [str(m) for m in by_ir_measures if served_by(m) == "gdeval"]
+    if by_gdeval:
+        _check_gdeval_input(qrels, run, by_gdeval)
     if by_ir_measures:
-        for metric in ir_measures.iter_calc(by_ir_measures, qrels, run_scores):
+        for metric in evaluators().iter_calc(by_ir_measures, qrels, run_scores):
             found[str(metric.measure)][metric.query_id] = float(metric.value)
     for measure in measures:
         if measure.NAME == "IPrec":
