@@ -562,3 +562,21 @@ def test_a_fused_runs_command_makes_the_same_run_again(tmp_path, flags):
     info = RunInfo(fused, record, meta, [command])
     assert _provenance_value("retrieval", info).startswith(f"fuse: method={flags[1]}")
     assert "not recorded" not in _provenance_value("model", info)
+
+
+@pytest.mark.parametrize("run_format", ["msmarco", "json", "trec"])
+def test_a_runs_command_writes_the_format_the_run_was_written_in(tmp_path, run_format):
+    """A run written with --run-format msmarco or json is made again in that format, not as TREC."""
+    from dupmae_eval.evaluation.report import reproducing_commands
+    from dupmae_eval.evaluation.results import MetricsRecord
+
+    record = MetricsRecord(suite="", condition="c", dataset="scifact", split="test", key="scifact",
+                           unit="scifact", run="r", aggregate={})
+    bm25 = {"condition": "c", "dataset": "scifact", "split": "test", "run_format": run_format,
+            "retrieval": {"kind": "bm25", "fields": "flat", "k1": 0.9, "b": 0.4, "hits": 1000}}
+    model = {**bm25, "model": {"source": "package:cognition/model"}, "encoder": {"kind": "splade"},
+             "retrieval": {"mode": "impact", "hits": 1000}}
+    parser = build_parser()
+    for meta in (bm25, model):
+        (command,) = reproducing_commands(record, tmp_path / "r", meta)
+        assert parser.parse_args(shlex.split(command)[1:]).run_format == run_format

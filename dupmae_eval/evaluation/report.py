@@ -316,7 +316,8 @@ def _direct_command(meta: dict, run_path: Path) -> Optional[str]:
     retrieval = meta.get("retrieval") or {}
     common = ["--dataset", _dataset_argument(meta), "--split", str(meta.get("split", ""))]
     tail = (["--keep-query-hit"] if retrieval.get("remove_query_hit") is False else []) + \
-        ["--tag", str(meta.get("condition", "")), "--output", str(run_path)]
+        ["--tag", str(meta.get("condition", "")), "--output", str(run_path)] + \
+        (["--run-format", str(meta["run_format"])] if meta.get("run_format") not in (None, "trec") else [])
     if retrieval.get("kind") == "bm25":
         return _join(["dupmae-eval", "bm25", *common, "--fields", str(retrieval.get("fields", "flat")),
                       "--k1", _number(retrieval.get("k1", 0.9)), "--b", _number(retrieval.get("b", 0.4)),
