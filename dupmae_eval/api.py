@@ -145,10 +145,16 @@ def run(dataset: str, model: str, *, encoder: str = "dupmae", retrieval: str = "
 def load_run(path: Union[str, Path]) -> Run:
     """A run that `bm25`, `run` or `reproduce` wrote (its `.meta.json` sidecar says which dataset and split
     judge it; refused when the corpus has changed since)."""
-    from dupmae_eval.data.formats import read_run
+    from dupmae_eval.data.formats import SIDECAR_SUFFIX, read_run
     from dupmae_eval.evaluation.results import run_sidecar
 
     path = Path(path)
+    if not path.is_file():
+        raise DupMAEEvalError(f"{path}: no such file")
+    if not Path(f"{path}{SIDECAR_SUFFIX}").is_file():
+        raise DupMAEEvalError(f"{path}: no {path.name}{SIDECAR_SUFFIX} beside it to say which dataset judges it; "
+                              f"score it with evaluate({str(path)!r}, qrels=JUDGMENTS) (a judgments file or a "
+                              f"registry name)")
     meta, data = run_sidecar(path)
     return Run(meta["condition"], data, meta["split"], read_run(path, meta.get("run_format")), meta, path)
 

@@ -103,3 +103,21 @@ def test_one_measure_may_be_given_as_a_string_wherever_measures_are_taken(tmp_pa
                   dupmae_eval.evaluate(path, "scifact", split="test", measures="nDCG@10")):
         assert list(frame.columns) == ["nDCG@10"] and frame.values.tolist() == [[1.0]]
     assert list(dupmae_eval.table([run], measures="nDCG@10").columns) == [("nDCG@10", "all-judged-first")]
+
+
+def test_a_missing_run_or_sidecar_is_refused_in_the_apis_own_terms(tmp_path):
+    """load_run and evaluate name a missing file as such, and for a run without a sidecar point to
+    evaluate's `qrels=` (not the command line's --qrels, which no Python function takes)."""
+    missing = tmp_path / "nothing.trec"
+    for call in (dupmae_eval.load_run, dupmae_eval.evaluate):
+        with pytest.raises(DupMAEEvalError, match=r"nothing\.trec: no such file$"):
+            call(missing)
+    bare = tmp_path / "bare.trec"
+    bare.write_text("1 Q0 4983 1 1.0 x\n")
+    for call in (dupmae_eval.load_run, dupmae_eval.evaluate):
+        with pytest.raises(DupMAEEvalError, match=r"no bare\.trec\.meta\.json beside it") as caught:
+            call(bare)
+        assert "qrels=" in str(caught.value) and "--qrels" not in str(caught.value)
+    with pytest.warns(UserWarning, match="covers 1 of 300"):          # what the message suggests works
+        frame = dupmae_eval.evaluate(bare, "scifact", measures="P@1")
+    assert list(frame.columns) == ["P@1"]
