@@ -163,7 +163,8 @@ def evaluate(run_or_path: Union[Run, str, Path], qrels: Union[str, Path, None] =
              split: Optional[str] = None, measures: Union[str, Sequence[str], None] = None,
              per_query: bool = False) -> "pandas.DataFrame":
     """Score a run (a `Run`, or a run file: TREC, MS MARCO or JSON) as `dupmae-eval eval` does. Without `qrels`, the run's own
-    dataset judges it; `qrels` is a judgments file or a registry name (its shipped judgments, `split`)."""
+    dataset judges it; `qrels` is a judgments file, a registry name (its shipped judgments, `split`) or a dataset
+    folder (its `split`'s judgments)."""
     from dupmae_eval.data.formats import read_qrels, read_run
     from dupmae_eval.data.datasets import BEIR_MEASURES, shipped_judgments
     from dupmae_eval.evaluation.measures import check_coverage, evaluate as score

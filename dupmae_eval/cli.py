@@ -196,16 +196,16 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("eval", help="score runs with ir-measures (trec_eval -c semantics)",
                        description="Print MEASURE<TAB>VALUE per measure (RUN<TAB>MEASURE<TAB>VALUE for several "
-                                   "runs). QRELS is a file (TREC or BEIR TSV) or a registry dataset name (its "
-                                   "shipped judgments). Runs are TREC, MS MARCO or JSON files (told apart by "
-                                   "their content, or --run-format).")
-    p.add_argument("qrels", help="qrels file, or a registry dataset name")
+                                   "runs). QRELS is a file (TREC or BEIR TSV), a registry dataset name (its "
+                                   "shipped judgments) or a dataset folder (its split's judgments). Runs are "
+                                   "TREC, MS MARCO or JSON files (told apart by their content, or --run-format).")
+    p.add_argument("qrels", help="qrels file, registry dataset name, or dataset folder")
     p.add_argument("run", type=Path, help="run file (TREC, MS MARCO or JSON)")
     p.add_argument("more", nargs="*", metavar="RUN|MEASURE",
                    help="more run files (existing files), then ir-measures names, e.g. nDCG@10 RR@10 R@1000 "
                         "'AP(rel=2)' (default: the dataset's, or nDCG@10 R@100 R@1000)")
     p.add_argument("--split", default=None, metavar="SPLIT",
-                   help="split of a registry dataset's judgments (default: the dataset's)")
+                   help="split of a registry dataset's or folder's judgments (default: the dataset's)")
     p.add_argument("--run-format", choices=("auto",) + RUN_FORMATS, default="auto",
                    help="format of every run (default auto: told from each file's content)")
     p.add_argument("--per-query", action="store_true", help="also print MEASURE<TAB>QID<TAB>VALUE lines")
@@ -744,6 +744,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
             info = REGISTRY.get(args.qrels)     # an irds: name keeps its split in the name
             split = info.default_split if info else None
+            if info is None and not args.qrels.startswith("irds:"):       # a dataset folder, or a mapped name
+                from dupmae_eval.data.datasets import resolve
+
+                split = resolve(args.qrels, download=False).default_split
         report = {"qrels": args.qrels, "split": split, "measures": measures, "runs": [
             {"run": str(path), "queries": evaluation.run_queries, "judged_queries": evaluation.judged_queries,
              "values": named_values(evaluation, measures),

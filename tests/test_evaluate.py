@@ -171,3 +171,21 @@ def test_eval_warns_when_a_cutoff_is_beyond_the_run_depth(tmp_path, capsys):
     assert captured.out.splitlines() == ["R@3\t0.6000", "R@1000\t0.6000"]
     err = captured.err.splitlines()
     assert len(err) == 1 and err[0].startswith("dupmae-eval: warning: R@1000: cutoff beyond the run's depth (3 ")
+
+
+def test_eval_takes_a_dataset_folder_or_a_mapped_name_for_its_judgments(tmp_path, capsys, monkeypatch):
+    """A BEIR folder (Vaswani, not in the registry) as QRELS: its test judgments and BEIR's measures, as
+    `bm25 --eval` scores it; a name DUPMAE_EVAL_DATA maps to the folder alike."""
+    folder = TEST_DATA / "vaswani"
+    qrels = read_qrels(folder / "qrels" / "test.tsv")
+    run_path = tmp_path / "perfect.trec"          # every judged document first: a perfect run
+    run_path.write_text("".join(f"{qid} Q0 {doc} 1 1.0 x\n" for qid, docs in qrels.items() for doc in docs))
+    assert main(["eval", str(folder), str(run_path)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["nDCG@10\t1.0000", "R@100\t1.0000", "R@1000\t1.0000"]
+    monkeypatch.setenv("DUPMAE_EVAL_DATA", f"vaswani={folder}")
+    assert main(["eval", "vaswani", str(run_path), "P@1", "--json"]) == 0
+    assert '"split": "test"' in capsys.readouterr().out
+    assert main(["eval", str(folder), str(run_path), "--split", "train"]) == 2
+    assert "no judgments for split 'train'" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nothing"), str(run_path)]) == 2
+    assert "neither a qrels file, a dataset folder nor a registry dataset name" in capsys.readouterr().err
