@@ -973,6 +973,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DupMAEEvalError as exc:
         print(f"dupmae-eval: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:             # the reader of standard output stopped (`| head`): nothing went wrong here
+        if argv is None:                # the command line: the interpreter's last flush must not fail again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 141                      # 128 + SIGPIPE, as a shell reports a command its pipe ended
     except OSError as exc:              # the machine's, not the input's: a full disk, a file-size limit, rights
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"dupmae-eval: error: {where}{exc.strerror or exc} (nothing half-written was kept; free the space "
