@@ -41,6 +41,11 @@ class Run:
     metadata: dict = field(default_factory=dict, repr=False)
     path: Optional[Path] = None
 
+    def __repr__(self) -> str:
+        dataset = self.metadata.get("dataset") or getattr(self.dataset, "name", None)
+        return (f"Run(name={self.name!r}, dataset={dataset!r}, split={self.split!r}, queries={len(self.hits)}, "
+                f"path={self.path!r})")
+
     def evaluate(self, measures: Union[str, Sequence[str], None] = None, per_query: bool = False) -> "pandas.DataFrame":
         """Scores against the dataset's judgments for this split (trec_eval -c: every judged query counts),
         with the dataset's measures unless `measures` names others (ir-measures' names). One row named after

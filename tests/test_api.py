@@ -121,3 +121,16 @@ def test_a_missing_run_or_sidecar_is_refused_in_the_apis_own_terms(tmp_path):
     with pytest.warns(UserWarning, match="covers 1 of 300"):          # what the message suggests works
         frame = dupmae_eval.evaluate(bare, "scifact", measures="P@1")
     assert list(frame.columns) == ["P@1"]
+
+
+def test_a_runs_repr_names_its_dataset_and_how_many_queries_it_answers(tmp_path):
+    """What a notebook shows for a Run: its name, dataset, split, query count and file."""
+    from dupmae_eval.data.datasets import resolve
+
+    data = resolve("scifact", download=False)
+    hits = {"1": [("4983", 1.0)], "3": [("4983", 1.0), ("5836", 0.5)]}
+    run = dupmae_eval.Run("mine", data, "test", hits, {"dataset": "scifact", "split": "test", "condition": "mine"})
+    assert repr(run) == "Run(name='mine', dataset='scifact', split='test', queries=2, path=None)"
+    path = run.save(tmp_path / "mine.trec")
+    assert repr(dupmae_eval.load_run(path)) == \
+        f"Run(name='mine', dataset='scifact', split='test', queries=2, path={path!r})"
