@@ -212,7 +212,7 @@ def table(runs: Sequence[Union[Run, str, Path]], *, measures: Union[str, Sequenc
         raise DupMAEEvalError(f"format={format!r} is binary; use the command line's --output for it")
     records = [item._record(measures) for item in runs if isinstance(item, Run)]
     paths = [Path(item) for item in runs if not isinstance(item, Run)]
-    records += read_metrics(paths) if paths else []
+    records += read_metrics(paths, measures=measures) if paths else []
     _refuse_duplicates(records)
     chosen = None
     if suite:

@@ -457,3 +457,33 @@ def test_results_of_one_row_from_different_corpora_are_refused_naming_both(tmp_p
     with pytest.raises(DupMAEEvalError, match="x.trec and y.trec: results for tiny made from different corpora"):
         build_table([record("x", "1" * 64), record("y", "2" * 64)])
     assert build_table([record("x", "1" * 64), record("y", "")]).values == {("tiny", "x"): 0.5, ("tiny", "y"): 0.5}
+
+
+def test_runs_with_sidecars_are_tabled_with_any_measure_asked_for(tmp_path, capsys):
+    """A bm25/run output holds a run, not scores: `table --measure RR@10` scores it with RR@10 (as `eval`
+    would) instead of refusing a measure outside the dataset's own; `report --measures` alike. RR@10 worked
+    by hand: each query's first relevant passage at rank 1, 2 or 3 in turn."""
+    import csv
+    import json
+
+    from dupmae_eval.data.datasets import BUNDLED_DATA, resolve
+
+    root = BUNDLED_DATA / "scifact"
+    qrels = resolve(str(root), download=False).qrels("test")
+    lines, ranks = [], []
+    for index, qid in enumerate(sorted(qrels)):
+        rank = 1 + index % 3
+        ranked = [f"filler{n}" for n in range(rank - 1)] + [next(d for d, r in qrels[qid].items() if r > 0)]
+        lines += [f"{qid} Q0 {doc} {n + 1} {10.0 - n} mine\n" for n, doc in enumerate(ranked)]
+        ranks.append(rank)
+    run = tmp_path / "mine.trec"
+    run.write_text("".join(lines))
+    (tmp_path / "mine.trec.meta.json").write_text(json.dumps({"dataset": "scifact", "split": "test",
+                                                              "dataset_root": str(root), "condition": "mine"}))
+    expected = sum(1 / rank for rank in ranks) / len(ranks)
+    assert main(["table", str(run), "--measure", "RR@10", "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(row["measure"], row["dataset"], round(float(row["value"]), 12)) for row in rows] == \
+        [("RR@10", "scifact", round(expected, 12)), ("RR@10", "average", round(expected, 12))]
+    assert main(["report", str(run), "--measures", "RR@10", "--output", str(tmp_path / "r.html")]) == 0
+    assert f"{expected:.4f}" in (tmp_path / "r.html").read_text()
