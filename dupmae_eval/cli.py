@@ -123,6 +123,9 @@ def _add_table(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--measure", action="append", default=None, metavar="MEASURE",
                    help="measure to tabulate, an ir-measures name; repeat it or give a comma list for several side "
                         "by side: --measure nDCG@10 --measure R@100, --measure nDCG@10,R@100 (default: nDCG@10)")
+    p.add_argument("--measures", nargs="+", default=None, metavar="MEASURE", dest="measure_list",
+                   help="several measures after one flag, as report takes them: --measures nDCG@10 R@100 (default: "
+                        "none; --measure's)")
     p.add_argument("--qrels", type=Path, default=None, metavar="FILE",
                    help="judgments for run files given without a .meta.json sidecar (another tool's TREC, MS MARCO "
                         "or JSON runs): each is scored against them, its file name the condition (default: none; "
@@ -631,7 +634,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
     from dupmae_eval.shipped import suite_path
 
     # every flag checked before any file is read
-    measures = _table_measures(args.measure or ["nDCG@10"])
+    measures = _table_measures([*(args.measure or []), *(args.measure_list or [])] or ["nDCG@10"])
     parse_measures(measures)
     statistics = _statistics_flags(args)
     if not TABLE_FORMATS[args.format].several_measures and len(measures) > 1:

@@ -166,6 +166,9 @@ def test_ndcg_and_recall_side_by_side_each_delta_beside_its_value(results, capsy
     # the legend says what each condition is, from the suite's own keys
     assert ("Conditions: zeta-bm25: BM25 flat (k1 0.9, b 0.4); alpha-dense: BM25 multifield (k1 0.9, b 0.4); "
             "mid-sparse: BM25 flat (k1 1.2, b 0.75).") in text
+    # report's spelling, several measures after one flag, gives the same table
+    assert _table(capsys, folder, "--suite", suite, "--baseline", "zeta-bm25", "--measures", "nDCG@10",
+                  "R@100") == text
 
 
 def test_conditions_and_rows_follow_the_suite_and_the_paper_not_the_alphabet(results, capsys):
