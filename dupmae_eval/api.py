@@ -254,8 +254,16 @@ def finetune(model: str, dataset: str, output: Union[str, Path], *, recipe: Opti
     again with the same arguments). `recipe`: a shipped recipe name or a YAML file; `settings`: its fields by
     name (max_steps=20, encoder="dupmae", ...), which win over the recipe's."""
     from dupmae_eval.training.finetune import finetune as train
-    from dupmae_eval.training.settings import load_recipe, make_settings
+    from dupmae_eval.training.settings import FIELDS, load_recipe, make_settings
 
+    unknown = sorted(set(settings) - set(FIELDS))
+    if unknown:                          # a misspelt setting would otherwise be dropped and training start
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], list(FIELDS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DupMAEEvalError(f"finetune(): unknown setting {unknown[0]!r}{hint}; the settings are "
+                              f"{', '.join(FIELDS)}")
     chosen = make_settings(load_recipe(recipe) if recipe else {}, **settings)
     return Path(train(model, dataset, Path(output), chosen))
 

@@ -134,3 +134,13 @@ def test_a_runs_repr_names_its_dataset_and_how_many_queries_it_answers(tmp_path)
     path = run.save(tmp_path / "mine.trec")
     assert repr(dupmae_eval.load_run(path)) == \
         f"Run(name='mine', dataset='scifact', split='test', queries=2, path={path!r})"
+
+
+def test_finetune_refuses_a_misspelt_setting_before_any_work(tmp_path):
+    """finetune(**settings) with a name that is no setting is refused, naming the nearest one, before anything
+    is read, mined or written (it used to be dropped, and training began with the default)."""
+    output = tmp_path / "out"
+    with pytest.raises(DupMAEEvalError, match=r"^finetune\(\): unknown setting 'max_step' \(did you mean "
+                                              r"'max_steps'\?\)"):
+        dupmae_eval.finetune("package:cognition/model", "scifact", output, max_step=20)
+    assert not output.exists()
