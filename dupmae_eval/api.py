@@ -238,9 +238,19 @@ def encoders(model: str, *, kind: str = "dupmae", half: str = "dense", device: O
              precision: Optional[str] = None, **settings):
     """Pyserini-compatible encoders of one model, loaded once: (query encoder, document encoder). The query
     encoder's `half` (dense or sparse) is what a FaissSearcher or LuceneImpactSearcher wants from it."""
+    import dataclasses
+
     from dupmae_eval.encoding.checkpoint import load_model
     from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, DupMAEQueryEncoder, EncoderSettings
+    from dupmae_eval.options import OPTIONS, translate
 
+    named = [key for key, option in OPTIONS.items() if option.encoder]         # run()'s names: topk=260, ...
+    fields = {field.name for field in dataclasses.fields(EncoderSettings)} - {"kind"}   # and doc_topk=260, ...
+    unknown = sorted(set(settings) - set(named) - fields)
+    if unknown:
+        raise DupMAEEvalError(f"encoders(): unknown setting {unknown[0]!r}; the settings are {', '.join(named)}")
+    translated, _ = translate({key: value for key, value in settings.items() if key in named})
+    settings = {**{key: value for key, value in settings.items() if key not in named}, **translated}
     encoder_settings = EncoderSettings.for_kind(kind, **settings)
     loaded = load_model(model, need_mlm_head=encoder_settings.has_sparse, lengths=encoder_settings.lengths())
     encoder_settings = EncoderSettings.for_checkpoint(kind, loaded.folder, **settings)

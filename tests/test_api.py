@@ -144,3 +144,18 @@ def test_finetune_refuses_a_misspelt_setting_before_any_work(tmp_path):
                                               r"'max_steps'\?\)"):
         dupmae_eval.finetune("package:cognition/model", "scifact", output, max_step=20)
     assert not output.exists()
+
+
+def test_encoders_take_runs_setting_names_and_refuse_unknown_ones():
+    """encoders(**settings) reads the names run() takes (topk=260, exclude_sep=True) as run() reads them, and
+    refuses a name that is no encoder setting in one line (it raised a TypeError from a dataclass)."""
+    from dupmae_eval.encoding.encoders import EncoderSettings
+
+    _, as_run_names = dupmae_eval.encoders("package:cognition/model", kind="dupmae", topk=260, exclude_sep=True)
+    assert (as_run_names.settings.doc_topk, as_run_names.settings.include_sep) == (260, False)
+    assert as_run_names.settings == EncoderSettings.for_kind("dupmae", doc_topk=260, include_sep=False)
+    with pytest.raises(DupMAEEvalError, match=r"^encoders\(\): unknown setting 'top_k'; the settings are "
+                                              r"activation, topk, "):
+        dupmae_eval.encoders("package:cognition/model", kind="dupmae", top_k=260)
+    with pytest.raises(DupMAEEvalError, match=r"^topk: 0 is not"):
+        dupmae_eval.encoders("package:cognition/model", kind="dupmae", topk=0)
