@@ -733,6 +733,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     runs = [read_run(path, args.run_format) for path in paths]     # every run read before any is scored
     measures = measures or list(default_measures)
     several = len(paths) > 1
+    for path, run in zip(paths, runs):
+        disagreement = None if set(qrels) <= set(run) else _sidecar_disagrees(path, args.qrels, args.split)
+        if disagreement:           # a run answering every judged query is one of them (a sample's, a mirror's)
+            print(f"dupmae-eval: warning: {disagreement}", file=sys.stderr, flush=True)
     hints = [_other_splits(args.qrels, args.split, run) for run in runs]
     for run, hint in zip(runs, hints):         # a run sharing no query is refused before any is scored
         check_coverage(qrels, run, measures, hint)
@@ -790,6 +794,36 @@ def _load_qrels(name_or_path: str, split: Optional[str]):
     if path.is_file():
         return read_qrels(path), BEIR_MEASURES
     return shipped_judgments(name_or_path, split)
+
+
+def _sidecar_disagrees(path: Path, qrels: str, split: Optional[str]) -> Optional[str]:
+    """For a run whose sidecar names another dataset or split than the judgments `eval` was given (by name or
+    folder), and which leaves judged queries out: what to warn. Query ids such as 1, 2, 3 recur across
+    collections, so such a run is often not refused for sharing no query, and its low score would otherwise
+    read as a result."""
+    import json
+
+    from dupmae_eval.data.datasets import REGISTRY, resolve
+
+    if Path(qrels).is_file():
+        return None                              # a judgments file names no dataset to compare with
+    try:
+        meta = json.loads(Path(f"{path}.meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("dataset"), str) or not meta.get("split"):
+        return None                              # no sidecar, or one of a topics file's run
+    if qrels.startswith("irds:"):
+        name, used = qrels, None                 # an ir_datasets id is its own split
+    elif qrels in REGISTRY:
+        name, used = qrels, split or REGISTRY[qrels].default_split
+    else:
+        data = resolve(qrels, download=False)
+        name, used = data.name, split or data.default_split
+    if meta["dataset"] == name and (used is None or meta["split"] == used):
+        return None
+    return (f"{path}: its sidecar says it is a run of {meta['dataset']} (split {meta['split']}); it is scored "
+            f"here against {name}" + (f" (split {used})" if used else ""))
 
 
 def _other_splits(name: str, split: Optional[str], run) -> str:

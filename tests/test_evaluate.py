@@ -189,3 +189,26 @@ def test_eval_takes_a_dataset_folder_or_a_mapped_name_for_its_judgments(tmp_path
     assert "no judgments for split 'train'" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "nothing"), str(run_path)]) == 2
     assert "neither a qrels file, a dataset folder nor a registry dataset name" in capsys.readouterr().err
+
+
+def test_eval_warns_when_the_runs_sidecar_names_another_dataset(tmp_path, capsys):
+    """A Vaswani run (query ids 1, 2, 3, ... as SciFact's) scored against SciFact's judgments shares some
+    query ids, so it is not refused; its sidecar says what it is a run of, and eval says so. A run of the
+    dataset it is scored against gets no such warning."""
+    import json
+
+    run = tmp_path / "vaswani.trec"
+    run.write_text("".join(f"{qid} Q0 {qid}0 1 1.0 x\n" for qid in range(1, 94)))
+    (tmp_path / "vaswani.trec.meta.json").write_text(json.dumps({"dataset": "vaswani", "split": "test",
+                                                                 "condition": "x"}))
+    assert main(["eval", "scifact", str(run), "P@1"]) == 0
+    err = capsys.readouterr().err
+    assert (f"warning: {run}: its sidecar says it is a run of vaswani (split test); it is scored here against "
+            f"scifact (split test)") in err
+    assert main(["eval", str(TEST_DATA / "vaswani"), str(run), "P@1"]) == 0
+    assert "sidecar" not in capsys.readouterr().err
+    # a run of a copy or sample under another name that answers every judged query is not warned about
+    (tmp_path / "vaswani.trec.meta.json").write_text(json.dumps({"dataset": "vaswani-sample", "split": "test",
+                                                                 "condition": "x"}))
+    assert main(["eval", str(TEST_DATA / "vaswani"), str(run), "P@1"]) == 0
+    assert "sidecar" not in capsys.readouterr().err
