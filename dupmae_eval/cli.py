@@ -702,6 +702,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_measure(text: str) -> bool:
+    from dupmae_eval.evaluation.measures import parse_measures
+
+    try:
+        parse_measures([text])
+    except DupMAEEvalError:
+        return False
+    return True
+
+
 def _runs_and_measures(first: Path, more: Sequence[str]) -> tuple:
     """`eval QRELS RUN [RUN ...] [MEASURE ...]`: the leading existing files are runs, the rest measures."""
     from dupmae_eval.evaluation.measures import parse_measures
@@ -728,6 +738,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from dupmae_eval.data.formats import read_run
     from dupmae_eval.evaluation.measures import check_coverage, evaluate_checked, format_lines, per_query_lines
 
+    if not args.run.is_file() and _is_measure(str(args.run)):
+        raise DupMAEEvalError(f"{args.run}: a measure where a run file belongs; give the runs first, then the "
+                              f"measures (eval QRELS RUN [RUN ...] [MEASURE ...])")
     paths, measures = _runs_and_measures(args.run, args.more)
     qrels, default_measures = _load_qrels(args.qrels, args.split)
     runs = [read_run(path, args.run_format) for path in paths]     # every run read before any is scored

@@ -212,3 +212,16 @@ def test_eval_warns_when_the_runs_sidecar_names_another_dataset(tmp_path, capsys
                                                                  "condition": "x"}))
     assert main(["eval", str(TEST_DATA / "vaswani"), str(run), "P@1"]) == 0
     assert "sidecar" not in capsys.readouterr().err
+
+
+def test_eval_says_when_its_arguments_come_in_the_wrong_order(capsys):
+    """The run given where the judgments belong, or a measure where the run belongs: the one line says which
+    way round they go."""
+    qrels, run = TEST_DATA / "trec_eval" / "qrels.test", TEST_DATA / "trec_eval" / "results.test"
+    assert main(["eval", str(run), str(qrels)]) == 2
+    assert "found 6 (a TREC run's 6 columns: are the judgments and the run the other way round?)" in \
+        capsys.readouterr().err
+    assert main(["eval", str(qrels), "P@10", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == ("dupmae-eval: error: P@10: a measure where a run file belongs; give "
+                                               "the runs first, then the measures (eval QRELS RUN [RUN ...] "
+                                               "[MEASURE ...])")
