@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -225,3 +226,13 @@ def test_eval_says_when_its_arguments_come_in_the_wrong_order(capsys):
     assert capsys.readouterr().err.strip() == ("dupmae-eval: error: P@10: a measure where a run file belongs; give "
                                                "the runs first, then the measures (eval QRELS RUN [RUN ...] "
                                                "[MEASURE ...])")
+
+
+@pytest.mark.parametrize("given, meant", [("ndcg@10", "nDCG@10"), ("rr@10", "RR@10"), ("ap(rel=2)", "AP(rel=2)")])
+def test_a_measure_in_the_wrong_case_is_refused_naming_its_spelling(given, meant):
+    with pytest.raises(DupMAEEvalError, match=rf"unknown measure '{re.escape(given)}' .*did you mean "
+                                              rf"'{re.escape(meant)}'\?"):
+        evaluate({"q": {"d": 1}}, {"q": [("d", 1.0)]}, [given])
+    with pytest.raises(DupMAEEvalError) as caught:
+        evaluate({"q": {"d": 1}}, {"q": [("d", 1.0)]}, ["foo@3"])
+    assert "did you mean" not in str(caught.value)
