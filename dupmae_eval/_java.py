@@ -38,10 +38,16 @@ def anserini_version() -> str:
     return _anserini_jar().name.removeprefix("anserini-").removesuffix("-fatjar.jar")
 
 
-JVM_OPTIONS = ("-Xrs",)
+JVM_OPTIONS = ("-Xrs", "-Dslf4j.internal.verbosity=WARN")
 """-Xrs: the JVM leaves SIGINT and SIGTERM to Python, so Ctrl-C and `kill` reach the toolkit's own handlers
 (one line, exit 130 or 143, scratch folders removed) instead of the JVM ending the process without a word.
+slf4j.internal.verbosity=WARN: no "SLF4J(I): Connected with provider ..." line on the first index.
 A JVM crash report goes to the system's temporary folder (-XX:ErrorFile), never into the working folder."""
+
+_QUIET_LOGGERS = ("org.apache.lucene.store.MemorySegmentIndexInputProvider",)
+"""java.util.logging loggers held at WARNING: Lucene's note, at INFO and dated, that it maps index files with
+Java 21's memory segments ("to disable start with -D..."), which reads like a problem to act on and is none."""
+_quiet: list = []                      # the Logger objects: java.util.logging holds loggers weakly
 
 
 def call_interruptibly(function, *arguments):
@@ -99,4 +105,15 @@ def start_jvm() -> None:
                                      f"-XX:ErrorFile={Path(tempfile.gettempdir()) / 'dupmae-eval-jvm-crash-%p.log'}")
             jnius_config.add_classpath(str(_anserini_jar()))
             import jnius  # noqa: F401  (importing jnius creates the JVM)
+        _quieten_loggers()
         _started = True
+
+
+def _quieten_loggers() -> None:
+    from jnius import autoclass
+
+    logger, level = autoclass("java.util.logging.Logger"), autoclass("java.util.logging.Level")
+    for name in _QUIET_LOGGERS:
+        quiet = logger.getLogger(name)
+        quiet.setLevel(level.WARNING)
+        _quiet.append(quiet)

@@ -41,6 +41,11 @@ class Run:
     metadata: dict = field(default_factory=dict, repr=False)
     path: Optional[Path] = None
 
+    def __repr__(self) -> str:
+        dataset = self.metadata.get("dataset") or getattr(self.dataset, "name", None)
+        return (f"Run(name={self.name!r}, dataset={dataset!r}, split={self.split!r}, queries={len(self.hits)}, "
+                f"path={self.path!r})")
+
     def evaluate(self, measures: Union[str, Sequence[str], None] = None, per_query: bool = False) -> "pandas.DataFrame":
         """Scores against the dataset's judgments for this split (trec_eval -c: every judged query counts),
         with the dataset's measures unless `measures` names others (ir-measures' names). One row named after
@@ -147,10 +152,16 @@ def run(dataset: str, model: str, *, encoder: str = "dupmae", retrieval: str = "
 def load_run(path: Union[str, Path]) -> Run:
     """A run that `bm25`, `run` or `reproduce` wrote (its `.meta.json` sidecar says which dataset and split
     judge it; refused when the corpus has changed since)."""
-    from dupmae_eval.data.formats import read_run
+    from dupmae_eval.data.formats import SIDECAR_SUFFIX, read_run
     from dupmae_eval.evaluation.results import run_sidecar
 
     path = Path(path)
+    if not path.is_file():
+        raise DupMAEEvalError(f"{path}: no such file")
+    if not Path(f"{path}{SIDECAR_SUFFIX}").is_file():
+        raise DupMAEEvalError(f"{path}: no {path.name}{SIDECAR_SUFFIX} beside it to say which dataset judges it; "
+                              f"score it with evaluate({str(path)!r}, qrels=JUDGMENTS) (a judgments file or a "
+                              f"registry name)")
     meta, data = run_sidecar(path)
     return Run(meta["condition"], data, meta["split"], read_run(path, meta.get("run_format")), meta, path)
 
@@ -159,7 +170,8 @@ def evaluate(run_or_path: Union[Run, str, Path], qrels: Union[str, Path, None] =
              split: Optional[str] = None, measures: Union[str, Sequence[str], None] = None,
              per_query: bool = False) -> "pandas.DataFrame":
     """Score a run (a `Run`, or a run file: TREC, MS MARCO or JSON) as `dupmae-eval eval` does. Without `qrels`, the run's own
-    dataset judges it; `qrels` is a judgments file or a registry name (its shipped judgments, `split`)."""
+    dataset judges it; `qrels` is a judgments file, a registry name (its shipped judgments, `split`) or a dataset
+    folder (its `split`'s judgments)."""
     from dupmae_eval.data.formats import read_qrels, read_run
     from dupmae_eval.data.datasets import BEIR_MEASURES, shipped_judgments
     from dupmae_eval.evaluation.measures import check_coverage, evaluate as score
@@ -202,7 +214,7 @@ def table(runs: Sequence[Union[Run, str, Path]], *, measures: Union[str, Sequenc
         raise DupMAEEvalError(f"format={format!r} is binary; use the command line's --output for it")
     records = [item._record(measures) for item in runs if isinstance(item, Run)]
     paths = [Path(item) for item in runs if not isinstance(item, Run)]
-    records += read_metrics(paths) if paths else []
+    records += read_metrics(paths, measures=measures) if paths else []
     _refuse_duplicates(records)
     chosen = None
     if suite:
@@ -228,9 +240,19 @@ def encoders(model: str, *, kind: str = "dupmae", half: str = "dense", device: O
              precision: Optional[str] = None, **settings):
     """Pyserini-compatible encoders of one model, loaded once: (query encoder, document encoder). The query
     encoder's `half` (dense or sparse) is what a FaissSearcher or LuceneImpactSearcher wants from it."""
+    import dataclasses
+
     from dupmae_eval.encoding.checkpoint import load_model
     from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, DupMAEQueryEncoder, EncoderSettings
+    from dupmae_eval.options import OPTIONS, translate
 
+    named = [key for key, option in OPTIONS.items() if option.encoder]         # run()'s names: topk=260, ...
+    fields = {field.name for field in dataclasses.fields(EncoderSettings)} - {"kind"}   # and doc_topk=260, ...
+    unknown = sorted(set(settings) - set(named) - fields)
+    if unknown:
+        raise DupMAEEvalError(f"encoders(): unknown setting {unknown[0]!r}; the settings are {', '.join(named)}")
+    translated, _ = translate({key: value for key, value in settings.items() if key in named})
+    settings = {**{key: value for key, value in settings.items() if key not in named}, **translated}
     encoder_settings = EncoderSettings.for_kind(kind, **settings)
     loaded = load_model(model, need_mlm_head=encoder_settings.has_sparse, lengths=encoder_settings.lengths())
     encoder_settings = EncoderSettings.for_checkpoint(kind, loaded.folder, **settings)
@@ -244,8 +266,16 @@ def finetune(model: str, dataset: str, output: Union[str, Path], *, recipe: Opti
     again with the same arguments). `recipe`: a shipped recipe name or a YAML file; `settings`: its fields by
     name (max_steps=20, encoder="dupmae", ...), which win over the recipe's."""
     from dupmae_eval.training.finetune import finetune as train
-    from dupmae_eval.training.settings import load_recipe, make_settings
+    from dupmae_eval.training.settings import FIELDS, load_recipe, make_settings
 
+    unknown = sorted(set(settings) - set(FIELDS))
+    if unknown:                          # a misspelt setting would otherwise be dropped and training start
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], list(FIELDS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DupMAEEvalError(f"finetune(): unknown setting {unknown[0]!r}{hint}; the settings are "
+                              f"{', '.join(FIELDS)}")
     chosen = make_settings(load_recipe(recipe) if recipe else {}, **settings)
     return Path(train(model, dataset, Path(output), chosen))
 

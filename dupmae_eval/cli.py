@@ -123,6 +123,9 @@ def _add_table(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--measure", action="append", default=None, metavar="MEASURE",
                    help="measure to tabulate, an ir-measures name; repeat it or give a comma list for several side "
                         "by side: --measure nDCG@10 --measure R@100, --measure nDCG@10,R@100 (default: nDCG@10)")
+    p.add_argument("--measures", nargs="+", default=None, metavar="MEASURE", dest="measure_list",
+                   help="several measures after one flag, as report takes them: --measures nDCG@10 R@100 (default: "
+                        "none; --measure's)")
     p.add_argument("--qrels", type=Path, default=None, metavar="FILE",
                    help="judgments for run files given without a .meta.json sidecar (another tool's TREC, MS MARCO "
                         "or JSON runs): each is scored against them, its file name the condition (default: none; "
@@ -196,16 +199,16 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("eval", help="score runs with ir-measures (trec_eval -c semantics)",
                        description="Print MEASURE<TAB>VALUE per measure (RUN<TAB>MEASURE<TAB>VALUE for several "
-                                   "runs). QRELS is a file (TREC or BEIR TSV) or a registry dataset name (its "
-                                   "shipped judgments). Runs are TREC, MS MARCO or JSON files (told apart by "
-                                   "their content, or --run-format).")
-    p.add_argument("qrels", help="qrels file, or a registry dataset name")
+                                   "runs). QRELS is a file (TREC or BEIR TSV), a registry dataset name (its "
+                                   "shipped judgments) or a dataset folder (its split's judgments). Runs are "
+                                   "TREC, MS MARCO or JSON files (told apart by their content, or --run-format).")
+    p.add_argument("qrels", help="qrels file, registry dataset name, or dataset folder")
     p.add_argument("run", type=Path, help="run file (TREC, MS MARCO or JSON)")
     p.add_argument("more", nargs="*", metavar="RUN|MEASURE",
                    help="more run files (existing files), then ir-measures names, e.g. nDCG@10 RR@10 R@1000 "
                         "'AP(rel=2)' (default: the dataset's, or nDCG@10 R@100 R@1000)")
     p.add_argument("--split", default=None, metavar="SPLIT",
-                   help="split of a registry dataset's judgments (default: the dataset's)")
+                   help="split of a registry dataset's or folder's judgments (default: the dataset's)")
     p.add_argument("--run-format", choices=("auto",) + RUN_FORMATS, default="auto",
                    help="format of every run (default auto: told from each file's content)")
     p.add_argument("--per-query", action="store_true", help="also print MEASURE<TAB>QID<TAB>VALUE lines")
@@ -631,7 +634,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
     from dupmae_eval.shipped import suite_path
 
     # every flag checked before any file is read
-    measures = _table_measures(args.measure or ["nDCG@10"])
+    measures = _table_measures([*(args.measure or []), *(args.measure_list or [])] or ["nDCG@10"])
     parse_measures(measures)
     statistics = _statistics_flags(args)
     if not TABLE_FORMATS[args.format].several_measures and len(measures) > 1:
@@ -699,6 +702,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_measure(text: str) -> bool:
+    from dupmae_eval.evaluation.measures import parse_measures
+
+    try:
+        parse_measures([text])
+    except DupMAEEvalError:
+        return False
+    return True
+
+
 def _runs_and_measures(first: Path, more: Sequence[str]) -> tuple:
     """`eval QRELS RUN [RUN ...] [MEASURE ...]`: the leading existing files are runs, the rest measures."""
     from dupmae_eval.evaluation.measures import parse_measures
@@ -725,11 +738,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from dupmae_eval.data.formats import read_run
     from dupmae_eval.evaluation.measures import check_coverage, evaluate_checked, format_lines, per_query_lines
 
+    if not args.run.is_file() and _is_measure(str(args.run)):
+        raise DupMAEEvalError(f"{args.run}: a measure where a run file belongs; give the runs first, then the "
+                              f"measures (eval QRELS RUN [RUN ...] [MEASURE ...])")
     paths, measures = _runs_and_measures(args.run, args.more)
     qrels, default_measures = _load_qrels(args.qrels, args.split)
     runs = [read_run(path, args.run_format) for path in paths]     # every run read before any is scored
     measures = measures or list(default_measures)
     several = len(paths) > 1
+    for path, run in zip(paths, runs):
+        disagreement = None if set(qrels) <= set(run) else _sidecar_disagrees(path, args.qrels, args.split)
+        if disagreement:           # a run answering every judged query is one of them (a sample's, a mirror's)
+            print(f"dupmae-eval: warning: {disagreement}", file=sys.stderr, flush=True)
     hints = [_other_splits(args.qrels, args.split, run) for run in runs]
     for run, hint in zip(runs, hints):         # a run sharing no query is refused before any is scored
         check_coverage(qrels, run, measures, hint)
@@ -744,6 +764,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
             info = REGISTRY.get(args.qrels)     # an irds: name keeps its split in the name
             split = info.default_split if info else None
+            if info is None and not args.qrels.startswith("irds:"):       # a dataset folder, or a mapped name
+                from dupmae_eval.data.datasets import resolve
+
+                split = resolve(args.qrels, download=False).default_split
         report = {"qrels": args.qrels, "split": split, "measures": measures, "runs": [
             {"run": str(path), "queries": evaluation.run_queries, "judged_queries": evaluation.judged_queries,
              "values": named_values(evaluation, measures),
@@ -783,6 +807,36 @@ def _load_qrels(name_or_path: str, split: Optional[str]):
     if path.is_file():
         return read_qrels(path), BEIR_MEASURES
     return shipped_judgments(name_or_path, split)
+
+
+def _sidecar_disagrees(path: Path, qrels: str, split: Optional[str]) -> Optional[str]:
+    """For a run whose sidecar names another dataset or split than the judgments `eval` was given (by name or
+    folder), and which leaves judged queries out: what to warn. Query ids such as 1, 2, 3 recur across
+    collections, so such a run is often not refused for sharing no query, and its low score would otherwise
+    read as a result."""
+    import json
+
+    from dupmae_eval.data.datasets import REGISTRY, resolve
+
+    if Path(qrels).is_file():
+        return None                              # a judgments file names no dataset to compare with
+    try:
+        meta = json.loads(Path(f"{path}.meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("dataset"), str) or not meta.get("split"):
+        return None                              # no sidecar, or one of a topics file's run
+    if qrels.startswith("irds:"):
+        name, used = qrels, None                 # an ir_datasets id is its own split
+    elif qrels in REGISTRY:
+        name, used = qrels, split or REGISTRY[qrels].default_split
+    else:
+        data = resolve(qrels, download=False)
+        name, used = data.name, split or data.default_split
+    if meta["dataset"] == name and (used is None or meta["split"] == used):
+        return None
+    return (f"{path}: its sidecar says it is a run of {meta['dataset']} (split {meta['split']}); it is scored "
+            f"here against {name}" + (f" (split {used})" if used else ""))
 
 
 def _other_splits(name: str, split: Optional[str], run) -> str:
@@ -969,6 +1023,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DupMAEEvalError as exc:
         print(f"dupmae-eval: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:             # the reader of standard output stopped (`| head`): nothing went wrong here
+        if argv is None:                # the command line: the interpreter's last flush must not fail again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 141                      # 128 + SIGPIPE, as a shell reports a command its pipe ended
     except OSError as exc:              # the machine's, not the input's: a full disk, a file-size limit, rights
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"dupmae-eval: error: {where}{exc.strerror or exc} (nothing half-written was kept; free the space "

@@ -103,3 +103,59 @@ def test_one_measure_may_be_given_as_a_string_wherever_measures_are_taken(tmp_pa
                   dupmae_eval.evaluate(path, "scifact", split="test", measures="nDCG@10")):
         assert list(frame.columns) == ["nDCG@10"] and frame.values.tolist() == [[1.0]]
     assert list(dupmae_eval.table([run], measures="nDCG@10").columns) == [("nDCG@10", "all-judged-first")]
+
+
+def test_a_missing_run_or_sidecar_is_refused_in_the_apis_own_terms(tmp_path):
+    """load_run and evaluate name a missing file as such, and for a run without a sidecar point to
+    evaluate's `qrels=` (not the command line's --qrels, which no Python function takes)."""
+    missing = tmp_path / "nothing.trec"
+    for call in (dupmae_eval.load_run, dupmae_eval.evaluate):
+        with pytest.raises(DupMAEEvalError, match=r"nothing\.trec: no such file$"):
+            call(missing)
+    bare = tmp_path / "bare.trec"
+    bare.write_text("1 Q0 4983 1 1.0 x\n")
+    for call in (dupmae_eval.load_run, dupmae_eval.evaluate):
+        with pytest.raises(DupMAEEvalError, match=r"no bare\.trec\.meta\.json beside it") as caught:
+            call(bare)
+        assert "qrels=" in str(caught.value) and "--qrels" not in str(caught.value)
+    with pytest.warns(UserWarning, match="covers 1 of 300"):          # what the message suggests works
+        frame = dupmae_eval.evaluate(bare, "scifact", measures="P@1")
+    assert list(frame.columns) == ["P@1"]
+
+
+def test_a_runs_repr_names_its_dataset_and_how_many_queries_it_answers(tmp_path):
+    """What a notebook shows for a Run: its name, dataset, split, query count and file."""
+    from dupmae_eval.data.datasets import resolve
+
+    data = resolve("scifact", download=False)
+    hits = {"1": [("4983", 1.0)], "3": [("4983", 1.0), ("5836", 0.5)]}
+    run = dupmae_eval.Run("mine", data, "test", hits, {"dataset": "scifact", "split": "test", "condition": "mine"})
+    assert repr(run) == "Run(name='mine', dataset='scifact', split='test', queries=2, path=None)"
+    path = run.save(tmp_path / "mine.trec")
+    assert repr(dupmae_eval.load_run(path)) == \
+        f"Run(name='mine', dataset='scifact', split='test', queries=2, path={path!r})"
+
+
+def test_finetune_refuses_a_misspelt_setting_before_any_work(tmp_path):
+    """finetune(**settings) with a name that is no setting is refused, naming the nearest one, before anything
+    is read, mined or written (it used to be dropped, and training began with the default)."""
+    output = tmp_path / "out"
+    with pytest.raises(DupMAEEvalError, match=r"^finetune\(\): unknown setting 'max_step' \(did you mean "
+                                              r"'max_steps'\?\)"):
+        dupmae_eval.finetune("package:cognition/model", "scifact", output, max_step=20)
+    assert not output.exists()
+
+
+def test_encoders_take_runs_setting_names_and_refuse_unknown_ones():
+    """encoders(**settings) reads the names run() takes (topk=260, exclude_sep=True) as run() reads them, and
+    refuses a name that is no encoder setting in one line (it raised a TypeError from a dataclass)."""
+    from dupmae_eval.encoding.encoders import EncoderSettings
+
+    _, as_run_names = dupmae_eval.encoders("package:cognition/model", kind="dupmae", topk=260, exclude_sep=True)
+    assert (as_run_names.settings.doc_topk, as_run_names.settings.include_sep) == (260, False)
+    assert as_run_names.settings == EncoderSettings.for_kind("dupmae", doc_topk=260, include_sep=False)
+    with pytest.raises(DupMAEEvalError, match=r"^encoders\(\): unknown setting 'top_k'; the settings are "
+                                              r"activation, topk, "):
+        dupmae_eval.encoders("package:cognition/model", kind="dupmae", top_k=260)
+    with pytest.raises(DupMAEEvalError, match=r"^topk: 0 is not"):
+        dupmae_eval.encoders("package:cognition/model", kind="dupmae", topk=0)

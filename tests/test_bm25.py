@@ -141,3 +141,18 @@ def test_unknown_dataset_and_empty_query_exit_nonzero(tmp_path, capsys):
     assert main(["bm25", "--dataset", str(folder), "--output", str(tmp_path / "r.trec")]) == 2
     err = capsys.readouterr().err
     assert "query 'q1' has empty text" in err and not (tmp_path / "r.trec").exists()
+
+
+def test_bm25_writes_only_its_own_notice_to_stderr(small_scifact, tmp_path):
+    """No JVM log lines among the toolkit's: neither SLF4J's "Connected with provider" on the first index nor
+    Lucene's dated INFO note ("to disable start with -D...") when a cached index is searched."""
+    import os
+    import subprocess
+    import sys
+
+    for attempt in ("indexes", "reuses the index"):
+        run = tmp_path / f"{attempt.split()[0]}.trec"
+        done = subprocess.run([sys.executable, "-m", "dupmae_eval", "bm25", "--dataset", str(small_scifact),
+                               "--output", str(run)], capture_output=True, text=True, env=os.environ, timeout=600)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.splitlines() == [f"wrote {run} (40 queries)"], attempt

@@ -66,3 +66,15 @@ def test_a_run_tag_with_whitespace_is_refused_when_parsed_before_any_index_or_en
             assert lines[0] == (f"dupmae-eval: error: argument --tag: {tag!r} must not contain whitespace (it is "
                                 f"the run's tag, the TREC file's last column) (see `dupmae-eval {verb[0]} --help`)")
             assert lines[1:] == ["HEAVY="] and not (tmp_path / "run.trec").exists()
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`dupmae-eval eval ... | head`: the reader closes the pipe first; the command ends as a piped Unix tool
+    does (status 141, 128 + SIGPIPE) with nothing on stderr, not with a "free the space" error."""
+    for args in (["datasets"], ["eval", str(TEST_DATA / "trec_eval" / "qrels.test"),
+                                str(TEST_DATA / "trec_eval" / "results.test"), "P@10", "--per-query"]):
+        process = subprocess.Popen([sys.executable, "-m", "dupmae_eval", *args], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, cwd=REPO / "tests")
+        process.stdout.close()                      # the reader is gone before the first line is written
+        err = process.stderr.read().decode()
+        assert (process.wait(timeout=120), err) == (141, ""), args

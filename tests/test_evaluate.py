@@ -278,3 +278,66 @@ def test_gdeval_measures_are_hand_worked_and_refused_for_ids_or_grades_it_misrea
         evaluate(named, {f"PLAIN-{qid}": hits for qid, hits in run.items()}, ["nDCG@10", "ERR@10"])
     with pytest.raises(DupMAEEvalError, match="takes grades up to 4; query '2' judges 'd3' 5"):
         evaluate({**qrels, "2": {"d3": 5}}, run, ["ERR@10"])
+
+def test_eval_takes_a_dataset_folder_or_a_mapped_name_for_its_judgments(tmp_path, capsys, monkeypatch):
+    """A BEIR folder (Vaswani, not in the registry) as QRELS: its test judgments and BEIR's measures, as
+    `bm25 --eval` scores it; a name DUPMAE_EVAL_DATA maps to the folder alike."""
+    folder = TEST_DATA / "vaswani"
+    qrels = read_qrels(folder / "qrels" / "test.tsv")
+    run_path = tmp_path / "perfect.trec"          # every judged document first: a perfect run
+    run_path.write_text("".join(f"{qid} Q0 {doc} 1 1.0 x\n" for qid, docs in qrels.items() for doc in docs))
+    assert main(["eval", str(folder), str(run_path)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["nDCG@10\t1.0000", "R@100\t1.0000", "R@1000\t1.0000"]
+    monkeypatch.setenv("DUPMAE_EVAL_DATA", f"vaswani={folder}")
+    assert main(["eval", "vaswani", str(run_path), "P@1", "--json"]) == 0
+    assert '"split": "test"' in capsys.readouterr().out
+    assert main(["eval", str(folder), str(run_path), "--split", "train"]) == 2
+    assert "no judgments for split 'train'" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nothing"), str(run_path)]) == 2
+    assert "neither a qrels file, a dataset folder nor a registry dataset name" in capsys.readouterr().err
+
+
+def test_eval_warns_when_the_runs_sidecar_names_another_dataset(tmp_path, capsys):
+    """A Vaswani run (query ids 1, 2, 3, ... as SciFact's) scored against SciFact's judgments shares some
+    query ids, so it is not refused; its sidecar says what it is a run of, and eval says so. A run of the
+    dataset it is scored against gets no such warning."""
+    import json
+
+    run = tmp_path / "vaswani.trec"
+    run.write_text("".join(f"{qid} Q0 {qid}0 1 1.0 x\n" for qid in range(1, 94)))
+    (tmp_path / "vaswani.trec.meta.json").write_text(json.dumps({"dataset": "vaswani", "split": "test",
+                                                                 "condition": "x"}))
+    assert main(["eval", "scifact", str(run), "P@1"]) == 0
+    err = capsys.readouterr().err
+    assert (f"warning: {run}: its sidecar says it is a run of vaswani (split test); it is scored here against "
+            f"scifact (split test)") in err
+    assert main(["eval", str(TEST_DATA / "vaswani"), str(run), "P@1"]) == 0
+    assert "sidecar" not in capsys.readouterr().err
+    # a run of a copy or sample under another name that answers every judged query is not warned about
+    (tmp_path / "vaswani.trec.meta.json").write_text(json.dumps({"dataset": "vaswani-sample", "split": "test",
+                                                                 "condition": "x"}))
+    assert main(["eval", str(TEST_DATA / "vaswani"), str(run), "P@1"]) == 0
+    assert "sidecar" not in capsys.readouterr().err
+
+
+def test_eval_says_when_its_arguments_come_in_the_wrong_order(capsys):
+    """The run given where the judgments belong, or a measure where the run belongs: the one line says which
+    way round they go."""
+    qrels, run = TEST_DATA / "trec_eval" / "qrels.test", TEST_DATA / "trec_eval" / "results.test"
+    assert main(["eval", str(run), str(qrels)]) == 2
+    assert "found 6 (a TREC run's 6 columns: are the judgments and the run the other way round?)" in \
+        capsys.readouterr().err
+    assert main(["eval", str(qrels), "P@10", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == ("dupmae-eval: error: P@10: a measure where a run file belongs; give "
+                                               "the runs first, then the measures (eval QRELS RUN [RUN ...] "
+                                               "[MEASURE ...])")
+
+
+@pytest.mark.parametrize("given, meant", [("ndcg@10", "nDCG@10"), ("rr@10", "RR@10"), ("ap(rel=2)", "AP(rel=2)")])
+def test_a_measure_in_the_wrong_case_is_refused_naming_its_spelling(given, meant):
+    with pytest.raises(DupMAEEvalError, match=rf"unknown measure '{re.escape(given)}' .*did you mean "
+                                              rf"'{re.escape(meant)}'\?"):
+        evaluate({"q": {"d": 1}}, {"q": [("d", 1.0)]}, [given])
+    with pytest.raises(DupMAEEvalError) as caught:
+        evaluate({"q": {"d": 1}}, {"q": [("d", 1.0)]}, ["foo@3"])
+    assert "did you mean" not in str(caught.value)

@@ -529,3 +529,54 @@ def test_demo_reports_commands_parse(tmp_path):
             meta = json.loads(Path(f"{args.output}.meta.json").read_text())
             overrides, _ = translate(vars(args))
             assert EncoderSettings.for_kind(args.encoder, **overrides).as_dict() == meta["encoder"]
+
+
+@pytest.mark.parametrize("flags", [["--method", "rrf", "--k", "10"],
+                                   ["--method", "wsum", "--weights", "0.3", "0.7", "--norm", "zmuv"],
+                                   ["--method", "combmnz", "--hits", "3", "--run-format", "json"]])
+def test_a_fused_runs_command_makes_the_same_run_again(tmp_path, flags):
+    """A `fuse` run's sidecar back to a `fuse` command (not "no sidecar"): run again, it writes the very
+    same bytes the first `fuse` wrote."""
+    from dupmae_eval.evaluation.report import reproducing_commands, _provenance_value, RunInfo
+    from dupmae_eval.evaluation.results import MetricsRecord
+
+    inputs = []
+    for name, scores in (("a", [3.0, 2.0, 1.0, 0.5]), ("b", [0.9, 0.8, 0.1, 0.05])):
+        path = tmp_path / f"{name}.trec"
+        path.write_text("".join(f"{q} Q0 d{(i * 7 + int(q)) % 5} {i + 1} {s} {name}\n"
+                                for q in ("1", "2") for i, s in enumerate(scores)))
+        inputs.append(str(path))
+    fused = tmp_path / "fused.out"
+    assert main(["fuse", *inputs, *flags, "--tag", "mine", "--output", str(fused)]) == 0
+    first = fused.read_bytes()
+    meta = json.loads(Path(f"{fused}.meta.json").read_text())
+    record = MetricsRecord(suite="", condition="mine", dataset="d", split="test", key="d", unit="d",
+                           run=fused.name, aggregate={})
+    (command,) = reproducing_commands(record, fused, meta)
+    words = shlex.split(command)
+    assert words[:2] == ["dupmae-eval", "fuse"]
+    fused.unlink()
+    Path(f"{fused}.meta.json").unlink()
+    assert main(words[1:]) == 0
+    assert fused.read_bytes() == first
+    info = RunInfo(fused, record, meta, [command])
+    assert _provenance_value("retrieval", info).startswith(f"fuse: method={flags[1]}")
+    assert "not recorded" not in _provenance_value("model", info)
+
+
+@pytest.mark.parametrize("run_format", ["msmarco", "json", "trec"])
+def test_a_runs_command_writes_the_format_the_run_was_written_in(tmp_path, run_format):
+    """A run written with --run-format msmarco or json is made again in that format, not as TREC."""
+    from dupmae_eval.evaluation.report import reproducing_commands
+    from dupmae_eval.evaluation.results import MetricsRecord
+
+    record = MetricsRecord(suite="", condition="c", dataset="scifact", split="test", key="scifact",
+                           unit="scifact", run="r", aggregate={})
+    bm25 = {"condition": "c", "dataset": "scifact", "split": "test", "run_format": run_format,
+            "retrieval": {"kind": "bm25", "fields": "flat", "k1": 0.9, "b": 0.4, "hits": 1000}}
+    model = {**bm25, "model": {"source": "package:cognition/model"}, "encoder": {"kind": "splade"},
+             "retrieval": {"mode": "impact", "hits": 1000}}
+    parser = build_parser()
+    for meta in (bm25, model):
+        (command,) = reproducing_commands(record, tmp_path / "r", meta)
+        assert parser.parse_args(shlex.split(command)[1:]).run_format == run_format

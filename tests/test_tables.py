@@ -166,6 +166,9 @@ def test_ndcg_and_recall_side_by_side_each_delta_beside_its_value(results, capsy
     # the legend says what each condition is, from the suite's own keys
     assert ("Conditions: zeta-bm25: BM25 flat (k1 0.9, b 0.4); alpha-dense: BM25 multifield (k1 0.9, b 0.4); "
             "mid-sparse: BM25 flat (k1 1.2, b 0.75).") in text
+    # report's spelling, several measures after one flag, gives the same table
+    assert _table(capsys, folder, "--suite", suite, "--baseline", "zeta-bm25", "--measures", "nDCG@10",
+                  "R@100") == text
 
 
 def test_conditions_and_rows_follow_the_suite_and_the_paper_not_the_alphabet(results, capsys):
@@ -523,3 +526,32 @@ def test_results_of_one_row_for_other_queries_or_judgments_are_refused_naming_bo
     assert main(["table", str(metrics), str(runs[rejudged])]) == 2
     assert "scored against different judgments" in capsys.readouterr().err
     assert main(["table", str(metrics), str(runs[same])]) == 0
+
+def test_runs_with_sidecars_are_tabled_with_any_measure_asked_for(tmp_path, capsys):
+    """A bm25/run output holds a run, not scores: `table --measure RR@10` scores it with RR@10 (as `eval`
+    would) instead of refusing a measure outside the dataset's own; `report --measures` alike. RR@10 worked
+    by hand: each query's first relevant passage at rank 1, 2 or 3 in turn."""
+    import csv
+    import json
+
+    from dupmae_eval.data.datasets import BUNDLED_DATA, resolve
+
+    root = BUNDLED_DATA / "scifact"
+    qrels = resolve(str(root), download=False).qrels("test")
+    lines, ranks = [], []
+    for index, qid in enumerate(sorted(qrels)):
+        rank = 1 + index % 3
+        ranked = [f"filler{n}" for n in range(rank - 1)] + [next(d for d, r in qrels[qid].items() if r > 0)]
+        lines += [f"{qid} Q0 {doc} {n + 1} {10.0 - n} mine\n" for n, doc in enumerate(ranked)]
+        ranks.append(rank)
+    run = tmp_path / "mine.trec"
+    run.write_text("".join(lines))
+    (tmp_path / "mine.trec.meta.json").write_text(json.dumps({"dataset": "scifact", "split": "test",
+                                                              "dataset_root": str(root), "condition": "mine"}))
+    expected = sum(1 / rank for rank in ranks) / len(ranks)
+    assert main(["table", str(run), "--measure", "RR@10", "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(row["measure"], row["dataset"], round(float(row["value"]), 12)) for row in rows] == \
+        [("RR@10", "scifact", round(expected, 12)), ("RR@10", "average", round(expected, 12))]
+    assert main(["report", str(run), "--measures", "RR@10", "--output", str(tmp_path / "r.html")]) == 0
+    assert f"{expected:.4f}" in (tmp_path / "r.html").read_text()

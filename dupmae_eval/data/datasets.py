@@ -311,7 +311,8 @@ def dataset_roots_from_env() -> Dict[str, Path]:
 def shipped_judgments(name: str, split: Optional[str] = None) -> Tuple[Qrels, Tuple[str, ...]]:
     """A registry dataset's shipped judgments for `split` (default: its default split), with the measures
     the literature reports for them: what `eval` needs when given a name instead of a qrels file.
-    An `irds:<id>` name reads its judgments through ir_datasets."""
+    An `irds:<id>` name reads its judgments through ir_datasets; a dataset folder (BEIR or MS MARCO layout),
+    or a name DUPMAE_EVAL_DATA maps to one, its own split's judgments, as `bm25 --eval` scores them."""
     if name.startswith("irds:"):
         from dupmae_eval.data.irds import resolve_irds
 
@@ -319,8 +320,12 @@ def shipped_judgments(name: str, split: Optional[str] = None) -> Tuple[Qrels, Tu
         split = split or data.default_split
         return data.qrels(split), data.measures(split)
     info = REGISTRY.get(name)
+    if info is None and (Path(name).expanduser().is_dir() or name in dataset_roots_from_env()):
+        data = resolve(name, download=False)
+        split = split or data.default_split
+        return data.qrels(split), data.measures(split)
     if info is None:
-        raise DupMAEEvalError(f"{name}: neither a qrels file nor a registry dataset name")
+        raise DupMAEEvalError(f"{name}: neither a qrels file, a dataset folder nor a registry dataset name")
     split = split or info.default_split
     if split not in info.shipped:
         raise DupMAEEvalError(f"dataset {info.name!r} has no shipped judgments for split {split!r} "

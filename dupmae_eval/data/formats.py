@@ -289,8 +289,10 @@ def read_qrels(path: str | Path) -> Qrels:
             return read_beir_qrels(path)
         if len(fields) == 4:
             return read_trec_qrels(path)
+        run = " (a TREC run's 6 columns: are the judgments and the run the other way round?)" \
+            if len(fields) == 6 else ""
         raise InputFormatError(path, number, f"qrels lines need 4 columns (TREC: qid iter docid rel) "
-                                             f"or 3 (BEIR: query-id corpus-id score); found {len(fields)}")
+                                             f"or 3 (BEIR: query-id corpus-id score); found {len(fields)}{run}")
     raise InputFormatError(path, None, "qrels file is empty")
 
 

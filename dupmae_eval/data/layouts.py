@@ -54,7 +54,7 @@ def detect_layout(folder: Path) -> str:
     for layout in LAYOUTS.values():
         if layout.corpus_file(folder) is not None:
             return layout.name
-    wanted = " or ".join(f"{layout.corpus_stem} ({layout.name} layout)" for layout in LAYOUTS.values())
+    wanted = " nor ".join(f"{layout.corpus_stem} ({layout.name} layout)" for layout in LAYOUTS.values())
     raise DupMAEEvalError(f"{folder}: not a dataset folder: it has neither {wanted}")
 
 

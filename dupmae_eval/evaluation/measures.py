@@ -40,7 +40,9 @@ def parse_measures(names: Sequence[str]) -> list:
             measure = ir_measures.parse_measure(name)
             _validated(measure)
         except (ValueError, NameError, SyntaxError, TypeError, AssertionError) as exc:
-            raise DupMAEEvalError(f"unknown measure {name!r} (ir-measures says: {exc}); "
+            close = _other_case(name)
+            hint = f"did you mean {close!r}? " if close else ""
+            raise DupMAEEvalError(f"unknown measure {name!r} (ir-measures says: {exc}); {hint}"
                                   f"examples: nDCG@10 RR@10 R@1000 AP(rel=2)") from None
         cutoff = measure.params.get("cutoff")
         if cutoff is not None and cutoff < 1:
@@ -101,6 +103,24 @@ def _check_gdeval_input(qrels: Qrels, run: Run, names: Sequence[str]) -> None:
             if grade > GDEVAL_MAX_GRADE:
                 raise DupMAEEvalError(f"{measures}: computed by gdeval, which takes grades up to "
                                       f"{GDEVAL_MAX_GRADE}; query {qid!r} judges {docid!r} {grade}")
+
+def _other_case(name: str) -> str | None:
+    """`name` with its measure's name as ir-measures spells it (names are case-sensitive: `ndcg@10` is
+    `nDCG@10`), when that spelling parses; else None."""
+    import re
+
+    import ir_measures
+
+    base = re.split(r"[@(]", name, maxsplit=1)[0]
+    preferred = ("nDCG", "RR", "R", "P", "AP", "MAP")
+    known = sorted(ir_measures.measures.registry, key=lambda known: (known not in preferred, known))
+    for spelling in (known for known in known if known.lower() == base.lower() and known != base):
+        try:
+            ir_measures.parse_measure(spelling + name[len(base):])
+        except (ValueError, NameError, SyntaxError, TypeError, AssertionError):
+            continue
+        return spelling + name[len(base):]
+    return None
 
 
 def evaluate(qrels: Qrels, run: Run, measure_names: Sequence[str]) -> Evaluation:

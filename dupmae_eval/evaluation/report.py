@@ -248,8 +248,8 @@ def _slug(text: str, index: int) -> str:
 
 def reproducing_commands(record: MetricsRecord, run_path: Path, meta: Optional[dict], suite=None,
                          suite_argument: Optional[str] = None) -> List[str]:
-    """The command that writes this very run again (`bm25` or `run` with every setting the sidecar records),
-    and for a run that `reproduce` made, the suite's cell too. Empty without a sidecar."""
+    """The command that writes this very run again (`bm25`, `run` or `fuse` with every setting the sidecar
+    records), and for a run that `reproduce` made, the suite's cell too. Empty without a sidecar."""
     if meta is None:
         return []
     commands = []
@@ -291,11 +291,33 @@ def _number(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _fuse_command(fusion: dict, meta: dict, run_path: Path) -> Optional[str]:
+    """`fuse` with the inputs (their paths as the sidecar records them) and every setting it records."""
+    inputs = [str(run.get("path", "")) for run in fusion.get("inputs") or []]
+    if len(inputs) < 2 or not all(inputs) or not fusion.get("method"):
+        return None
+    words = ["dupmae-eval", "fuse", *inputs, "--method", str(fusion["method"])]
+    if fusion.get("k") is not None:
+        words += ["--k", repr(float(fusion["k"]))]
+    if fusion.get("method") != "rrf" and fusion.get("norm"):
+        words += ["--norm", str(fusion["norm"])]
+    if fusion.get("weights"):
+        words += ["--weights", *(repr(float(weight)) for weight in fusion["weights"])]
+    words += ["--hits", _number(fusion.get("hits", 1000)), "--tag", str(meta.get("condition", "")),
+              "--output", str(run_path)]
+    if meta.get("run_format") not in (None, "trec"):
+        words += ["--run-format", str(meta["run_format"])]
+    return _join(words)
+
+
 def _direct_command(meta: dict, run_path: Path) -> Optional[str]:
+    if isinstance(meta.get("fusion"), dict):
+        return _fuse_command(meta["fusion"], meta, run_path)
     retrieval = meta.get("retrieval") or {}
     common = ["--dataset", _dataset_argument(meta), "--split", str(meta.get("split", ""))]
     tail = (["--keep-query-hit"] if retrieval.get("remove_query_hit") is False else []) + \
-        ["--tag", str(meta.get("condition", "")), "--output", str(run_path)]
+        ["--tag", str(meta.get("condition", "")), "--output", str(run_path)] + \
+        (["--run-format", str(meta["run_format"])] if meta.get("run_format") not in (None, "trec") else [])
     if retrieval.get("kind") == "bm25":
         return _join(["dupmae-eval", "bm25", *common, "--fields", str(retrieval.get("fields", "flat")),
                       "--k1", _number(retrieval.get("k1", 0.9)), "--b", _number(retrieval.get("b", 0.4)),
@@ -380,6 +402,15 @@ def _provenance_value(name: str, run: RunInfo) -> str:
         return str(run.path)
     if meta is None:
         return f"not recorded (no {run.path.name}{SIDECAR_SUFFIX})"
+    fusion = meta.get("fusion") if isinstance(meta.get("fusion"), dict) else None
+    if fusion is not None and name in ("model", "encoder", "retrieval"):
+        if name != "retrieval":
+            return "none (a fusion of runs; see retrieval)"
+        settings = ", ".join(f"{k}={fusion[k]}" for k in ("method", "k", "norm", "weights", "hits")
+                             if fusion.get(k) is not None)
+        inputs = ", ".join(f"{run['condition']} ({run.get('path')})" if run.get("condition") else str(run.get("path"))
+                           for run in fusion.get("inputs") or [])
+        return f"fuse: {settings}; inputs: {inputs}"
     if name == "model":
         model = meta.get("model")
         if not model:

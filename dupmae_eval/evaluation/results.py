@@ -86,7 +86,7 @@ def read_metrics_with_runs(paths: Iterable[Path], qrels: Optional[Path] = None,
             elif qrels is not None and not Path(f"{file}{SIDECAR_SUFFIX}").is_file():
                 record = record_from_plain_run(file, qrels, measures)
             else:
-                record = record_from_run(file)
+                record = record_from_run(file, measures)
             key = cell_key(record)
             if key in origin:
                 raise DupMAEEvalError(f"two results for condition {record.condition!r} on {record.key}: "
@@ -243,16 +243,17 @@ def record_from_plain_run(run_path: Path, qrels: Path, measures: Sequence[str] =
                          judgments_digest=judgments_digest(judged))
 
 
-def record_from_run(run_path: Path) -> MetricsRecord:
+def record_from_run(run_path: Path, measures: Sequence[str] = ()) -> MetricsRecord:
     """A run written by `bm25`, `run` or `reproduce`, scored against the judgments of the dataset and split
-    its sidecar names, with the dataset's measures (`run_sidecar` says when it is refused); in the format the
-    sidecar records, else the one the file's content tells."""
+    its sidecar names, with `measures` (those a table asks for) and the dataset's (`run_sidecar` says when it
+    is refused); in the format the sidecar records, else the one the file's content tells."""
     from dupmae_eval.data.formats import read_run
 
     meta, data = run_sidecar(run_path)
+    names = list(dict.fromkeys([*measures, *data.measures(meta["split"])])) if measures else None
     return record_of(meta["condition"], data, meta["split"], read_run(run_path, meta.get("run_format")), run_path.name,
-                     suite=meta.get("suite", ""), name=meta["dataset"], corpus_sha256=meta.get("corpus_sha256") or "",
-                     queries_digest=meta.get("queries_digest") or "")
+                     suite=meta.get("suite", ""), measures=names, name=meta["dataset"],
+                     corpus_sha256=meta.get("corpus_sha256") or "", queries_digest=meta.get("queries_digest") or "")
 
 
 def run_sidecar(run_path: Path):
