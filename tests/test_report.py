@@ -305,10 +305,16 @@ def test_measures_chosen_and_bad_input_refused_in_one_line(report_runs, tmp_path
     assert [b.text_content() for b in page.xpath('//nav[@class="measures"]/button')] == ["R@100"]
     assert not page.xpath('//td[@data-delta]')             # no baseline: no Δ
     capsys.readouterr()
+    # runs with sidecars are scored with any measure asked for; reproduce's records hold the suite's alone
+    from dupmae_eval.evaluation.results import MetricsRecord, write_metrics
+
+    recorded = write_metrics(tmp_path / "scifact.trec", MetricsRecord(
+        suite="s", condition="X", dataset="scifact", split="test", key="scifact", unit="scifact", run="scifact.trec",
+        aggregate={"nDCG@10": 0.5}, per_query={"nDCG@10": {"1": 0.5}}))
     for argv, message in (
             ([str(tmp_path / "nothing")], "nothing: no such file or folder"),
             ([str(report_runs["runs"]), "--measures", "nDCG@"], "nDCG@"),
-            ([str(report_runs["runs"]), "--measures", "P@5"], "--measures: no results for P@5"),
+            ([str(recorded), "--measures", "P@5"], "--measures: no results for P@5"),
             ([str(report_runs["runs"]), "--baseline", "bm25-nothing"], "--baseline 'bm25-nothing' is not among"),
             ([str(report_runs["runs"]), "--suite", str(tmp_path / "none.yaml")], "no such suite file"),
             ([str(report_runs["runs"]), "--baseline", BASELINE, "--test", "anova"], "anova"),

@@ -555,3 +555,38 @@ def test_runs_with_sidecars_are_tabled_with_any_measure_asked_for(tmp_path, caps
         [("RR@10", "scifact", round(expected, 12)), ("RR@10", "average", round(expected, 12))]
     assert main(["report", str(run), "--measures", "RR@10", "--output", str(tmp_path / "r.html")]) == 0
     assert f"{expected:.4f}" in (tmp_path / "r.html").read_text()
+
+
+def test_a_plain_run_scored_against_a_datasets_judgments_joins_that_datasets_row(tmp_path, capsys):
+    """`table ours.trec theirs.trec --qrels data/scifact/qrels/test.tsv`: a run with a sidecar (SciFact, test)
+    and another tool's run scored against SciFact's own judgments file meet in the row `scifact`, compared
+    with a delta, instead of rows `scifact` and `test`. Values by hand from RR@10: ours finds every query's
+    first relevant passage at rank 1, theirs at rank 2. Judgments that only look alike (a copy missing one
+    query) leave the plain run in a row of its own."""
+    import csv
+    import json
+
+    from dupmae_eval.data.datasets import BUNDLED_DATA, resolve
+
+    root = BUNDLED_DATA / "scifact"
+    judged = resolve(str(root), download=False).qrels("test")
+    first = {qid: next(d for d, grade in docs.items() if grade > 0) for qid, docs in judged.items()}
+    ours, theirs = tmp_path / "ours.trec", tmp_path / "theirs.trec"
+    ours.write_text("".join(f"{qid} Q0 {doc} 1 2.0 ours\n" for qid, doc in first.items()))
+    theirs.write_text("".join(f"{qid} Q0 filler 1 2.0 t\n{qid} Q0 {doc} 2 1.0 t\n" for qid, doc in first.items()))
+    (tmp_path / "ours.trec.meta.json").write_text(json.dumps({"dataset": "scifact", "split": "test",
+                                                              "dataset_root": str(root), "condition": "ours"}))
+    qrels = root / "qrels" / "test.tsv"
+    assert main(["table", str(ours), str(theirs), "--qrels", str(qrels), "--measure", "RR@10", "--baseline", "ours",
+                 "--format", "csv"]) == 0
+    rows = {(row["dataset"], row["condition"]): float(row["value"])
+            for row in csv.DictReader(io.StringIO(capsys.readouterr().out)) if row["dataset"] != "average"}
+    assert rows == {("scifact", "ours"): 1.0, ("scifact", "theirs"): 0.5}
+
+    lacking = tmp_path / "test.tsv"
+    lines = qrels.read_text().splitlines(keepends=True)
+    lacking.write_text("".join(line for line in lines if not line.startswith(f"{sorted(judged)[0]}\t")))
+    assert main(["table", str(ours), str(theirs), "--qrels", str(lacking), "--measure", "RR@10", "--format",
+                 "csv"]) == 0
+    rows = {row["dataset"] for row in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    assert rows == {"scifact", "test", "average"}

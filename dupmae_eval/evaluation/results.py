@@ -66,8 +66,8 @@ def read_metrics_with_runs(paths: Iterable[Path], qrels: Optional[Path] = None,
                            measures: Sequence[str] = ()) -> List[Tuple[MetricsRecord, Path]]:
     """`read_metrics`, each record with the path of the run file it scores (beside which its sidecar is, when
     the run is still there): what a report needs to say where each cell came from."""
-    found: List[Tuple[MetricsRecord, Path]] = []
-    origin: Dict[tuple, Path] = {}
+    read: List[Tuple[MetricsRecord, Path, Path]] = []     # each record, its file, and the run it scores
+    plain: List[int] = []                                   # which of them are plain runs scored with `qrels`
     for path in map(Path, paths):
         if path.is_file():
             files = [path]
@@ -83,18 +83,39 @@ def read_metrics_with_runs(paths: Iterable[Path], qrels: Optional[Path] = None,
         for file in files:
             if file.name.endswith(".metrics.json"):
                 record = _with_corpus(file, _checked_against_run(file, _read_record(file)))
-            elif qrels is not None and not Path(f"{file}{SIDECAR_SUFFIX}").is_file():
+                read.append((record, file, file.parent / record.run))
+                continue
+            if qrels is not None and not Path(f"{file}{SIDECAR_SUFFIX}").is_file():
+                plain.append(len(read))
                 record = record_from_plain_run(file, qrels, measures)
             else:
                 record = record_from_run(file, measures)
-            key = cell_key(record)
-            if key in origin:
-                raise DupMAEEvalError(f"two results for condition {record.condition!r} on {record.key}: "
-                                      f"{origin[key]} and {file}; give the table one of them")
-            origin[key] = file
-            found.append((record, file.parent / record.run if file.name.endswith(".metrics.json") else file))
-    refuse_other_inputs((record, origin[cell_key(record)]) for record, _ in found)
-    return found
+            read.append((record, file, file))
+    for index in plain:
+        read[index] = (_in_its_row(read[index][0], [record for record, _, _ in read]),) + read[index][1:]
+    origin: Dict[tuple, Path] = {}
+    for record, file, _ in read:
+        key = cell_key(record)
+        if key in origin:
+            raise DupMAEEvalError(f"two results for condition {record.condition!r} on {record.key}: "
+                                  f"{origin[key]} and {file}; give the table one of them")
+        origin[key] = file
+    refuse_other_inputs((record, file) for record, file, _ in read)
+    return [(record, run) for record, _, run in read]
+
+
+def _in_its_row(record: MetricsRecord, others: Sequence[MetricsRecord]) -> MetricsRecord:
+    """A plain run's record (`record_from_plain_run`: named after its judgments file) moved to the row of the
+    one dataset and split among `others` whose judgments are the very ones it was scored against (the same
+    digest): `table ours.trec theirs.trec --qrels scifact/qrels/test.tsv` compares the two in SciFact's row,
+    where they would otherwise land in rows "scifact" and "test". Left where it is when no other result, or
+    results of more than one dataset or split, have those judgments."""
+    rows = {(other.dataset, other.split, other.key, other.unit) for other in others
+            if other is not record and other.judgments_digest == record.judgments_digest and other.split}
+    if len(rows) != 1:
+        return record
+    dataset, split, key, unit = rows.pop()
+    return replace(record, dataset=dataset, split=split, key=key, unit=unit)
 
 
 # what a result was made from, as a record holds it: (field, what differs, the digest's name, what to do)
