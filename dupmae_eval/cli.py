@@ -779,7 +779,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         prefix = f"{path}\t" if several else ""
         print("\n".join(prefix + line for line in format_lines(evaluation, measures)))
         if args.per_query:
-            print("\n".join(prefix + line for line in per_query_lines(evaluation)))
+            print("\n".join(prefix + line for line in per_query_lines(evaluation, measures)))
     return 0
 
 

@@ -341,3 +341,16 @@ def test_a_measure_in_the_wrong_case_is_refused_naming_its_spelling(given, meant
     with pytest.raises(DupMAEEvalError) as caught:
         evaluate({"q": {"d": 1}}, {"q": [("d", 1.0)]}, ["foo@3"])
     assert "did you mean" not in str(caught.value)
+
+
+def test_per_query_lines_name_each_measure_as_asked(tmp_path, capsys):
+    """`eval --per-query MRR@10 NumRelRet`: the per-query lines use the names typed, as the aggregate lines do
+    (ir-measures calls them RR@10 and NumRet(rel=1)). By hand: query 1's relevant passage at rank 1, query 2's
+    at rank 2."""
+    qrels, run = tmp_path / "q.txt", tmp_path / "r.trec"
+    qrels.write_text("1 0 d1 1\n2 0 d3 1\n")
+    run.write_text("1 Q0 d1 1 2.0 a\n2 Q0 d4 1 2.0 a\n2 Q0 d3 2 1.0 a\n")
+    assert main(["eval", str(qrels), str(run), "MRR@10", "NumRelRet", "--per-query"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "MRR@10\t0.7500", "NumRelRet\t2.0000", "MRR@10\t1\t1.0000", "MRR@10\t2\t0.5000",
+        "NumRelRet\t1\t1.0000", "NumRelRet\t2\t1.0000"]

@@ -289,7 +289,9 @@ def _canonical(name: str) -> str:
     return str(ir_measures.parse_measure(name))
 
 
-def per_query_lines(evaluation: Evaluation) -> List[str]:
-    """`MEASURE<TAB>QID<TAB>VALUE` lines, like trec_eval -q."""
-    return [f"{name}\t{qid}\t{value:.4f}" for name, values in evaluation.per_query.items()
-            for qid, value in values.items()]
+def per_query_lines(evaluation: Evaluation, names: Sequence[str] | None = None) -> List[str]:
+    """`MEASURE<TAB>QID<TAB>VALUE` lines, like trec_eval -q, each measure named as asked (`MRR@10`, not the
+    `RR@10` ir-measures calls it), as `format_lines` names it, in the order asked for."""
+    names = list(names) if names else list(evaluation.per_query)
+    return [f"{name}\t{qid}\t{value:.4f}" for name in names
+            for qid, value in evaluation.per_query[_canonical(name)].items()]
