@@ -280,3 +280,21 @@ def test_compare_counts_queries_won_lost_and_tied_over_the_shared_queries(scifac
     assert result.p_value == pytest.approx(st.wilcoxon(a, b))
     assert (result.ci_low, result.ci_high) == st.bootstrap_ci(a, b)
     assert st.compare({"x": 1.0}, {"y": 1.0}) is None
+
+
+def test_randomization_leaves_equal_queries_out_and_is_then_exact():
+    """300 queries, 288 of them scored alike (as two close conditions often are): flipping a zero difference
+    changes no sum, so the test is the one over the 12 that differ, whose 4,096 flips are enumerated: the exact
+    p-value, where sampling 2^300 flips gave it within Monte Carlo error only. One differing query: p = 1."""
+    rng = np.random.default_rng(3)
+    a = rng.random(300)
+    b = a.copy()
+    moved = rng.choice(300, 12, replace=False)
+    b[moved] = a[moved] - rng.normal(0.08, 0.15, 12)
+    exact = _exact_sign_flip_p((a - b)[moved])
+    assert 0.01 < exact < 0.5
+    assert st.randomization(a, b) == pytest.approx(exact, abs=1e-12)
+    assert st.randomization(a, b, seed=9) == pytest.approx(exact, abs=1e-12)
+    c = a.copy()
+    c[0] += 0.5
+    assert st.randomization(a, c) == 1.0

@@ -17,7 +17,9 @@ Choices, stated once:
   observed one, counted on each side and doubled (scipy's two-sided rule; the sign-flip distribution is
   symmetric, so this is the share of |mean| at least the observed |mean|). The +1 counts the observed
   assignment, one of the flips, so the p-value is never 0 and the test keeps its level exactly (Phipson &
-  Smyth 2010). When 2^n ≤ `permutations`, every sign flip is enumerated instead: the exact p-value b / 2^n.
+  Smyth 2010). Queries with equal scores are left out first (flipping a zero difference changes no sum, so
+  the p-value is the same test's); when 2^n ≤ `permutations` for the n left, every sign flip is enumerated
+  instead: the exact p-value b / 2^n.
 * Wilcoxon: queries with equal scores are dropped (scipy's `zero_method="wilcox"`, as R's `wilcox.test`),
   no continuity correction, scipy's `method="auto"` (exact distribution for up to 50 queries without
   ties, the normal approximation otherwise).
@@ -131,13 +133,18 @@ def _mean_difference(x, y, axis=-1):
 def randomization(a: Sequence[float], b: Sequence[float], permutations: int = DEFAULT_PERMUTATIONS,
                   seed: int = DEFAULT_SEED) -> float:
     """Two-sided Fisher's randomization test of the mean difference (scipy.stats.permutation_test with
-    paired samples): (b + 1) / (N + 1) over N seeded random sign flips, exact when 2^n <= N."""
+    paired samples) over the queries whose scores differ: (b + 1) / (N + 1) over N seeded random sign flips,
+    exact when 2^n <= N for those n queries."""
     from scipy.stats import permutation_test
 
     permutations = check_permutations(permutations)
     x, y = _pair(a, b)
     if _no_difference(x, y):
         return 1.0
+    differing = x != y              # a zero difference is the same under either sign: it moves no flip's sum
+    x, y = x[differing], y[differing]
+    if len(x) == 1:
+        return 1.0                  # its two flips are equally extreme
     batch = max(1, min(permutations, 4_000_000 // len(x)))      # bounds memory: ~32 MB of floats at a time
     result = permutation_test((x, y), _mean_difference, permutation_type="samples", vectorized=True,
                               n_resamples=permutations, batch=batch, alternative="two-sided",
