@@ -579,9 +579,13 @@ def test_a_plain_run_scored_against_a_datasets_judgments_joins_that_datasets_row
     qrels = root / "qrels" / "test.tsv"
     assert main(["table", str(ours), str(theirs), "--qrels", str(qrels), "--measure", "RR@10", "--baseline", "ours",
                  "--format", "csv"]) == 0
+    out, err = capsys.readouterr()
     rows = {(row["dataset"], row["condition"]): float(row["value"])
-            for row in csv.DictReader(io.StringIO(capsys.readouterr().out)) if row["dataset"] != "average"}
+            for row in csv.DictReader(io.StringIO(out)) if row["dataset"] != "average"}
     assert rows == {("scifact", "ours"): 1.0, ("scifact", "theirs"): 0.5}
+    # one hit a query: warned about the measure shown, not about the dataset's R@1000 scored besides
+    assert "ours scifact/test: RR@10: cutoff beyond the run's depth (1 hit per query at most)" in err
+    assert "R@1000" not in err and "nDCG@10" not in err, err
 
     lacking = tmp_path / "test.tsv"
     lines = qrels.read_text().splitlines(keepends=True)

@@ -174,13 +174,14 @@ def _without_ties(scores: Dict[str, float]) -> Dict[str, float]:
 
 
 def evaluate_checked(qrels: Qrels, run: Run, measure_names: Sequence[str], hint: str = "",
-                     label: str = "") -> Evaluation:
+                     label: str = "", shown: Sequence[str] | None = None) -> Evaluation:
     """`evaluate` after `check_coverage`: what every verb that scores a run (eval, bm25 --eval, run --eval,
     reproduce) calls, so they refuse and warn alike. Each warning is one line on stderr, after `label`
-    (e.g. the reproduce cell it concerns)."""
+    (e.g. the reproduce cell it concerns). `shown`: the measures the caller prints, when it scores more
+    besides (a table showing nDCG@10 is not told that R@1000, scored with it, reaches past a run's depth)."""
     import sys
 
-    for warning in check_coverage(qrels, run, measure_names, hint, label):
+    for warning in check_coverage(qrels, run, list(shown) if shown else measure_names, hint, label):
         print(f"dupmae-eval: warning: {label}{warning}", file=sys.stderr, flush=True)
     return evaluate(qrels, run, measure_names)
 

@@ -273,7 +273,7 @@ def record_from_run(run_path: Path, measures: Sequence[str] = ()) -> MetricsReco
     meta, data = run_sidecar(run_path)
     names = list(dict.fromkeys([*measures, *data.measures(meta["split"])])) if measures else None
     return record_of(meta["condition"], data, meta["split"], read_run(run_path, meta.get("run_format")), run_path.name,
-                     suite=meta.get("suite", ""), measures=names, name=meta["dataset"],
+                     suite=meta.get("suite", ""), measures=names, name=meta["dataset"], shown=measures or None,
                      corpus_sha256=meta.get("corpus_sha256") or "", queries_digest=meta.get("queries_digest") or "")
 
 
@@ -306,12 +306,13 @@ def run_sidecar(run_path: Path):
 
 def record_of(condition: str, data, split: str, run, run_name: str, suite: str = "",
               measures=None, name: str | None = None, corpus_sha256: Optional[str] = None,
-              queries_digest: Optional[str] = None) -> MetricsRecord:
+              queries_digest: Optional[str] = None, shown: Optional[Sequence[str]] = None) -> MetricsRecord:
     """The metrics record of a run of `data` (a resolved dataset; `name`: the name it was asked by, when not
     the folder's) on `split`, scored against its judgments with its measures (or `measures`): what a table
     cell is made from, whether the run is a file or in memory. `corpus_sha256`: the corpus the run searched as
     its sidecar records it ("" when it records none); None: `data`'s, for a run just made from it.
-    `queries_digest` likewise: the queries the run searched; None: the split's queries as `data` holds them."""
+    `queries_digest` likewise: the queries the run searched; None: the split's queries as `data` holds them.
+    `shown`: the measures a table shows, the only ones warned about (a cutoff past the run's depth)."""
     from dupmae_eval.data.datasets import lookup
     from dupmae_eval.data.formats import judgments_digest, queries_digest as digest_of_queries
     from dupmae_eval.evaluation.measures import evaluate_checked
@@ -319,7 +320,7 @@ def record_of(condition: str, data, split: str, run, run_name: str, suite: str =
     name = name or data.name
     judgments = data.qrels(split)
     evaluation = evaluate_checked(judgments, run, measures or data.measures(split),
-                                  label=f"{condition} {name}/{split}: ")
+                                  label=f"{condition} {name}/{split}: ", shown=shown)
     try:
         info = lookup(name)
         default, unit = info.default_split, info.unit or name
