@@ -125,7 +125,7 @@ def _add_table(sub: argparse._SubParsersAction) -> None:
                         "by side: --measure nDCG@10 --measure R@100, --measure nDCG@10,R@100 (default: nDCG@10)")
     p.add_argument("--measures", nargs="+", default=None, metavar="MEASURE", dest="measure_list",
                    help="several measures after one flag, as report takes them: --measures nDCG@10 R@100 (default: "
-                        "none; --measure's)")
+                        "none, so --measure's nDCG@10)")
     p.add_argument("--qrels", type=Path, default=None, metavar="FILE",
                    help="judgments for run files given without a .meta.json sidecar (another tool's TREC, MS MARCO "
                         "or JSON runs): each is scored against them, its file name the condition (default: none; "

@@ -304,8 +304,12 @@ def test_measures_chosen_and_bad_input_refused_in_one_line(report_runs, tmp_path
     page = __import__("lxml.html").html.fromstring(output.read_text())
     assert [b.text_content() for b in page.xpath('//nav[@class="measures"]/button')] == ["R@100"]
     assert not page.xpath('//td[@data-delta]')             # no baseline: no Δ
+    # runs with sidecars are scored with any measure asked for, not only their dataset's
+    assert main(["report", str(report_runs["runs"]), "--measures", "P@5", "--output", str(output)]) == 0
+    page = __import__("lxml.html").html.fromstring(output.read_text())
+    assert [b.text_content() for b in page.xpath('//nav[@class="measures"]/button')] == ["P@5"]
     capsys.readouterr()
-    # runs with sidecars are scored with any measure asked for; reproduce's records hold the suite's alone
+    # reproduce's records hold the suite's measures alone
     from dupmae_eval.evaluation.results import MetricsRecord, write_metrics
 
     recorded = write_metrics(tmp_path / "scifact.trec", MetricsRecord(
