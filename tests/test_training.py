@@ -382,6 +382,25 @@ def test_max_steps_is_minus_one_or_a_count():
             make_settings(max_steps=bad)
 
 
+def test_a_step_without_any_negative_is_refused(monkeypatch):
+    """One query a step and a group of one: the score matrix is 1 x 1, so InfoNCE is -log 1 = 0 whatever the
+    weights (no negative at all); refused in one line. Under torchrun other processes' passages are negatives."""
+    from dupmae_eval.training.settings import make_settings
+    from dupmae_eval.training.score import infonce
+
+    assert float(infonce(torch.tensor([[123.0]]), torch.tensor([0]))) == 0.0     # the loss such a step has
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(DupMAEEvalError, match=r"^--group-size \(group_size\) 1 with --queries-per-device "
+                                              r"\(queries_per_device\) 1: .*no negative"):
+        make_settings(negatives="none", group_size=1, queries_per_device=1)
+    assert make_settings(negatives="none", group_size=1, queries_per_device=2).queries_per_device == 2
+    assert make_settings(group_size=2, queries_per_device=1).group_size == 2
+    monkeypatch.setenv("WORLD_SIZE", "2")            # the other process's passage is the negative
+    assert make_settings(negatives="none", group_size=1, queries_per_device=1).group_size == 1
+    with pytest.raises(DupMAEEvalError, match="no negative"):
+        make_settings(negatives="none", group_size=1, queries_per_device=1, cross_device_negatives=False)
+
+
 def test_a_folder_left_by_a_run_that_failed_before_its_first_checkpoint_is_taken_over(tmp_path):
     """Only a record, unfinished, no checkpoint: another run may take the folder; with anything else in
     it (a checkpoint, mined negatives), or once finished, it stays refused."""

@@ -87,6 +87,10 @@ class FinetuneSettings:
         if self.group_size == 1 and not self.in_batch_negatives:
             raise DupMAEEvalError("--group-size (group_size) 1: give at least 2 without in-batch negatives "
                                   "(no negative at all)")
+        if self.group_size == 1 and self.queries_per_device == 1 and not self._gathers_other_processes():
+            raise DupMAEEvalError("--group-size (group_size) 1 with --queries-per-device (queries_per_device) 1: "
+                                  "a step's only passage is its query's positive, so there is no negative and "
+                                  "the loss is 0; give at least 2 of either")
         if self.negatives == "none" and self.group_size > 1 and not self.distill_from:
             raise DupMAEEvalError("negatives none: group_size must be 1 (the positive alone, in-batch negatives), "
                                   "unless distill_from gives the candidates")
@@ -106,6 +110,13 @@ class FinetuneSettings:
         if not kind.sparse and not kind.dense:
             raise DupMAEEvalError(f"encoder kind {self.kind!r} has no half to train")
         return self
+
+    def _gathers_other_processes(self) -> bool:
+        """In-batch negatives come from the other processes' passages too (torchrun with several processes)."""
+        import os
+
+        return (self.in_batch_negatives and self.cross_device_negatives
+                and int(os.environ.get("WORLD_SIZE", "1")) > 1)
 
     def projection_size(self, hidden: int) -> Optional[int]:
         """The [CLS] projection's output size for an encoder of this hidden size (None: no projection)."""
