@@ -493,6 +493,34 @@ def test_max_steps_is_minus_one_or_a_count(capsys):
     assert len(err) == 1 and "--max-steps (max_steps) 0" in err[0]
 
 
+def test_a_corpus_too_small_for_one_step_does_not_lock_the_folder(abstracts, tmp_path, capsys):
+    """An empty corpus, or fewer sequences than one batch, is refused once tokenized, naming the flags; the
+    token store of that start is not left behind, so the corrected command (another corpus, a smaller batch)
+    takes the folder over instead of being told it holds a different run."""
+    from dupmae_eval.cli import main
+
+    output = tmp_path / "pt"
+
+    def pretrain(corpus, batch):
+        code = main(["pretrain", "--model", "bert-tiny", "--corpus", str(corpus), "--output", str(output),
+                     "--max-steps", "1", "--batch-size", str(batch), "--max-length", "16", "--objective", "mlm"])
+        captured = capsys.readouterr()
+        return code, captured.out, [line for line in captured.err.splitlines() if line.startswith("dupmae-eval")]
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    code, _, err = pretrain(empty, 2)
+    assert code == 2 and err == [f"dupmae-eval: error: --corpus {empty}: 0 sequences cannot fill one step of "
+                                 f"1 process(es) x --batch-size (batch_size) 2"]
+    assert [p.name for p in output.rglob("*") if p.is_file()] == ["pretrain.json"]
+    one = tmp_path / "one.txt"
+    one.write_text("a single text\n")
+    code, out, err = pretrain(one, 2)                                    # taken over, refused again: 1 < 2
+    assert code == 2 and "takes the folder over" in out and "1 sequences cannot fill" in err[0]
+    code, out, _ = pretrain(one, 1)                                      # the corrected batch size
+    assert code == 0 and "takes the folder over" in out and (output / "model.safetensors").is_file()
+
+
 def test_a_failed_start_does_not_lock_the_folder_and_a_finished_run_takes_more_steps(abstracts, tmp_path, capsys):
     """A command refused for its input leaves no record (bad path, no MLM head) or, when the input fails
     only once read (a line that is not UTF-8), a record and no partial token files: the corrected command

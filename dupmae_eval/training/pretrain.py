@@ -187,8 +187,12 @@ def pretrain(model: str, corpus: str, output: Path, settings: PretrainSettings, 
     dataset = PretrainDataset(store, net.tokenizer, settings.max_length, settings.sequences,
                               settings.encoder_mask_ratio, decoder_ratio, settings.seed)
     if len(dataset) < settings.batch_size * world:
-        raise DupMAEEvalError(f"{corpus}: {len(dataset)} sequences cannot fill one step of {world} process(es) x "
-                              f"{settings.batch_size}")
+        if rank == 0:     # the store this refused start made: without it the corrected command takes the folder
+            import shutil
+
+            shutil.rmtree(output / "corpus", ignore_errors=True)
+        raise DupMAEEvalError(f"--corpus {corpus}: {len(dataset)} sequences cannot fill one step of {world} "
+                              f"process(es) x --batch-size (batch_size) {settings.batch_size}")
     train_and_save(net, dataset, PretrainCollator(net.tokenizer.pad_token_id), output, settings,
                    settings.batch_size, RECORD, callbacks=callbacks, sequences=len(dataset),
                    corpus_tokens=int(store.offsets[-1]))
