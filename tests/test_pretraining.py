@@ -521,6 +521,27 @@ def test_a_corpus_too_small_for_one_step_does_not_lock_the_folder(abstracts, tmp
     assert code == 0 and "takes the folder over" in out and (output / "model.safetensors").is_file()
 
 
+def test_a_resumed_run_records_the_mean_loss_of_all_its_steps(abstracts, tmp_path, capsys):
+    """The record's (and card's) training loss of a run resumed from a checkpoint (here: a finished run
+    continued to more steps, the same resume as after a kill) is the mean over every step, as for a run
+    never stopped: with a log line each step, the mean of the logged losses. The Trainer's own figure
+    averages the steps after the resume only. Fine-tuning records its loss through the same code."""
+    import json
+
+    from dupmae_eval.cli import main
+
+    output = tmp_path / "pt"
+    for steps in (2, 4):
+        assert main(["pretrain", "--model", "bert-tiny", "--corpus", str(abstracts), "--output", str(output),
+                     "--max-steps", str(steps), "--save-steps", "1", "--logging-steps", "1", "--batch-size", "2",
+                     "--max-length", "16", "--objective", "mlm"]) == 0
+    capsys.readouterr()
+    record = json.loads((output / "pretrain.json").read_text())
+    losses = [entry["loss"] for entry in record["log"]]
+    assert record["steps"] == 4 and len(losses) == 4
+    assert record["training_loss"] == pytest.approx(sum(losses) / 4, rel=1e-6)
+
+
 def test_a_failed_start_does_not_lock_the_folder_and_a_finished_run_takes_more_steps(abstracts, tmp_path, capsys):
     """A command refused for its input leaves no record (bad path, no MLM head) or, when the input fails
     only once read (a line that is not UTF-8), a record and no partial token files: the corrected command

@@ -36,6 +36,7 @@ from dupmae_eval.errors import DupMAEEvalError
 from dupmae_eval.training.settings import FinetuneSettings
 
 RECORD = "finetune.json"
+LOSS_FILE = "dupmae_loss.json"     # in each checkpoint: the loss summed over the steps up to it
 
 
 def _trainer_class():
@@ -54,6 +55,17 @@ def _trainer_class():
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
             (model or self.model).load_weights(Path(resume_from_checkpoint))
+
+        def _save_checkpoint(self, model, trial) -> None:
+            """First the summed loss of every step so far (`LOSS_FILE`; written before trainer_state.json, so
+            a whole checkpoint has it), then the Trainer's checkpoint: a resumed run's training loss is then
+            the mean over all its steps, as an uninterrupted run's is, not over the steps after the resume."""
+            if self.args.should_save and self.loss_before is not _NOT_RECORDED:
+                folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+                folder.mkdir(parents=True, exist_ok=True)
+                total = self.loss_before["loss_sum"] + self._total_loss_scalar + float(self._tr_loss.item())
+                (folder / LOSS_FILE).write_text(json.dumps({"step": self.state.global_step, "loss_sum": total}))
+            super()._save_checkpoint(model, trial)
 
     return DupMAETrainer
 
@@ -348,15 +360,33 @@ def train_and_save(net, dataset, collator, output: Path, settings, per_device_ba
                                callbacks=[_epoch_callback(dataset), *([_schedule_callback()] if extended else []),
                                           *callbacks])
     last = last_complete_checkpoint(Path(args.output_dir))
+    trainer.loss_before = _loss_before(last)
     result = trainer.train(resume_from_checkpoint=last)
     if trainer.is_world_process_zero():
         net.save(output)
         finished = json.loads((output / record_name).read_text())
-        finished.update(finished=True, steps=trainer.state.global_step, **summary,
-                        training_loss=result.training_loss,
+        before, steps = trainer.loss_before, trainer.state.global_step
+        loss = result.training_loss if before is _NOT_RECORDED else \
+            (before["loss_sum"] + result.training_loss * (steps - before["step"])) / max(steps, 1)
+        finished.update(finished=True, steps=steps, **summary, training_loss=loss,
                         log=[entry for entry in trainer.state.log_history if "loss" in entry])
         with atomic_output(output / record_name) as handle:
             json.dump(finished, handle, indent=2)
+
+
+_NOT_RECORDED = {"step": 0, "loss_sum": 0.0}     # a checkpoint of an older version: the Trainer's figure
+
+
+def _loss_before(checkpoint: Optional[str]) -> dict:
+    """The loss summed over the steps up to the checkpoint a run resumes from (none: 0 over 0 steps). The
+    Trainer's `training_loss` averages only the steps a call runs, so a resumed run adds this to be the mean
+    over all its steps, as a run never stopped is."""
+    if checkpoint is None:
+        return {"step": 0, "loss_sum": 0.0}
+    try:
+        return json.loads((Path(checkpoint) / LOSS_FILE).read_text())
+    except (OSError, ValueError):
+        return _NOT_RECORDED
 
 
 def check_data_source(source: str, flag: str, text_files: bool) -> None:
