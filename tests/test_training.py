@@ -401,6 +401,17 @@ def test_a_step_without_any_negative_is_refused(monkeypatch):
         make_settings(negatives="none", group_size=1, queries_per_device=1, cross_device_negatives=False)
 
 
+def test_holding_out_every_query_is_refused_naming_the_flag():
+    from dupmae_eval.training.finetune_data import TrainingQuery, hold_out
+
+    queries = [TrainingQuery(str(i), f"query {i}", (f"d{i}",)) for i in range(3)]
+    train, held = hold_out(queries, 2, seed=42)
+    assert len(train) == 1 and len(held) == 2
+    with pytest.raises(DupMAEEvalError, match=r"^--holdout-queries \(holdout_queries\) 3: leaves nothing to "
+                                              r"train on \(3 training queries\)$"):
+        hold_out(queries, 3, seed=42)
+
+
 def test_a_folder_left_by_a_run_that_failed_before_its_first_checkpoint_is_taken_over(tmp_path):
     """Only a record, unfinished, no checkpoint: another run may take the folder; with anything else in
     it (a checkpoint, mined negatives), or once finished, it stays refused."""

@@ -277,7 +277,8 @@ def hold_out(queries: List[TrainingQuery], count: int, seed: int) -> Tuple[List[
     if count <= 0:
         return queries, []
     if count >= len(queries):
-        raise DupMAEEvalError(f"holdout_queries {count} leaves nothing to train on ({len(queries)} queries)")
+        raise DupMAEEvalError(f"--holdout-queries (holdout_queries) {count}: leaves nothing to train on "
+                              f"({len(queries)} training queries)")
     chosen = set(np.random.default_rng(seed).choice(len(queries), size=count, replace=False).tolist())
     return ([q for i, q in enumerate(queries) if i not in chosen], [q for i, q in enumerate(queries) if i in chosen])
 
