@@ -412,6 +412,23 @@ def test_holding_out_every_query_is_refused_naming_the_flag():
         hold_out(queries, 3, seed=42)
 
 
+def test_an_output_that_is_a_file_is_refused_as_such(tmp_path):
+    """--output naming a file: one line saying so, not an OSError read as a full disk or missing rights."""
+    from dataclasses import asdict
+
+    from dupmae_eval.training.settings import FinetuneSettings
+    from dupmae_eval.training.finetune import _judge_output
+
+    settings = asdict(FinetuneSettings())
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    with pytest.raises(DupMAEEvalError, match=r"notes\.txt: is a file, not a folder; give --output an empty or "
+                                              r"new folder$"):
+        _judge_output(afile, {"model": "m", "data": "d", "settings": settings}, "finetune.json", "fine-tuning",
+                      settings)
+    assert afile.read_text() == "mine"
+
+
 def test_a_folder_left_by_a_run_that_failed_before_its_first_checkpoint_is_taken_over(tmp_path):
     """Only a record, unfinished, no checkpoint: another run may take the folder; with anything else in
     it (a checkpoint, mined negatives), or once finished, it stays refused."""

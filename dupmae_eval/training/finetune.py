@@ -122,6 +122,8 @@ def _judge_output(output: Path, record: dict, name: str = RECORD, what: str = "f
     defaults: a setting added since the folder's record was written is taken to have run at its default
     (the only behaviour there was), so a newer version resumes an older run unless the run asks for
     something else."""
+    if output.exists() and not output.is_dir():
+        raise DupMAEEvalError(f"{output}: is a file, not a folder; give --output an empty or new folder")
     path = output / name
     if path.is_file():
         earlier = json.loads(path.read_text())
