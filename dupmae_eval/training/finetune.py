@@ -56,16 +56,21 @@ def _trainer_class():
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
             (model or self.model).load_weights(Path(resume_from_checkpoint))
 
-        def _save_checkpoint(self, model, trial) -> None:
+        def _save_checkpoint(self, model, trial, *more, **options) -> None:
             """First the summed loss of every step so far (`LOSS_FILE`; written before trainer_state.json, so
             a whole checkpoint has it), then the Trainer's checkpoint: a resumed run's training loss is then
-            the mean over all its steps, as an uninterrupted run's is, not over the steps after the resume."""
-            if self.args.should_save and self.loss_before is not _NOT_RECORDED:
+            the mean over all its steps, as an uninterrupted run's is, not over the steps after the resume.
+            The sum so far is the Trainer's own bookkeeping (`_total_loss_scalar`, drained at each logging
+            step, and `_tr_loss`, what is not drained yet); a transformers without it writes no file, and a
+            run resumed from such a checkpoint records the Trainer's figure, as before."""
+            drained, pending = getattr(self, "_total_loss_scalar", None), getattr(self, "_tr_loss", None)
+            if self.args.should_save and self.loss_before is not _NOT_RECORDED and drained is not None \
+                    and pending is not None:
                 folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
                 folder.mkdir(parents=True, exist_ok=True)
-                total = self.loss_before["loss_sum"] + self._total_loss_scalar + float(self._tr_loss.item())
+                total = self.loss_before["loss_sum"] + float(drained) + float(pending.item())
                 (folder / LOSS_FILE).write_text(json.dumps({"step": self.state.global_step, "loss_sum": total}))
-            super()._save_checkpoint(model, trial)
+            super()._save_checkpoint(model, trial, *more, **options)
 
     return DupMAETrainer
 
