@@ -126,7 +126,7 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     `topics`: search for a topics file's queries instead of a split's (no judgments, so no hybrid audit
     scores); `run_format`: trec, msmarco or json.
     """
-    from dupmae_eval.encoding.corpus import encode_corpus, load_encoding
+    from dupmae_eval.encoding.corpus import encode_corpus, load_encoding, model_fingerprint
     from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, EncoderSettings
     from dupmae_eval.encoding.checkpoint import load_model
     from dupmae_eval.retrieval.modes import SearchJob, retrieval_mode
@@ -164,8 +164,11 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     tag = tag or f"{encoder}-{retrieval}"
     metadata = {
         **_sidecar_head(tag, data, described, run_format),
-        "model": {"source": loaded.source, "revision": loaded.revision, "folder": str(loaded.folder),
-                  "projection": loaded.projection is not None, "dense_dim": loaded.dense_dim},
+        # the fingerprint is the checkpoint files' content (`model_fingerprint`, reproduce's model_content):
+        # a local folder's revision is just "local", so only it tells two checkpoints saved there apart
+        "model": {"source": loaded.source, "revision": loaded.revision, "folder": str(loaded.folder.resolve()),
+                  "fingerprint": model_fingerprint(loaded), "projection": loaded.projection is not None,
+                  "dense_dim": loaded.dense_dim},
         "encoder": settings.as_dict(), "precision": document_encoder.precision,
         "retrieval": {"mode": retrieval, "hits": hits, "remove_query_hit": remove_query,
                                                      "quantization_scale": quantization_scale},
