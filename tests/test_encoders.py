@@ -386,3 +386,20 @@ def test_a_runs_sidecar_records_the_checkpoint_files_it_was_made_with(random_ber
     state[key] = state[key] * 2                                 # same name, same size, other weights
     save_file(state, str(weights), metadata={"format": "pt"})
     assert recorded("my model", "again")["fingerprint"] not in (None, first["fingerprint"])
+
+
+@pytest.mark.parametrize("kind, overrides", [("dupmae", {}), ("dupmae", {"include_sep": False}), ("ot", {}),
+                                             ("splade", {}), ("cls", {})])
+def test_the_sidecars_empty_passage_rule_says_what_an_empty_passage_holds(kind, overrides):
+    """The run sidecar's `corpus.empty_rule` against what the encoder makes of an empty passage: its sparse half
+    is empty only when neither [CLS] nor [SEP] is pooled (dupmae with [SEP] pooled, the default, is not)."""
+    from dupmae_eval.retrieval.jobs import _empty_passage_rule
+
+    settings = EncoderSettings.for_kind(kind, **overrides)
+    encoded = DupMAEDocumentEncoder(str(SPLADE_TINY), settings).encode_texts([""])
+    rule = _empty_passage_rule(settings)
+    assert ("dense half defined" in rule) == (encoded.dense is not None)
+    if encoded.sparse is None:
+        assert "sparse" not in rule
+    else:
+        assert ("sparse half empty" in rule) == (len(encoded.sparse.row(0)[0]) == 0)
