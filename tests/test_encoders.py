@@ -386,6 +386,11 @@ def test_a_runs_sidecar_records_the_checkpoint_files_it_was_made_with(random_ber
     state[key] = state[key] * 2                                 # same name, same size, other weights
     save_file(state, str(weights), metadata={"format": "pt"})
     assert recorded("my model", "again")["fingerprint"] not in (None, first["fingerprint"])
+    from dupmae_eval.evaluation.report import RunInfo, _provenance_value    # report's provenance shows it
+
+    meta = json.loads((tmp_path / "again.trec.meta.json").read_text())
+    shown = _provenance_value("model", RunInfo(tmp_path / "again.trec", None, meta, []))
+    assert shown == f"my model @ local (files {meta['model']['fingerprint']})"
 
 
 @pytest.mark.parametrize("kind, overrides", [("dupmae", {}), ("dupmae", {"include_sep": False}), ("ot", {}),
