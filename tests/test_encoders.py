@@ -5,6 +5,7 @@ and on a random BERT built in the test."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -349,3 +350,61 @@ def test_truncated_rows_are_those_longer_than_the_max_length(tokenizer_kind):
         False, True, False, False, True)
     if tokenizer_kind == "fast":
         assert encoder.encode_texts(texts).truncated == 2
+
+
+def test_a_runs_sidecar_records_the_checkpoint_files_it_was_made_with(random_bert, tmp_path, monkeypatch):
+    """A local folder's revision is only "local": the sidecar also records the checkpoint's content, so a
+    checkpoint saved again under the same folder (same file names and sizes) is told apart, while a copy
+    at another path (with a space in it, given relative) records the same fingerprint and its full folder."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from dupmae_eval.cli import main
+
+    data = tmp_path / "data"
+    (data / "qrels").mkdir(parents=True)
+    (data / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": text}) + "\n"
+                                               for i, text in enumerate(["protein folding", "tumour growth", ""])))
+    (data / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "protein"}) + "\n")
+    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td0\t1\n")
+    shutil.copytree(random_bert[0], tmp_path / "my model")
+    monkeypatch.chdir(tmp_path)
+
+    def recorded(model, name):
+        output = tmp_path / f"{name}.trec"
+        assert main(["run", "--dataset", str(data), "--model", model, "--encoder", "cls", "--retrieval", "dupmae",
+                     "--output", str(output)]) == 0
+        return json.loads(Path(f"{output}.meta.json").read_text())["model"]
+
+    first, copy = recorded(str(random_bert[0]), "first"), recorded("my model", "copy")
+    assert copy["fingerprint"] == first["fingerprint"] and copy["revision"] == "local"
+    assert copy["folder"] == str(tmp_path / "my model")
+    weights = tmp_path / "my model" / "model.safetensors"
+    state = load_file(str(weights))
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    state[key] = state[key] * 2                                 # same name, same size, other weights
+    save_file(state, str(weights), metadata={"format": "pt"})
+    assert recorded("my model", "again")["fingerprint"] not in (None, first["fingerprint"])
+    from dupmae_eval.evaluation.report import RunInfo, _provenance_value    # report's provenance shows it
+
+    meta = json.loads((tmp_path / "again.trec.meta.json").read_text())
+    shown = _provenance_value("model", RunInfo(tmp_path / "again.trec", None, meta, []))
+    assert shown == f"my model @ local (files {meta['model']['fingerprint']})"
+
+
+@pytest.mark.parametrize("kind, overrides", [("dupmae", {}), ("dupmae", {"include_sep": False}), ("ot", {}),
+                                             ("splade", {}), ("cls", {})])
+def test_the_sidecars_empty_passage_rule_says_what_an_empty_passage_holds(kind, overrides):
+    """The run sidecar's `corpus.empty_rule` against what the encoder makes of an empty passage: its sparse half
+    is empty only when neither [CLS] nor [SEP] is pooled (dupmae with [SEP] pooled, the default, is not)."""
+    from dupmae_eval.retrieval.jobs import _empty_passage_rule
+
+    settings = EncoderSettings.for_kind(kind, **overrides)
+    encoded = DupMAEDocumentEncoder(str(SPLADE_TINY), settings).encode_texts([""])
+    rule = _empty_passage_rule(settings)
+    assert ("dense half defined" in rule) == (encoded.dense is not None)
+    if encoded.sparse is None:
+        assert "sparse" not in rule
+    else:
+        assert ("sparse half empty" in rule) == (len(encoded.sparse.row(0)[0]) == 0)

@@ -85,3 +85,28 @@ def test_rescore_bench_runs_and_both_sides_agree():
     assert done.returncode == 0, done.stderr[-2000:]
     assert "top-10 identical: True" in done.stdout
     assert float(re.search(r"max \|score difference\| in the top 100: ([0-9.e+-]+)", done.stdout).group(1)) < 1e-4
+
+
+def test_exact_search_keeps_the_first_of_documents_tied_at_the_last_place():
+    """Duplicate and empty passages score alike. Of several documents tied at the k-th place, exact search
+    keeps the first ones in corpus order (as faiss's flat index does), whatever the block and shard layout;
+    expected: a stable sort of every score by hand (score descending, corpus order among equals)."""
+    from dupmae_eval.retrieval.searchers import exact_scores_topk, exact_search
+
+    rng = np.random.default_rng(3)
+    dense = rng.integers(0, 3, size=(3000, 2)).astype(np.float32)        # few distinct scores: ties everywhere
+    dense[:1000] = 0.0                                                    # "empty passages", all alike
+    sparse = scipy.sparse.csr_matrix((3000, 5), dtype=np.float32)        # no sparse entries: adds 0
+    queries = np.array([[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]], dtype=np.float32)
+    query_sparse = np.ones((3, 5), dtype=np.float32)
+    scores = queries @ dense.T
+    for k in (1, 5, 700, 1500):
+        expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        for block in (65_536, 1000, 333):
+            idx, val = exact_scores_topk(queries, query_sparse, dense, sparse, k, block=block)
+            np.testing.assert_array_equal(idx, expected)
+            np.testing.assert_array_equal(val, np.take_along_axis(scores, expected, 1))
+        encoding = ShardedEncoding(dense, sparse, [1200, 800, 1000])
+        run = exact_search(encoding, queries, query_sparse, ["q0", "q1", "q2"], hits=k)
+        assert [[d for d, _ in run[q]] for q in ("q0", "q1", "q2")] == [
+            [f"doc-{i}" for i in row] for row in expected]

@@ -415,7 +415,8 @@ def _provenance_value(name: str, run: RunInfo) -> str:
         model = meta.get("model")
         if not model:
             return "none (BM25)" if (meta.get("retrieval") or {}).get("kind") == "bm25" else "not recorded"
-        return f"{model.get('source')} @ {model.get('revision') or 'no revision recorded'}"
+        return (f"{model.get('source')} @ {model.get('revision') or 'no revision recorded'}"
+                + (f" (files {model['fingerprint']})" if model.get("fingerprint") else ""))
     if name == "encoder":
         encoder = meta.get("encoder")
         if not encoder:

@@ -126,7 +126,7 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     `topics`: search for a topics file's queries instead of a split's (no judgments, so no hybrid audit
     scores); `run_format`: trec, msmarco or json.
     """
-    from dupmae_eval.encoding.corpus import encode_corpus, load_encoding
+    from dupmae_eval.encoding.corpus import encode_corpus, load_encoding, model_fingerprint
     from dupmae_eval.encoding.encoders import DupMAEDocumentEncoder, EncoderSettings
     from dupmae_eval.encoding.checkpoint import load_model
     from dupmae_eval.retrieval.modes import SearchJob, retrieval_mode
@@ -164,12 +164,15 @@ def run_model(dataset: str | Dataset, model: str, encoder: str, retrieval: str, 
     tag = tag or f"{encoder}-{retrieval}"
     metadata = {
         **_sidecar_head(tag, data, described, run_format),
-        "model": {"source": loaded.source, "revision": loaded.revision, "folder": str(loaded.folder),
-                  "projection": loaded.projection is not None, "dense_dim": loaded.dense_dim},
+        # the fingerprint is the checkpoint files' content (`model_fingerprint`, reproduce's model_content):
+        # a local folder's revision is just "local", so only it tells two checkpoints saved there apart
+        "model": {"source": loaded.source, "revision": loaded.revision, "folder": str(loaded.folder.resolve()),
+                  "fingerprint": model_fingerprint(loaded), "projection": loaded.projection is not None,
+                  "dense_dim": loaded.dense_dim},
         "encoder": settings.as_dict(), "precision": document_encoder.precision,
         "retrieval": {"mode": retrieval, "hits": hits, "remove_query_hit": remove_query,
                                                      "quantization_scale": quantization_scale},
-        "encoding": str(encoding.folder), "documents": len(encoding.docids), "corpus": _corpus_counts(data),
+        "encoding": str(encoding.folder), "documents": len(encoding.docids), "corpus": _corpus_counts(data, encoded_with=settings),
         "queries": len(queries), "queries_truncated": truncated, "seconds": {k: round(v, 2) for k, v in timings.items()},
         **extra, **provenance(),
     }
@@ -205,8 +208,9 @@ def _written(output: Optional[Path], result: RunResult) -> RunResult:
     return result
 
 
-def _corpus_counts(data: Dataset, indexed_as: Optional[str] = None) -> dict:
-    """The corpus census for a sidecar: passages, empty ones, and (for a Lucene index) how many it holds."""
+def _corpus_counts(data: Dataset, indexed_as: Optional[str] = None, encoded_with=None) -> dict:
+    """The corpus census for a sidecar: passages, empty ones, and (for a Lucene index) how many it holds, or
+    (for an encoding, `encoded_with` its `EncoderSettings`) what an empty passage's halves are made of."""
     from dupmae_eval.data.census import take_census
 
     census = take_census(data)
@@ -216,9 +220,22 @@ def _corpus_counts(data: Dataset, indexed_as: Optional[str] = None) -> dict:
         counts["expected_index_documents"] = census.expected_documents(indexed_as)
         counts["empty_rule"] = ("Anserini skips a document whose contents are blank after Java's trim(): "
                                 + ("title + text" if indexed_as == "flat" else "the text field") + " here")
-    else:
-        counts["empty_rule"] = "empty passages are encoded as [CLS] [SEP] (dense half defined, sparse half empty)"
+    elif encoded_with is not None:
+        counts["empty_rule"] = _empty_passage_rule(encoded_with)
     return counts
+
+
+def _empty_passage_rule(settings) -> str:
+    """What an empty passage, encoded as `[CLS] [SEP]`, holds under these settings: its sparse half pools the
+    special tokens the kind pools ([SEP] for dupmae and ot unless --exclude-sep; [CLS] and [SEP] for splade),
+    and is empty only when it pools neither."""
+    pooling = settings.pooling()
+    halves = ["dense half defined"] if settings.has_dense else []
+    if settings.has_sparse:
+        pooled = [token for token, on in (("[CLS]", pooling.sparse_include_cls), ("[SEP]", pooling.sparse_include_sep))
+                  if on]
+        halves.append(f"sparse half pooled over {' and '.join(pooled)} alone" if pooled else "sparse half empty")
+    return f"empty passages are encoded as [CLS] [SEP] ({', '.join(halves)})"
 
 
 def _count_truncated(loaded, texts, max_length: int) -> int:

@@ -138,9 +138,18 @@ class SparseQueries:
 
 
 def _top_columns(values: np.ndarray, k: int) -> np.ndarray:
-    """Column positions of each row's k largest values, sorted best first (stable for ties)."""
+    """Column positions of each row's k largest values, sorted best first; equal values by lower column,
+    at the k-th place too: of several documents tied there, the first ones are kept (as faiss keeps them),
+    not the ones argpartition happens to leave in its first k."""
     if values.shape[1] > k:
         part = np.argpartition(-values, k - 1, axis=1)[:, :k]
+        kept = np.take_along_axis(values, part, 1)
+        kth = kept.min(axis=1)                                    # each row's k-th largest value
+        straddle = np.flatnonzero((values == kth[:, None]).sum(axis=1) > (kept == kth[:, None]).sum(axis=1))
+        for row in straddle.tolist():                             # a tie at the k-th place that reaches past it
+            above = np.flatnonzero(values[row] > kth[row])
+            part[row] = np.concatenate([above, np.flatnonzero(values[row] == kth[row])[:k - len(above)]])
+        part.sort(axis=1)                                         # columns ascending: the sort below keeps it
     else:
         part = np.arange(values.shape[1])[None, :].repeat(values.shape[0], 0)
     order = np.argsort(-np.take_along_axis(values, part, 1), axis=1, kind="stable")
