@@ -119,3 +119,31 @@ def test_ot_and_cls_read_a_dupmae_encoding_of_the_same_settings(corpus, tmp_path
     shard.write_bytes(bytes(blob))
     again = _encode(corpus, "ot")
     assert again.folder != dupmae.folder and _same_sparse(again.sparse, fresh_ot.sparse)
+
+
+def test_an_encoding_made_when_the_tokenizer_split_text_otherwise_is_not_reused(corpus, tmp_path, monkeypatch):
+    """The checkpoint's files are hashed into an encoding's key, but turning them into token ids is the
+    tokenizer library's code, which an upgrade can change. Here the same files are read by a tokenizer that
+    keeps case (splade-tiny's lowercases): the probe texts get other ids, so the key differs and the
+    encoding is made anew, not reused; the original tokenizer reuses its own. Reproduce's identity, which
+    loads the tokenizer alone, names the folder the encoder uses."""
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("DUPMAE_EVAL_HOME", str(tmp_path / "home"))
+    settings = EncoderSettings.for_kind("cls", max_passage_length=int(LENGTH))
+    data = resolve(str(corpus))
+    first = DupMAEDocumentEncoder(str(SPLADE_TINY), settings)
+    made = encode_corpus(data, first, 4, progress=False)
+    assert made == encode.encoding_folder_of(data, encode.folder_fingerprint(first.model.folder), settings, 4,
+                                             tokenization=encode.folder_tokenization_digest(first.model.folder))
+    cased = DupMAEDocumentEncoder(str(SPLADE_TINY), settings)
+    cased.model.tokenizer = AutoTokenizer.from_pretrained(str(cased.model.folder), do_lower_case=False)
+    assert cased.model.tokenizer("ANTIDISESTABLISHMENTARIANISM")["input_ids"] != \
+        first.model.tokenizer("ANTIDISESTABLISHMENTARIANISM")["input_ids"]
+    assert encode.model_fingerprint(cased.model) == encode.model_fingerprint(first.model)
+    other = encode.encoding_folder(data, cased.model, settings, 4)
+    assert other != made and not other.exists()
+    _no_encoding(monkeypatch)
+    assert encode_corpus(data, DupMAEDocumentEncoder(str(SPLADE_TINY), settings), 4, progress=False) == made
+    with pytest.raises(AssertionError, match="a shard was encoded"):
+        encode_corpus(data, cased, 4, progress=False)

@@ -13,6 +13,7 @@ an encoding is used whatever shard size made it, and an unfinished one resumes w
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict
 from itertools import islice
@@ -36,6 +37,23 @@ BF16_ARITHMETIC = 2
 """In a bf16 encoding's cache key. 2: on the CPU the linear layers run oneDNN's bf16 product (weights cast once,
 fp32 bias) and never the fp32 kernel. Under 1, a process whose first encoding was fp32 ran a later "bf16" one's
 layers through oneDNN's fp32 kernel, so an encoding cached then as bf16 may hold fp32 products: none is reused."""
+
+TOKENIZATION_PROBES = (
+    "The quick brown fox jumps over the lazy dog.",
+    "Résumé of naïve café owners in São Paulo: Ångström, Æsir, Øre, straße, İstanbul.",
+    "COVID-19 vaccines (BNT162b2, mRNA-1273) cut hospitalisation by 90.5% [p < 0.001]; see doi:10.1056/NEJMoa2034577.",
+    "中文分词测试，日本語のテキスト、한국어 문장.",
+    "Emoji 😀👍🏽 and symbols ©®™ ±×÷ ≤≥≠ → ∞ µg/mL α-β γδ.",
+    "URLs like https://example.org/a_b?c=d&e=f#g, e-mails like first.last@example.com, tabs\tand\u00a0spaces.",
+    "ANTIDISESTABLISHMENTARIANISM pneumonoultramicroscopicsilicovolcanoconiosis don't won't it's O'Neill's.",
+    "Zero-width\u200bjoiner, soft\u00adhyphen, combining e\u0301, full-width ＡＢＣ１２３, ligature ﬁ.",
+    "",
+)
+"""Texts every encoding's key tokenizes (`tokenization_digest`): accents and case, other scripts, emoji and
+symbols, numbers and punctuation, invisible and compatibility characters, the empty text. The checkpoint's
+files are hashed into the key, but how a tokenizer library turns them into ids is code, which an upgrade of
+transformers or tokenizers can change (a slow vocabulary converted to a fast tokenizer another way, another
+Unicode normalisation); these texts' ids change with it, and so does the key."""
 
 PLAN = "plan.json"
 """The shard size an unfinished encoding was started with (a rerun with another --shard-size resumes it as is)."""
@@ -157,6 +175,31 @@ def model_fingerprint(model: LoadedModel) -> str:
     return folder_fingerprint(model.folder)
 
 
+def tokenization_digest(tokenizer) -> str:
+    """A digest of the token ids `tokenizer` gives `TOKENIZATION_PROBES` (special tokens included, nothing
+    cut): part of every encoding's key, so an encoding made when the tokenizer library split text otherwise is
+    not reused, while an upgrade that splits it the same way keeps every cached encoding."""
+    ids = tokenizer(list(TOKENIZATION_PROBES), add_special_tokens=True, truncation=False)["input_ids"]
+    return cache.settings_key({"probe_ids": [list(map(int, row)) for row in ids]})
+
+
+def folder_tokenization_digest(folder: Path) -> str:
+    """`tokenization_digest` of a checkpoint folder's tokenizer, loaded as `load_model` loads it (reproduce's
+    reuse check, which does not load the model); memoised per folder content within the process."""
+    return _folder_tokenization_digest(str(Path(folder).resolve()), folder_fingerprint(folder))
+
+
+@functools.lru_cache(maxsize=None)
+def _folder_tokenization_digest(folder: str, fingerprint: str) -> str:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:
+        raise DupMAEEvalError(f"{folder}: could not load its tokenizer ({exc.__class__.__name__}: {exc})") from None
+    return tokenization_digest(tokenizer)
+
+
 def folder_fingerprint(folder: Path) -> str:
     """`model_fingerprint` of a checkpoint folder, without loading the model (reproduce's reuse check)."""
     parts = []
@@ -191,16 +234,30 @@ def encoding_folder(dataset: Dataset, model: LoadedModel, settings: EncoderSetti
     of float sums, like the thread count, and are left out. An encoding whose batches keep their exact
     lengths (DUPMAE_EVAL_MEMORY_GUARD=0: another padding, other last digits) has its own key too."""
     return encoding_folder_of(dataset, model_fingerprint(model), settings, batch_size, precision,
-                              model.device.type, model.compiled)
+                              model.device.type, model.compiled, _model_tokenization(model))
+
+
+def _model_tokenization(model: LoadedModel) -> str:
+    """`tokenization_digest` of a loaded model's tokenizer, computed once per model object."""
+    digest = getattr(model, "_tokenization_digest", None)
+    if digest is None:
+        digest = tokenization_digest(model.tokenizer)
+        try:
+            object.__setattr__(model, "_tokenization_digest", digest)
+        except (AttributeError, TypeError):
+            pass
+    return digest
 
 
 def encoding_folder_of(dataset: Dataset, fingerprint: str, settings: EncoderSettings, batch_size: int,
-                       precision: str = "fp32", device_type: str = "cpu", compiled: bool = False) -> Path:
-    """`encoding_folder` from a checkpoint's `folder_fingerprint`, without loading the model: what reproduce
-    puts in a cell's identity, so a change that makes another encoding (its arithmetic's version, the format,
-    the padding) also redoes the run made from it. `device_type` ("cpu", "cuda") and `compiled` matter only
-    to a bf16 encoding."""
+                       precision: str = "fp32", device_type: str = "cpu", compiled: bool = False,
+                       tokenization: str = "") -> Path:
+    """`encoding_folder` from a checkpoint's `folder_fingerprint` and `folder_tokenization_digest`, without
+    loading the model: what reproduce puts in a cell's identity, so a change that makes another encoding (its
+    arithmetic's version, the format, the padding, the tokenizer library's splitting) also redoes the run made
+    from it. `device_type` ("cpu", "cuda") and `compiled` matter only to a bf16 encoding."""
     key = cache.settings_key({"corpus": dataset.corpus_fingerprint(), "model": fingerprint,
+                              "tokenization": tokenization,
                               "settings": settings.as_dict(), "format": FORMAT_VERSION, "batch_size": batch_size,
                               **({"precision": precision, "bf16_arithmetic": BF16_ARITHMETIC,
                                   "device": device_type, "compiled": compiled}

@@ -132,7 +132,7 @@ def _model_identity(data, params: dict) -> dict:
     import inspect
 
     from dupmae_eval.encoding.checkpoint import cached_checkpoint
-    from dupmae_eval.encoding.corpus import encoding_folder_of, folder_fingerprint
+    from dupmae_eval.encoding.corpus import encoding_folder_of, folder_fingerprint, folder_tokenization_digest
     from dupmae_eval.encoding.encoders import EncoderSettings
     from dupmae_eval.encoding.precision import resolve_precision
     from dupmae_eval.options import translate
@@ -152,7 +152,8 @@ def _model_identity(data, params: dict) -> dict:
     settings = EncoderSettings.for_checkpoint(params["encoder"], folder, **overrides)
     device_type = (runner.get("device") or "cpu").split(":")[0]   # as the encoders place the model: cpu unless told
     encoding = encoding_folder_of(data, fingerprint, settings, runner.get("batch_size", defaults["batch_size"]),
-                                  precision, device_type, bool(runner.get("compile", False))).name
+                                  precision, device_type, bool(runner.get("compile", False)),
+                                  folder_tokenization_digest(folder)).name
     identity = {"model_content": fingerprint, "model_revision": revision, "precision": precision,
                 "encoding": encoding}
     if retrieval_mode(params["retrieval"]).impact_index:
