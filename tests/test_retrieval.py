@@ -166,15 +166,18 @@ def test_bf16_encoding_agrees_with_fp32_and_has_its_own_cache_entry(small_scifac
     kept = np.mean([len({d for d, _ in bf16[q][:10]} & {d for d, _ in fp32[q][:10]}) / 10 for q in fp32])
     assert kept >= 0.98, kept
 
-    # the key, written out: fp32's is what it was; bf16's names its arithmetic, device and compile mode, so a
-    # bf16 encoding made on a GPU, compiled, or by the earlier route (which could run a "bf16" encoding's layers
-    # in fp32) is never reused here
+    # the key, written out: fp32's holds the corpus, the checkpoint's files, the token ids of the probe texts
+    # (how this tokenizer library splits text), the settings, format and batch size; bf16's also names its
+    # arithmetic, device and compile mode, so a bf16 encoding made on a GPU, compiled, or by the earlier route
+    # (which could run a "bf16" encoding's layers in fp32) is never reused here
     from dupmae_eval import cache
     from dupmae_eval.encoding.checkpoint import load_model
-    from dupmae_eval.encoding.corpus import FORMAT_VERSION, model_fingerprint
+    from dupmae_eval.encoding.corpus import FORMAT_VERSION, TOKENIZATION_PROBES, model_fingerprint
 
     model = load_model(str(SPLADE_TINY), need_mlm_head=True)
+    probe_ids = [model.tokenizer.encode(text) for text in TOKENIZATION_PROBES]      # one text at a time
     common = {"corpus": data.corpus_fingerprint(), "model": model_fingerprint(model),
+              "tokenization": cache.settings_key({"probe_ids": probe_ids}),
               "settings": EncoderSettings.for_kind("dupmae").as_dict(), "format": FORMAT_VERSION, "batch_size": 32}
     folder = lambda key: str(cache.home() / "encodings" / f"{data.cache_name}-dupmae-{cache.settings_key(key)}")  # noqa: E731
     assert meta32["encoding"] == folder(common)
