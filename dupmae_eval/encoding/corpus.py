@@ -234,19 +234,7 @@ def encoding_folder(dataset: Dataset, model: LoadedModel, settings: EncoderSetti
     of float sums, like the thread count, and are left out. An encoding whose batches keep their exact
     lengths (DUPMAE_EVAL_MEMORY_GUARD=0: another padding, other last digits) has its own key too."""
     return encoding_folder_of(dataset, model_fingerprint(model), settings, batch_size, precision,
-                              model.device.type, model.compiled, _model_tokenization(model))
-
-
-def _model_tokenization(model: LoadedModel) -> str:
-    """`tokenization_digest` of a loaded model's tokenizer, computed once per model object."""
-    digest = getattr(model, "_tokenization_digest", None)
-    if digest is None:
-        digest = tokenization_digest(model.tokenizer)
-        try:
-            object.__setattr__(model, "_tokenization_digest", digest)
-        except (AttributeError, TypeError):
-            pass
-    return digest
+                              model.device.type, model.compiled, tokenization_digest(model.tokenizer))
 
 
 def encoding_folder_of(dataset: Dataset, fingerprint: str, settings: EncoderSettings, batch_size: int,
